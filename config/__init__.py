@@ -1,0 +1,4 @@
+"""Switch configuration: the model, loading from TOML, validation and checks.
+
+This package imports neither ``gateway`` nor ``enroll``.
+"""

@@ -1,0 +1,149 @@
+"""The configuration model: frozen values built by ``config.load``.
+
+Every duration is held in seconds (``*_s``), every size in bytes (``*_bytes``). Paths are absolute,
+resolved against the directory of the file that named them. A loaded ``SwitchConfig`` is never
+mutated: a reload builds a new one and swaps it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+#: Key types a profile may allow, as written in config.
+KEY_TYPES: tuple[str, ...] = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
+
+Approval = Literal["auto", "manual"]
+IdentityRuleKind = Literal["email-san", "common-name", "any"]
+
+
+@attrs.frozen
+class Listener:
+    """An address to listen on. ``enabled = false`` turns the listener off."""
+
+    host: str
+    port: int
+    enabled: bool = True
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+@attrs.frozen
+class GatewaySettings:
+    listen: Listener = Listener("0.0.0.0", 4000)
+    handshake_timeout_s: float = 10.0
+    request_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    upstream_connect_timeout_s: float = 10.0
+    close_timeout_s: float = 5.0
+    drain_timeout_s: float = 10.0
+    ping_interval_s: float = 30.0
+    max_connections: int = 20000
+    max_message_bytes: int = 1 << 20
+
+
+@attrs.frozen
+class EnrollSettings:
+    listen: Listener = Listener("0.0.0.0", 9443)
+    request_timeout_s: float = 10.0
+    max_body_bytes: int = 64 * 1024
+    max_connections: int = 1000
+
+
+@attrs.frozen
+class AdminSettings:
+    listen: Listener = Listener("127.0.0.1", 9090)
+
+
+@attrs.frozen
+class ServerTLS:
+    """The server certificate: PEM files (``cert_file`` + ``key_file``) or a PKCS#12 keystore
+    (``keystore`` + ``keystore_password_file``). Exactly one of the two forms is set."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keystore: Path | None = None
+    keystore_password_file: Path | None = None
+
+
+@attrs.frozen
+class IdentityRule:
+    """How an organisation certificate names its agent.
+
+    ``email-san`` (default, seed 003): exactly one RFC 822 SAN; ``allow`` holds glob patterns
+    (``*@example.com``) the address must match when non-empty. ``common-name``: the subject CN,
+    matched against ``allow`` the same way. ``any``: the chain alone decides (a risky setting).
+    """
+
+    kind: IdentityRuleKind = "email-san"
+    allow: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Profile:
+    """A named certificate template (seed 002)."""
+
+    name: str
+    validity_s: int = 30 * 86400
+    renew_before_s: int = 7 * 86400
+    key_types: tuple[str, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+    #: Regular expression the requested subject common name must match in full.
+    subject_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
+    approval: Approval = "auto"
+
+
+@attrs.frozen
+class Tenant:
+    name: str
+    hostnames: tuple[str, ...]
+    organisation_cas: tuple[Path, ...] = ()
+    organisation_crls: tuple[Path, ...] = ()
+    identity: IdentityRule = IdentityRule()
+    upstream: str | None = None
+    profile: str = "default"
+    #: The file this tenant was defined in (the main config or a file in ``tenants_dir``).
+    source: Path | None = None
+
+    @property
+    def uses_organisation_cas(self) -> bool:
+        """"Use certificates provisioned by my organisation" is on when CAs are configured."""
+        return bool(self.organisation_cas)
+
+
+@attrs.frozen
+class SwitchConfig:
+    path: Path
+    state_dir: Path
+    tls: ServerTLS
+    gateway: GatewaySettings = GatewaySettings()
+    enroll: EnrollSettings = EnrollSettings()
+    admin: AdminSettings = AdminSettings()
+    profiles: Mapping[str, Profile] = attrs.field(factory=dict)
+    tenants: Mapping[str, Tenant] = attrs.field(factory=dict)
+    default_tenant: str | None = None
+    tenants_dir: Path | None = None
+    #: The issuer key algorithm used when the provisioning service creates a tenant's CA.
+    issuer_key_type: Literal["ec-p256", "ec-p384"] = "ec-p256"
+    #: Validity of a tenant's provisioning issuer.
+    issuer_validity_s: int = 5 * 365 * 86400
+
+    def tenant_for_hostname(self, hostname: str | None) -> Tenant | None:
+        """The tenant whose ``hostnames`` contains ``hostname`` (case-insensitive), else the
+        ``default_tenant``, else None: the caller must refuse (fail closed)."""
+        if hostname:
+            wanted = hostname.rstrip(".").lower()
+            for tenant in self.tenants.values():
+                if wanted in (h.lower() for h in tenant.hostnames):
+                    return tenant
+        if self.default_tenant is not None:
+            return self.tenants.get(self.default_tenant)
+        return None
+
+    def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile:
+        """The profile for ``tenant``, or the per-key ``override`` when one is set."""
+        return self.profiles[override or tenant.profile]
