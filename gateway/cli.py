@@ -1,0 +1,521 @@
+"""The ``switch`` command line.
+
+A thin shell over ``config`` (loading, checks, init) and ``enroll.authority`` (keys, service toggle,
+issuers, audit). Every command takes ``-c/--config`` (default ``$SWITCH_CONFIG`` or
+``./switch.toml``); list commands take ``--json``. Refusals print one line on stderr that starts
+with the stable reason code and exit non-zero:
+
+====  =====================================================================
+exit  meaning
+====  =====================================================================
+0     done
+1     refused by a rule (limit reached, wrong state, name taken, missing reason,
+      confirmation mismatch, ...), or a check failed (``config check``, ``audit verify``)
+2     usage error (unknown command or option)
+3     not found (unknown tenant, key or certificate)
+4     the store could not be opened or written
+5     the configuration does not load
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from config.check import check_config, format_problems
+from config.errors import ConfigError
+from config.load import load_config
+from config.model import SwitchConfig
+from enroll.authority import Authority
+from enroll.errors import AuthorityError
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 5
+
+
+class CliExit(Exception):
+    """Stop the command with ``code`` after printing ``message`` on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _default_config() -> str:
+    return os.environ.get("SWITCH_CONFIG", "switch.toml")
+
+
+def _default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
+def _load(args: argparse.Namespace) -> SwitchConfig:
+    path = Path(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliExit(
+            EXIT_CONFIG,
+            f"config_invalid: {path} does not load:\n{format_problems(exc.problems)}",
+        ) from exc
+
+
+def _authority(args: argparse.Namespace) -> Authority:
+    return Authority.open(_load(args))
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: Callable[[], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
+    else:
+        print(text())
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _as_dict(record: object) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in attrs.asdict(record, recurse=False).items()}  # type: ignore[arg-type]
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if hasattr(value, "value") and not isinstance(value, int | str):
+        return value.value
+    return value
+
+
+def _when(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value)
+
+
+def _state(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# --- init, config, serve -----------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from enroll.bootstrap import init_deployment
+
+    try:
+        path = init_deployment(Path(args.directory), now=_now(), keystore=args.keystore)
+    except FileExistsError as exc:
+        raise CliExit(EXIT_REFUSED, f"deployment_exists: {exc}") from exc
+    print(f"Created a Switch deployment in {path.parent}")
+    print(f"  config:      {path}")
+    print(f"  dev PKI:     {path.parent / 'pki'} (for development only)")
+    print(f"  state:       {path.parent / 'state'}")
+    print("Next: switch -c", path, "config check")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(format_problems(exc.problems), file=sys.stderr)
+        errors = sum(1 for p in exc.problems if p.severity == "error")
+        print(f"{path}: {errors} error(s); the configuration does not load", file=sys.stderr)
+        return EXIT_REFUSED
+    problems = check_config(cfg, _now())
+    if problems:
+        print(format_problems(problems), file=sys.stderr)
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = len(problems) - len(errors)
+    if errors:
+        print(f"{path}: {len(errors)} error(s), {warnings} warning(s)", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{path}: OK ({len(cfg.tenants)} tenant(s), {warnings} warning(s))")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    authority = Authority.open(cfg)  # creates and migrates the store
+    authority.close()
+    raise CliExit(
+        EXIT_REFUSED,
+        "not_implemented: the configuration loads and the store is ready, but this build has no "
+        "listeners yet (gateway and enrollment ports arrive in a later release); "
+        "use the `switch keys|service|ca|audit` commands meanwhile",
+    )
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def _key_row(k: Any) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "tenant": k.tenant,
+        "name": k.name,
+        "state": _state(k.state),
+        "profile": k.profile,
+        "created_at": _plain(k.created_at),
+        "last_used_at": _plain(k.last_used_at),
+        "certificates_issued": k.certificates_issued,
+    }
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        record, secret = auth.generate_key(
+            args.tenant, args.name, actor=args.actor, profile=args.profile
+        )
+    payload = {**_key_row(record), "secret": secret}
+
+    def text() -> str:
+        return (
+            f'Created provisioning key "{record.name}" ({record.id}) for tenant {record.tenant}.\n'
+            "Secret — shown once, it cannot be shown again; store it now:\n\n"
+            f"    {secret}\n"
+        )
+
+    _emit(args, payload, text)
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        keys = auth.list_keys(args.tenant)
+    rows = [_key_row(k) for k in keys]
+    _emit(
+        args,
+        rows,
+        lambda: _table(
+            ["NAME", "ID", "STATE", "CREATED", "LAST USED", "CERTS", "PROFILE"],
+            [
+                [k.name, k.id, _state(k.state), _when(k.created_at), _when(k.last_used_at),
+                 str(k.certificates_issued), k.profile or "-"]
+                for k in keys
+            ],
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_keys_rename(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        auth.rename_key(args.tenant, args.name, args.new_name, actor=args.actor)
+    print(f'Renamed key "{args.name}" to "{args.new_name}" in tenant {args.tenant}.')
+    return EXIT_OK
+
+
+def cmd_keys_suspend(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        auth.suspend_key(args.tenant, args.name, reason=args.reason or "", actor=args.actor)
+    print(
+        f'Suspended key "{args.name}" in tenant {args.tenant}: it issues no certificates; '
+        "certificates it issued still connect."
+    )
+    return EXIT_OK
+
+
+def cmd_keys_reactivate(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        auth.reactivate_key(args.tenant, args.name, actor=args.actor)
+    print(f'Reactivated key "{args.name}" in tenant {args.tenant}.')
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        auth.revoke_key(
+            args.tenant, args.name, reason=args.reason or "", confirm=args.confirm or "",
+            actor=args.actor,
+        )
+    print(
+        f'Revoked key "{args.name}" in tenant {args.tenant}. This is permanent: certificates it '
+        "issued no longer connect."
+    )
+    return EXIT_OK
+
+
+# --- service and issuers -----------------------------------------------------------------------
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        if args.service_cmd == "enable":
+            auth.enable_service(args.tenant, actor=args.actor)
+            print(f"Provisioning service enabled for tenant {args.tenant}.")
+        elif args.service_cmd == "disable":
+            auth.disable_service(args.tenant, actor=args.actor)
+            print(
+                f"Provisioning service disabled for tenant {args.tenant}: enrollment stops and "
+                "provisioned certificates are no longer trusted."
+            )
+        else:
+            enabled = auth.service_enabled(args.tenant)
+            _emit(
+                args,
+                {"tenant": args.tenant, "provisioning_enabled": enabled},
+                lambda: f"{args.tenant}: provisioning service {'enabled' if enabled else 'disabled'}",
+            )
+    return EXIT_OK
+
+
+def _issuer_row(i: Any) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "tenant": i.tenant,
+        "subject": getattr(i, "subject", None),
+        "not_before": _plain(i.not_before),
+        "not_after": _plain(i.not_after),
+        "retired_at": _plain(i.retired_at),
+        "trusted": i.trusted,
+        "sha256": getattr(i, "sha256", None),
+    }
+
+
+def cmd_ca_show(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        issuers = auth.list_issuers(args.tenant)
+        enabled = auth.service_enabled(args.tenant)
+    if args.pem:
+        for i in issuers:
+            if i.trusted:
+                sys.stdout.write(i.cert_pem if isinstance(i.cert_pem, str) else i.cert_pem.decode())
+        return EXIT_OK
+    _emit(
+        args,
+        {"tenant": args.tenant, "provisioning_enabled": enabled,
+         "issuers": [_issuer_row(i) for i in issuers]},
+        lambda: (
+            f"tenant {args.tenant}: provisioning service {'enabled' if enabled else 'disabled'}\n"
+            + _table(
+                ["ID", "NOT BEFORE", "NOT AFTER", "STATUS", "TRUSTED"],
+                [
+                    [i.id, _when(i.not_before), _when(i.not_after),
+                     "retired " + _when(i.retired_at) if i.retired_at else "current",
+                     "yes" if i.trusted else "no"]
+                    for i in issuers
+                ],
+            )
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_ca_renew(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        issuer = auth.renew_issuer(args.tenant, actor=args.actor)
+    print(
+        f"New provisioning issuer {issuer.id} for tenant {args.tenant}, valid until "
+        f"{_when(issuer.not_after)}; older issuers stay trusted until what they issued expires."
+    )
+    return EXIT_OK
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        entries = auth.audit_entries(args.tenant)
+    rows = [_as_dict(e) for e in entries]
+    _emit(
+        args,
+        rows,
+        lambda: _table(
+            ["SEQ", "TIME", "ACTOR", "TENANT", "ACTION", "TARGET", "REASON"],
+            [
+                [str(e.seq), _when(e.ts), e.actor, e.tenant or "-", e.action, e.target or "-",
+                 e.reason or "-"]
+                for e in entries
+            ],
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    with _closing(_authority(args)) as auth:
+        result = auth.verify_audit()
+    if result.ok:
+        print(f"audit log intact: {result.entries_checked} entries, hash chain verified")
+        return EXIT_OK
+    raise CliExit(
+        EXIT_REFUSED,
+        f"audit_tampered: entry {result.first_bad_seq}: {result.problem}",
+    )
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+class _closing:
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+
+    def __enter__(self) -> Authority:
+        return self.authority
+
+    def __exit__(self, *exc: object) -> None:
+        self.authority.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS,
+        help="config file (default: $SWITCH_CONFIG or ./switch.toml)",
+    )
+    common.add_argument(
+        "--actor", default=argparse.SUPPRESS,
+        help="who is acting, for the audit log (default: the OS user)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = argparse.ArgumentParser(
+        prog="switch", parents=[common],
+        description="Switch: a mutual-TLS gateway for endpoint agents, with its own enrollment.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str,
+        parents: Sequence[argparse.ArgumentParser] = (),
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_, description=help_, parents=[common, *parents]
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add(sub, "init", cmd_init, "write a ready deployment with a dev PKI and tenant 'demo'")
+    p.add_argument("directory", help="where to create it (must not hold a deployment already)")
+    p.add_argument("--keystore", action="store_true",
+                   help="put the server certificate in a PKCS#12 keystore with a password file")
+
+    add(sub, "serve", cmd_serve, "run the listeners")
+
+    cfg = sub.add_parser("config", help="check the configuration").add_subparsers(
+        dest="config_cmd", required=True, metavar="SUBCOMMAND")
+    add(cfg, "check", cmd_config_check, "report every error and risky setting in the config")
+
+    keys = sub.add_parser("keys", help="manage provisioning keys").add_subparsers(
+        dest="keys_cmd", required=True, metavar="SUBCOMMAND")
+    p = add(keys, "generate", cmd_keys_generate, "create a key and print its secret once", [as_json])
+    p.add_argument("tenant")
+    p.add_argument("name")
+    p.add_argument("--profile", help="certificate profile for this key (default: the tenant's)")
+    p = add(keys, "list", cmd_keys_list, "list a tenant's keys (never their secrets)", [as_json])
+    p.add_argument("tenant")
+    p = add(keys, "rename", cmd_keys_rename, "rename a key")
+    p.add_argument("tenant")
+    p.add_argument("name")
+    p.add_argument("new_name")
+    p = add(keys, "suspend", cmd_keys_suspend, "stop a key issuing certificates (reversible)")
+    p.add_argument("tenant")
+    p.add_argument("name")
+    p.add_argument("--reason", help="why (required, recorded in the audit log)")
+    p = add(keys, "reactivate", cmd_keys_reactivate, "make a suspended key active again")
+    p.add_argument("tenant")
+    p.add_argument("name")
+    p = add(keys, "revoke", cmd_keys_revoke,
+            "revoke a key for good: its certificates stop connecting")
+    p.add_argument("tenant")
+    p.add_argument("name")
+    p.add_argument("--reason", help="why (required, recorded in the audit log)")
+    p.add_argument("--confirm", metavar="NAME",
+                   help="the key name typed again, case-sensitive (required)")
+
+    svc = sub.add_parser("service", help="the provisioning service toggle").add_subparsers(
+        dest="service_cmd", required=True, metavar="SUBCOMMAND")
+    for name, help_ in (
+        ("enable", "enable provisioning for a tenant (creates its issuer the first time)"),
+        ("disable", "disable provisioning: stops enrollment and trust in the provisioning CA"),
+        ("status", "show whether provisioning is enabled"),
+    ):
+        p = add(svc, name, cmd_service, help_, [as_json] if name == "status" else [])
+        p.add_argument("tenant")
+
+    ca = sub.add_parser("ca", help="the tenants' provisioning issuers").add_subparsers(
+        dest="ca_cmd", required=True, metavar="SUBCOMMAND")
+    p = add(ca, "show", cmd_ca_show, "list a tenant's issuers and their validity", [as_json])
+    p.add_argument("tenant")
+    p.add_argument("--pem", action="store_true", help="print the trusted issuers' certificates")
+    p = add(ca, "renew", cmd_ca_renew, "add a new issuer; older ones stay trusted while needed")
+    p.add_argument("tenant")
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_cmd", required=True, metavar="SUBCOMMAND")
+    p = add(audit, "list", cmd_audit_list, "list audit entries", [as_json])
+    p.add_argument("--tenant", help="only this tenant's entries")
+    add(audit, "verify", cmd_audit_verify, "check the hash chain; names the first bad entry")
+    return parser
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    print(f"switch: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = _default_config()
+    if not hasattr(args, "actor"):
+        args.actor = _default_actor()
+    try:
+        code: int = args.func(args)
+    except CliExit as exc:
+        _fail(exc.code, exc.message)
+    except AuthorityError as exc:
+        _fail(exc.exit_code, f"{exc.reason}: {exc.message}")
+    except BrokenPipeError:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
