@@ -1,0 +1,202 @@
+"""End-to-end tests of the ``switch`` command: real processes, a real deployment from
+``switch init``, a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _switch(config: Path | None, *args: str, actor: str | None = "tester") -> list[str]:
+    cmd = [sys.executable, "-m", "gateway.cli"]
+    if config is not None:
+        cmd += ["-c", str(config)]
+    if actor is not None:
+        cmd += ["--actor", actor]
+    return cmd + list(args)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("deploy") / "switch"
+    result = subprocess.run(
+        _switch(None, "init", str(directory), actor=None), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return directory / "switch.toml"
+
+
+@pytest.fixture
+def run(deployment: Path) -> Run:
+    def _run(*args: str, actor: str | None = "tester") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _switch(deployment, *args, actor=actor), capture_output=True, text=True, timeout=60
+        )
+
+    return _run
+
+
+def test_init_writes_a_deployment_that_passes_config_check(run: Run) -> None:
+    result = run("config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_init_refuses_to_overwrite_an_existing_deployment(deployment: Path) -> None:
+    before = deployment.read_bytes()
+    result = subprocess.run(
+        _switch(None, "init", str(deployment.parent), actor=None), capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "deployment_exists" in result.stderr
+    assert deployment.read_bytes() == before
+
+
+def test_generated_secret_is_printed_once_and_never_listed_or_stored(
+    run: Run, deployment: Path
+) -> None:
+    result = run("keys", "generate", "demo", "Secret Shown Once", "--json")
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    secret = created["secret"]
+    assert secret.startswith("swk_")
+    listed = run("keys", "list", "demo", "--json")
+    assert listed.returncode == 0
+    assert secret not in listed.stdout
+    names = [k["name"] for k in json.loads(listed.stdout)]
+    assert "Secret Shown Once" in names
+    text = run("keys", "list", "demo")
+    assert "Secret Shown Once" in text.stdout and secret not in text.stdout
+    state = deployment.parent / "state"
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    # clean up so the limit does not affect other tests
+    revoked = run(
+        "keys", "revoke", "demo", "Secret Shown Once", "--reason", "test done",
+        "--confirm", "Secret Shown Once",
+    )
+    assert revoked.returncode == 0, revoked.stderr
+
+
+def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(run: Run) -> None:
+    assert run("keys", "generate", "demo", "Lifecycle").returncode == 0
+
+    taken = run("keys", "generate", "demo", "lifecycle")
+    assert (taken.returncode, taken.stderr.split(":")[1].strip()) == (1, "key_name_taken")
+
+    bad_name = run("keys", "generate", "demo", "9lives")
+    assert bad_name.returncode == 1 and "invalid_key_name" in bad_name.stderr
+
+    no_reason = run("keys", "suspend", "demo", "Lifecycle")
+    assert no_reason.returncode == 1 and "reason_required" in no_reason.stderr
+
+    not_suspended = run("keys", "reactivate", "demo", "Lifecycle")
+    assert not_suspended.returncode == 1 and "wrong_key_state" in not_suspended.stderr
+
+    assert run("keys", "suspend", "demo", "Lifecycle", "--reason", "paused").returncode == 0
+    assert run("keys", "reactivate", "demo", "Lifecycle").returncode == 0
+
+    wrong_case = run("keys", "revoke", "demo", "Lifecycle", "--reason", "x", "--confirm", "lifecycle")
+    assert wrong_case.returncode == 1 and "confirmation_mismatch" in wrong_case.stderr
+
+    unknown_tenant = run("keys", "list", "nosuchtenant")
+    assert unknown_tenant.returncode == 3 and "unknown_tenant" in unknown_tenant.stderr
+
+    unknown_key = run("keys", "suspend", "demo", "Nobody", "--reason", "x")
+    assert unknown_key.returncode == 3 and "unknown_key" in unknown_key.stderr
+
+    done = run("keys", "revoke", "demo", "Lifecycle", "--reason", "done", "--confirm", "Lifecycle")
+    assert done.returncode == 0, done.stderr
+    again = run("keys", "reactivate", "demo", "Lifecycle")
+    assert again.returncode == 1 and "wrong_key_state" in again.stderr
+
+
+def test_ten_concurrent_generate_commands_create_at_most_three_live_keys(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "switch"
+    init = subprocess.run(_switch(None, "init", str(directory), actor=None), capture_output=True)
+    assert init.returncode == 0
+    config = directory / "switch.toml"
+    procs = [
+        subprocess.Popen(
+            _switch(config, "keys", "generate", "demo", f"Racer {i}", "--json"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(10)
+    ]
+    results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else "",
+                p.stderr.read() if p.stderr else "") for p in procs]
+    ok = [r for r in results if r[0] == 0]
+    refused = [r for r in results if r[0] == 1]
+    assert len(ok) == 3, results
+    assert len(refused) == 7 and all("key_limit_reached" in r[2] for r in refused), results
+    listed = subprocess.run(_switch(config, "keys", "list", "demo", "--json"),
+                            capture_output=True, text=True)
+    assert len(json.loads(listed.stdout)) == 3
+
+
+def test_service_enable_creates_issuer_and_everything_is_audited(run: Run) -> None:
+    assert run("service", "status", "demo", "--json").stdout.count("false") == 1
+    enabled = run("service", "enable", "demo", actor="alice")
+    assert enabled.returncode == 0, enabled.stderr
+    shown = json.loads(run("ca", "show", "demo", "--json").stdout)
+    assert shown["provisioning_enabled"] is True
+    assert len(shown["issuers"]) == 1 and shown["issuers"][0]["trusted"] is True
+    pem = run("ca", "show", "demo", "--pem").stdout
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    renewed = run("ca", "renew", "demo", actor="bob")
+    assert renewed.returncode == 0, renewed.stderr
+    assert len(json.loads(run("ca", "show", "demo", "--json").stdout)["issuers"]) == 2
+    assert run("service", "disable", "demo", actor="alice").returncode == 0
+    entries = json.loads(run("audit", "list", "--tenant", "demo", "--json").stdout)
+    actions = [(e["action"], e["actor"]) for e in entries]
+    assert ("issuer.created", "alice") in actions
+    assert ("service.enabled", "alice") in actions
+    assert ("issuer.renewed", "bob") in actions
+    assert ("service.disabled", "alice") in actions
+
+
+def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
+    directory = tmp_path / "switch"
+    assert subprocess.run(_switch(None, "init", str(directory), actor=None)).returncode == 0
+    config = directory / "switch.toml"
+    for name in ("One", "Two", "Three"):
+        assert subprocess.run(_switch(config, "keys", "generate", "demo", name),
+                              capture_output=True).returncode == 0
+    ok = subprocess.run(_switch(config, "audit", "verify"), capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    db = sqlite3.connect(directory / "state" / "switch.db")
+    with db:
+        triggers = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'")]
+        for trigger in triggers:
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("UPDATE audit_log SET actor='mallory' WHERE seq=2")
+    db.close()
+    bad = subprocess.run(_switch(config, "audit", "verify"), capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "audit_tampered" in bad.stderr and "entry 2" in bad.stderr
+
+
+def test_broken_config_is_reported_and_commands_refuse_to_run(tmp_path: Path) -> None:
+    config = tmp_path / "switch.toml"
+    config.write_text(
+        'state_dir = "state"\nbogus_key = 1\n[tls]\ncert_file = "missing.pem"\n'
+        'key_file = "missing.key"\n[tenants.demo]\nhostnames = "not-a-list"\n'
+    )
+    check = subprocess.run(_switch(config, "config", "check"), capture_output=True, text=True)
+    assert check.returncode == 1
+    assert "bogus_key" in check.stderr and "hostnames" in check.stderr
+    assert "missing.pem" in check.stderr
+    keys = subprocess.run(_switch(config, "keys", "list", "demo"), capture_output=True, text=True)
+    assert keys.returncode == 5 and "config_invalid" in keys.stderr
