@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -98,7 +99,7 @@ def make_ca(
 
 def make_leaf(
     subject: x509.Name,
-    public_key: x509.CertificateIssuerPublicKeyTypes,
+    public_key: CertificatePublicKeyTypes,
     issuer: tuple[x509.Certificate, PrivateKey],
     *,
     now: dt.datetime,

@@ -1,0 +1,82 @@
+"""Tenants' provisioning issuers: creation, renewal and which of them are trusted.
+
+An issuer is a self-signed ECDSA CA (path length 0: it signs agent certificates only). Its private
+key is a file under ``STATE_DIR/issuers/TENANT/`` with mode 0600, written (and fsynced) before the
+issuer's row is committed, so the store never names a key that is not on disk.
+
+Trust across renewals: the current issuer (newest, not retired) is trusted while it is valid. A
+retired issuer stays trusted while it is valid and at least one certificate it issued is still
+unexpired, so renewing never cuts agents off; once what it issued has expired it is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from enroll import pki
+
+
+@attrs.frozen
+class IssuerRecord:
+    id: str
+    tenant: str
+    seq: int
+    cert_pem: str
+    key_path: str
+    sha256: str
+    not_before: int
+    not_after: int
+    created_at: int
+    retired_at: int | None
+    #: Computed when listed: whether agents' certificates from this issuer are trusted now.
+    trusted: bool = False
+
+    @property
+    def subject(self) -> str:
+        return self.certificate().subject.rfc4514_string()
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem.encode())
+
+
+def create_issuer_material(
+    tenant: str, seq: int, *, key_type: str, validity_s: int, now: dt.datetime, key_path: Path
+) -> tuple[x509.Certificate, Path]:
+    """Make the CA key and certificate, and write the key (0600, directory 0700)."""
+    key = pki.generate_key(key_type)
+    cert = pki.make_ca(
+        pki.name(f"Switch provisioning CA {tenant} {seq}", "Switch"),
+        key,
+        now=now,
+        validity=dt.timedelta(seconds=validity_s),
+        path_length=0,
+    )
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path.parent.chmod(0o700)
+    pki.write_private(key_path, pki.key_pem(key))
+    return cert, key_path
+
+
+def load_issuer_key(record: IssuerRecord) -> pki.PrivateKey:
+    data = Path(record.key_path).read_bytes()
+    key = serialization.load_pem_private_key(data, password=None)
+    return key  # type: ignore[return-value]
+
+
+def trusted_issuer_ids(
+    issuers: Sequence[IssuerRecord], latest_cert_expiry: Mapping[str, int], now: int
+) -> set[str]:
+    """Which issuers are trusted at ``now`` (unix seconds); see the module docstring."""
+    trusted: set[str] = set()
+    for issuer in issuers:
+        if not issuer.not_before <= now < issuer.not_after:
+            continue
+        if issuer.retired_at is None or latest_cert_expiry.get(issuer.id, 0) > now:
+            trusted.add(issuer.id)
+    return trusted

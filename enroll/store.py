@@ -1,0 +1,209 @@
+"""The SQLite store: schema, migrations, connections and transactions.
+
+Theory of operation: one database file, ``STATE_DIR/switch.db``, in WAL mode with
+``synchronous=FULL`` (a committed change survives a power cut). Every change runs in one
+``BEGIN IMMEDIATE`` transaction: the write lock is taken at the start, so a check-then-write (the
+three-key limit, a unique name) cannot interleave with another writer, whether that writer is a
+thread, a ``switch`` command or another Switch process. ``busy_timeout`` makes a second writer wait
+instead of failing. The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes
+version ``i`` to ``i + 1`` and all pending ones run in one transaction when the store is opened. A
+store written by a newer Switch is refused rather than guessed at.
+
+``changes.generation`` is bumped by every transaction that changes what a running server must
+enforce (key states, the service toggle, issuers, certificate revocations), so a server can poll
+one integer to notice changes made by another process.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from enroll.errors import StoreError
+
+BUSY_TIMEOUT_MS = 10_000
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the initial schema.
+    """
+    CREATE TABLE tenant_state (
+        tenant TEXT PRIMARY KEY,
+        provisioning_enabled INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE provisioning_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        name_folded TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'suspended', 'revoked')),
+        secret_hash BLOB NOT NULL,
+        profile TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        certificates_issued INTEGER NOT NULL DEFAULT 0,
+        state_reason TEXT,
+        UNIQUE (tenant, name_folded)
+    );
+    CREATE INDEX provisioning_keys_tenant_state ON provisioning_keys (tenant, state);
+    CREATE TABLE issuers (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        cert_pem TEXT NOT NULL,
+        key_path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        retired_at INTEGER,
+        UNIQUE (tenant, seq)
+    );
+    CREATE TABLE certificates (
+        serial TEXT NOT NULL,
+        issuer_id TEXT NOT NULL REFERENCES issuers (id),
+        tenant TEXT NOT NULL,
+        key_id TEXT REFERENCES provisioning_keys (id),
+        subject TEXT NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        pem TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'valid' CHECK (state IN ('valid', 'revoked')),
+        revoked_at INTEGER,
+        revoke_reason TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer_id, serial)
+    );
+    CREATE INDEX certificates_tenant_key ON certificates (tenant, key_id);
+    CREATE INDEX certificates_serial ON certificates (serial);
+    CREATE TABLE pending_requests (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        key_id TEXT REFERENCES provisioning_keys (id),
+        csr_der BLOB NOT NULL,
+        csr_sha256 TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected', 'issued')),
+        created_at INTEGER NOT NULL,
+        decided_at INTEGER,
+        decided_by TEXT,
+        reason TEXT,
+        certificate_serial TEXT,
+        UNIQUE (tenant, csr_sha256)
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        tenant TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        reason TEXT,
+        details TEXT NOT NULL DEFAULT '{}',
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_tenant ON audit_log (tenant, seq);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE audit_head (last_seq INTEGER NOT NULL, last_hash TEXT NOT NULL);
+    INSERT INTO audit_head VALUES (0, '0000000000000000000000000000000000000000000000000000000000000000');
+    CREATE TABLE changes (generation INTEGER NOT NULL);
+    INSERT INTO changes VALUES (0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """One connection to the store. Not shared between threads: open one per thread or process."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        os.chmod(path, 0o600)
+        store = cls(conn, path)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        try:
+            with self.transaction() as conn:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the store {self.path} has schema version {version}, newer than this "
+                        f"Switch understands ({SCHEMA_VERSION}): upgrade Switch"
+                    )
+                for index in range(version, SCHEMA_VERSION):
+                    for statement in _split_sql(MIGRATIONS[index]):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {index + 1}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store is unavailable: {exc}") from exc
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(f"the store could not commit: {exc}") from exc
+
+    def generation(self) -> int:
+        return int(self.conn.execute("SELECT generation FROM changes").fetchone()[0])
+
+
+def bump_generation(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE changes SET generation = generation + 1")
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies (BEGIN ... END;) whole."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined.endswith(";") and sqlite3.complete_statement(joined):
+            statements.append(joined)
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
