@@ -160,8 +160,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         cfg = load_config(path)
     except ConfigError as exc:
         print(format_problems(exc.problems), file=sys.stderr)
-        errors = sum(1 for p in exc.problems if p.severity == "error")
-        print(f"{path}: {errors} error(s); the configuration does not load", file=sys.stderr)
+        count = sum(1 for p in exc.problems if p.severity == "error")
+        print(f"{path}: {count} error(s); the configuration does not load", file=sys.stderr)
         return EXIT_REFUSED
     problems = check_config(cfg, _now())
     if problems:

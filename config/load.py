@@ -1,0 +1,451 @@
+"""Loading ``switch.toml`` (and a directory of tenant files) into a ``SwitchConfig``.
+
+Every problem is collected in one pass and reported together with its file and dotted key; the
+loader never stops at the first. The keys::
+
+    state_dir = "state"                 # required: the SQLite store and issuer keys
+    default_tenant = "demo"             # optional: the tenant for connections with no/unknown SNI
+    tenants_dir = "tenants.d"           # optional: one NAME.toml per tenant (the tenant table's
+                                        #   keys at top level; the tenant name is the file stem)
+    issuer_key_type = "ec-p256"         # provisioning issuers: ec-p256 or ec-p384
+    issuer_validity = "1825d"
+
+    [tls]                               # the server certificate: PEM files ...
+    cert_file = "pki/server.pem"        #   leaf first, then intermediates
+    key_file = "pki/server.key"
+    # keystore = "pki/server.p12"       # ... or a PKCS#12 keystore
+    # keystore_password_file = "pki/server.pass"
+
+    [gateway]                           # agents' WebSocket port
+    listen = "0.0.0.0:4000"             # also: enabled, handshake_timeout, request_timeout,
+                                        #   idle_timeout, upstream_connect_timeout, close_timeout,
+                                        #   drain_timeout, ping_interval, max_connections,
+                                        #   max_message_size
+    [enroll]                            # EST port: listen, enabled, request_timeout,
+    listen = "0.0.0.0:9443"             #   max_body_size, max_connections
+    [admin]                             # health and metrics: listen, enabled
+    listen = "127.0.0.1:9090"
+
+    [profiles.default]                  # certificate templates (a "default" always exists)
+    validity = "30d"
+    renew_before = "7d"
+    key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
+    approval = "auto"                   # or "manual"
+
+    [tenants.demo]
+    hostnames = ["demo.switch.test"]    # required, SNI names; unique across tenants
+    organisation_cas = ["pki/org-ca.pem"]
+    organisation_crls = []
+    upstream = "ws://127.0.0.1:8080/"
+    profile = "default"
+    identity = { rule = "email-san", allow = ["*@example.com"] }   # or "common-name", "any"
+
+Durations take ms, s, m, h, d ("1h30m"); sizes take KiB, MiB, GiB. Relative paths resolve against
+the directory of the file that names them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from config import tls_material
+from config.durations import parse_duration, parse_size
+from config.errors import ConfigError, Problem
+from config.model import (
+    KEY_TYPES,
+    AdminSettings,
+    EnrollSettings,
+    GatewaySettings,
+    IdentityRule,
+    Listener,
+    Profile,
+    ServerTLS,
+    SwitchConfig,
+    Tenant,
+)
+
+T = TypeVar("T")
+_MISSING: Any = object()
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+IDENTITY_RULES = ("email-san", "common-name", "any")
+
+
+class _Table:
+    """One TOML table being read: typed getters that record problems instead of raising, and
+    ``finish()`` that reports keys nobody asked for."""
+
+    def __init__(self, data: Mapping[str, Any], file: Path, prefix: str, problems: list[Problem]) -> None:
+        self.data = data
+        self.file = file
+        self.prefix = prefix
+        self.problems = problems
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> None:
+        self.problems.append(Problem(self.file, self.key(name), message))
+
+    def raw(self, name: str, required: bool = False) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if required:
+                self.error(name, "is required")
+            return _MISSING
+        return self.data[name]
+
+    def typed(self, name: str, kind: type[T] | tuple[type, ...], what: str, default: T,
+              required: bool = False) -> T:
+        value = self.raw(name, required)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) and kind is not bool:
+            self.error(name, f"expected {what}, got a boolean")
+            return default
+        if not isinstance(value, kind):
+            self.error(name, f"expected {what}, got {_tname(value)}")
+            return default
+        return value  # type: ignore[return-value]
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        return self.typed(name, str, "a string", default, required)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self.typed(name, bool, "true or false", default)
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.typed(name, int, "an integer", default)
+        if value < minimum:
+            self.error(name, f"must be at least {minimum}")
+            return default
+        return value
+
+    def strings(self, name: str, required: bool = False) -> tuple[str, ...]:
+        value = self.raw(name, required)
+        if value is _MISSING:
+            return ()
+        if not isinstance(value, list):
+            self.error(name, f"expected a list of strings, got {_tname(value)}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                self.error(f"{name}[{i}]", f"expected a string, got {_tname(item)}")
+        return tuple(out)
+
+    def convert(self, name: str, parse: Callable[[Any], T], default: T) -> T:
+        value = self.raw(name)
+        if value is _MISSING:
+            return default
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.error(name, str(exc))
+            return default
+
+    def duration(self, name: str, default: float) -> float:
+        return self.convert(name, parse_duration, default)
+
+    def size(self, name: str, default: int) -> int:
+        return self.convert(name, parse_size, default)
+
+    def path(self, name: str, required: bool = False) -> Path | None:
+        value = self.string(name, required=required)
+        return self.resolve(value) if value else None
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.file.parent / path).resolve()
+
+    def table(self, name: str, required: bool = False) -> _Table | None:
+        value = self.raw(name, required)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, dict):
+            self.error(name, f"expected a table, got {_tname(value)}")
+            return None
+        return _Table(value, self.file, self.key(name), self.problems)
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.error(name, "unknown key")
+
+
+def _tname(value: object) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f"expected \"host:port\", got {_tname(value)}")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", value)
+    if not match:
+        raise ValueError(f"bad listen address {value!r}: use \"host:port\" or \"[v6-address]:port\"")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"bad port {port} in {value!r}: ports go from 0 to 65535")
+    return host, port
+
+
+def _listener(table: _Table | None, default: Listener) -> Listener:
+    if table is None:
+        return default
+    host, port = table.convert("listen", parse_listen, (default.host, default.port))
+    return Listener(host, port, table.boolean("enabled", default.enabled))
+
+
+def _read_gateway(root: _Table) -> GatewaySettings:
+    t = root.table("gateway")
+    d = GatewaySettings()
+    if t is None:
+        return d
+    settings = GatewaySettings(
+        listen=_listener(t, d.listen),
+        handshake_timeout_s=t.duration("handshake_timeout", d.handshake_timeout_s),
+        request_timeout_s=t.duration("request_timeout", d.request_timeout_s),
+        idle_timeout_s=t.duration("idle_timeout", d.idle_timeout_s),
+        upstream_connect_timeout_s=t.duration("upstream_connect_timeout", d.upstream_connect_timeout_s),
+        close_timeout_s=t.duration("close_timeout", d.close_timeout_s),
+        drain_timeout_s=t.duration("drain_timeout", d.drain_timeout_s),
+        ping_interval_s=t.duration("ping_interval", d.ping_interval_s),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=1),
+        max_message_bytes=t.size("max_message_size", d.max_message_bytes),
+    )
+    t.finish()
+    return settings
+
+
+def _read_enroll(root: _Table) -> EnrollSettings:
+    t = root.table("enroll")
+    d = EnrollSettings()
+    if t is None:
+        return d
+    settings = EnrollSettings(
+        listen=_listener(t, d.listen),
+        request_timeout_s=t.duration("request_timeout", d.request_timeout_s),
+        max_body_bytes=t.size("max_body_size", d.max_body_bytes),
+        max_connections=t.integer("max_connections", d.max_connections, minimum=1),
+    )
+    t.finish()
+    return settings
+
+
+def _read_admin(root: _Table) -> AdminSettings:
+    t = root.table("admin")
+    if t is None:
+        return AdminSettings()
+    settings = AdminSettings(listen=_listener(t, AdminSettings().listen))
+    t.finish()
+    return settings
+
+
+def _read_tls(root: _Table) -> ServerTLS:
+    t = root.table("tls", required=True)
+    if t is None:
+        return ServerTLS()
+    tls = ServerTLS(
+        cert_file=t.path("cert_file"), key_file=t.path("key_file"),
+        keystore=t.path("keystore"), keystore_password_file=t.path("keystore_password_file"),
+    )
+    pem = tls.cert_file is not None or tls.key_file is not None
+    p12 = tls.keystore is not None or tls.keystore_password_file is not None
+    if pem and p12:
+        t.error("", "set either cert_file + key_file or keystore + keystore_password_file, not both")
+    elif pem and (tls.cert_file is None or tls.key_file is None):
+        t.error("cert_file" if tls.cert_file is None else "key_file", "is required with the other PEM file")
+    elif p12 and (tls.keystore is None or tls.keystore_password_file is None):
+        t.error("keystore" if tls.keystore is None else "keystore_password_file",
+                "is required with the other keystore setting")
+    elif not pem and not p12:
+        t.error("", "the server certificate is required: cert_file + key_file, or keystore + keystore_password_file")
+    else:
+        try:
+            tls_material.load_server_credentials(tls)
+        except ValueError as exc:
+            t.error("keystore" if p12 else "cert_file", str(exc))
+    t.finish()
+    return tls
+
+
+def _read_profile(t: _Table, name: str) -> Profile:
+    d = Profile(name)
+    validity = t.duration("validity", float(d.validity_s))
+    renew = t.duration("renew_before", float(d.renew_before_s))
+    key_types = t.strings("key_types") or d.key_types
+    for i, kt in enumerate(key_types):
+        if kt not in KEY_TYPES:
+            t.error(f"key_types[{i}]", f"unknown key type {kt!r} (known: {', '.join(KEY_TYPES)})")
+    pattern = t.string("subject_pattern", d.subject_pattern) or d.subject_pattern
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        t.error("subject_pattern", f"not a valid regular expression: {exc}")
+    approval = t.string("approval", d.approval)
+    if approval not in ("auto", "manual"):
+        t.error("approval", f"must be \"auto\" or \"manual\", not {approval!r}")
+        approval = d.approval
+    if validity <= 0:
+        t.error("validity", "must be longer than zero")
+    elif renew >= validity:
+        t.error("renew_before", "must be shorter than validity")
+    t.finish()
+    return Profile(name, int(validity), int(renew), key_types, pattern, approval)  # type: ignore[arg-type]
+
+
+def _read_identity(t: _Table) -> IdentityRule:
+    value = t.raw("identity")
+    if value is _MISSING:
+        return IdentityRule()
+    if not isinstance(value, dict):
+        t.error("identity", f"expected a table such as {{ rule = \"email-san\" }}, got {_tname(value)}")
+        return IdentityRule()
+    it = _Table(value, t.file, t.key("identity"), t.problems)
+    rule = it.string("rule", "email-san")
+    if rule not in IDENTITY_RULES:
+        it.error("rule", f"unknown identity rule {rule!r} (known: {', '.join(IDENTITY_RULES)})")
+        rule = "email-san"
+    allow = it.strings("allow")
+    it.finish()
+    return IdentityRule(rule, allow)  # type: ignore[arg-type]
+
+
+def _read_tenant(t: _Table, name: str) -> Tenant:
+    if not TENANT_NAME.fullmatch(name):
+        t.error("", "a tenant name has 1-63 characters: lower-case letters, digits and '-', "
+                "starting with a letter or digit")
+    hostnames = t.strings("hostnames", required=True)
+    if "hostnames" in t.data and isinstance(t.data["hostnames"], list) and not hostnames:
+        t.error("hostnames", "needs at least one SNI name")
+    for i, host in enumerate(hostnames):
+        if not HOSTNAME.fullmatch(host.lower().rstrip(".")):
+            t.error(f"hostnames[{i}]", f"{host!r} is not a valid DNS name")
+    cas = tuple(t.resolve(p) for p in t.strings("organisation_cas"))
+    for i, path in enumerate(cas):
+        try:
+            tls_material.load_ca_certificates(path)
+        except ValueError as exc:
+            t.error(f"organisation_cas[{i}]", str(exc))
+    crls = tuple(t.resolve(p) for p in t.strings("organisation_crls"))
+    for i, path in enumerate(crls):
+        try:
+            tls_material.load_crl(path)
+        except ValueError as exc:
+            t.error(f"organisation_crls[{i}]", str(exc))
+    if crls and not cas:
+        t.error("organisation_crls", "CRLs need organisation_cas to apply to")
+    upstream = t.string("upstream")
+    if upstream is not None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            t.error("upstream", f"{upstream!r} must be a ws:// or wss:// URL with a host")
+    identity = _read_identity(t)
+    profile = t.string("profile", "default") or "default"
+    t.finish()
+    return Tenant(name, tuple(h.lower().rstrip(".") for h in hostnames), cas, crls, identity,
+                  upstream, profile, t.file)
+
+
+def _parse_file(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        problems.append(Problem(path, "", f"cannot read: {exc.strerror or exc}"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(Problem(path, "", f"not valid TOML: {exc}"))
+    return None
+
+
+def load_config(path: Path) -> SwitchConfig:
+    """The configuration at ``path``, or ``ConfigError`` listing every problem found."""
+    path = path.resolve()
+    problems: list[Problem] = []
+    data = _parse_file(path, problems)
+    if data is None:
+        raise ConfigError(problems)
+    root = _Table(data, path, "", problems)
+    state_dir = root.path("state_dir", required=True)
+    default_tenant = root.string("default_tenant")
+    tenants_dir = root.path("tenants_dir")
+    issuer_key_type = root.string("issuer_key_type", "ec-p256")
+    if issuer_key_type not in ("ec-p256", "ec-p384"):
+        root.error("issuer_key_type", f"must be \"ec-p256\" or \"ec-p384\", not {issuer_key_type!r}")
+        issuer_key_type = "ec-p256"
+    issuer_validity = root.duration("issuer_validity", 5 * 365 * 86400.0)
+    tls = _read_tls(root)
+    gateway, enroll, admin = _read_gateway(root), _read_enroll(root), _read_admin(root)
+
+    profiles: dict[str, Profile] = {"default": Profile("default")}
+    ptable = root.table("profiles")
+    if ptable is not None:
+        for pname in ptable.data:
+            sub = ptable.table(pname)
+            if sub is not None:
+                profiles[pname] = _read_profile(sub, pname)
+
+    tenants: dict[str, Tenant] = {}
+    ttable = root.table("tenants")
+    if ttable is not None:
+        for tname in ttable.data:
+            sub = ttable.table(tname)
+            if sub is not None:
+                tenants[tname] = _read_tenant(sub, tname)
+    if tenants_dir is not None:
+        if not tenants_dir.is_dir():
+            root.error("tenants_dir", f"{tenants_dir} is not a directory")
+        else:
+            for file in sorted(tenants_dir.glob("*.toml")):
+                tdata = _parse_file(file, problems)
+                if tdata is None:
+                    continue
+                tname = file.stem
+                if tname in tenants:
+                    problems.append(Problem(file, "", f"tenant {tname!r} is also defined in "
+                                            f"{tenants[tname].source}"))
+                    continue
+                tenants[tname] = _read_tenant(_Table(tdata, file, "", problems), tname)
+    root.finish()
+
+    owners: dict[str, Tenant] = {}
+    for tenant in tenants.values():
+        for i, host in enumerate(tenant.hostnames):
+            other = owners.get(host)
+            if other is not None:
+                problems.append(Problem(
+                    tenant.source or path, _tenant_key(tenant, f"hostnames[{i}]", path),
+                    f"{host!r} is also claimed by tenant {other.name!r} ({other.source})"))
+            else:
+                owners[host] = tenant
+        if tenant.profile not in profiles:
+            problems.append(Problem(tenant.source or path, _tenant_key(tenant, "profile", path),
+                                    f"unknown profile {tenant.profile!r} (known: {', '.join(sorted(profiles))})"))
+    if default_tenant is not None and default_tenant not in tenants:
+        root.error("default_tenant", f"no tenant named {default_tenant!r}")
+
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+    assert state_dir is not None
+    return SwitchConfig(
+        path=path, state_dir=state_dir, tls=tls, gateway=gateway, enroll=enroll, admin=admin,
+        profiles=profiles, tenants=tenants, default_tenant=default_tenant,
+        tenants_dir=tenants_dir, issuer_key_type=issuer_key_type,  # type: ignore[arg-type]
+        issuer_validity_s=int(issuer_validity),
+    )
+
+
+def _tenant_key(tenant: Tenant, key: str, main: Path) -> str:
+    return key if tenant.source and tenant.source != main else f"tenants.{tenant.name}.{key}"
+
