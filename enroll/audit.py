@@ -112,11 +112,14 @@ def verify(entries: Iterable[AuditEntry], head: tuple[int, str] | None) -> Audit
     count = 0
     for entry in entries:
         count += 1
+        if entry.seq > expected_seq:
+            missing = f"{expected_seq}" if entry.seq == expected_seq + 1 else f"{expected_seq}-{entry.seq - 1}"
+            return AuditVerification(False, count, prev, expected_seq,
+                                     f"entry {missing} is missing: it was removed")
         if entry.seq != expected_seq:
-            return AuditVerification(
-                False, count, prev, entry.seq,
-                f"expected entry {expected_seq} here: entries were removed or reordered",
-            )
+            return AuditVerification(False, count, prev, entry.seq,
+                                     f"found entry {entry.seq} where {expected_seq} belongs: "
+                                     "entries were reordered")
         if entry.prev_hash != prev:
             return AuditVerification(
                 False, count, prev, entry.seq,

@@ -379,7 +379,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     with _closing(_authority(args)) as auth:
         result = auth.verify_audit()
     if result.ok:
-        print(f"audit log intact: {result.entries_checked} entries, hash chain verified")
+        print(f"audit log intact: {result.entries_checked} entries, hash chain verified; "
+              f"head {result.head_hash}")
         return EXIT_OK
     raise CliExit(
         EXIT_REFUSED,

@@ -1,0 +1,117 @@
+"""The audit log: every action recorded, append-only, tampering detected."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from config.model import SwitchConfig
+from enroll.authority import Authority
+
+
+def _all_actions(authority: Authority) -> None:
+    authority.enable_service("acme", actor="alice")
+    authority.renew_issuer("acme", actor="alice")
+    authority.generate_key("acme", "Laptops", actor="bob")
+    authority.rename_key("acme", "Laptops", "Notebooks", actor="bob")
+    authority.suspend_key("acme", "Notebooks", reason="rollout paused", actor="carol")
+    authority.reactivate_key("acme", "Notebooks", actor="carol")
+    authority.revoke_key("acme", "Notebooks", reason="leaked", confirm="Notebooks", actor="dave")
+    authority.disable_service("acme", actor="alice")
+
+
+def _raw(config: SwitchConfig) -> sqlite3.Connection:
+    conn = sqlite3.connect(config.state_dir / "switch.db", isolation_level=None)
+    conn.execute("DROP TRIGGER audit_log_no_update")
+    conn.execute("DROP TRIGGER audit_log_no_delete")
+    return conn
+
+
+def test_every_action_is_recorded_with_actor_tenant_target_and_reason(authority: Authority) -> None:
+    _all_actions(authority)
+    entries = authority.audit_entries("acme")
+    assert [e.action for e in entries] == [
+        "issuer.created", "service.enabled", "issuer.renewed", "key.created", "key.renamed",
+        "key.suspended", "key.reactivated", "key.revoked", "service.disabled",
+    ]
+    assert all(e.tenant == "acme" and e.ts > 0 for e in entries)
+    by_action = {e.action: e for e in entries}
+    assert by_action["key.suspended"].reason == "rollout paused"
+    assert by_action["key.suspended"].actor == "carol"
+    assert by_action["key.revoked"].reason == "leaked"
+    assert by_action["key.renamed"].details == {"old_name": "Laptops", "new_name": "Notebooks"}
+    assert by_action["key.created"].target == by_action["key.revoked"].target
+    assert authority.audit_entries("other") == []
+    assert authority.verify_audit().ok
+
+
+def test_enabling_an_enabled_service_writes_no_entry(authority: Authority) -> None:
+    authority.enable_service("acme", actor="a")
+    count = len(authority.audit_entries())
+    authority.enable_service("acme", actor="a")
+    authority.disable_service("other", actor="a")  # already off
+    assert len(authority.audit_entries()) == count
+
+
+def test_updates_and_deletes_are_refused_by_the_store(authority: Authority,
+                                                      switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    conn = sqlite3.connect(switch_config.state_dir / "switch.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE audit_log SET reason = 'x' WHERE seq = 1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit_log WHERE seq = 1")
+    conn.close()
+
+
+def test_an_edited_entry_is_named(authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    _raw(switch_config).execute("UPDATE audit_log SET reason = 'routine' WHERE seq = 8")
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 8 and "edited" in (result.problem or "")
+
+
+def test_a_removed_entry_is_named(authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    _raw(switch_config).execute("DELETE FROM audit_log WHERE seq = 4")
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 4 and "removed" in (result.problem or "")
+
+
+def test_reordered_entries_are_named(authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    conn = _raw(switch_config)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash FROM audit_log"
+        " WHERE seq IN (3, 4)")}
+    for seq, other in ((3, 4), (4, 3)):
+        conn.execute(
+            "UPDATE audit_log SET ts=?, actor=?, tenant=?, action=?, target=?, reason=?, details=?,"
+            " prev_hash=?, hash=? WHERE seq=?", (*rows[other], seq))
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 3
+
+
+def test_a_cut_tail_is_detected(authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    _raw(switch_config).execute("DELETE FROM audit_log WHERE seq = 9")
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 9 and "end" in (result.problem or "")
+
+
+def test_an_intact_log_verifies_and_reports_its_head(authority: Authority) -> None:
+    _all_actions(authority)
+    result = authority.verify_audit()
+    assert result.ok and result.entries_checked == 9 and len(result.head_hash) == 64
+
+
+def test_log_survives_reopening(switch_config: SwitchConfig, tmp_path: Path) -> None:
+    first = Authority.open(switch_config)
+    first.generate_key("acme", "Key", actor="a")
+    first.close()
+    second = Authority.open(switch_config)
+    second.suspend_key("acme", "Key", reason="r", actor="a")
+    assert second.verify_audit().ok and len(second.audit_entries()) == 2
+    second.close()
