@@ -89,6 +89,10 @@ class _Table:
         self.seen: set[str] = set()
 
     def key(self, name: str) -> str:
+        if not name:
+            return self.prefix
+        if name.startswith("["):
+            return f"{self.prefix}{name}"
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def error(self, name: str, message: str) -> None:
