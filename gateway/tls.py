@@ -1,0 +1,304 @@
+"""A Trio stream over a pyOpenSSL connection with memory BIOs.
+
+Why not ``trio.SSLStream``: Python's ``ssl`` module on 3.11 cannot hand over the client's chain,
+cannot let Switch decide about a client certificate itself (the EST port accepts any certificate
+in TLS and checks it per tenant, answering with an HTTP status), cannot turn TLS 1.3 tickets off,
+and costs more CPU per handshake (DESIGN.md, Budgets).
+
+Theory of operation: OpenSSL reads from and writes to two memory buffers; this class moves bytes
+between those buffers and the transport stream. Every pyOpenSSL call is synchronous, so calls from
+two tasks never interleave; only the transport I/O awaits, each direction under its own lock:
+
+* ``_flush`` moves everything OpenSSL wrote into the outgoing buffer to the transport, under the
+  send lock; bytes leave in the order OpenSSL produced them because the buffer is FIFO.
+* ``_fill`` reads one chunk from the transport into the incoming buffer, under the receive lock.
+  A task that waited for the lock while another task filled returns without reading, and retries
+  its OpenSSL call on the new data (the same idea as trio's ``SSLStream``).
+
+So one task may sit in ``receive_some`` while another calls ``send_all`` (a WebSocket relay does).
+Two concurrent ``receive_some`` calls, or two concurrent ``send_all`` calls, are a bug in the
+caller and raise ``trio.BusyResourceError``. TLS failures (bad bytes, a refused certificate, EOF
+mid-handshake) raise ``trio.BrokenResourceError`` with the OpenSSL error as ``__cause__``, after
+flushing any alert OpenSSL queued so the peer learns why. A clean ``close_notify`` reads as ``b""``;
+EOF without it raises ``trio.BrokenResourceError`` (truncation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
+
+T = TypeVar("T")
+
+#: Read size from the transport: one full TLS record plus header room.
+READ_CHUNK = 16 * 1024 + 256
+#: Largest plaintext handed to OpenSSL at once, so the outgoing buffer stays bounded (back-pressure
+#: comes from awaiting the transport after each chunk).
+WRITE_CHUNK = 64 * 1024
+
+
+class OpenSSLStream(trio.abc.Stream):
+    def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
+        self.transport = transport
+        self.connection = connection
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self._fill_generation = 0
+        self._handshake_done = False
+        self._handshake_lock = trio.Lock()
+        self._sending = False
+        self._receiving = False
+        self._closed = False
+
+    @classmethod
+    def server(cls, transport: trio.abc.Stream, context: SSL.Context) -> OpenSSLStream:
+        conn = SSL.Connection(context, None)
+        conn.set_accept_state()
+        return cls(transport, conn)
+
+    @classmethod
+    def client(cls, transport: trio.abc.Stream, context: SSL.Context,
+               server_name: str | None = None) -> OpenSSLStream:
+        conn = SSL.Connection(context, None)
+        if server_name:
+            conn.set_tlsext_host_name(server_name.encode("idna"))
+        conn.set_connect_state()
+        return cls(transport, conn)
+
+    # --- moving bytes ------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            while True:
+                try:
+                    data = self.connection.bio_read(READ_CHUNK * 4)
+                except SSL.WantReadError:
+                    return
+                await self.transport.send_all(data)
+
+    async def _flush_quietly(self) -> None:
+        with trio.move_on_after(1):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                await self._flush()
+
+    async def _fill(self) -> None:
+        seen = self._fill_generation
+        async with self._recv_lock:
+            if self._fill_generation != seen:
+                return  # another task read while we waited: retry on its data
+            data = await self.transport.receive_some(READ_CHUNK)
+            if data:
+                self.connection.bio_write(bytes(data))
+            else:
+                self.connection.bio_shutdown()
+            self._fill_generation += 1
+
+    async def _retry(self, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream is closed")
+        while True:
+            try:
+                result = fn(*args)
+            except SSL.WantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except SSL.ZeroReturnError:
+                raise
+            except SSL.Error as exc:
+                await self._flush_quietly()
+                raise trio.BrokenResourceError(f"TLS failed: {_describe(exc)}") from exc
+            await self._flush()
+            return result
+
+    # --- the Stream interface ------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
+        async with self._handshake_lock:
+            if not self._handshake_done:
+                await self._retry(self.connection.do_handshake)
+                self._handshake_done = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            await self.do_handshake()
+            view = memoryview(data)
+            if not view:
+                await trio.lowlevel.checkpoint()
+            for start in range(0, len(view), WRITE_CHUNK):
+                chunk = bytes(view[start:start + WRITE_CHUNK])
+                await self._retry(self.connection.sendall, chunk)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        async with self._send_lock:
+            await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            await self.do_handshake()
+            try:
+                return await self._retry(self.connection.recv, max_bytes or READ_CHUNK)
+            except SSL.ZeroReturnError:
+                return b""
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Send close_notify (best effort, briefly) and close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if self._handshake_done:
+                with contextlib.suppress(SSL.Error):
+                    self.connection.shutdown()
+                await self._flush_quietly()
+        finally:
+            self._closed = True
+            await self.transport.aclose()
+
+    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
+        raise NotImplementedError("TLS has no half-close")
+
+    # --- what the handshake established ---------------------------------------------------------
+
+    @property
+    def server_name(self) -> str | None:
+        name = self.connection.get_servername()
+        return name.decode("ascii", "replace").lower() if name else None
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        return cert
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        """The chain the peer sent, leaf first (unverified: for the server's own checks)."""
+        leaf = self.connection.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return []
+        # A server's view of the chain leaves out the leaf (SSL_get_peer_cert_chain).
+        rest = self.connection.get_peer_cert_chain(as_cryptography=True) or []
+        return [leaf, *(c for c in rest if c != leaf)]
+
+    def verified_chain(self) -> list[x509.Certificate] | None:
+        """The chain OpenSSL verified, leaf first, or None."""
+        chain = self.connection.get_verified_chain(as_cryptography=True)
+        return list(chain) if chain else None
+
+    @property
+    def tls_version(self) -> str:
+        return str(self.connection.get_protocol_version_name())
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(_lib.SSL_session_reused(self.connection._ssl))
+
+
+def _describe(exc: SSL.Error) -> str:
+    parts = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and len(item) == 3:
+            parts.append(str(item[2]))
+    return ", ".join(parts) or repr(exc)
+
+
+ClientAuth = Literal["required", "optional", "any"]
+
+
+def server_context(
+    chain: Sequence[x509.Certificate],
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
+    *,
+    client_auth: ClientAuth,
+    trust: Sequence[x509.Certificate] = (),
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> SSL.Context:
+    """A server context for TLS 1.2 and 1.3 with no session resumption.
+
+    ``client_auth``: ``required`` (the handshake fails without a certificate that chains to
+    ``trust``), ``optional`` (a certificate, if sent, must chain to ``trust``), or ``any`` (a
+    certificate is requested and accepted whatever it is, for the caller to judge: OpenSSL still
+    checks that the client holds its private key). Only ``trust`` is trusted, never the system
+    store; its subjects are sent as the acceptable CA names.
+
+    Resumption is impossible: no stateless tickets (``OP_NO_TICKET``) and no session cache, so a
+    session set up under one SNI name can never skip the trust check of another.
+    """
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+    )
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.use_certificate(chain[0])
+    for extra in chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(key)
+    ctx.check_privatekey()
+    store = ctx.get_cert_store()
+    assert store is not None
+    for cert in trust:
+        store.add_cert(crypto.X509.from_cryptography(cert))
+    for crl in crls:
+        store.add_crl(crl)
+    if crls:
+        store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+    for cert in trust:
+        ctx.add_client_ca(cert)
+    if client_auth == "any":
+        ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
+    elif client_auth == "optional":
+        ctx.set_verify(SSL.VERIFY_PEER, _openssl_decides)
+    else:
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _openssl_decides)
+    return ctx
+
+
+def client_context(
+    *, trust: Sequence[x509.Certificate] = (), chain: Sequence[x509.Certificate] = (),
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | None = None,
+    max_version: int | None = None,
+) -> SSL.Context:
+    """A client context that verifies the server against ``trust`` (for the reference agent and
+    tests), presenting ``chain``/``key`` when given."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    if max_version is not None:
+        ctx.set_max_proto_version(max_version)
+    store = ctx.get_cert_store()
+    assert store is not None
+    for cert in trust:
+        store.add_cert(crypto.X509.from_cryptography(cert))
+    ctx.set_verify(SSL.VERIFY_PEER, _openssl_decides)
+    if chain and key is not None:
+        ctx.use_certificate(chain[0])
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(key)
+    return ctx
+
+
+def _openssl_decides(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+    return bool(ok)
+
+
+def _accept_any(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+    return True

@@ -1,0 +1,230 @@
+"""The pyOpenSSL Trio stream over memory streams, and over real loopback sockets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from OpenSSL import SSL
+
+from enroll import pki
+from gateway.tls import OpenSSLStream, client_context, server_context
+
+NOW = dt.datetime.now(dt.UTC)
+YEAR = dt.timedelta(days=365)
+
+
+class Pki:
+    def __init__(self) -> None:
+        self.root_key = pki.generate_key()
+        self.root = pki.make_ca(pki.name("server root"), self.root_key, now=NOW, validity=YEAR)
+        self.server_key = pki.generate_key()
+        self.server = pki.make_leaf(pki.name("localhost"), self.server_key.public_key(),
+                                    (self.root, self.root_key), now=NOW, validity=YEAR,
+                                    dns_names=["localhost"], server=True, client=False)
+        self.client_ca_key = pki.generate_key()
+        self.client_ca = pki.make_ca(pki.name("client CA"), self.client_ca_key, now=NOW, validity=YEAR)
+        self.client_key = pki.generate_key()
+        self.client = pki.make_leaf(pki.name("agent"), self.client_key.public_key(),
+                                    (self.client_ca, self.client_ca_key), now=NOW, validity=YEAR)
+        other_key = pki.generate_key()
+        self.other_ca = pki.make_ca(pki.name("other CA"), other_key, now=NOW, validity=YEAR)
+        self.stranger_key = pki.generate_key()
+        self.stranger = pki.make_leaf(pki.name("stranger"), self.stranger_key.public_key(),
+                                      (self.other_ca, other_key), now=NOW, validity=YEAR)
+
+
+@pytest.fixture(scope="module")
+def certs() -> Pki:
+    return Pki()
+
+
+def _pair(certs: Pki, *, client_auth: str = "required", with_cert: bool = True,
+          stranger: bool = False, max_version: int | None = None
+          ) -> tuple[OpenSSLStream, OpenSSLStream]:
+    a, b = trio.testing.memory_stream_pair()
+    sctx = server_context([certs.server, certs.root], certs.server_key,
+                          client_auth=client_auth, trust=[certs.client_ca])  # type: ignore[arg-type]
+    chain, key = ([certs.stranger], certs.stranger_key) if stranger else ([certs.client], certs.client_key)
+    cctx = client_context(trust=[certs.root], chain=chain if with_cert else (),
+                          key=key if with_cert else None, max_version=max_version)
+    return OpenSSLStream.server(a, sctx), OpenSSLStream.client(b, cctx, "localhost")
+
+
+VERSIONS = pytest.mark.parametrize("max_version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION],
+                                   ids=["tls1.2", "tls1.3"])
+
+
+@VERSIONS
+async def test_handshake_and_echo_both_ways(certs: Pki, max_version: int) -> None:
+    server, client = _pair(certs, max_version=max_version)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.do_handshake)
+            n.start_soon(client.do_handshake)
+        assert server.server_name == "localhost"
+        chain = server.verified_chain()
+        assert chain is not None and chain[0] == certs.client and chain[-1] == certs.client_ca
+        await client.send_all(b"ping")
+        assert await server.receive_some() == b"ping"
+        await server.send_all(b"pong")
+        assert await client.receive_some() == b"pong"
+        await client.aclose()
+        assert await server.receive_some() == b""
+
+
+async def test_large_payloads_flow_both_ways_at_once(certs: Pki) -> None:
+    server, client = _pair(certs)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    async def pump(src: OpenSSLStream, dst_received: list[bytes]) -> None:
+        total = 0
+        while total < len(payload):
+            data = await src.receive_some(65536)
+            assert data
+            dst_received.append(data)
+            total += len(data)
+
+    got_server: list[bytes] = []
+    got_client: list[bytes] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.send_all, payload)
+            n.start_soon(client.send_all, payload)
+            n.start_soon(pump, server, got_server)
+            n.start_soon(pump, client, got_client)
+    assert b"".join(got_server) == payload and b"".join(got_client) == payload
+
+
+async def _server_handshake_fails(server: OpenSSLStream, client: OpenSSLStream) -> None:
+    """Assert on the server side (STYLE: under TLS 1.3 the client's own handshake may succeed)."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+
+            async def client_side() -> None:
+                try:
+                    await client.do_handshake()
+                    await client.receive_some()
+                except trio.BrokenResourceError:
+                    pass
+                finally:
+                    await client.aclose()
+
+            n.start_soon(client_side)
+            with pytest.raises(trio.BrokenResourceError):
+                await server.do_handshake()
+            await server.aclose()
+
+
+@VERSIONS
+async def test_missing_client_certificate_is_refused_when_required(certs: Pki, max_version: int) -> None:
+    await _server_handshake_fails(*_pair(certs, with_cert=False, max_version=max_version))
+
+
+@VERSIONS
+async def test_untrusted_client_certificate_is_refused(certs: Pki, max_version: int) -> None:
+    await _server_handshake_fails(*_pair(certs, stranger=True, max_version=max_version))
+
+
+async def test_any_mode_accepts_an_untrusted_certificate_for_the_caller_to_judge(certs: Pki) -> None:
+    server, client = _pair(certs, client_auth="any", stranger=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.do_handshake)
+            n.start_soon(client.do_handshake)
+    assert server.peer_certificate() == certs.stranger
+    assert server.peer_chain()[0] == certs.stranger
+
+
+async def test_any_mode_allows_no_certificate(certs: Pki) -> None:
+    server, client = _pair(certs, client_auth="any", with_cert=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.do_handshake)
+            n.start_soon(client.do_handshake)
+    assert server.peer_certificate() is None
+
+
+async def test_garbage_bytes_break_the_handshake(certs: Pki) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    server = OpenSSLStream.server(a, server_context([certs.server], certs.server_key,
+                                                   client_auth="any"))
+    await b.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+        await server.do_handshake()
+
+
+async def test_eof_without_close_notify_is_truncation(certs: Pki) -> None:
+    server, client = _pair(certs)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.do_handshake)
+            n.start_soon(client.do_handshake)
+        await client.transport.aclose()  # no close_notify
+        with pytest.raises(trio.BrokenResourceError):
+            await server.receive_some()
+
+
+async def test_sessions_are_never_resumed(certs: Pki, tmp_path: Path) -> None:
+    """A TLS 1.2 client offering its previous session gets a full handshake."""
+    sctx = server_context([certs.server, certs.root], certs.server_key, client_auth="required",
+                          trust=[certs.client_ca])  # type: ignore[arg-type]
+    cctx = client_context(trust=[certs.root], chain=[certs.client], key=certs.client_key,
+                          max_version=SSL.TLS1_2_VERSION)
+    session = None
+    for _ in range(2):
+        a, b = trio.testing.memory_stream_pair()
+        server = OpenSSLStream.server(a, sctx)
+        client = OpenSSLStream.client(b, cctx, "localhost")
+        if session is not None:
+            client.connection.set_session(session)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(server.do_handshake)
+                n.start_soon(client.do_handshake)
+        assert not server.session_reused and not client.session_reused
+        session = client.connection.get_session()
+
+
+async def test_real_socket_with_a_stdlib_ssl_client(certs: Pki, tmp_path: Path) -> None:
+    sctx = server_context([certs.server, certs.root], certs.server_key, client_auth="required",
+                          trust=[certs.client_ca])  # type: ignore[arg-type]
+    seen: list[str] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        tls = OpenSSLStream.server(stream, sctx)
+        try:
+            await tls.do_handshake()
+            chain = tls.verified_chain() or []
+            seen.append(chain[0].subject.rfc4514_string())
+            await tls.send_all(await tls.receive_some())
+        finally:
+            await tls.aclose()
+
+    (tmp_path / "root.pem").write_bytes(pki.cert_pem(certs.root))
+    (tmp_path / "client.pem").write_bytes(pki.cert_pem(certs.client))
+    (tmp_path / "client.key").write_bytes(pki.key_pem(certs.client_key))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            listeners = await n.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
+            ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+            await stream.send_all(b"hello")
+            assert await stream.receive_some(100) == b"hello"
+            await stream.aclose()
+            result = await trio.run_process(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+                 "-CAfile", str(tmp_path / "root.pem"), "-cert", str(tmp_path / "client.pem"),
+                 "-key", str(tmp_path / "client.key"), "-quiet", "-verify_return_error"],
+                stdin=b"from openssl\n", capture_stdout=True, capture_stderr=True, check=False)
+            assert b"from openssl" in result.stdout, result.stderr
+            n.cancel_scope.cancel()
+    assert seen == ["CN=agent", "CN=agent"]
