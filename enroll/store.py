@@ -133,7 +133,11 @@ class Store:
     def open(cls, path: Path) -> Store:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            # check_same_thread=False: the server calls the store from worker threads, one at a
+            # time (a CapacityLimiter of 1 in the shell); the CLI from its only thread.
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")

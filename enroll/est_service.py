@@ -1,0 +1,332 @@
+"""The EST service: one request in, one reply out.
+
+The listener (``gateway.enroll_listener``) does TLS and HTTP and hands over an ``EstRequest``: the
+method, path, the few headers EST uses, the body, the SNI name and the certificate chain the client
+presented (accepted by TLS whatever it is: it is judged here, per tenant). ``handle`` is synchronous
+(the store is SQLite) and runs in a worker thread; ``now`` and a monotonic time for rate limiting
+are passed in.
+
+Order of checks for ``simpleenroll``: route and tenant; the provisioning service is on; the source
+is not rate limited; the provisioning key authenticates (a failure counts against the source); the
+key is active (suspended and revoked keys are refused, and audited); the content type; base64;
+the CSR parses, its signature verifies, its key type and subject fit the profile; then manual
+approval or issuance. Nothing is stored for a refused request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from config.model import Profile, SwitchConfig, Tenant
+from enroll import audit, est_wire, pki
+from enroll.csr import (
+    KEY_TYPE_OIDS,
+    CsrRequest,
+    check_csr,
+    parse_csr,
+    requested_common_name,
+    verify_proof_of_possession,
+)
+from enroll.errors import AuthorityError
+from enroll.est_errors import (
+    BadRequest,
+    EstError,
+    Forbidden,
+    NotFound,
+    SubjectNotAllowed,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from enroll.issuance import Issuance
+from enroll.keys import KeyRecord, KeyState
+from enroll.policy import check_renewal, pkcs12_bundle
+from enroll.ratelimit import FailureLimiter
+
+log = structlog.get_logger("switch.enroll")
+
+PKCS10 = "application/pkcs10"
+PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
+
+
+@attrs.frozen
+class EstRequest:
+    method: str
+    path: str
+    headers: Mapping[str, bytes]  # lower-case names
+    body: bytes
+    server_name: str | None
+    client_chain: Sequence[x509.Certificate]
+    source: str
+
+
+@attrs.frozen
+class EstReply:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    #: For logs and metrics: "ok", "pending", or the refusal's reason code.
+    result: str = "ok"
+    tenant: str | None = None
+    key_id: str | None = None
+    serial: str | None = None
+
+
+def _refusal(exc: EstError, tenant: str | None = None) -> EstReply:
+    headers: list[tuple[str, str]] = []
+    if exc.retry_after is not None:
+        headers.append(("Retry-After", str(exc.retry_after)))
+    if exc.status == 401:
+        headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
+    return EstReply(exc.status, f"{exc.status} {exc.reason}\n".encode(),
+                    "text/plain; charset=utf-8", tuple(headers), exc.reason, tenant)
+
+
+class EstService:
+    def __init__(self, config: SwitchConfig, issuance: Issuance,
+                 limiter: FailureLimiter | None = None, *, approval_retry_after_s: int = 60) -> None:
+        self.config = config
+        self.issuance = issuance
+        self.authority = issuance.authority
+        self.limiter = limiter or FailureLimiter()
+        self.approval_retry_after_s = approval_retry_after_s
+        self.max_body_bytes = config.enroll.max_body_bytes
+
+    def handle(self, request: EstRequest, now: dt.datetime, monotonic: float) -> EstReply:
+        tenant: Tenant | None = None
+        try:
+            route = est_wire.parse_est_path(request.method, request.path)
+            tenant = self._tenant(route.label, request.server_name)
+            op = route.operation
+            if op == "cacerts":
+                return self._cacerts(tenant, now)
+            if op == "csrattrs":
+                return self._csrattrs(tenant)
+            if not self.authority.service_enabled(tenant.name):
+                raise Forbidden("the provisioning service is disabled", reason="service_disabled")
+            key: KeyRecord | None
+            if op == "simpleenroll":
+                key = self._key_from_secret(request, tenant, now, monotonic)
+                return self._enroll(request, tenant, key, now)
+            if op == "simplereenroll":
+                current, key = self._key_from_certificate(request, tenant, now)
+                return self._reenroll(request, tenant, key, current, now)
+            key = self._authenticate_any(request, tenant, now, monotonic)
+            return self._serverkeygen(request, tenant, key, now, pkcs12=op == "serverkeygen-pkcs12")
+        except EstError as exc:
+            return _refusal(exc, tenant.name if tenant else None)
+        except AuthorityError as exc:
+            log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
+            return _refusal(Unavailable(exc.message, reason=exc.reason),
+                            tenant.name if tenant else None)
+
+    # --- tenant and authentication -------------------------------------------------------------
+
+    def _tenant(self, label: str | None, server_name: str | None) -> Tenant:
+        by_sni = None
+        if server_name:
+            by_sni = next((t for t in self.config.tenants.values()
+                           if server_name.rstrip(".").lower() in t.hostnames), None)
+        if label is not None:
+            tenant = self.config.tenants.get(label)
+            if tenant is None:
+                raise NotFound(f"unknown tenant label {label!r}", reason="unknown_tenant")
+            if by_sni is not None and by_sni is not tenant:
+                raise BadRequest(f"SNI names tenant {by_sni.name}, the path {label}",
+                                 reason="tenant_mismatch")
+            return tenant
+        tenant = by_sni or self.config.tenant_for_hostname(server_name)
+        if tenant is None:
+            raise NotFound("no tenant for this SNI name and no label in the path",
+                           reason="unknown_tenant")
+        return tenant
+
+    def _key_from_secret(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
+                         monotonic: float) -> KeyRecord:
+        wait = self.limiter.retry_after(request.source, monotonic)
+        if wait is not None:
+            raise TooManyRequests("too many failed attempts from this source", retry_after=wait)
+        try:
+            secret = est_wire.parse_authorization(request.headers.get("authorization"))
+        except Unauthorized:
+            self._failed(request, tenant, monotonic)
+            raise
+        if secret is None:
+            raise Unauthorized("a provisioning key is required (HTTP Basic password or Bearer)",
+                               reason="credentials_required")
+        key = self.authority.authenticate_key(tenant.name, secret, now=now)
+        if key is None:
+            self._failed(request, tenant, monotonic)
+            raise Unauthorized("wrong provisioning key", reason="bad_credentials")
+        self._require_active(key, tenant, request, "simpleenroll", now)
+        return key
+
+    def _failed(self, request: EstRequest, tenant: Tenant, monotonic: float) -> None:
+        self.limiter.record_failure(request.source, monotonic)
+        if self.limiter.retry_after(request.source, monotonic) is not None:
+            log.warning("est_source_locked_out", source=request.source, tenant=tenant.name)
+
+    def _require_active(self, key: KeyRecord, tenant: Tenant, request: EstRequest, op: str,
+                        now: dt.datetime) -> None:
+        if key.state is KeyState.ACTIVE:
+            return
+        reason = "key_revoked" if key.state is KeyState.REVOKED else "key_suspended"
+        with self.authority.store.transaction() as conn:
+            audit.append(conn, ts=int(now.timestamp()), actor=f"est:{request.source}",
+                         tenant=tenant.name, action="enrollment.refused", target=key.id,
+                         reason=reason, details={"operation": op})
+        raise Forbidden(f"provisioning key {key.id} is {key.state.value}", reason=reason)
+
+    def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime
+                              ) -> tuple[x509.Certificate, KeyRecord | None]:
+        """Re-enrollment: the client's current certificate, issued by this tenant's provisioning
+        issuers, valid now, not revoked, and its key neither suspended nor revoked."""
+        if not request.client_chain:
+            raise Unauthorized("re-enrollment needs the current certificate (TLS client auth)",
+                               reason="certificate_required")
+        leaf = request.client_chain[0]
+        issuers = self.issuance.trusted_issuer_certificates(tenant.name, now)
+        if not any(_directly_issued_by(leaf, issuer) for issuer in issuers):
+            raise Forbidden("the certificate is not from this tenant's provisioning CA",
+                            reason="certificate_untrusted")
+        if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+            raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
+        record = self.issuance.find(tenant.name, leaf)
+        if record is None:
+            raise Forbidden("Switch has no record of this certificate", reason="certificate_unknown")
+        if record.state == "revoked":
+            raise Forbidden("the current certificate is revoked", reason="certificate_revoked")
+        key = self.authority.get_key(tenant.name, record.key_id) if record.key_id else None
+        if key is not None:
+            self._require_active(key, tenant, request, "simplereenroll", now)
+        return leaf, key
+
+    def _authenticate_any(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
+                          monotonic: float) -> KeyRecord | None:
+        if request.headers.get("authorization") is None and request.client_chain:
+            return self._key_from_certificate(request, tenant, now)[1]
+        return self._key_from_secret(request, tenant, now, monotonic)
+
+    # --- operations ----------------------------------------------------------------------------
+
+    def _profile(self, tenant: Tenant, key: KeyRecord | None) -> Profile:
+        return self.config.profile_for(tenant, key.profile if key else None)
+
+    def _csr(self, request: EstRequest) -> x509.CertificateSigningRequest:
+        content_type = request.headers.get("content-type", b"").split(b";")[0].strip().lower()
+        if content_type != PKCS10.encode():
+            raise UnsupportedMediaType(f"expected {PKCS10}", reason="unsupported_media_type")
+        return parse_csr(est_wire.decode_base64_body(request.body, max_bytes=self.max_body_bytes))
+
+    def _certificate_reply(self, tenant: Tenant, cert: x509.Certificate, key: KeyRecord | None,
+                           serial: str) -> EstReply:
+        return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only([cert])),
+                        est_wire.PKCS7_CERTS_ONLY, (("Content-Transfer-Encoding", "base64"),),
+                        "ok", tenant.name, key.id if key else None, serial)
+
+    def _enroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
+                now: dt.datetime) -> EstReply:
+        csr = self._csr(request)
+        profile = self._profile(tenant, key)
+        checked = check_csr(csr, profile)
+        pending_id = None
+        if profile.approval == "manual":
+            pending = self.issuance.submit(tenant.name, key, csr.public_bytes(serialization.Encoding.DER),
+                                           checked.common_name, now)
+            if pending.state == "pending":
+                return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
+                                (("Retry-After", str(self.approval_retry_after_s)),),
+                                "pending", tenant.name, key.id if key else None)
+            if pending.state == "rejected":
+                raise Forbidden("the request was rejected", reason="request_rejected")
+            if pending.state == "issued" and pending.certificate_serial:
+                record = next(r for r in self.issuance.list_certificates(tenant.name)
+                              if r.serial == pending.certificate_serial)
+                return self._certificate_reply(tenant, record.certificate(), key, record.serial)
+            pending_id = pending.id
+        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
+                                           pending_id=pending_id)
+        log.info("est_issued", tenant=tenant.name, key_id=key.id if key else None,
+                 serial=record.serial, subject=record.subject, sha256=record.sha256)
+        return self._certificate_reply(tenant, cert, key, record.serial)
+
+    def _reenroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
+                  current: x509.Certificate, now: dt.datetime) -> EstReply:
+        csr = self._csr(request)
+        profile = self._profile(tenant, key)
+        checked = check_csr(csr, profile)
+        check_renewal(current, checked, now)
+        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
+        log.info("est_reissued", tenant=tenant.name, key_id=key.id if key else None,
+                 serial=record.serial, subject=record.subject)
+        return self._certificate_reply(tenant, cert, key, record.serial)
+
+    def _serverkeygen(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
+                      now: dt.datetime, *, pkcs12: bool) -> EstReply:
+        csr = self._csr(request)
+        verify_proof_of_possession(csr)
+        profile = self._profile(tenant, key)
+        common_name = requested_common_name(csr)
+        if not re.fullmatch(profile.subject_pattern, common_name):
+            raise SubjectNotAllowed("the CN does not match the profile's subject pattern")
+        password = request.headers.get(PKCS12_PASSWORD_HEADER) if pkcs12 else None
+        if pkcs12 and password is not None and not password:
+            raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
+        key_type = profile.key_types[0]
+        private_key = pki.generate_key(key_type)
+        checked = CsrRequest(private_key.public_key(), key_type, common_name)
+        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
+        if pkcs12:
+            chain = self.issuance.trusted_issuer_certificates(tenant.name, now)[:1]
+            bundle, used = pkcs12_bundle(private_key, cert, chain, password)
+            headers: tuple[tuple[str, str], ...] = (("Content-Transfer-Encoding", "base64"),)
+            if password is None:
+                headers += ((PKCS12_PASSWORD_HEADER, used.decode()),)
+            return EstReply(200, est_wire.encode_base64_body(bundle), "application/pkcs12",
+                            headers, "ok", tenant.name, key.id if key else None, record.serial)
+        der = private_key.private_bytes(serialization.Encoding.DER,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+        content_type, body = est_wire.multipart_serverkeygen(der, est_wire.certs_only([cert]))
+        return EstReply(200, body, content_type, (), "ok", tenant.name,
+                        key.id if key else None, record.serial)
+
+    def _cacerts(self, tenant: Tenant, now: dt.datetime) -> EstReply:
+        if not self.authority.service_enabled(tenant.name):
+            raise Forbidden("the provisioning service is disabled", reason="service_disabled")
+        certs = self.issuance.trusted_issuer_certificates(tenant.name, now)
+        return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only(certs)),
+                        est_wire.PKCS7_CERTS_ONLY_GENERIC, (("Content-Transfer-Encoding", "base64"),),
+                        "ok", tenant.name)
+
+    def _csrattrs(self, tenant: Tenant) -> EstReply:
+        profile = self.config.profile_for(tenant)
+        oids = list(dict.fromkeys(KEY_TYPE_OIDS[k] for k in profile.key_types if k in KEY_TYPE_OIDS))
+        return EstReply(200, est_wire.encode_base64_body(est_wire.csrattrs(oids)),
+                        "application/csrattrs", (("Content-Transfer-Encoding", "base64"),),
+                        "ok", tenant.name)
+
+
+def _directly_issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if leaf.issuer != issuer.subject:
+        return False
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.CLIENT_AUTH in eku

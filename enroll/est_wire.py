@@ -1,0 +1,154 @@
+"""EST wire formats (RFC 7030, with RFC 8951's clarifications), as pure functions.
+
+Bodies are base64 (RFC 8951: the ``Content-Transfer-Encoding`` header is ignored and line breaks
+are allowed anywhere); certificates travel as certs-only CMS (PKCS#7) ``application/pkcs7-mime``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from enroll.est_errors import BadBase64, BodyTooLarge, MethodNotAllowed, NotFound, Unauthorized
+
+PREFIX = "/.well-known/est/"
+OPERATIONS = {
+    "cacerts": "GET",
+    "csrattrs": "GET",
+    "simpleenroll": "POST",
+    "simplereenroll": "POST",
+    "serverkeygen": "POST",
+    #: Switch's extension: server-side key generation answered as an encrypted PKCS#12 (seed 001).
+    "serverkeygen-pkcs12": "POST",
+}
+LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+MAX_AUTHORIZATION_BYTES = 1024
+PKCS7_CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+PKCS7_CERTS_ONLY_GENERIC = "application/pkcs7-mime"
+
+
+@attrs.frozen
+class EstRoute:
+    label: str | None
+    operation: str
+
+
+def parse_est_path(method: str, path: str) -> EstRoute:
+    """``/.well-known/est/<op>`` or ``/.well-known/est/<label>/<op>``; the query is ignored."""
+    path = path.split("?", 1)[0]
+    if not path.startswith(PREFIX):
+        raise NotFound(f"not an EST path: {path[:100]!r}")
+    parts = path[len(PREFIX):].split("/")
+    if len(parts) == 1:
+        label, op = None, parts[0]
+    elif len(parts) == 2 and LABEL.fullmatch(parts[0]):
+        label, op = parts
+    else:
+        raise NotFound(f"not an EST path: {path[:100]!r}")
+    if op not in OPERATIONS:
+        raise NotFound(f"unknown EST operation {op[:40]!r}")
+    if method != OPERATIONS[op]:
+        raise MethodNotAllowed(f"{op} takes {OPERATIONS[op]}, not {method[:10]}")
+    return EstRoute(label, op)
+
+
+def decode_base64_body(body: bytes, *, max_bytes: int) -> bytes:
+    """The DER inside a base64 body. Whitespace (any line breaks) is allowed; anything else
+    outside the base64 alphabet is refused. A PEM-wrapped body is accepted as a convenience."""
+    if len(body) > max_bytes:
+        raise BodyTooLarge(f"body of {len(body)} bytes is over {max_bytes}")
+    text = body.strip()
+    if text.startswith(b"-----BEGIN "):
+        lines = [ln for ln in text.splitlines() if not ln.startswith(b"-----")]
+        text = b"".join(lines)
+    compact = b"".join(text.split())
+    if not compact or len(compact) % 4 or not _B64_ALPHABET.fullmatch(compact):
+        raise BadBase64("the body is not base64")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadBase64(f"the body is not base64: {exc}") from exc
+
+
+def encode_base64_body(der: bytes) -> bytes:
+    """Base64 with CRLF every 64 characters (what RFC 7030 clients expect)."""
+    encoded = base64.b64encode(der)
+    return b"".join(encoded[i:i + 64] + b"\r\n" for i in range(0, len(encoded), 64))
+
+
+def certs_only(certs: list[x509.Certificate]) -> bytes:
+    """A certs-only CMS SignedData (DER) holding ``certs``."""
+    return pkcs7.serialize_certificates(certs, Encoding.DER)
+
+
+def parse_authorization(header: bytes | None) -> str | None:
+    """The provisioning-key secret from ``Authorization``: the password of HTTP Basic (the user
+    name is ignored) or a Bearer token. None when there is no header; Unauthorized when it is
+    malformed or too long."""
+    if header is None:
+        return None
+    if len(header) > MAX_AUTHORIZATION_BYTES:
+        raise Unauthorized("Authorization header too long")
+    scheme, _, value = header.strip().partition(b" ")
+    value = value.strip()
+    if scheme.lower() == b"bearer" and value:
+        return value.decode("ascii", "replace")
+    if scheme.lower() == b"basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise Unauthorized("malformed Basic credentials") from exc
+        _, sep, password = decoded.partition(":")
+        if not sep or not password:
+            raise Unauthorized("Basic credentials without a password")
+        return password
+    raise Unauthorized("unsupported Authorization scheme")
+
+
+def csrattrs(key_type_oids: list[str]) -> bytes:
+    """DER of CsrAttrs (RFC 7030 4.5.2): a SEQUENCE of the OIDs of the key algorithms and the
+    challenge-password-free attributes the server wants; Switch lists the allowed key
+    algorithms."""
+    body = b"".join(_der_oid(oid) for oid in key_type_oids)
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _der_oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytearray([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body += bytes(reversed(chunk))
+    return b"\x06" + _der_length(len(body)) + bytes(body)
+
+
+def multipart_serverkeygen(key_pkcs8_der: bytes, certs_only_der: bytes) -> tuple[str, bytes]:
+    """RFC 7030 4.4.2: multipart/mixed with the private key (application/pkcs8) and the
+    certificate (certs-only PKCS#7), both base64."""
+    boundary = "est-" + secrets.token_hex(12)
+    parts = [
+        f"--{boundary}\r\nContent-Type: application/pkcs8\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode() + encode_base64_body(key_pkcs8_der),
+        f"--{boundary}\r\nContent-Type: {PKCS7_CERTS_ONLY}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode() + encode_base64_body(certs_only_der),
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return f"multipart/mixed; boundary={boundary}", body

@@ -1,0 +1,130 @@
+"""Issuance policy: the server decides every field of a certificate.
+
+Pure: ``now`` is passed in. A certificate issued from a CSR carries, in a fixed order:
+
+* subject ``CN=<checked common name>, OU=<tenant>``; nothing else from the CSR;
+* basicConstraints CA:false (critical); keyUsage digitalSignature (+ keyEncipherment for RSA),
+  critical; extendedKeyUsage clientAuth only;
+* subjectAltName ``URI:urn:switch:<tenant>:<common name>`` (the identity the gateway forwards);
+* validity from ``now - 5 min`` to ``now + profile.validity``, never beyond the issuer's notAfter;
+* a random 159-bit serial; SKI and AKI;
+* the **provisioning-key binding**: a non-critical extension ``KEY_BINDING_OID`` whose value is the
+  DER UTF8String of the provisioning key id that authorised the certificate, so the gateway can
+  check the key's state from the certificate alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from config.model import Profile
+from enroll import pki
+from enroll.csr import CsrRequest
+from enroll.est_errors import BadRequest, Forbidden, SubjectNotAllowed
+
+#: Switch's provisioning-key binding. An OID under 2.25 (ITU-T X.667: an OID derived from a UUID,
+#: which needs no registration) so it can never collide with anyone else's.
+KEY_BINDING_OID = ObjectIdentifier("2.25.171807425169875740036974846453463467381")
+MAX_KEY_ID_BYTES = 64
+
+
+def identity_uri(tenant: str, common_name: str) -> str:
+    return f"urn:switch:{tenant}:{common_name}"
+
+
+def _utf8string(text: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > 127:
+        raise ValueError("key id too long")
+    return b"\x0c" + bytes([len(raw)]) + raw
+
+
+def key_binding_extension(key_id: str) -> x509.UnrecognizedExtension:
+    return x509.UnrecognizedExtension(KEY_BINDING_OID, _utf8string(key_id))
+
+
+def key_id_of(cert: x509.Certificate) -> str | None:
+    """The provisioning key id bound into ``cert``, or None (strict: a malformed value is None)."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(KEY_BINDING_OID)
+    except x509.ExtensionNotFound:
+        return None
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        return None
+    raw = value.value
+    if len(raw) < 2 or raw[0] != 0x0C or raw[1] != len(raw) - 2 or raw[1] > MAX_KEY_ID_BYTES:
+        return None
+    try:
+        return raw[2:].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def build_certificate(
+    request: CsrRequest, *, profile: Profile, tenant: str, key_id: str | None,
+    issuer: tuple[x509.Certificate, pki.PrivateKey], now: dt.datetime, serial: int | None = None,
+) -> x509.Certificate:
+    issuer_cert, _ = issuer
+    not_after = min(now + dt.timedelta(seconds=profile.validity_s), issuer_cert.not_valid_after_utc)
+    if not_after <= now:
+        raise BadRequest("the issuer has expired; renew it with `switch ca renew`", reason="issuer_expired")
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, tenant),
+        x509.NameAttribute(NameOID.COMMON_NAME, request.common_name),
+    ])
+    extra: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+            identity_uri(tenant, request.common_name))]), False),
+    ]
+    if key_id is not None:
+        extra.append((key_binding_extension(key_id), False))
+    return pki.make_leaf(
+        subject, request.public_key, issuer, now=now, validity=not_after - now,
+        server=False, client=True, serial=serial, extra_extensions=extra,
+    )
+
+
+def common_name_of(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) else None
+
+
+def check_renewal(current: x509.Certificate, request: CsrRequest, now: dt.datetime) -> None:
+    """simplereenroll: the current certificate is within its validity and the CSR asks for the
+    same subject."""
+    if not current.not_valid_before_utc <= now < current.not_valid_after_utc:
+        raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
+    if common_name_of(current) != request.common_name:
+        raise SubjectNotAllowed("re-enrollment must request the current certificate's subject")
+
+
+def pkcs12_bundle(
+    key: pki.PrivateKey, cert: x509.Certificate, chain: list[x509.Certificate], password: bytes | None,
+) -> tuple[bytes, bytes]:
+    """An encrypted PKCS#12 (AES-256-CBC, PBKDF2-SHA256) with the key, certificate and chain. With
+    no password, a random one is made and returned (to be shown once). An empty password is
+    refused: an unencrypted private key never leaves the server."""
+    if password is not None and not password:
+        raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
+    if password is not None and len(password) > 1024:
+        raise BadRequest("the PKCS#12 password is too long", reason="bad_password")
+    password = password or secrets.token_urlsafe(18).encode()
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(200_000)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password)
+    )
+    data = pkcs12.serialize_key_and_certificates(b"switch-agent", key, cert, chain or None, encryption)
+    return data, password
