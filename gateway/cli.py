@@ -176,15 +176,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from gateway import serve
+
     cfg = _load(args)
-    authority = Authority.open(cfg)  # creates and migrates the store
-    authority.close()
-    raise CliExit(
-        EXIT_REFUSED,
-        "not_implemented: the configuration loads and the store is ready, but this build has no "
-        "listeners yet (gateway and enrollment ports arrive in a later release); "
-        "use the `switch keys|service|ca|audit` commands meanwhile",
-    )
+    try:
+        trio.run(serve.main, cfg)
+    except ValueError as exc:  # the server certificate or keystore no longer loads
+        raise CliExit(EXIT_CONFIG, f"config_invalid: {exc}") from exc
+    return EXIT_OK
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -436,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keystore", action="store_true",
                    help="put the server certificate in a PKCS#12 keystore with a password file")
 
-    add(sub, "serve", cmd_serve, "run the listeners")
+    add(sub, "serve", cmd_serve, "run the listeners (enroll; SIGTERM or Ctrl-C stops)")
 
     cfg = sub.add_parser("config", help="check the configuration").add_subparsers(
         dest="config_cmd", required=True, metavar="SUBCOMMAND")

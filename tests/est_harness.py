@@ -1,0 +1,90 @@
+"""A running Switch on loopback for integration tests: a deployment from ``switch init`` with
+every listener on port 0, the provisioning service on for tenant ``demo`` and one key."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import subprocess
+from pathlib import Path
+
+import attrs
+import trio
+
+from config.load import load_config
+from config.model import SwitchConfig
+from enroll.authority import Authority
+from enroll.bootstrap import init_deployment
+from gateway import serve
+
+HOST = "demo.switch.test"
+
+
+def make_deployment(directory: Path, *, profile_extra: str = "") -> SwitchConfig:
+    path = init_deployment(directory, now=dt.datetime.now(dt.UTC))
+    text = path.read_text()
+    text = re.sub(r'listen = "[^"]+"', 'listen = "127.0.0.1:0"', text)
+    text = text.replace('approval = "auto"', 'approval = "auto"' + profile_extra)
+    text += '\n[profiles.manual]\napproval = "manual"\nkey_types = ["ec-p256"]\n'
+    path.write_text(text)
+    return load_config(path)
+
+
+@attrs.define
+class RunningSwitch:
+    config: SwitchConfig
+    enroll_port: int
+    directory: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "pki" / "dev-root-ca.pem"
+
+    def url(self, op: str, label: str | None = None) -> str:
+        middle = f"{label}/" if label else ""
+        return f"https://{HOST}:{self.enroll_port}/.well-known/est/{middle}{op}"
+
+    def curl(self, *args: str) -> list[str]:
+        return ["curl", "-sS", "--max-time", "20", "--cacert", str(self.ca_file),
+                "--resolve", f"{HOST}:{self.enroll_port}:127.0.0.1", *args]
+
+
+async def start(nursery: trio.Nursery, config: SwitchConfig, directory: Path) -> RunningSwitch:
+    listeners = await nursery.start(serve.run, config)
+    port = listeners["enroll"][0].socket.getsockname()[1]
+    return RunningSwitch(config, port, directory)
+
+
+def enable_with_key(config: SwitchConfig, name: str = "Fleet", profile: str | None = None) -> str:
+    authority = Authority.open(config)
+    try:
+        authority.enable_service("demo", actor="test")
+        _, secret = authority.generate_key("demo", name, actor="test", profile=profile)
+        return secret
+    finally:
+        authority.close()
+
+
+def openssl_csr(directory: Path, cn: str, *, key_args: tuple[str, ...] = (
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"), extra: tuple[str, ...] = (),
+                stem: str | None = None) -> tuple[Path, Path]:
+    """``openssl req`` -> DER -> base64 file, the RFC 7030 way. Returns (key, base64 CSR)."""
+    stem = stem or cn
+    key = directory / f"{stem}.key"
+    der = directory / f"{stem}.csr.der"
+    subprocess.run(["openssl", "req", "-new", *key_args, "-nodes", "-keyout", str(key),
+                    "-subj", f"/CN={cn}", "-outform", "DER", "-out", str(der), *extra],
+                   check=True, capture_output=True)
+    b64 = directory / f"{stem}.csr.b64"
+    b64.write_bytes(base64.encodebytes(der.read_bytes()))
+    return key, b64
+
+
+def pkcs7_to_pem(b64_body: bytes, directory: Path, name: str) -> Path:
+    der = directory / f"{name}.p7.der"
+    der.write_bytes(base64.b64decode(b"".join(b64_body.split())))
+    pem = directory / f"{name}.pem"
+    subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(der), "-print_certs",
+                    "-out", str(pem)], check=True, capture_output=True)
+    return pem

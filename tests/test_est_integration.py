@@ -1,0 +1,104 @@
+"""EST enrollment against a real Switch on loopback, with curl and openssl as the client."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import trio
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from enroll.authority import Authority
+from enroll.issuance import Issuance
+from enroll.policy import key_id_of
+from tests.est_harness import enable_with_key, make_deployment, openssl_csr, pkcs7_to_pem, start
+
+
+async def _run(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def test_enroll_with_curl_and_openssl_then_verify_against_cacerts(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config)
+    work = tmp_path / "agent"
+    work.mkdir()
+    key, csr = openssl_csr(work, "agent-1")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, tmp_path / "d")
+            cacerts = await _run(switch.curl(switch.url("cacerts")))
+            assert cacerts.returncode == 0, cacerts.stderr
+            ca_pem = pkcs7_to_pem(cacerts.stdout, work, "cacerts")
+
+            enrolled = await _run(switch.curl(
+                "-u", f"agent:{secret}", "-H", "Content-Type: application/pkcs10",
+                "--data-binary", f"@{csr}", "-w", "\n%{http_code} %{content_type}",
+                switch.url("simpleenroll")))
+            body, _, status = enrolled.stdout.rpartition(b"\n")
+            assert status.startswith(b"200 application/pkcs7-mime"), enrolled.stdout
+            cert_pem = pkcs7_to_pem(body, work, "agent-1")
+            verified = await _run(["openssl", "verify", "-CAfile", str(ca_pem), "-purpose",
+                                   "sslclient", str(cert_pem)])
+            assert verified.returncode == 0 and b"OK" in verified.stdout, verified
+
+            cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
+            assert cert.subject.rfc4514_string() == "CN=agent-1,OU=demo"
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+            # Re-enroll with the certificate just issued (TLS client auth), same subject.
+            _, csr2 = openssl_csr(work, "agent-1", stem="agent-1-renewal")
+            renewed = await _run(switch.curl(
+                "--cert", str(cert_pem), "--key", str(key), "-H", "Content-Type: application/pkcs10",
+                "--data-binary", f"@{csr2}", "-w", "\n%{http_code}", switch.url("simplereenroll")))
+            body2, _, status2 = renewed.stdout.rpartition(b"\n")
+            assert status2 == b"200", renewed.stdout
+            new_cert = x509.load_pem_x509_certificate(pkcs7_to_pem(body2, work, "renewed").read_bytes())
+            assert new_cert.serial_number != cert.serial_number
+            assert new_cert.subject == cert.subject
+            nursery.cancel_scope.cancel()
+
+    authority = Authority.open(config)
+    records = Issuance(authority).list_certificates("demo")
+    authority.close()
+    assert {r.serial for r in records} == {format(cert.serial_number, "x"),
+                                           format(new_cert.serial_number, "x")}
+    key_ids = {key_id_of(cert), key_id_of(new_cert)}
+    assert len(key_ids) == 1 and None not in key_ids
+
+
+async def test_refusals_have_statuses_and_reasons_and_store_nothing(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config)
+    work = tmp_path / "agent"
+    work.mkdir()
+    _, csr = openssl_csr(work, "agent-2")
+    garbage = work / "garbage.b64"
+    garbage.write_bytes(b"this is not base64!!\n")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, tmp_path / "d")
+
+            async def post(*args: str, op: str = "simpleenroll") -> bytes:
+                result = await _run(switch.curl(*args, "-H", "Content-Type: application/pkcs10",
+                                                "-w", "|%{http_code}", switch.url(op)))
+                return result.stdout
+
+            assert (await post("--data-binary", f"@{csr}")).endswith(b"credentials_required\n|401")
+            wrong = await post("-u", "a:swk_0000000000000000_" + "A" * 43, "--data-binary", f"@{csr}")
+            assert wrong.endswith(b"bad_credentials\n|401")
+            bad = await post("-u", f"a:{secret}", "--data-binary", f"@{garbage}")
+            assert bad.endswith(b"bad_base64\n|400")
+            big = work / "big.b64"
+            big.write_bytes(b"A" * 200_000)
+            assert (await post("-u", f"a:{secret}", "--data-binary", f"@{big}")).endswith(b"|413")
+            no_cert = await post("--data-binary", f"@{csr}", op="simplereenroll")
+            assert no_cert.endswith(b"certificate_required\n|401")
+            unknown = await _run(switch.curl("-w", "|%{http_code}", switch.url("cacerts", "nosuch")))
+            assert unknown.stdout.endswith(b"unknown_tenant\n|404")
+            nursery.cancel_scope.cancel()
+    authority = Authority.open(config)
+    assert Issuance(authority).list_certificates("demo") == []
+    authority.close()
