@@ -354,6 +354,61 @@ def cmd_ca_renew(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- certificates and requests ----------------------------------------------------------------
+
+
+def _issuance(args: argparse.Namespace) -> Any:
+    from enroll.issuance import Issuance
+
+    return Issuance(_authority(args))
+
+
+def cmd_certs_list(args: argparse.Namespace) -> int:
+    issuance = _issuance(args)
+    with _closing(issuance.authority):
+        records = issuance.list_certificates(args.tenant, key=args.key)
+    rows = [{k: v for k, v in attrs.asdict(r).items() if k != "pem"} for r in records]
+    _emit(args, rows, lambda: _table(
+        ["SERIAL", "SUBJECT", "KEY", "NOT AFTER", "STATE", "SHA256"],
+        [[r.serial, r.subject, r.key_id or "-", _when(r.not_after), r.state, r.sha256[:16] + "…"]
+         for r in records]))
+    return EXIT_OK
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    issuance = _issuance(args)
+    with _closing(issuance.authority):
+        record = issuance.revoke_certificate(args.serial, reason=args.reason, actor=args.actor,
+                                             tenant=args.tenant)
+    print(f"Revoked certificate {record.serial} ({record.subject}) of tenant {record.tenant}.")
+    return EXIT_OK
+
+
+def cmd_requests_list(args: argparse.Namespace) -> int:
+    issuance = _issuance(args)
+    with _closing(issuance.authority):
+        requests = issuance.list_requests(args.tenant, None if args.all else "pending")
+    rows = [attrs.asdict(r) for r in requests]
+    _emit(args, rows, lambda: _table(
+        ["ID", "TENANT", "SUBJECT", "KEY", "STATE", "CREATED"],
+        [[r.id, r.tenant, r.subject, r.key_id or "-", r.state, _when(r.created_at)]
+         for r in requests]))
+    return EXIT_OK
+
+
+def cmd_requests_decide(args: argparse.Namespace) -> int:
+    issuance = _issuance(args)
+    with _closing(issuance.authority):
+        if args.requests_cmd == "approve":
+            request = issuance.approve(args.request_id, actor=args.actor)
+            print(f"Approved {request.id} ({request.subject}): the agent gets its certificate "
+                  "when it repeats the request.")
+        else:
+            request = issuance.reject(args.request_id, reason=args.reason, actor=args.actor)
+            print(f"Rejected {request.id} ({request.subject}).")
+    return EXIT_OK
+
+
 # --- audit -------------------------------------------------------------------------------------
 
 
@@ -487,6 +542,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pem", action="store_true", help="print the trusted issuers' certificates")
     p = add(ca, "renew", cmd_ca_renew, "add a new issuer; older ones stay trusted while needed")
     p.add_argument("tenant")
+
+    certs = sub.add_parser("certs", help="issued certificates").add_subparsers(
+        dest="certs_cmd", required=True, metavar="SUBCOMMAND")
+    p = add(certs, "list", cmd_certs_list, "list a tenant's issued certificates", [as_json])
+    p.add_argument("tenant")
+    p.add_argument("--key", help="only those issued through this provisioning key (name or id)")
+    p = add(certs, "revoke", cmd_certs_revoke,
+            "revoke one certificate: it stops connecting and cannot renew")
+    p.add_argument("serial", help="the serial number in hex, as `certs list` shows it")
+    p.add_argument("--reason", help="why (required, recorded in the audit log)")
+    p.add_argument("--tenant", help="the tenant, when a serial is not unique")
+
+    reqs = sub.add_parser("requests", help="enrollment requests waiting for approval").add_subparsers(
+        dest="requests_cmd", required=True, metavar="SUBCOMMAND")
+    p = add(reqs, "list", cmd_requests_list, "list pending requests", [as_json])
+    p.add_argument("--tenant", help="only this tenant's requests")
+    p.add_argument("--all", action="store_true", help="include decided requests")
+    p = add(reqs, "approve", cmd_requests_decide, "approve a pending request")
+    p.add_argument("request_id")
+    p = add(reqs, "reject", cmd_requests_decide, "reject a pending request")
+    p.add_argument("request_id")
+    p.add_argument("--reason", help="why (required, recorded in the audit log)")
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit_cmd", required=True, metavar="SUBCOMMAND")

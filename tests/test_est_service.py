@@ -1,0 +1,322 @@
+"""The EST service, request in and reply out, on a real SQLite store (no sockets)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from config.model import Profile, ServerTLS, SwitchConfig, Tenant
+from enroll import pki
+from enroll.authority import Authority
+from enroll.est_service import EstReply, EstRequest, EstService
+from enroll.issuance import Issuance
+from enroll.policy import identity_uri, key_id_of
+
+NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@attrs.define
+class Env:
+    service: EstService
+    authority: Authority
+    issuance: Issuance
+    secret: str
+    mono: float = 0.0
+
+    def call(self, op: str, body: bytes = b"", *, auth: str | None = "key", label: str | None = None,
+             sni: str | None = "acme.test", chain: list[x509.Certificate] | None = None,
+             content_type: bytes = b"application/pkcs10", source: str = "10.0.0.1",
+             headers: dict[str, bytes] | None = None, now: dt.datetime = NOW) -> EstReply:
+        all_headers: dict[str, bytes] = {"content-type": content_type, **(headers or {})}
+        if auth == "key":
+            all_headers["authorization"] = b"Basic " + base64.b64encode(f"agent:{self.secret}".encode())
+        elif auth is not None:
+            all_headers["authorization"] = auth.encode()
+        path = f"/.well-known/est/{label + '/' if label else ''}{op}"
+        self.mono += 0.01
+        return self.service.handle(
+            EstRequest("GET" if op in ("cacerts", "csrattrs") else "POST", path, all_headers, body,
+                       sni, chain or [], source), now, self.mono)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    config = SwitchConfig(
+        path=tmp_path / "switch.toml", state_dir=tmp_path / "state",
+        tls=ServerTLS(cert_file=tmp_path / "x", key_file=tmp_path / "y"),
+        profiles={"default": Profile("default"),
+                  "manual": Profile("manual", approval="manual"),
+                  "strict": Profile("strict", key_types=("ec-p384",), subject_pattern=r"dev-\d+")},
+        tenants={"acme": Tenant("acme", ("acme.test",)), "other": Tenant("other", ("other.test",))},
+    )
+    authority = Authority.open(config, clock=lambda: NOW)
+    authority.enable_service("acme", actor="t")
+    authority.enable_service("other", actor="t")
+    _, secret = authority.generate_key("acme", "Fleet", actor="t")
+    issuance = Issuance(authority)
+    yield Env(EstService(config, issuance), authority, issuance, secret)
+    authority.close()
+
+
+def csr(cn: str = "agent-1", key: pki.PrivateKey | None = None, *, extensions: bool = False,
+        extra_subject: bool = False) -> tuple[bytes, pki.PrivateKey]:
+    key = key or pki.generate_key()
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if extra_subject:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Evil Corp"))
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(subject))
+    if extensions:
+        builder = (builder
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.example"),
+                                                               x509.RFC822Name("ceo@acme.test")]),
+                                  critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                         ExtendedKeyUsageOID.CODE_SIGNING]),
+                                  critical=False))
+    request = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    return base64.encodebytes(request.public_bytes(serialization.Encoding.DER)), key
+
+
+def issued(reply: EstReply) -> x509.Certificate:
+    assert reply.status == 200, reply
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    [cert] = pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(reply.body.split())))
+    return cert
+
+
+def test_enrollment_issues_a_client_certificate_from_the_profile(env: Env) -> None:
+    body, key = csr()
+    reply = env.call("simpleenroll", body)
+    cert = issued(reply)
+    assert reply.content_type == "application/pkcs7-mime; smime-type=certs-only"
+    assert cert.public_key() == key.public_key()
+    assert cert.subject.rfc4514_string() == "CN=agent-1,OU=acme"
+    assert key_id_of(cert) == env.authority.get_key("acme", "Fleet").id
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [identity_uri("acme", "agent-1")]
+    assert (cert.not_valid_after_utc - NOW) == dt.timedelta(days=30)
+    [record] = env.issuance.list_certificates("acme")
+    assert record.serial == format(cert.serial_number, "x") and record.key_id == key_id_of(cert)
+    assert env.authority.get_key("acme", "Fleet").certificates_issued == 1
+
+
+def test_csr_asking_for_ca_true_extra_sans_and_ekus_gets_none_of_them(env: Env) -> None:
+    body, _ = csr(extensions=True, extra_subject=True)
+    cert = issued(env.call("simpleenroll", body))
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == []
+    assert sans.get_values_for_type(x509.RFC822Name) == []
+    assert "Evil Corp" not in cert.subject.rfc4514_string()
+
+
+def test_csr_with_a_broken_signature_is_refused_and_nothing_is_stored(env: Env) -> None:
+    body, _ = csr()
+    der = bytearray(base64.b64decode(body))
+    der[-5] ^= 0xFF  # inside the signature
+    reply = env.call("simpleenroll", base64.encodebytes(bytes(der)))
+    assert (reply.status, reply.result) == (400, "bad_csr_signature")
+    assert env.issuance.list_certificates("acme") == []
+    assert env.authority.get_key("acme", "Fleet").certificates_issued == 0
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"%%% not base64 %%%", "bad_base64"),
+    (base64.encodebytes(b"not a CSR at all"), "bad_csr"),
+    (b"", "bad_base64"),
+])
+def test_malformed_bodies_are_refused_with_a_reason(env: Env, body: bytes, reason: str) -> None:
+    reply = env.call("simpleenroll", body)
+    assert (reply.status, reply.result) == (400, reason)
+
+
+def test_rsa_1024_and_wrong_subjects_are_refused(env: Env) -> None:
+    body, _ = csr(key=pki.generate_key("rsa-1024"))
+    assert env.call("simpleenroll", body).result == "key_type_not_allowed"
+    body, _ = csr(cn="bad name with spaces")
+    assert env.call("simpleenroll", body).result == "subject_not_allowed"
+
+
+def test_wrong_content_type_is_415(env: Env) -> None:
+    body, _ = csr()
+    reply = env.call("simpleenroll", body, content_type=b"text/plain")
+    assert (reply.status, reply.result) == (415, "unsupported_media_type")
+
+
+def test_bearer_works_like_basic(env: Env) -> None:
+    body, _ = csr()
+    issued(env.call("simpleenroll", body, auth=f"Bearer {env.secret}"))
+
+
+def test_wrong_key_is_401_and_brute_force_gets_429(env: Env) -> None:
+    body, _ = csr()
+    wrong = "Bearer swk_0123456789abcdef_" + "A" * 43
+    for _ in range(5):
+        reply = env.call("simpleenroll", body, auth=wrong)
+        assert (reply.status, reply.result) == (401, "bad_credentials")
+        assert ("WWW-Authenticate", 'Basic realm="switch-est"') in reply.headers
+    locked = env.call("simpleenroll", body, auth=wrong)
+    assert (locked.status, locked.result) == (429, "rate_limited")
+    assert any(h == "Retry-After" and int(v) > 0 for h, v in locked.headers)
+    # even the right key is refused from that source while it is locked out ...
+    assert env.call("simpleenroll", body).status == 429
+    # ... but another source is not affected
+    issued(env.call("simpleenroll", body, source="10.0.0.2"))
+
+
+def test_suspended_key_can_neither_enroll_nor_renew_but_its_certificate_stays_valid(env: Env) -> None:
+    body, key = csr()
+    cert = issued(env.call("simpleenroll", body))
+    env.authority.suspend_key("acme", "Fleet", reason="pause", actor="t")
+    assert (env.call("simpleenroll", body).status, env.call("simpleenroll", body).result) == \
+        (403, "key_suspended")
+    renewal, _ = csr(key=key)
+    reply = env.call("simplereenroll", renewal, auth=None, chain=[cert])
+    assert (reply.status, reply.result) == (403, "key_suspended")
+    [record] = env.issuance.list_certificates("acme")
+    assert record.state == "valid"
+    refusals = [e for e in env.authority.audit_entries("acme") if e.action == "enrollment.refused"]
+    assert refusals and refusals[-1].reason == "key_suspended"
+    env.authority.reactivate_key("acme", "Fleet", actor="t")
+    issued(env.call("simplereenroll", renewal, auth=None, chain=[cert]))
+
+
+def test_revoked_key_fails_for_enrollment_and_renewal(env: Env) -> None:
+    body, key = csr()
+    cert = issued(env.call("simpleenroll", body))
+    env.authority.revoke_key("acme", "Fleet", reason="leak", confirm="Fleet", actor="t")
+    assert env.call("simpleenroll", body).result == "key_revoked"
+    renewal, _ = csr(key=key)
+    assert env.call("simplereenroll", renewal, auth=None, chain=[cert]).result == "key_revoked"
+
+
+def test_renewal_needs_same_subject_a_valid_unrevoked_certificate_from_this_tenant(env: Env) -> None:
+    body, key = csr("agent-1")
+    cert = issued(env.call("simpleenroll", body))
+    other, _ = csr("agent-2", key=key)
+    assert env.call("simplereenroll", other, auth=None, chain=[cert]).result == "subject_not_allowed"
+    same, _ = csr("agent-1", key=key)
+    late = NOW + dt.timedelta(days=31)
+    assert env.call("simplereenroll", same, auth=None, chain=[cert], now=late).result == \
+        "certificate_expired"
+    assert env.call("simplereenroll", same, auth=None, chain=[cert], sni="other.test").result == \
+        "certificate_untrusted"
+    stranger_key = pki.generate_key()
+    stranger_ca = pki.make_ca(pki.name("acme"), stranger_key, now=NOW, validity=dt.timedelta(days=9))
+    forged = pki.make_leaf(cert.subject, key.public_key(), (stranger_ca, stranger_key), now=NOW,
+                           validity=dt.timedelta(days=1))
+    assert env.call("simplereenroll", same, auth=None, chain=[forged]).result == \
+        "certificate_untrusted"
+    env.issuance.revoke_certificate(format(cert.serial_number, "x"), reason="lost", actor="t")
+    assert env.call("simplereenroll", same, auth=None, chain=[cert]).result == "certificate_revoked"
+
+
+def test_disabled_service_refuses_enrollment_and_cacerts(env: Env) -> None:
+    env.authority.disable_service("acme", actor="t")
+    body, _ = csr()
+    assert env.call("simpleenroll", body).result == "service_disabled"
+    assert env.call("cacerts", auth=None).result == "service_disabled"
+
+
+def test_tenant_from_label_and_sni(env: Env) -> None:
+    body, _ = csr()
+    assert env.call("simpleenroll", body, label="other").result == "tenant_mismatch"
+    assert env.call("simpleenroll", body, label="nosuch").result == "unknown_tenant"
+    assert env.call("simpleenroll", body, sni=None).result == "unknown_tenant"
+    issued(env.call("simpleenroll", body, sni=None, label="acme"))
+    # a key of tenant acme does not work for tenant other
+    assert env.call("simpleenroll", body, sni="other.test").result == "bad_credentials"
+
+
+def test_manual_approval_answers_202_then_the_certificate_once_approved(env: Env) -> None:
+    env.authority.generate_key("acme", "Manual", actor="t", profile="manual")
+    _, secret = env.authority.generate_key("other", "Manual", actor="t", profile="manual")
+    env.secret = secret
+    body, _ = csr()
+    first = env.call("simpleenroll", body, sni="other.test")
+    assert (first.status, first.result) == (202, "pending")
+    assert ("Retry-After", "60") in first.headers
+    assert env.call("simpleenroll", body, sni="other.test").status == 202
+    [pending] = env.issuance.list_requests("other", "pending")
+    assert env.issuance.list_certificates("other") == []
+    env.issuance.approve(pending.id, actor="admin")
+    cert = issued(env.call("simpleenroll", body, sni="other.test"))
+    again = issued(env.call("simpleenroll", body, sni="other.test"))
+    assert again == cert and len(env.issuance.list_certificates("other")) == 1
+    body2, _ = csr("agent-2")
+    assert env.call("simpleenroll", body2, sni="other.test").status == 202
+    [pending2] = env.issuance.list_requests("other", "pending")
+    env.issuance.reject(pending2.id, reason="unknown device", actor="admin")
+    assert env.call("simpleenroll", body2, sni="other.test").result == "request_rejected"
+    actions = [e.action for e in env.authority.audit_entries("other")]
+    assert "request.approved" in actions and "request.rejected" in actions
+
+
+def test_serverkeygen_returns_key_and_certificate_as_multipart(env: Env) -> None:
+    body, _ = csr("kiosk-1")
+    reply = env.call("serverkeygen", body)
+    assert reply.status == 200 and reply.content_type and reply.content_type.startswith("multipart/mixed")
+    assert b"application/pkcs8" in reply.body and b"smime-type=certs-only" in reply.body
+
+
+def test_serverkeygen_pkcs12_with_a_given_password(env: Env) -> None:
+    body, _ = csr("kiosk-2")
+    reply = env.call("serverkeygen-pkcs12", body, headers={"x-switch-pkcs12-password": b"hunter22"})
+    assert reply.status == 200 and reply.content_type == "application/pkcs12"
+    assert not any(h.lower() == "x-switch-pkcs12-password" for h, _ in reply.headers)
+    key, cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(b"".join(reply.body.split())),
+                                                    b"hunter22")
+    assert key is not None and cert is not None and cert.public_key() == key.public_key()
+
+
+def test_serverkeygen_pkcs12_random_password_is_returned_once_and_empty_is_refused(env: Env) -> None:
+    body, _ = csr("kiosk-3")
+    reply = env.call("serverkeygen-pkcs12", body)
+    password = dict(reply.headers)["x-switch-pkcs12-password"]
+    assert len(password) >= 20
+    key, _, _ = pkcs12.load_key_and_certificates(base64.b64decode(b"".join(reply.body.split())),
+                                                 password.encode())
+    assert key is not None
+    empty = env.call("serverkeygen-pkcs12", body, headers={"x-switch-pkcs12-password": b""})
+    assert (empty.status, empty.result) == (400, "empty_password")
+
+
+def test_many_enrollments_get_distinct_serials(env: Env) -> None:
+    serials = {issued(env.call("simpleenroll", csr(f"agent-{i}")[0])).serial_number for i in range(40)}
+    assert len(serials) == 40
+
+
+def test_cacerts_and_csrattrs(env: Env) -> None:
+    reply = env.call("cacerts", auth=None)
+    assert reply.status == 200 and reply.content_type == "application/pkcs7-mime"
+    attrs_reply = env.call("csrattrs", auth=None)
+    assert attrs_reply.status == 200 and attrs_reply.content_type == "application/csrattrs"
+    der = base64.b64decode(b"".join(attrs_reply.body.split()))
+    assert der[0] == 0x30
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/.well-known/est/nope", 404), ("/other", 404), ("/.well-known/est/a/b/simpleenroll", 404),
+])
+def test_unknown_paths_are_404(env: Env, path: str, status: int) -> None:
+    reply = env.service.handle(EstRequest("GET", path, {}, b"", "acme.test", [], "1.1.1.1"), NOW, 1.0)
+    assert reply.status == status
+
+
+def test_wrong_method_is_405(env: Env) -> None:
+    reply = env.service.handle(
+        EstRequest("GET", "/.well-known/est/simpleenroll", {}, b"", "acme.test", [], "1"), NOW, 1.0)
+    assert reply.status == 405
