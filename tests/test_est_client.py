@@ -106,6 +106,7 @@ async def test_a_server_killed_mid_enrollment_restarts_with_a_consistent_store(t
     secret = enable_with_key(config)
     proc, port = _start_server(config.path, tmp_path / "server1.log")
     received: list[x509.Certificate] = []
+    enough = trio.Event()
 
     async def agent(i: int) -> None:
         try:
@@ -113,6 +114,8 @@ async def test_a_server_killed_mid_enrollment_restarts_with_a_consistent_store(t
                 for j in range(50):
                     received.append(await client.simpleenroll(
                         make_csr(f"agent-{i}-{j}", pki.generate_key()), secret))
+                    if len(received) >= 20:
+                        enough.set()
         except EstClientError:
             return  # the server died under us
 
@@ -120,8 +123,7 @@ async def test_a_server_killed_mid_enrollment_restarts_with_a_consistent_store(t
         async with trio.open_nursery() as nursery:
             for i in range(8):
                 nursery.start_soon(agent, i)
-            while len(received) < 20:
-                await trio.sleep(0.01)
+            await enough.wait()
             os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
