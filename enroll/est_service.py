@@ -242,8 +242,8 @@ class EstService:
         checked = check_csr(csr, profile)
         pending_id = None
         if profile.approval == "manual":
-            pending = self.issuance.submit(tenant.name, key, csr.public_bytes(serialization.Encoding.DER),
-                                           checked.common_name, now)
+            pending = self.issuance.submit(tenant.name, key,
+                                           csr.public_bytes(serialization.Encoding.DER), checked, now)
             if pending.state == "pending":
                 return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
                                 (("Retry-After", str(self.approval_retry_after_s)),),

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from config.model import Profile
 from enroll import audit, pki
@@ -31,7 +32,7 @@ from enroll.store import bump_generation
 
 _CERT_COLUMNS = ("serial, issuer_id, tenant, key_id, subject, not_before, not_after, sha256, pem, "
                  "state, revoked_at, revoke_reason, created_at")
-_REQUEST_COLUMNS = ("id, tenant, key_id, csr_sha256, subject, state, created_at, decided_at, "
+_REQUEST_COLUMNS = ("id, tenant, key_id, request_digest, subject, state, created_at, decided_at, "
                     "decided_by, reason, certificate_serial")
 
 
@@ -65,7 +66,7 @@ class PendingRequest:
     id: str
     tenant: str
     key_id: str | None
-    csr_sha256: str
+    request_digest: str
     subject: str
     state: str
     created_at: int
@@ -195,21 +196,24 @@ class Issuance:
 
     # --- requests waiting for approval ---------------------------------------------------------
 
-    def submit(self, tenant: str, key: KeyRecord | None, csr_der: bytes, subject: str,
-               now: dt.datetime) -> PendingRequest:
-        """The request for this CSR: the existing one if the same CSR came before, else a new
+    def submit(self, tenant: str, key: KeyRecord | None, csr_der: bytes,
+               request: CsrRequest, now: dt.datetime) -> PendingRequest:
+        """The request for this public key and subject: the existing one if it came before
+        (whatever the CSR's bytes: signatures such as ECDSA differ on every signing), else a new
         pending one."""
-        digest = hashlib.sha256(csr_der).hexdigest()
+        spki = request.public_key.public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        digest = hashlib.sha256(spki + b"\0" + request.common_name.encode()).hexdigest()
         with self.authority.store.transaction() as conn:
             row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests"
-                               " WHERE tenant = ? AND csr_sha256 = ?", (tenant, digest)).fetchone()
+                               " WHERE tenant = ? AND request_digest = ?", (tenant, digest)).fetchone()
             if row is None:
                 request_id = "req_" + secrets.token_hex(8)
                 conn.execute(
-                    "INSERT INTO pending_requests (id, tenant, key_id, csr_der, csr_sha256, subject,"
-                    " state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                    (request_id, tenant, key.id if key else None, csr_der, digest, subject,
-                     _ts(now)))
+                    "INSERT INTO pending_requests (id, tenant, key_id, csr_der, request_digest,"
+                    " subject, state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (request_id, tenant, key.id if key else None, csr_der, digest,
+                     request.common_name, _ts(now)))
                 row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests WHERE id = ?",
                                    (request_id,)).fetchone()
         return PendingRequest(*row)

@@ -86,7 +86,7 @@ MIGRATIONS: tuple[str, ...] = (
         tenant TEXT NOT NULL,
         key_id TEXT REFERENCES provisioning_keys (id),
         csr_der BLOB NOT NULL,
-        csr_sha256 TEXT NOT NULL,
+        request_digest TEXT NOT NULL,
         subject TEXT NOT NULL,
         state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected', 'issued')),
         created_at INTEGER NOT NULL,
@@ -94,7 +94,7 @@ MIGRATIONS: tuple[str, ...] = (
         decided_by TEXT,
         reason TEXT,
         certificate_serial TEXT,
-        UNIQUE (tenant, csr_sha256)
+        UNIQUE (tenant, request_digest)
     );
     CREATE TABLE audit_log (
         seq INTEGER PRIMARY KEY,

@@ -1,0 +1,100 @@
+"""`switch certs` and `switch requests` against a real deployment and store."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from config.load import load_config
+from enroll import pki
+from enroll.authority import Authority
+from enroll.est_service import EstRequest, EstService
+from enroll.issuance import Issuance
+from tests.est_harness import enable_with_key, make_deployment, start
+
+
+def _switch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), "--actor",
+                           "admin", *args], capture_output=True, text=True, timeout=60)
+
+
+_KEYS: dict[str, pki.PrivateKey] = {}
+
+
+def _enroll(config_path: Path, secret: str, cn: str) -> int:
+    """Enroll through the EST service in-process; the same CN repeats the same CSR."""
+    config = load_config(config_path)
+    authority = Authority.open(config)
+    try:
+        key = _KEYS.setdefault(cn, pki.generate_key())
+        csr = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(
+            key, hashes.SHA256())  # type: ignore[arg-type]
+        body = base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
+        auth = b"Bearer " + secret.encode()
+        reply = EstService(config, Issuance(authority)).handle(
+            EstRequest("POST", "/.well-known/est/simpleenroll",
+                       {"content-type": b"application/pkcs10", "authorization": auth}, body,
+                       "demo.switch.test", [], "127.0.0.1"), dt.datetime.now(dt.UTC), 0.0)
+        return reply.status
+    finally:
+        authority.close()
+
+
+def test_certs_list_and_revoke(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config)
+    assert _enroll(config.path, secret, "agent-1") == 200
+    listed = json.loads(_switch(config.path, "certs", "list", "demo", "--json").stdout)
+    assert len(listed) == 1 and listed[0]["state"] == "valid" and "pem" not in listed[0]
+    serial = listed[0]["serial"]
+    no_reason = _switch(config.path, "certs", "revoke", serial)
+    assert no_reason.returncode == 1 and "reason_required" in no_reason.stderr
+    done = _switch(config.path, "certs", "revoke", serial.upper(), "--reason", "stolen")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(_switch(config.path, "certs", "list", "demo", "--json").stdout)[0]["state"] \
+        == "revoked"
+    unknown = _switch(config.path, "certs", "revoke", "abc", "--reason", "x")
+    assert unknown.returncode == 3 and "unknown_certificate" in unknown.stderr
+    audit = json.loads(_switch(config.path, "audit", "list", "--json").stdout)
+    assert any(e["action"] == "certificate.revoked" and e["reason"] == "stolen" for e in audit)
+
+
+def test_requests_list_approve_reject(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config, profile="manual")
+    assert _enroll(config.path, secret, "agent-1") == 202
+    assert _enroll(config.path, secret, "agent-2") == 202
+    pending = json.loads(_switch(config.path, "requests", "list", "--json").stdout)
+    assert [r["subject"] for r in pending] == ["agent-1", "agent-2"]
+    assert _switch(config.path, "requests", "approve", pending[0]["id"]).returncode == 0
+    rejected = _switch(config.path, "requests", "reject", pending[1]["id"], "--reason", "who?")
+    assert rejected.returncode == 0, rejected.stderr
+    again = _switch(config.path, "requests", "approve", pending[1]["id"])
+    assert again.returncode == 1 and "wrong_key_state" in again.stderr
+    assert _enroll(config.path, secret, "agent-1") == 200
+    assert _switch(config.path, "requests", "list", "--json").stdout.strip() == "[]"
+
+
+async def test_a_stalled_handshake_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    path = make_deployment(directory).path
+    path.write_text(path.read_text().replace('request_timeout = "10s"', 'request_timeout = "1s"'))
+    config = load_config(path)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, directory)
+            stream = await trio.open_tcp_stream("127.0.0.1", switch.enroll_port)
+            started = trio.current_time()
+            assert await stream.receive_some(100) == b""  # closed by the server, nothing sent
+            assert 0.9 < trio.current_time() - started < 5
+            nursery.cancel_scope.cancel()
