@@ -1,0 +1,190 @@
+"""The access decision for a client certificate, as pure functions (no I/O, ``now`` passed in).
+
+OpenSSL has already verified the chain against the SNI tenant's trust store (organisation CAs and,
+while the provisioning service is on, the tenant's provisioning issuers) and the validity window.
+``check_peer`` then decides, failing closed at every step, in this order:
+
+1. the chain's anchor belongs to the SNI tenant (STYLE.md pitfall: never trust that the context
+   switch alone did it) — this also says whether the certificate is *provisioned* or from the
+   *organisation*;
+2. the leaf is not a CA, is inside its validity at ``now``, and allows clientAuth when it has an
+   EKU extension;
+3. provisioned: it carries the provisioning-key binding, its key is not revoked (suspended is
+   fine) and the certificate itself is not revoked;
+4. organisation: the leaf is not on a configured CRL of its issuer, and the tenant's identity rule
+   holds (default: exactly one RFC 822 SAN, matching an allow pattern when there are any).
+
+The result is a ``Decision`` with a stable reason code on refusal, and the identity on success.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from config.model import IdentityRule
+from enroll.policy import key_id_of
+
+TrustSource = Literal["provisioned", "organisation"]
+
+
+@attrs.frozen
+class TenantTrust:
+    """Everything the decision needs about one tenant, built on each reload or store change."""
+
+    name: str
+    identity: IdentityRule
+    #: SHA-256 of organisation CA certificates -> the certificate.
+    organisation_cas: Mapping[bytes, x509.Certificate]
+    #: SHA-256 of trusted provisioning issuers (empty when the service is off).
+    provisioning_issuers: Mapping[bytes, x509.Certificate]
+    #: Organisation CRLs by issuer name: the set of revoked serial numbers.
+    revoked_serials: Mapping[x509.Name, frozenset[int]]
+    revoked_keys: frozenset[str]
+    revoked_certificates: frozenset[str]
+
+
+@attrs.frozen
+class Decision:
+    allowed: bool
+    reason: str
+    tenant: str
+    trust: TrustSource | None = None
+    identity: str | None = None
+    key_id: str | None = None
+    serial: str | None = None
+    sha256: str | None = None
+    #: SHA-256 of the trust anchor the chain ended at (a removed CA closes its sessions).
+    anchor: bytes | None = None
+    not_after: dt.datetime | None = None
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+def _refuse(tenant: TenantTrust, reason: str, **kw: object) -> Decision:
+    return Decision(False, reason, tenant.name, **kw)  # type: ignore[arg-type]
+
+
+def _leaf_problem(leaf: x509.Certificate, now: dt.datetime) -> str | None:
+    try:
+        if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "leaf_is_ca"
+    except x509.ExtensionNotFound:
+        pass
+    if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+        return "certificate_expired" if now >= leaf.not_valid_after_utc else "certificate_not_yet_valid"
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        return "no_client_auth"
+    return None
+
+
+def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[str | None, str]:
+    """(identity, "ok") or (None, reason) under the tenant's identity rule."""
+    if rule.kind == "any":
+        return leaf.subject.rfc4514_string(), "ok"
+    if rule.kind == "common-name":
+        names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if len(names) != 1 or not isinstance(names[0].value, str):
+            return None, "identity_common_name"
+        candidate = names[0].value
+    else:
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            emails = san.get_values_for_type(x509.RFC822Name)
+        except x509.ExtensionNotFound:
+            emails = []
+        if len(emails) != 1:
+            return None, "identity_email_count"
+        candidate = emails[0]
+    if rule.allow and not any(fnmatch.fnmatchcase(candidate.lower(), p.lower()) for p in rule.allow):
+        return None, "identity_not_allowed"
+    return candidate, "ok"
+
+
+def check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime) -> Decision:
+    """Decide about a chain OpenSSL verified for ``tenant`` (leaf first, anchor last)."""
+    if not chain:
+        return _refuse(tenant, "no_client_certificate")
+    leaf, anchor = chain[0], chain[-1]
+    anchor_fp = fingerprint(anchor)
+    sha = leaf.fingerprint(hashes.SHA256()).hex()
+    serial = format(leaf.serial_number, "x")
+    common = {"sha256": sha, "serial": serial, "anchor": anchor_fp}
+    if anchor_fp in tenant.provisioning_issuers:
+        source: TrustSource = "provisioned"
+    elif anchor_fp in tenant.organisation_cas:
+        source = "organisation"
+    else:
+        return _refuse(tenant, "issuer_not_tenant", **common)
+    problem = _leaf_problem(leaf, now)
+    if problem is not None:
+        return _refuse(tenant, problem, trust=source, **common)
+    if source == "provisioned":
+        if len(chain) != 2:
+            return _refuse(tenant, "chain_unexpected", trust=source, **common)
+        key_id = key_id_of(leaf)
+        if key_id is None:
+            return _refuse(tenant, "key_binding_missing", trust=source, **common)
+        if key_id in tenant.revoked_keys:
+            return _refuse(tenant, "key_revoked", trust=source, key_id=key_id, **common)
+        if sha in tenant.revoked_certificates:
+            return _refuse(tenant, "certificate_revoked", trust=source, key_id=key_id, **common)
+        names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        identity = str(names[0].value) if len(names) == 1 else leaf.subject.rfc4514_string()
+        return Decision(True, "ok", tenant.name, source, identity, key_id, serial, sha, anchor_fp,
+                        leaf.not_valid_after_utc)
+    # Organisation certificates: CRLs of any CA in the chain, then the identity rule.
+    for child in chain[:-1]:
+        revoked = tenant.revoked_serials.get(child.issuer)
+        if revoked is not None and child.serial_number in revoked:
+            return _refuse(tenant, "certificate_revoked", trust=source, **common)
+    org_identity, reason = organisation_identity(leaf, tenant.identity)
+    if org_identity is None:
+        return _refuse(tenant, reason, trust=source, **common)
+    return Decision(True, "ok", tenant.name, source, org_identity, None, serial, sha, anchor_fp,
+                    leaf.not_valid_after_utc)
+
+
+def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.datetime) -> str | None:
+    """For a live session admitted by ``decision``: None if it may stay under the new trust
+    state, else the reason it must close."""
+    if tenant is None:
+        return "tenant_removed"
+    if decision.anchor is None:
+        return "trust_changed"
+    if decision.trust == "provisioned":
+        if decision.anchor not in tenant.provisioning_issuers:
+            return "provisioning_disabled" if not tenant.provisioning_issuers else "issuer_untrusted"
+        if decision.key_id in tenant.revoked_keys:
+            return "key_revoked"
+        if decision.sha256 in tenant.revoked_certificates:
+            return "certificate_revoked"
+    else:
+        if decision.anchor not in tenant.organisation_cas:
+            return "ca_removed"
+    if decision.not_after is not None and now >= decision.not_after:
+        return "certificate_expired"
+    return None
+
+
+def x509_error_reason(errnum: int) -> str:
+    """A stable reason code for an OpenSSL verification error (X509_V_ERR_*)."""
+    return {
+        2: "untrusted_issuer", 9: "certificate_not_yet_valid", 10: "certificate_expired",
+        18: "untrusted_issuer", 19: "untrusted_issuer", 20: "untrusted_issuer",
+        21: "untrusted_issuer", 7: "bad_signature", 24: "invalid_ca", 25: "path_too_long",
+        26: "bad_purpose", 23: "certificate_revoked", 3: "crl_unavailable",
+    }.get(errnum, f"verify_error_{errnum}")
