@@ -41,24 +41,28 @@ class EnrollListener:
     def __init__(self, service: EstService, context_provider: Callable[[], SSL.Context], *,
                  request_timeout_s: float, max_body_bytes: int, max_connections: int,
                  idle_timeout_s: float = 30.0,
-                 on_reply: Callable[[EstReply], None] | None = None) -> None:
+                 on_reply: Callable[[EstReply], None] | None = None,
+                 store_limiter: trio.CapacityLimiter | None = None) -> None:
         self.service = service
         self.context_provider = context_provider
         self.request_timeout_s = request_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_body_bytes = max_body_bytes
         self.connections = trio.Semaphore(max_connections)
-        self.store_limiter = trio.CapacityLimiter(1)
+        self.store_limiter = store_limiter or trio.CapacityLimiter(1)
         self.on_reply = on_reply
 
-    async def serve(self, host: str, port: int, *,
+    async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
+        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
+        accept loop stops accepting without touching live connections)."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         for listener in listeners:
             log.info("listening", listener="enroll", address=listener.socket.getsockname()[:2])
         task_status.started(listeners)
-        await trio.serve_listeners(self.handle_connection, listeners)
+        await trio.serve_listeners(self.handle_connection, listeners,
+                                   handler_nursery=handler_nursery)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         conn_id = next(_conn_ids)

@@ -1,0 +1,54 @@
+"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.http11 import Request, Response, serve_http
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("switch.admin")
+
+
+class AdminListener:
+    def __init__(self, metrics: Metrics, ready: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+        self.metrics = metrics
+        self.ready = ready
+
+    async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
+                    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
+        accept loop stops accepting without touching live connections)."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        for listener in listeners:
+            log.info("listening", listener="admin", address=listener.socket.getsockname()[:2])
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle_connection, listeners,
+                                   handler_nursery=handler_nursery)
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            await serve_http(stream, self.handle, idle_timeout_s=10, request_timeout_s=5,
+                             max_body_bytes=0, max_requests=100)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def handle(self, request: Request) -> Response:
+        if request.method != "GET":
+            return Response.text(405, "method_not_allowed")
+        if request.path == "/healthz":
+            return Response.text(200, "ok")
+        if request.path == "/readyz":
+            ok, detail = await self.ready()
+            return Response.text(200 if ok else 503, detail)
+        if request.path == "/metrics":
+            return Response(200, generate_latest(self.metrics.registry),
+                            content_type=CONTENT_TYPE_LATEST)
+        return Response.text(404, "not_found")

@@ -1,0 +1,123 @@
+"""The gateway listener: accept, per-tenant mTLS handshake, then the agent's session.
+
+Each connection runs in its own task. Over ``max_connections`` a new connection is closed at once
+(live sessions are untouched). The handshake runs under ``handshake_timeout_s`` with the trust
+state current at accept time; its verify callback has already refused (as a TLS alert) any
+certificate ``gateway.peer`` says no to, so after the handshake only the WebSocket upgrade remains.
+Every refusal is counted by tenant and reason and logged once.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from gateway import relay
+from gateway.metrics import Metrics
+from gateway.sessions import SessionRegistry
+from gateway.tenant_tls import HandshakeInfo, TrustState
+from gateway.tls import OpenSSLStream
+
+log = structlog.get_logger("switch.gateway")
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        return str(sock.getpeername()[0]) if sock is not None else "unknown"
+    except OSError:
+        return "unknown"
+
+
+class GatewayListener:
+    def __init__(self, current: Callable[[], TrustState], registry: SessionRegistry,
+                 metrics: Metrics, *, upstream_ssl: ssl.SSLContext | None = None) -> None:
+        self.current = current
+        self.registry = registry
+        self.metrics = metrics
+        self.upstream_ssl = upstream_ssl
+        self.open_connections = 0
+
+    async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
+                    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
+        accept loop stops accepting without touching live connections)."""
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+        for listener in listeners:
+            log.info("listening", listener="gateway", address=listener.socket.getsockname()[:2])
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle_connection, listeners,
+                                   handler_nursery=handler_nursery)
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        state = self.current()
+        settings = state.config.gateway
+        peer = _peer(stream)
+        if self.open_connections >= settings.max_connections:
+            self.metrics.refused(None, "too_many_connections")
+            await trio.aclose_forcefully(stream)
+            return
+        self.open_connections += 1
+        try:
+            await self._handle(stream, state, peer)
+        finally:
+            self.open_connections -= 1
+
+    async def _handle(self, stream: trio.abc.Stream, state: TrustState, peer: str) -> None:
+        settings = state.config.gateway
+        conn = state.new_connection()
+        info: HandshakeInfo = conn.get_app_data()
+        tls = OpenSSLStream(stream, conn)
+        try:
+            with trio.fail_after(settings.handshake_timeout_s):
+                await tls.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if isinstance(exc, trio.TooSlowError):
+                reason = "handshake_timeout"
+            else:
+                reason = info.refusal or _handshake_reason(exc)
+            self._refuse(info.tenant, reason, peer, info.server_name)
+            await trio.aclose_forcefully(stream)
+            return
+        decision = info.decision
+        tenant = state.config.tenants.get(info.tenant or "")
+        if decision is None or not decision.allowed or tenant is None:
+            # Cannot happen: the verify callback refuses first. Fail closed all the same.
+            self._refuse(info.tenant, info.refusal or "not_admitted", peer, info.server_name)
+            await trio.aclose_forcefully(tls)
+            return
+        self.metrics.handshakes.labels(tenant.name, "ok").inc()
+        try:
+            await relay.run_session(
+                tls, decision, tenant, sni=info.server_name,
+                default_tenant=state.config.default_tenant, settings=settings,
+                registry=self.registry, metrics=self.metrics, peer=peer,
+                upstream_ssl=self.upstream_ssl)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(settings.close_timeout_s) as cs:
+                cs.shield = True
+                await tls.aclose()
+
+    def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None) -> None:
+        self.metrics.handshakes.labels(tenant or "-", "refused").inc()
+        self.metrics.refused(tenant, reason)
+        log.info("handshake_refused", tenant=tenant, reason=reason, peer=peer, sni=sni)
+
+
+def _handshake_reason(exc: BaseException) -> str:
+    text = str(exc.__cause__ or exc).lower()
+    if "peer did not return a certificate" in text or "no certificate" in text:
+        return "no_client_certificate"
+    if "unexpected eof" in text or "eof" in text:
+        return "handshake_aborted"
+    if "wrong version" in text or "http request" in text or "unknown protocol" in text:
+        return "not_tls"
+    if "no shared cipher" in text or "unsupported protocol" in text or "version" in text:
+        return "tls_version_or_cipher"
+    return "handshake_failed"

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one Switch process, on their own registry (served by the admin port)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge("switch_sessions", "Live agent sessions", ["tenant"], registry=r)
+        self.handshakes = Counter("switch_handshakes", "Gateway TLS handshakes by result",
+                                  ["tenant", "result"], registry=r)
+        self.refusals = Counter("switch_refusals", "Gateway refusals by reason",
+                                ["tenant", "reason"], registry=r)
+        self.evictions = Counter("switch_evictions", "Live sessions closed because trust changed",
+                                 ["tenant", "reason"], registry=r)
+        self.relay_bytes = Counter("switch_relay_bytes", "Message payload bytes relayed",
+                                   ["tenant", "direction"], registry=r)
+        self.relay_messages = Counter("switch_relay_messages", "Messages relayed",
+                                      ["tenant", "direction"], registry=r)
+        self.enrollments = Counter("switch_enrollments", "EST requests by result",
+                                   ["tenant", "result"], registry=r)
+        self.trust_generation = Gauge("switch_trust_generation",
+                                      "Store change generation the gateway enforces", registry=r)
+        self.config_generation = Gauge("switch_config_generation",
+                                       "Configuration generation in force", registry=r)
+
+    def refused(self, tenant: str | None, reason: str) -> None:
+        self.refusals.labels(tenant or "-", reason).inc()

@@ -1,0 +1,167 @@
+"""Per-tenant TLS on the gateway port: trust state, SNI routing and the in-handshake check.
+
+Theory of operation: a ``TrustState`` is an immutable snapshot built from the config (organisation
+CAs and CRLs, read once per config load) and the store (``TrustView``: provisioning issuers while
+the service is on, revoked keys and certificates). It holds one ``SSL.Context`` per tenant that
+trusts exactly that tenant's anchors and names them in the CertificateRequest. A new snapshot is
+built and swapped in whole when the store or the config changes; a connection keeps the snapshot
+it was accepted under.
+
+A connection starts on the *entry* context: the default tenant's if one is configured, else a
+context that trusts nothing (so a missing or unknown SNI fails the handshake: fail closed). The
+SNI callback switches to the tenant's context and — the pitfall in STYLE.md — sets the verify
+mode and callback on the connection again, since ``set_context`` does not. The verify callback
+records each certificate of the chain OpenSSL built; at depth 0, if OpenSSL accepted the chain,
+it runs ``gateway.peer.check_peer`` and refuses inside the handshake (a TLS alert) when the
+decision says no. Whatever the outcome, ``HandshakeInfo`` (the connection's app data) says which
+tenant, why it was refused, or the decision with the identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from config.model import SwitchConfig
+from config.tls_material import PrivateKey, load_ca_certificates, load_crl
+from enroll.trust_view import TrustView
+from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, x509_error_reason
+from gateway.tls import server_context
+
+VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+
+@attrs.define(eq=False)
+class HandshakeInfo:
+    """Per-connection notes made by the TLS callbacks."""
+
+    tenant: str | None = None
+    server_name: str | None = None
+    refusal: str | None = None
+    decision: Decision | None = None
+    chain: dict[int, crypto.X509] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class OrganisationMaterial:
+    cas: tuple[x509.Certificate, ...]
+    revoked_serials: Mapping[x509.Name, frozenset[int]]
+
+
+def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMaterial]:
+    """Read every tenant's organisation CAs and CRLs. A CRL must be signed by one of the tenant's
+    CAs (else ValueError: an unsigned revocation list is no list)."""
+    material: dict[str, OrganisationMaterial] = {}
+    for tenant in config.tenants.values():
+        cas = tuple(c for path in tenant.organisation_cas for c in load_ca_certificates(path))
+        revoked: dict[x509.Name, set[int]] = {}
+        for path in tenant.organisation_crls:
+            crl = load_crl(path)
+            signer = next((ca for ca in cas if ca.subject == crl.issuer), None)
+            if signer is None or not crl.is_signature_valid(signer.public_key()):  # type: ignore[arg-type]
+                raise ValueError(f"{path}: the CRL is not signed by an organisation CA of tenant "
+                                 f"{tenant.name}")
+            revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)
+        material[tenant.name] = OrganisationMaterial(
+            cas, {k: frozenset(v) for k, v in revoked.items()})
+    return material
+
+
+@attrs.frozen
+class TrustState:
+    config: SwitchConfig
+    generation: int
+    tenants: Mapping[str, TenantTrust]
+    contexts: Mapping[str, SSL.Context]
+    entry: SSL.Context
+    clock: Callable[[], dt.datetime]
+
+    def tenant_name_for(self, server_name: str | None) -> str | None:
+        tenant = self.config.tenant_for_hostname(server_name)
+        return tenant.name if tenant is not None else None
+
+    def new_connection(self) -> SSL.Connection:
+        conn = SSL.Connection(self.entry, None)
+        info = HandshakeInfo(tenant=self.config.default_tenant)
+        conn.set_app_data(info)
+        conn.set_verify(VERIFY_REQUIRED, self._verifier(info.tenant))
+        conn.set_accept_state()
+        return conn
+
+    def _on_server_name(self, conn: SSL.Connection) -> None:
+        info: HandshakeInfo = conn.get_app_data()
+        raw = conn.get_servername()
+        info.server_name = raw.decode("ascii", "replace").lower() if raw else None
+        tenant = self.tenant_name_for(info.server_name)
+        info.tenant = tenant
+        if tenant is None:
+            info.refusal = "unknown_server_name" if info.server_name else "no_server_name"
+            conn.set_verify(VERIFY_REQUIRED, self._verifier(None))
+            return
+        conn.set_context(self.contexts[tenant])
+        conn.set_verify(VERIFY_REQUIRED, self._verifier(tenant))
+
+    def _verifier(self, tenant_name: str | None
+                  ) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+        trust = self.tenants.get(tenant_name) if tenant_name else None
+
+        def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+            info: HandshakeInfo = conn.get_app_data()
+            try:
+                if trust is None:
+                    info.refusal = info.refusal or "no_server_name"
+                    return False
+                if not ok:
+                    info.refusal = info.refusal or x509_error_reason(errnum)
+                    return False
+                info.chain[depth] = cert
+                if depth != 0:
+                    return True
+                chain = [info.chain[d].to_cryptography() for d in sorted(info.chain)]
+                decision = check_peer(trust, chain, self.clock())
+                info.decision = decision
+                if not decision.allowed:
+                    info.refusal = decision.reason
+                    return False
+                return True
+            except Exception:  # fail closed; pyOpenSSL would otherwise defer the exception
+                info.refusal = "internal_error"
+                return False
+
+        return verify
+
+
+def build_trust_state(
+    config: SwitchConfig, view: TrustView, organisation: Mapping[str, OrganisationMaterial],
+    chain: Sequence[x509.Certificate], key: PrivateKey,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> TrustState:
+    tenants: dict[str, TenantTrust] = {}
+    contexts: dict[str, SSL.Context] = {}
+    for name, tenant in config.tenants.items():
+        org = organisation.get(name, OrganisationMaterial((), {}))
+        prov = view.tenants.get(name)
+        issuers = prov.issuers if prov is not None and prov.enabled else ()
+        tenants[name] = TenantTrust(
+            name=name, identity=tenant.identity,
+            organisation_cas={fingerprint(c): c for c in org.cas},
+            provisioning_issuers={fingerprint(c): c for c in issuers},
+            revoked_serials=org.revoked_serials,
+            revoked_keys=prov.revoked_keys if prov else frozenset(),
+            revoked_certificates=prov.revoked_certificates if prov else frozenset(),
+        )
+        contexts[name] = server_context(chain, key, client_auth="required",
+                                        trust=[*org.cas, *issuers])
+    if config.default_tenant is not None:
+        entry = server_context(chain, key, client_auth="required",
+                               trust=[*tenants[config.default_tenant].organisation_cas.values(),
+                                      *tenants[config.default_tenant].provisioning_issuers.values()])
+    else:
+        entry = server_context(chain, key, client_auth="required")
+    state = TrustState(config, view.generation, tenants, contexts, entry, clock)
+    entry.set_tlsext_servername_callback(state._on_server_name)
+    return state
