@@ -1,7 +1,14 @@
-"""Configuration problems: every one found is reported together, with file and key."""
+"""Configuration problems: every one found is reported together, with file and key.
+
+A ``Problem`` is a value (file, dotted key, message, severity); ``ConfigError`` carries all the
+problems of one load. ``ConfigError`` is a ``ValueError`` so that callers written against the
+file readers' ``ValueError`` keep working.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -12,17 +19,38 @@ Severity = Literal["error", "warning"]
 
 @attrs.frozen
 class Problem:
+    """One thing wrong with the configuration: ``key`` is dotted (``tenants.demo.hostnames[1]``),
+    empty when the problem is with the whole file."""
+
     file: Path
     key: str
     message: str
     severity: Severity = "error"
 
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.key}" if self.key else str(self.file)
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def describe(self, base: Path | None = None) -> str:
+        """``file: key: severity: message``, the file shown relative to ``base`` when under it."""
+        file = _display(self.file, base)
+        where = f"{file}: {self.key}" if self.key else file
         return f"{where}: {self.severity}: {self.message}"
 
+    def __str__(self) -> str:
+        return self.describe()
 
-class ConfigError(Exception):
+
+def _display(file: Path, base: Path | None) -> str:
+    if base is not None:
+        try:
+            return os.fspath(file.relative_to(base))
+        except ValueError:
+            pass
+    return os.fspath(file)
+
+
+class ConfigError(ValueError):
     """The configuration does not load. ``problems`` holds every error (and warning) found."""
 
     reason = "config_invalid"
@@ -31,6 +59,12 @@ class ConfigError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
 
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
 
-def format_problems(problems: list[Problem]) -> str:
-    return "\n".join(str(p) for p in problems)
+
+def format_problems(problems: Iterable[Problem], base: Path | None = None) -> str:
+    """One line per problem, ``switch.toml: tenants.demo.hostnames[0]: error: ...``; file names
+    are shown relative to ``base`` (for example the config's directory) when under it."""
+    return "\n".join(p.describe(base) for p in problems)

@@ -1,48 +1,68 @@
 """Loading ``switch.toml`` (and a directory of tenant files) into a ``SwitchConfig``.
 
-Every problem is collected in one pass and reported together with its file and dotted key; the
-loader never stops at the first. The keys::
+Every problem is collected in one pass and reported together with its file and dotted key
+(``tenants.demo.hostnames[1]``); the loader never stops at the first. Unknown keys are errors
+everywhere. The keys, with their defaults::
 
     state_dir = "state"                 # required: the SQLite store and issuer keys
     default_tenant = "demo"             # optional: the tenant for connections with no/unknown SNI
-    tenants_dir = "tenants.d"           # optional: one NAME.toml per tenant (the tenant table's
-                                        #   keys at top level; the tenant name is the file stem)
-    issuer_key_type = "ec-p256"         # provisioning issuers: ec-p256 or ec-p384
-    issuer_validity = "1825d"
+                                        #   (without it such connections are refused)
+    tenants_dir = "tenants.d"           # optional: one NAME.toml per tenant, holding the tenant
+                                        #   table's keys at top level; the file stem is the name
+    issuer_key_type = "ec-p256"         # provisioning issuers: "ec-p256" or "ec-p384"
+    issuer_validity = "1825d"           # provisioning issuers' validity (at least "1d")
 
-    [tls]                               # the server certificate: PEM files ...
+    [tls]                               # the server certificate, exactly one of: PEM files ...
     cert_file = "pki/server.pem"        #   leaf first, then intermediates
-    key_file = "pki/server.key"
-    # keystore = "pki/server.p12"       # ... or a PKCS#12 keystore
-    # keystore_password_file = "pki/server.pass"
+    key_file = "pki/server.key"         #   unencrypted PEM, must match the leaf
+    # keystore = "pki/server.p12"       # ... or a PKCS#12 keystore with its key and chain
+    # keystore_password_file = "pki/server.pass"   # one trailing newline is ignored
 
-    [gateway]                           # agents' WebSocket port
-    listen = "0.0.0.0:4000"             # also: enabled, handshake_timeout, request_timeout,
-                                        #   idle_timeout, upstream_connect_timeout, close_timeout,
-                                        #   drain_timeout, ping_interval, max_connections,
-                                        #   max_message_size
-    [enroll]                            # EST port: listen, enabled, request_timeout,
-    listen = "0.0.0.0:9443"             #   max_body_size, max_connections
-    [admin]                             # health and metrics: listen, enabled
+    [gateway]                           # agents' WebSocket sessions over mutual TLS
+    listen = "0.0.0.0:4000"             # "host:port" or "[v6-address]:port", port 0..65535
+    enabled = true
+    handshake_timeout = "10s"           #  -> handshake_timeout_s
+    request_timeout = "10s"             #  -> request_timeout_s (the WebSocket upgrade request)
+    idle_timeout = "300s"               #  -> idle_timeout_s
+    upstream_connect_timeout = "10s"    #  -> upstream_connect_timeout_s
+    close_timeout = "5s"                #  -> close_timeout_s
+    drain_timeout = "10s"               #  -> drain_timeout_s (graceful shutdown)
+    ping_interval = "30s"               #  -> ping_interval_s
+    max_connections = 20000             #  at least 1
+    max_message_size = "1MiB"           #  -> max_message_bytes
+
+    [enroll]                            # EST (RFC 7030)
+    listen = "0.0.0.0:9443"
+    enabled = true
+    request_timeout = "10s"             #  -> request_timeout_s
+    max_body_size = "64KiB"             #  -> max_body_bytes
+    max_connections = 1000
+
+    [admin]                             # /healthz, /readyz, /metrics: no TLS, keep on loopback
     listen = "127.0.0.1:9090"
+    enabled = true
 
-    [profiles.default]                  # certificate templates (a "default" always exists)
-    validity = "30d"
-    renew_before = "7d"
-    key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
-    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
+    [profiles.NAME]                     # certificate templates; "default" exists even unwritten
+    validity = "30d"                    #  -> validity_s
+    renew_before = "7d"                 #  -> renew_before_s, shorter than validity
+    key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]   # of model.KEY_TYPES
+    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"   # regex the subject CN must match in full
     approval = "auto"                   # or "manual"
 
-    [tenants.demo]
-    hostnames = ["demo.switch.test"]    # required, SNI names; unique across tenants
-    organisation_cas = ["pki/org-ca.pem"]
-    organisation_crls = []
-    upstream = "ws://127.0.0.1:8080/"
-    profile = "default"
-    identity = { rule = "email-san", allow = ["*@example.com"] }   # or "common-name", "any"
+    [tenants.NAME]                      # NAME: [a-z0-9][a-z0-9-]{0,62}; not also in tenants_dir
+    hostnames = ["demo.switch.test"]    # required, non-empty; SNI names, unique across tenants
+    organisation_cas = ["pki/org-ca.pem"]    # PEM CA certificates (CA:true), may be empty
+    organisation_crls = []              # PEM or DER CRLs; need organisation_cas
+    upstream = "ws://127.0.0.1:8080/"   # ws:// or wss:// with a host
+    profile = "default"                 # a profile name
+    identity = { rule = "email-san", allow = ["*@example.com"] }   # rule: email-san,
+                                        #   common-name or any; allow: glob patterns
 
-Durations take ms, s, m, h, d ("1h30m"); sizes take KiB, MiB, GiB. Relative paths resolve against
-the directory of the file that names them.
+Durations take ms, s, m, h, d ("500ms", "1h30m") or a bare number of seconds; sizes take B, KiB,
+MiB, GiB (or KB, MB, GB) or a bare number of bytes. Relative paths resolve against the directory
+of the file that names them. The files named are opened and checked: certificates and keys must
+parse and match, CA files must hold CA certificates, CRLs must parse, a keystore must open with
+its password and hold a private key.
 """
 
 from __future__ import annotations
@@ -165,6 +185,9 @@ class _Table:
 
     def path(self, name: str, required: bool = False) -> Path | None:
         value = self.string(name, required=required)
+        if value is not None and not value.strip():
+            self.error(name, "must name a file or directory, not an empty string")
+            return None
         return self.resolve(value) if value else None
 
     def resolve(self, value: str) -> Path:
@@ -257,29 +280,21 @@ def _read_admin(root: _Table) -> AdminSettings:
 
 
 def _read_tls(root: _Table) -> ServerTLS:
+    """Exactly one of (cert_file + key_file) or (keystore + keystore_password_file), and the
+    files must open, parse and match."""
     t = root.table("tls", required=True)
     if t is None:
         return ServerTLS()
+    before = len(t.problems)
     tls = ServerTLS(
         cert_file=t.path("cert_file"), key_file=t.path("key_file"),
         keystore=t.path("keystore"), keystore_password_file=t.path("keystore_password_file"),
     )
-    pem = tls.cert_file is not None or tls.key_file is not None
-    p12 = tls.keystore is not None or tls.keystore_password_file is not None
-    if pem and p12:
-        t.error("", "set either cert_file + key_file or keystore + keystore_password_file, not both")
-    elif pem and (tls.cert_file is None or tls.key_file is None):
-        t.error("cert_file" if tls.cert_file is None else "key_file", "is required with the other PEM file")
-    elif p12 and (tls.keystore is None or tls.keystore_password_file is None):
-        t.error("keystore" if tls.keystore is None else "keystore_password_file",
-                "is required with the other keystore setting")
-    elif not pem and not p12:
-        t.error("", "the server certificate is required: cert_file + key_file, or keystore + keystore_password_file")
-    else:
+    if len(t.problems) == before:  # the keys are well typed: check the form and the files
         try:
-            tls_material.load_server_credentials(tls)
-        except ValueError as exc:
-            t.error("keystore" if p12 else "cert_file", str(exc))
+            tls_material.load_server_credentials(tls, config_file=t.file)
+        except ConfigError as exc:
+            t.problems.extend(exc.problems)
     t.finish()
     return tls
 
@@ -288,7 +303,10 @@ def _read_profile(t: _Table, name: str) -> Profile:
     d = Profile(name)
     validity = t.duration("validity", float(d.validity_s))
     renew = t.duration("renew_before", float(d.renew_before_s))
-    key_types = t.strings("key_types") or d.key_types
+    key_types = t.strings("key_types")
+    if "key_types" in t.data and isinstance(t.data["key_types"], list) and not t.data["key_types"]:
+        t.error("key_types", "needs at least one key type (an empty list would refuse every request)")
+    key_types = key_types or d.key_types
     for i, kt in enumerate(key_types):
         if kt not in KEY_TYPES:
             t.error(f"key_types[{i}]", f"unknown key type {kt!r} (known: {', '.join(KEY_TYPES)})")
@@ -326,6 +344,20 @@ def _read_identity(t: _Table) -> IdentityRule:
     return IdentityRule(rule, allow)  # type: ignore[arg-type]
 
 
+def _check_upstream(url: str) -> None:
+    """A ws:// or wss:// URL with a host (and, if given, a port from 1 to 65535)."""
+    problem = f"{url!r} must be a ws:// or wss:// URL with a host, e.g. \"ws://127.0.0.1:8080/\""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{problem} ({exc})") from exc
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(problem)
+    if port == 0:
+        raise ValueError(f"{url!r}: port 0 cannot be connected to")
+
+
 def _read_tenant(t: _Table, name: str) -> Tenant:
     if not TENANT_NAME.fullmatch(name):
         t.error("", "a tenant name has 1-63 characters: lower-case letters, digits and '-', "
@@ -352,9 +384,10 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
         t.error("organisation_crls", "CRLs need organisation_cas to apply to")
     upstream = t.string("upstream")
     if upstream is not None:
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            t.error("upstream", f"{upstream!r} must be a ws:// or wss:// URL with a host")
+        try:
+            _check_upstream(upstream)
+        except ValueError as exc:
+            t.error("upstream", str(exc))
     identity = _read_identity(t)
     profile = t.string("profile", "default") or "default"
     t.finish()
@@ -362,15 +395,33 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
                   upstream, profile, t.file)
 
 
+_TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
 def _parse_file(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    """The TOML document at ``path``, or None with a problem (unreadable, not UTF-8, or a syntax
+    error given with its line and column)."""
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         problems.append(Problem(path, "", f"cannot read: {exc.strerror or exc}"))
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(path, "", f"not UTF-8 text (byte {exc.start})"))
+        return None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.append(Problem(path, "", f"not valid TOML: {exc}"))
-    return None
+        message = str(exc)
+        at = _TOML_AT.search(message)
+        if at is None:
+            where = ""
+        elif at.group(1):
+            where = f" at line {at.group(1)}, column {at.group(2)}"
+        else:  # tomllib gives no line for an unterminated construct: it is the last line
+            where = f" at line {text.count(chr(10)) + (0 if text.endswith(chr(10)) else 1)} (end of file)"
+        problems.append(Problem(path, "", f"not valid TOML{where}: {_TOML_AT.sub('', message)}"))
+        return None
 
 
 def load_config(path: Path) -> SwitchConfig:
@@ -389,6 +440,9 @@ def load_config(path: Path) -> SwitchConfig:
         root.error("issuer_key_type", f"must be \"ec-p256\" or \"ec-p384\", not {issuer_key_type!r}")
         issuer_key_type = "ec-p256"
     issuer_validity = root.duration("issuer_validity", 5 * 365 * 86400.0)
+    if issuer_validity < 86400:
+        root.error("issuer_validity", "must be at least one day (\"1d\")")
+        issuer_validity = 5 * 365 * 86400.0
     tls = _read_tls(root)
     gateway, enroll, admin = _read_gateway(root), _read_enroll(root), _read_admin(root)
 
@@ -423,16 +477,20 @@ def load_config(path: Path) -> SwitchConfig:
                 tenants[tname] = _read_tenant(_Table(tdata, file, "", problems), tname)
     root.finish()
 
-    owners: dict[str, Tenant] = {}
+    owners: dict[str, tuple[Tenant, int]] = {}
     for tenant in tenants.values():
         for i, host in enumerate(tenant.hostnames):
-            other = owners.get(host)
-            if other is not None:
-                problems.append(Problem(
-                    tenant.source or path, _tenant_key(tenant, f"hostnames[{i}]", path),
-                    f"{host!r} is also claimed by tenant {other.name!r} ({other.source})"))
+            key = _tenant_key(tenant, f"hostnames[{i}]", path)
+            if host not in owners:
+                owners[host] = (tenant, i)
+                continue
+            other, j = owners[host]
+            if other is tenant:
+                message = f"{host!r} is listed twice (also hostnames[{j}])"
             else:
-                owners[host] = tenant
+                message = (f"{host!r} is claimed by two tenants: {tenant.name!r} and {other.name!r} "
+                           f"({other.source}: {_tenant_key(other, f'hostnames[{j}]', path)})")
+            problems.append(Problem(tenant.source or path, key, message))
         if tenant.profile not in profiles:
             problems.append(Problem(tenant.source or path, _tenant_key(tenant, "profile", path),
                                     f"unknown profile {tenant.profile!r} (known: {', '.join(sorted(profiles))})"))

@@ -1,7 +1,9 @@
 """Reading certificates, keys, CRLs and PKCS#12 keystores from files named in config.
 
-Each function raises ``ValueError`` with a message fit for an operator; the loader turns it into a
-``Problem`` with the file and key.
+Used by the loader (to refuse a config whose files do not parse), by ``config check`` and by the
+listeners. ``load_ca_certificates`` and ``load_crl`` raise ``ValueError`` with a message fit for an
+operator; the loader turns it into a ``Problem`` with the file and key. ``load_server_credentials``
+raises ``ConfigError`` (itself a ``ValueError``) whose problems name the ``tls.*`` key at fault.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from config.errors import ConfigError, Problem
 from config.model import ServerTLS
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -26,6 +29,7 @@ def _read(path: Path) -> bytes:
 
 
 def load_pem_certificates(path: Path) -> list[x509.Certificate]:
+    """Every PEM certificate in ``path`` (at least one), in file order."""
     data = _read(path)
     try:
         certs = x509.load_pem_x509_certificates(data)
@@ -36,15 +40,19 @@ def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     return certs
 
 
+def is_ca(cert: x509.Certificate) -> bool:
+    """basicConstraints CA:true (a certificate without the extension is not a CA)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def load_ca_certificates(path: Path) -> list[x509.Certificate]:
     """PEM CA certificates: each must have basicConstraints CA:true."""
     certs = load_pem_certificates(path)
     for cert in certs:
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
+        if not is_ca(cert):
             raise ValueError(
                 f"{path}: {cert.subject.rfc4514_string()} is not a CA certificate "
                 "(basicConstraints CA:true is required)"
@@ -53,6 +61,7 @@ def load_ca_certificates(path: Path) -> list[x509.Certificate]:
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:
+    """A CRL in PEM or DER."""
     data = _read(path)
     try:
         if b"-----BEGIN" in data:
@@ -69,44 +78,103 @@ def _check_key(key: object, path: Path) -> PrivateKey:
 
 
 def read_password_file(path: Path) -> bytes:
+    """The password in ``path``, without one trailing newline (``\\n`` or ``\\r\\n``)."""
     data = _read(path)
+    if data.endswith(b"\r\n"):
+        return data[:-2]
     return data[:-1] if data.endswith(b"\n") else data
 
 
-def load_server_credentials(tls: ServerTLS) -> tuple[list[x509.Certificate], PrivateKey]:
-    """The server chain (leaf first) and its private key, from PEM files or a PKCS#12 keystore.
-    The key must match the leaf."""
-    if tls.keystore is not None:
-        if tls.keystore_password_file is None:
-            raise ValueError("a keystore needs keystore_password_file")
-        password = read_password_file(tls.keystore_password_file)
-        data = _read(tls.keystore)
-        try:
-            key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
-        except ValueError as exc:
-            raise ValueError(
-                f"{tls.keystore} does not open with the password in {tls.keystore_password_file} "
-                "(wrong password or not a PKCS#12 file)"
-            ) from exc
-        if key is None:
-            raise ValueError(f"{tls.keystore} holds no private key")
-        if cert is None:
-            raise ValueError(f"{tls.keystore} holds no certificate for its key")
-        chain, source = [cert, *extra], tls.keystore
+def _public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _from_keystore(keystore: Path, password_file: Path) -> tuple[list[x509.Certificate], PrivateKey]:
+    """Raises ValueError tagged by ``_Fault`` with the field at fault."""
+    try:
+        password = read_password_file(password_file)
+    except ValueError as exc:
+        raise _Fault("keystore_password_file", str(exc)) from exc
+    try:
+        data = _read(keystore)
+    except ValueError as exc:
+        raise _Fault("keystore", str(exc)) from exc
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(data, password or None)
+    except ValueError as exc:
+        raise _Fault("keystore", f"{keystore} does not open with the password in {password_file} "
+                     "(wrong password, or not a PKCS#12 file)") from exc
+    if key is None:
+        raise _Fault("keystore", f"{keystore} holds no private key")
+    if cert is None:
+        raise _Fault("keystore", f"{keystore} holds no certificate for its key")
+    try:
+        checked = _check_key(key, keystore)
+    except ValueError as exc:
+        raise _Fault("keystore", str(exc)) from exc
+    if _public_der(cert.public_key()) != _public_der(checked.public_key()):
+        raise _Fault("keystore", f"{keystore}: the private key does not match the certificate "
+                     f"{cert.subject.rfc4514_string()}")
+    return [cert, *extra], checked
+
+
+class _Fault(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def load_server_credentials(
+    tls: ServerTLS, *, config_file: Path | None = None,
+) -> tuple[list[x509.Certificate], PrivateKey]:
+    """The server chain (leaf first) and its private key, from PEM files or a PKCS#12 keystore
+    (whose password file loses one trailing newline). The key must match the leaf.
+
+    Raises ``ConfigError`` listing every problem found, each keyed ``tls.<field>``; a problem's
+    file is ``config_file`` when given, else the file at fault.
+    """
+    faults: list[tuple[str, Path | None, str]] = []
+    if tls.keystore is not None or tls.keystore_password_file is not None:
+        if tls.cert_file is not None or tls.key_file is not None:
+            faults.append(("", None, "set either cert_file + key_file or keystore + "
+                           "keystore_password_file, not both"))
+        elif tls.keystore is None or tls.keystore_password_file is None:
+            missing = "keystore" if tls.keystore is None else "keystore_password_file"
+            faults.append((missing, None, "is required with the other keystore setting"))
+        else:
+            try:
+                return _from_keystore(tls.keystore, tls.keystore_password_file)
+            except _Fault as fault:
+                faults.append((fault.field, getattr(tls, fault.field), str(fault)))
+    elif tls.cert_file is None or tls.key_file is None:
+        if tls.cert_file is None and tls.key_file is None:
+            faults.append(("", None, "the server certificate is required: cert_file + key_file, "
+                           "or keystore + keystore_password_file"))
+        else:
+            missing = "cert_file" if tls.cert_file is None else "key_file"
+            faults.append((missing, None, "is required with the other PEM file"))
     else:
-        if tls.cert_file is None or tls.key_file is None:
-            raise ValueError("the server certificate needs cert_file and key_file (or a keystore)")
-        chain = load_pem_certificates(tls.cert_file)
+        chain: list[x509.Certificate] | None = None
+        key: PrivateKey | None = None
         try:
-            key = serialization.load_pem_private_key(_read(tls.key_file), password=None)
+            chain = load_pem_certificates(tls.cert_file)
+        except ValueError as exc:
+            faults.append(("cert_file", tls.cert_file, str(exc)))
+        try:
+            loaded = serialization.load_pem_private_key(_read(tls.key_file), password=None)
+            key = _check_key(loaded, tls.key_file)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{tls.key_file} is not an unencrypted PEM private key: {exc}") from exc
-        source = tls.key_file
-    checked = _check_key(key, source)
-    leaf_public = chain[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    key_public = checked.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if leaf_public != key_public:
-        raise ValueError(f"{source}: the private key does not match the certificate {chain[0].subject.rfc4514_string()}")
-    return chain, checked
+            message = str(exc) if str(exc).startswith("cannot read") else (
+                f"{tls.key_file} is not an unencrypted PEM private key: {exc}")
+            faults.append(("key_file", tls.key_file, message))
+        if chain is not None and key is not None:
+            if _public_der(chain[0].public_key()) == _public_der(key.public_key()):
+                return chain, key
+            faults.append(("key_file", tls.key_file, f"{tls.key_file}: the private key does not "
+                           f"match the certificate {chain[0].subject.rfc4514_string()} in "
+                           f"{tls.cert_file}"))
+    raise ConfigError([
+        Problem(config_file or at or Path("switch.toml"), f"tls.{field}" if field else "tls", message)
+        for field, at, message in faults
+    ])

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from config.load import HOSTNAME, TENANT_NAME
 from enroll import pki
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -29,33 +30,50 @@ _CONFIG = """\
 # SQLite store and issuer keys (mode 0700). Back it up.
 state_dir = "state"
 
+# Durations take ms, s, m, h, d ("500ms", "1h30m"); sizes take KiB, MiB ("64KiB").
+
 [tls]
 # The server certificate agents see on every port. The dev PKI in pki/ is for trying Switch out:
 # put your own certificate here for production.
 {tls}
 
 [gateway]
-# Agents' WebSocket sessions over mutual TLS.
+# Agents' WebSocket sessions over mutual TLS; a client certificate is required.
 listen = "0.0.0.0:4000"
+enabled = true
 handshake_timeout = "10s"
+request_timeout = "10s"
+idle_timeout = "300s"
+upstream_connect_timeout = "10s"
+close_timeout = "5s"
+drain_timeout = "10s"
+ping_interval = "30s"
 max_connections = 20000
+max_message_size = "1MiB"
 
 [enroll]
 # EST (RFC 7030) enrollment: agents get certificates here with a provisioning key.
 listen = "0.0.0.0:9443"
+enabled = true
 request_timeout = "10s"
 max_body_size = "64KiB"
+max_connections = 1000
 
 [admin]
-# /healthz, /readyz and /metrics, without TLS: keep it on loopback.
+# /healthz, /readyz and /metrics, without TLS or authentication: keep it on loopback.
 listen = "127.0.0.1:9090"
+enabled = true
 
+# Certificate templates for the provisioning service. Tenants use "default" unless they name
+# another profile.
 [profiles.default]
 validity = "30d"
 renew_before = "7d"
 key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
-approval = "auto"
+approval = "auto"                     # "manual": an admin approves each request
 
+# A tenant is chosen by the TLS SNI name agents connect with. Tenants may also live in their
+# own files: set tenants_dir = "tenants.d" above and write tenants.d/NAME.toml.
 [tenants.{tenant}]
 hostnames = [{hostnames}]
 # The organisation's own CAs: certificates they issue connect (identity rule below).
@@ -71,13 +89,18 @@ def init_deployment(
     directory: Path, *, now: dt.datetime, keystore: bool = False, tenant: str = "demo",
     hostnames: Sequence[str] = ("demo.switch.test",),
 ) -> Path:
-    """Write a deployment into ``directory`` and return the config path. Raises
-    ``FileExistsError`` (writing nothing) if one is there already."""
+    """Write a deployment into ``directory`` and return the config path.
+
+    Raises ``FileExistsError`` (writing nothing) if ``switch.toml`` or ``pki/`` is there already,
+    and ``ValueError`` (writing nothing) for a tenant name or hostname the config would refuse.
+    ``localhost`` is always added to the tenant's hostnames.
+    """
+    _check_names(tenant, hostnames)
     directory = directory.resolve()
     config_path = directory / "switch.toml"
     pki_dir = directory / "pki"
     for existing in (config_path, pki_dir):
-        if existing.exists():
+        if existing.exists() or existing.is_symlink():
             raise FileExistsError(f"{existing} already exists; refusing to overwrite a deployment")
     directory.mkdir(parents=True, exist_ok=True)
     pki_dir.mkdir(mode=0o700)
@@ -90,9 +113,9 @@ def init_deployment(
     pki.write_private(pki_dir / "dev-root-ca.key", pki.key_pem(root_key))
 
     server_key = pki.generate_key("ec-p256")
-    all_hosts = [*hostnames, "localhost"]
+    all_hosts = list(dict.fromkeys(h.lower().rstrip(".") for h in [*hostnames, "localhost"]))
     server = pki.make_leaf(
-        pki.name(hostnames[0] if hostnames else "localhost", "Switch dev"), server_key.public_key(),
+        pki.name(all_hosts[0], "Switch dev"), server_key.public_key(),
         (root, root_key), now=now, validity=SERVER_VALIDITY, dns_names=all_hosts,
         ip_addresses=["127.0.0.1", "::1"], server=True, client=False,
     )
@@ -118,13 +141,27 @@ def init_deployment(
     agent_key = pki.generate_key("ec-p256")
     agent = pki.make_leaf(
         pki.name("agent1", tenant), agent_key.public_key(), (org, org_key), now=now,
-        validity=AGENT_VALIDITY, emails=[f"agent1@{hostnames[0]}"], client=True,
+        validity=AGENT_VALIDITY, emails=[f"agent1@{all_hosts[0]}"], client=True,
     )
     (pki_dir / f"{tenant}-agent.pem").write_bytes(pki.cert_pem(agent))
     pki.write_private(pki_dir / f"{tenant}-agent.key", pki.key_pem(agent_key))
 
-    config_path.write_text(_CONFIG.format(
+    text = _CONFIG.format(
         date=now.strftime("%Y-%m-%d"), tls=tls, tenant=tenant,
-        hostnames=", ".join(f'"{h}"' for h in all_hosts), first_host=hostnames[0],
-    ))
+        hostnames=", ".join(f'"{h}"' for h in all_hosts), first_host=all_hosts[0],
+    )
+    with config_path.open("x", encoding="utf-8") as f:  # "x": never replace a config
+        f.write(text)
     return config_path
+
+
+def _check_names(tenant: str, hostnames: Sequence[str]) -> None:
+    """Refuse (ValueError, before anything is written) names the config would not load with."""
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ValueError(f"bad tenant name {tenant!r}: 1-63 lower-case letters, digits and '-', "
+                         "starting with a letter or digit")
+    if isinstance(hostnames, str) or not hostnames:
+        raise ValueError("at least one tenant hostname is needed")
+    for host in hostnames:
+        if not HOSTNAME.fullmatch(host.lower().rstrip(".")):
+            raise ValueError(f"{host!r} is not a valid DNS name")

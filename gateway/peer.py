@@ -186,5 +186,5 @@ def x509_error_reason(errnum: int) -> str:
         2: "untrusted_issuer", 9: "certificate_not_yet_valid", 10: "certificate_expired",
         18: "untrusted_issuer", 19: "untrusted_issuer", 20: "untrusted_issuer",
         21: "untrusted_issuer", 7: "bad_signature", 24: "invalid_ca", 25: "path_too_long",
-        26: "bad_purpose", 23: "certificate_revoked", 3: "crl_unavailable",
+        26: "no_client_auth", 23: "certificate_revoked", 3: "crl_unavailable",
     }.get(errnum, f"verify_error_{errnum}")

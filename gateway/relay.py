@@ -147,7 +147,9 @@ async def run_session(
             nursery.cancel_scope.cancel()
             return "upgrade_timeout"
         headers = list(request.headers)
-        host = next((v for k, v in headers if k.lower() == b"host"), None)
+        # wsproto keeps Host apart from the other headers; trio-websocket exposes only those.
+        raw_host = getattr(getattr(request, "_event", None), "host", None)
+        host = raw_host.encode("latin-1", "replace") if isinstance(raw_host, str) else None
         if not host_matches(host, tenant, sni, default_tenant):
             metrics.refused(tenant.name, "host_mismatch")
             await request.reject(421, body=b"421 host_mismatch\n")

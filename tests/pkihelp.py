@@ -25,10 +25,11 @@ def write_ca(directory: Path, stem: str, *, key_type: str = "ec-p256",
 
 def write_server(directory: Path, issuer: tuple[x509.Certificate, pki.PrivateKey], *,
                  validity: dt.timedelta = dt.timedelta(days=365), now: dt.datetime = NOW,
+                 dns_names: tuple[str, ...] = ("localhost",), key_type: str = "ec-p256",
                  ) -> tuple[Path, Path]:
-    key = pki.generate_key()
+    key = pki.generate_key(key_type)
     cert = pki.make_leaf(pki.name("localhost"), key.public_key(), issuer, now=now,
-                         validity=validity, dns_names=["localhost"], server=True, client=False)
+                         validity=validity, dns_names=dns_names, server=True, client=False)
     cert_path, key_path = directory / "server.pem", directory / "server.key"
     cert_path.write_bytes(pki.cert_pem(cert) + pki.cert_pem(issuer[0]))
     pki.write_private(key_path, pki.key_pem(key))

@@ -6,8 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from config.check import check_config
+from config.errors import Problem, format_problems
 from config.load import load_config
 from config.model import AdminSettings, Listener, SwitchConfig
 from tests.pkihelp import NOW, write_ca, write_server
@@ -24,14 +27,22 @@ upstream = "ws://127.0.0.1:9/"
 """
 
 
-def _deploy(tmp_path: Path, *, server_days: int = 365, org_key: str = "ec-p256") -> SwitchConfig:
+def _deploy(tmp_path: Path, *, server_days: int = 365, org_key: str = "ec-p256",
+            org_days: int = 3650, server_key: str = "ec-p256",
+            server_names: tuple[str, ...] = ("localhost", "*.example"),
+            config: str = CONFIG) -> SwitchConfig:
     d = tmp_path / "pki"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     root, root_key, _ = write_ca(d, "root")
-    write_server(d, (root, root_key), validity=dt.timedelta(days=server_days))
-    write_ca(d, "org", key_type=org_key)
-    (tmp_path / "switch.toml").write_text(CONFIG)
+    write_server(d, (root, root_key), validity=dt.timedelta(days=server_days),
+                 dns_names=server_names, key_type=server_key)
+    write_ca(d, "org", key_type=org_key, validity=dt.timedelta(days=org_days))
+    (tmp_path / "switch.toml").write_text(config)
     return load_config(tmp_path / "switch.toml")
+
+
+def _where(problems: list[Problem]) -> set[tuple[str, str]]:
+    return {(p.key, p.severity) for p in problems}
 
 
 def test_a_clean_config_has_no_problems(tmp_path: Path) -> None:
@@ -42,32 +53,126 @@ def test_admin_listener_off_loopback_is_a_warning(tmp_path: Path) -> None:
     cfg = attrs.evolve(_deploy(tmp_path), admin=AdminSettings(Listener("0.0.0.0", 9090)))
     [problem] = check_config(cfg, NOW)
     assert (problem.key, problem.severity) == ("admin.listen", "warning")
+    assert "keep it on loopback" in problem.message
+
+
+def test_a_disabled_admin_listener_off_loopback_is_fine(tmp_path: Path) -> None:
+    cfg = attrs.evolve(_deploy(tmp_path), admin=AdminSettings(Listener("0.0.0.0", 9090, False)))
+    assert check_config(cfg, NOW) == []
 
 
 def test_server_certificate_expiring_within_30_days_is_a_warning(tmp_path: Path) -> None:
     cfg = _deploy(tmp_path, server_days=10)
     problems = check_config(cfg, NOW)
     assert [(p.key, p.severity) for p in problems] == [("tls.cert_file", "warning")]
-    assert "expires in" in problems[0].message
+    assert "expires in 10 day(s)" in problems[0].message
 
 
 def test_an_expired_server_certificate_is_an_error(tmp_path: Path) -> None:
     cfg = _deploy(tmp_path, server_days=10)
     problems = check_config(cfg, NOW + dt.timedelta(days=11))
-    assert any(p.severity == "error" and "expired" in p.message for p in problems)
+    assert _where(problems) == {("tls.cert_file", "error")}
+    assert "expired on" in problems[0].message
+
+
+def test_an_expiring_keystore_certificate_is_reported_at_the_keystore(tmp_path: Path) -> None:
+    from enroll.bootstrap import init_deployment
+
+    path = init_deployment(tmp_path / "d", now=NOW - dt.timedelta(days=380), keystore=True)
+    problems = check_config(load_config(path), NOW)
+    assert _where(problems) == {("tls.keystore", "warning")}
+
+
+def test_an_organisation_ca_expiring_or_expired_is_reported(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, org_days=20)
+    assert _where(check_config(cfg, NOW)) == {("tenants.acme.organisation_cas[0]", "warning")}
+    assert _where(check_config(cfg, NOW + dt.timedelta(days=21))) == {
+        ("tenants.acme.organisation_cas[0]", "error")}
 
 
 def test_rsa_under_2048_bits_is_a_warning(tmp_path: Path) -> None:
     cfg = _deploy(tmp_path, org_key="rsa-1024")
     [problem] = check_config(cfg, NOW)
     assert problem.key == "tenants.acme.organisation_cas[0]" and "1024-bit RSA" in problem.message
+    assert problem.severity == "warning"
+
+
+def test_a_small_rsa_server_key_is_a_warning(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, server_key="rsa-1024")
+    problems = check_config(cfg, NOW)
+    assert _where(problems) == {("tls.cert_file", "warning")}
+    assert any("server key is 1024-bit RSA" in p.message for p in problems)
 
 
 def test_identity_rule_any_and_missing_upstream_are_warnings(tmp_path: Path) -> None:
-    d = _deploy(tmp_path)
-    (tmp_path / "switch.toml").write_text(
-        CONFIG.replace('upstream = "ws://127.0.0.1:9/"', 'identity = { rule = "any" }'))
+    cfg = _deploy(tmp_path, config=CONFIG.replace('upstream = "ws://127.0.0.1:9/"',
+                                                  'identity = { rule = "any" }'))
+    assert _where(check_config(cfg, NOW)) == {("tenants.acme.identity.rule", "warning"),
+                                              ("tenants.acme.upstream", "warning")}
+
+
+def test_a_tenant_without_organisation_cas_is_a_warning(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, config=CONFIG.replace('organisation_cas = ["pki/org.pem"]\n', ""))
+    [problem] = check_config(cfg, NOW)
+    assert (problem.key, problem.severity) == ("tenants.acme.organisation_cas", "warning")
+    assert "only provisioned certificates can connect" in problem.message
+
+
+def test_a_gateway_without_tenants_is_a_warning(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, config=CONFIG.split("[tenants.acme]")[0])
+    assert _where(check_config(cfg, NOW)) == {("tenants", "warning")}
+
+
+def test_a_tenant_hostname_the_server_certificate_does_not_name_is_a_warning(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, server_names=("localhost", "*.other.example"))
+    [problem] = check_config(cfg, NOW)
+    assert (problem.key, problem.severity) == ("tenants.acme.hostnames[0]", "warning")
+    assert "'acme.example'" in problem.message
+
+
+def test_secret_files_and_state_dir_open_to_others_are_warnings(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path)
+    (tmp_path / "pki" / "server.key").chmod(0o644)
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state").chmod(0o755)
+    assert _where(check_config(cfg, NOW)) == {("tls.key_file", "warning"), ("state_dir", "warning")}
+
+
+def test_a_stale_crl_is_a_warning(tmp_path: Path) -> None:
+    _deploy(tmp_path)
+    org_cert = x509.load_pem_x509_certificate((tmp_path / "pki/org.pem").read_bytes())
+    org_key = serialization.load_pem_private_key((tmp_path / "pki/org.key").read_bytes(), None)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(org_cert.subject)
+           .last_update(NOW - dt.timedelta(days=10)).next_update(NOW - dt.timedelta(days=3))
+           .sign(org_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (tmp_path / "pki/org.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "switch.toml").write_text(CONFIG.replace(
+        'upstream =', 'organisation_crls = ["pki/org.crl"]\nupstream ='))
     cfg = load_config(tmp_path / "switch.toml")
-    assert d.tenants["acme"].upstream is not None
-    keys = {(p.key, p.severity) for p in check_config(cfg, NOW)}
-    assert keys == {("tenants.acme.identity.rule", "warning"), ("tenants.acme.upstream", "warning")}
+    [problem] = check_config(cfg, NOW)
+    assert (problem.key, problem.severity) == ("tenants.acme.organisation_crls[0]", "warning")
+    assert "stale" in problem.message
+
+
+def test_problems_in_a_tenant_file_name_that_file(tmp_path: Path) -> None:
+    tdir = tmp_path / "tenants.d"
+    tdir.mkdir()
+    (tdir / "beta.toml").write_text('hostnames = ["beta.example"]\nidentity = { rule = "any" }\n'
+                                    'organisation_cas = ["../pki/org.pem"]\nupstream = "ws://b/"\n')
+    cfg = _deploy(tmp_path, config='tenants_dir = "tenants.d"\n' + CONFIG)
+    [problem] = check_config(cfg, NOW)
+    assert (problem.file, problem.key) == (tdir / "beta.toml", "identity.rule")
+
+
+def test_problems_format_as_file_key_severity_message(tmp_path: Path) -> None:
+    problems = [
+        Problem(tmp_path / "switch.toml", "tenants.demo.hostnames[0]", "bad name"),
+        Problem(tmp_path / "tenants.d" / "b.toml", "", "not valid TOML", "warning"),
+        Problem(Path("/elsewhere/x.toml"), "tls", "m"),
+    ]
+    assert format_problems(problems, tmp_path).splitlines() == [
+        "switch.toml: tenants.demo.hostnames[0]: error: bad name",
+        "tenants.d/b.toml: warning: not valid TOML",
+        "/elsewhere/x.toml: tls: error: m",
+    ]
+    assert str(problems[0]) == f"{tmp_path}/switch.toml: tenants.demo.hostnames[0]: error: bad name"

@@ -1,0 +1,285 @@
+"""The gateway port end to end: real loopback sockets, real handshakes, agents that are not our
+code (the `websockets` package over `ssl`, `openssl s_client`), TLS 1.2 and 1.3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+from OpenSSL import SSL
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from enroll import pki
+from gateway.tls import OpenSSLStream, client_context
+from tests.est_harness import HOST
+from tests.gateway_harness import ACME_HOST, Agent, Gateway, org_agent, start_gateway
+
+VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                                   ids=["tls1.2", "tls1.3"])
+
+
+def _secret(gateway: Gateway, name: str = "Fleet") -> str:
+    authority = gateway.authority()
+    try:
+        authority.enable_service("demo", actor="test")
+        return authority.generate_key("demo", name, actor="test")[1]
+    finally:
+        authority.close()
+
+
+def _round_trip(gateway: Gateway, agent: Agent | None, message: str = "hello", **kw: object) -> str:
+    with gateway.connect(agent, **kw) as ws:  # type: ignore[arg-type]
+        ws.send(message)
+        reply = ws.recv(timeout=10)
+        assert isinstance(reply, str)
+        return reply
+
+
+async def _refused(gateway: Gateway, agent: Agent | None, reason: str, *, tenant: str | None = None,
+                   **kw: object) -> None:
+    before = gateway.refusals(reason, tenant)
+    with pytest.raises((ssl.SSLError, OSError, WebSocketException, EOFError)):
+        await trio.to_thread.run_sync(lambda: _round_trip(gateway, agent, **kw))
+    with trio.fail_after(5):
+        while gateway.refusals(reason, tenant) == before:  # noqa: ASYNC110 - the server's count
+            await trio.sleep(0.02)
+
+
+@VERSIONS
+async def test_enrolled_agent_reaches_the_upstream_with_identity_headers(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            agent = await gw.enroll(_secret(gw), "laptop-1", tmp_path)
+            await gw.synced()
+            spoof = {"X-Switch-Identity": "admin", "X-Switch-Trust": "organisation",
+                     "x-switch-tenant": "acme", "X-Custom": "kept"}
+            reply = await trio.to_thread.run_sync(
+                lambda: _round_trip(gw, agent, max_version=tls, headers=spoof))
+            assert reply == "hello"
+            path, headers = gw.echo.requests[-1]
+            assert path == "/base/agent?x=1"
+            cert = agent.chain[0]
+            assert headers["x-switch-tenant"] == "demo"
+            assert headers["x-switch-identity"] == "laptop-1"
+            assert headers["x-switch-trust"] == "provisioned"
+            assert headers["x-switch-key-id"].startswith("pk_")
+            assert headers["x-switch-cert-serial"] == format(cert.serial_number, "x")
+            assert headers["x-switch-cert-sha256"] == pki.sha256_fingerprint(cert)
+            assert headers["x-custom"] == "kept"
+            nursery.cancel_scope.cancel()
+
+
+@VERSIONS
+async def test_organisation_agent_connects_when_that_source_is_on(tmp_path: Path,
+                                                                  tls: ssl.TLSVersion) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            agent = Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
+            assert await trio.to_thread.run_sync(lambda: _round_trip(gw, agent, max_version=tls)) == "hello"
+            headers = gw.echo.requests[-1][1]
+            assert (headers["x-switch-trust"], headers["x-switch-identity"]) == \
+                ("organisation", "agent1@demo.switch.test")
+            assert "x-switch-key-id" not in headers
+            nursery.cancel_scope.cancel()
+
+
+async def test_organisation_agent_is_refused_when_that_source_is_off(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d", organisation=False)
+            agent = Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
+            await _refused(gw, agent, "untrusted_issuer", tenant="demo")
+            nursery.cancel_scope.cancel()
+
+
+@VERSIONS
+async def test_bad_certificates_are_refused_with_their_reason(tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            acme = org_agent(directory, "acme-org-ca", "acme-agent", emails=["a@acme.test"])
+            await _refused(gw, acme, "untrusted_issuer", tenant="demo", max_version=tls)
+            no_client_auth = org_agent(directory, "demo-org-ca", "server-only",
+                                       emails=["s@demo.switch.test"], client=False)
+            await _refused(gw, no_client_auth, "no_client_auth", tenant="demo", max_version=tls)
+            two_emails = org_agent(directory, "demo-org-ca", "two-emails",
+                                   emails=["a@demo.switch.test", "b@demo.switch.test"])
+            await _refused(gw, two_emails, "identity_email_count", tenant="demo", max_version=tls)
+            not_allowed = org_agent(directory, "demo-org-ca", "outsider", emails=["x@evil.example"])
+            await _refused(gw, not_allowed, "identity_not_allowed", tenant="demo", max_version=tls)
+            expired = org_agent(directory, "demo-org-ca", "expired", emails=["e@demo.switch.test"],
+                                now=dt.datetime.now(dt.UTC) - dt.timedelta(days=60))
+            await _refused(gw, expired, "certificate_expired", tenant="demo", max_version=tls)
+            await _refused(gw, None, "no_client_certificate", max_version=tls)
+            nursery.cancel_scope.cancel()
+
+
+async def test_unknown_sni_is_refused_without_a_default_tenant(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            agent = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
+            await _refused(gw, agent, "unknown_server_name", host="nobody.switch.test")
+            nursery.cancel_scope.cancel()
+
+
+async def _s_client(args: list[str], request: bytes) -> bytes:
+    """Run ``openssl s_client``, send ``request``, return what came back until the end of the
+    HTTP response head or the connection (then stop the process: s_client waits on stdin)."""
+    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    received = b""
+    try:
+        await proc.stdin.send_all(request)
+        with trio.move_on_after(10):
+            while b"\r\n\r\n" not in received:
+                chunk = await proc.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        proc.kill()
+        await proc.wait()
+    return received
+
+
+async def test_openssl_s_client_is_refused_without_a_certificate_and_admitted_with_one(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            base = ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.ports['gateway']}",
+                    "-servername", HOST, "-CAfile", str(gw.ca_file), "-verify_return_error",
+                    "-quiet"]
+            with_cert = ["-cert", str(directory / "pki/demo-agent.pem"),
+                         "-key", str(directory / "pki/demo-agent.key")]
+            request = (f"GET /x HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            assert b"101" not in await _s_client(base, request)
+            assert gw.refusals("no_client_certificate") >= 1
+            admitted = await _s_client([*base, *with_cert], request)
+            assert admitted.startswith(b"HTTP/1.1 101"), admitted
+            mismatch = await _s_client([*base, *with_cert], request.replace(
+                f"Host: {HOST}".encode(), f"Host: {ACME_HOST}".encode()))
+            assert mismatch.startswith(b"HTTP/1.1 421"), mismatch
+            assert gw.refusals("host_mismatch", "demo") == 1
+            for version in ("-tls1_2", "-tls1_3"):
+                assert (await _s_client([*base, *with_cert, version], request)).startswith(
+                    b"HTTP/1.1 101")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_session_cannot_be_resumed_under_another_sni(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+
+            ca = x509.load_pem_x509_certificate(gw.ca_file.read_bytes())
+            cert = x509.load_pem_x509_certificate((directory / "pki/demo-agent.pem").read_bytes())
+            key = serialization.load_pem_private_key((directory / "pki/demo-agent.key").read_bytes(), None)
+            ctx = client_context(trust=[ca], chain=[cert], key=key,  # type: ignore[arg-type]
+                                 max_version=SSL.TLS1_2_VERSION)
+            session = None
+            results = []
+            for sni in (HOST, ACME_HOST):
+                tcp = await trio.open_tcp_stream("127.0.0.1", gw.ports["gateway"])
+                client = OpenSSLStream.client(tcp, ctx, sni)
+                if session is not None:
+                    client.connection.set_session(session)
+                try:
+                    await client.do_handshake()
+                    await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await client.receive_some()
+                    results.append(("ok", client.session_reused))
+                except trio.BrokenResourceError:
+                    results.append(("refused", client.session_reused))
+                session = session or client.connection.get_session()
+                await trio.aclose_forcefully(client)
+            assert results[0] == ("ok", False)
+            assert results[1] == ("refused", False)
+            assert gw.refusals("untrusted_issuer", "acme") == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_unreachable_upstream_gets_a_clear_502(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            acme = org_agent(directory, "acme-org-ca", "acme-ok", emails=["ok@acme.test"])
+
+            def attempt() -> int:
+                try:
+                    _round_trip(gw, acme, host=ACME_HOST)
+                except InvalidStatus as exc:
+                    return exc.response.status_code
+                return 101
+
+            assert await trio.to_thread.run_sync(attempt) == 502
+            assert gw.refusals("upstream_unavailable", "acme") == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_close_codes_pass_through_both_ways(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            agent = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
+
+            def agent_closes() -> None:
+                ws = gw.connect(agent)
+                ws.send("x")
+                ws.recv(timeout=10)
+                ws.close(4001, "agent says bye")
+
+            await trio.to_thread.run_sync(agent_closes)
+            with trio.fail_after(5):
+                while 4001 not in gw.echo.closes:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+
+            def upstream_closes() -> int | None:
+                ws = gw.connect(agent)
+                ws.send("close-4002")
+                with pytest.raises(ConnectionClosed) as info:
+                    ws.recv(timeout=10)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+            assert await trio.to_thread.run_sync(upstream_closes) == 4002
+            nursery.cancel_scope.cancel()
+
+
+async def test_admin_port_serves_health_readiness_and_metrics(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            agent = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
+            await trio.to_thread.run_sync(lambda: _round_trip(gw, agent))
+            base = f"http://127.0.0.1:{gw.ports['admin']}"
+            for path, expected in (("/healthz", b"ok"), ("/readyz", b"ready")):
+                result = await trio.run_process(["curl", "-sS", base + path], capture_stdout=True)
+                assert result.stdout.strip() == expected
+            metrics = (await trio.run_process(["curl", "-sS", base + "/metrics"],
+                                              capture_stdout=True)).stdout.decode()
+            assert 'switch_handshakes_total{result="ok",tenant="demo"} 1.0' in metrics
+            assert 'switch_relay_messages_total{direction="in",tenant="demo"} 1.0' in metrics
+            assert "switch_sessions" in metrics and "switch_trust_generation" in metrics
+            nursery.cancel_scope.cancel()
+    assert json.dumps  # keep the import for readers of failures
