@@ -12,6 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from config.check import check_config
 from config.load import load_config
+from config.model import AdminSettings, EnrollSettings, GatewaySettings, Profile
 from config.tls_material import load_server_credentials
 from enroll.bootstrap import init_deployment
 
@@ -37,7 +38,9 @@ def test_init_writes_a_deployment_that_loads_and_checks_clean(tmp_path: Path) ->
     assert demo.upstream == "ws://127.0.0.1:8080/"
     assert "default" in cfg.profiles and cfg.tenant_for_hostname("localhost") is demo
     assert cfg.state_dir == tmp_path / "d/state"
-    assert (cfg.gateway.listen.port, cfg.enroll.listen.port, cfg.admin.listen.port) == (4000, 9443, 9090)
+    # the listeners and the profile are written out with the model's defaults, for operators to edit
+    assert (cfg.gateway, cfg.enroll, cfg.admin) == (GatewaySettings(), EnrollSettings(), AdminSettings())
+    assert cfg.profiles["default"] == Profile("default")
     assert (tmp_path / "d/state").stat().st_mode & 0o777 == 0o700
 
 

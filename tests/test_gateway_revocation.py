@@ -1,0 +1,144 @@
+"""Live revocation: a change in the store closes dependent sessions within a second, whichever
+process made it; suspension closes nothing."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from tests.gateway_harness import Agent, Gateway, start_gateway
+
+
+def _secret(gw: Gateway, name: str = "Fleet") -> str:
+    authority = gw.authority()
+    try:
+        authority.enable_service("demo", actor="test")
+        return authority.generate_key("demo", name, actor="test")[1]
+    finally:
+        authority.close()
+
+
+class LiveAgent:
+    """A `websockets` agent holding a session open in a thread until the server closes it."""
+
+    def __init__(self, gw: Gateway, agent: Agent) -> None:
+        self.ws = gw.connect(agent)
+        self.ws.send("hello")
+        assert self.ws.recv(timeout=10) == "hello"
+        self.closed = threading.Event()
+        self.close_code: int | None = None
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
+
+    def _wait(self) -> None:
+        try:
+            while True:
+                self.ws.recv()
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            self.closed.set()
+
+    def still_works(self) -> bool:
+        self.ws.send("ping?")
+        return not self.closed.is_set()
+
+
+async def _closed_within(live: LiveAgent, seconds: float) -> float:
+    start = trio.current_time()
+    with trio.fail_after(seconds):
+        await trio.to_thread.run_sync(live.closed.wait)
+    return trio.current_time() - start
+
+
+async def _handshake_refused(gw: Gateway, agent: Agent) -> None:
+    def attempt() -> None:
+        with gw.connect(agent) as ws:
+            ws.send("x")
+            ws.recv(timeout=5)
+
+    with pytest.raises((ssl.SSLError, OSError, WebSocketException, EOFError)):
+        await trio.to_thread.run_sync(attempt)
+
+
+def _cli(gw: Gateway, *args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(gw.config.path),
+                             "--actor", "admin", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("via", ["this process", "another process"])
+async def test_revoking_a_key_closes_its_live_session_within_a_second(tmp_path: Path, via: str) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            secret = _secret(gw)
+            agent = await gw.enroll(secret, "laptop-1", tmp_path)
+            await gw.synced()
+            live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
+            bystander_agent = Agent(gw.directory / "pki/demo-agent.pem",
+                                    gw.directory / "pki/demo-agent.key", [])
+            bystander = await trio.to_thread.run_sync(LiveAgent, gw, bystander_agent)
+            if via == "this process":
+                authority = gw.authority()
+                authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet", actor="t")
+                authority.close()
+            else:
+                await trio.to_thread.run_sync(
+                    lambda: _cli(gw, "keys", "revoke", "demo", "Fleet", "--reason", "leaked",
+                                 "--confirm", "Fleet"))
+            # The change is committed now; the session must be gone within a second of it.
+            elapsed = await _closed_within(live, 5)
+            assert elapsed < 1.0, elapsed
+            assert live.close_code == 1008
+            assert await trio.to_thread.run_sync(bystander.still_works)
+            await _handshake_refused(gw, agent)
+            assert gw.refusals("key_revoked", "demo") >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_suspending_a_key_closes_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            agent = await gw.enroll(_secret(gw), "laptop-1", tmp_path)
+            await gw.synced()
+            live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
+            authority = gw.authority()
+            authority.suspend_key("demo", "Fleet", reason="pause", actor="t")
+            authority.close()
+            await gw.synced()
+            await trio.sleep(0.5)
+            assert await trio.to_thread.run_sync(live.still_works)
+            # and a new connection with that certificate is still admitted
+            with await trio.to_thread.run_sync(gw.connect, agent) as ws:
+                await trio.to_thread.run_sync(ws.send, "again")
+            nursery.cancel_scope.cancel()
+
+
+async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            secret = _secret(gw)
+            first = await gw.enroll(secret, "laptop-1", tmp_path)
+            second = await gw.enroll(secret, "laptop-2", tmp_path)
+            await gw.synced()
+            live1 = await trio.to_thread.run_sync(LiveAgent, gw, first)
+            live2 = await trio.to_thread.run_sync(LiveAgent, gw, second)
+            serial = format(first.chain[0].serial_number, "x")
+            await trio.to_thread.run_sync(
+                lambda: _cli(gw, "certs", "revoke", serial, "--reason", "stolen"))
+            await _closed_within(live1, 3)
+            assert await trio.to_thread.run_sync(live2.still_works)
+            await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo"))
+            await _closed_within(live2, 3)
+            await _handshake_refused(gw, second)
+            nursery.cancel_scope.cancel()
