@@ -37,6 +37,8 @@ class AdminListener:
                              max_body_bytes=0, max_requests=100)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # noqa: BLE001 - an admin request's failure must not end the server
+            log.exception("admin_request_failed")
         finally:
             await trio.aclose_forcefully(stream)
 

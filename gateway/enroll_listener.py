@@ -92,6 +92,8 @@ class EnrollListener:
                                  on_refusal=functools.partial(self._log_refusal, source, conn_id))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+            except Exception:  # noqa: BLE001 - one request's failure must not end the others
+                log.exception("enroll_connection_failed", conn_id=conn_id, peer=source)
             finally:
                 with trio.move_on_after(1):
                     await tls.aclose()

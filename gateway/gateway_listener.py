@@ -64,6 +64,10 @@ class GatewayListener:
         self.open_connections += 1
         try:
             await self._handle(stream, state, peer)
+        except Exception:  # noqa: BLE001 - one connection's failure must not end the others
+            self.metrics.refused(None, "internal_error")
+            log.exception("connection_failed", peer=peer)
+            await trio.aclose_forcefully(stream)
         finally:
             self.open_connections -= 1
 

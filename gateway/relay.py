@@ -98,6 +98,12 @@ def host_matches(host: bytes | None, tenant: Tenant, sni: str | None, default_te
     return sni is None and default_tenant == tenant.name
 
 
+async def _reject(request: WebSocketRequest, status: int, reason: str) -> None:
+    """Answer the upgrade with ``status`` and the reason; the agent may already be gone."""
+    with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        await request.reject(status, body=f"{status} {reason}\n".encode())
+
+
 async def _pinger(ws: WebSocketConnection, interval: float, session: Session) -> None:
     while True:
         await trio.sleep(interval)
@@ -152,12 +158,12 @@ async def run_session(
         host = raw_host.encode("latin-1", "replace") if isinstance(raw_host, str) else None
         if not host_matches(host, tenant, sni, default_tenant):
             metrics.refused(tenant.name, "host_mismatch")
-            await request.reject(421, body=b"421 host_mismatch\n")
+            await _reject(request, 421, "host_mismatch")
             nursery.cancel_scope.cancel()
             return "host_mismatch"
         if not tenant.upstream:
             metrics.refused(tenant.name, "no_upstream")
-            await request.reject(502, body=b"502 no_upstream\n")
+            await _reject(request, 502, "no_upstream")
             nursery.cancel_scope.cancel()
             return "no_upstream"
         url = upstream_url(tenant.upstream, request.path)
@@ -176,7 +182,7 @@ async def run_session(
                     metrics.refused(tenant.name, "upstream_unavailable")
                     log.warning("upstream_unavailable", tenant=tenant.name, upstream=url,
                                 error=f"{type(exc).__name__}: {exc}")
-                    await request.reject(502, body=b"502 upstream_unavailable\n")
+                    await _reject(request, 502, "upstream_unavailable")
                     return "upstream_unavailable"
                 agent = await request.accept(subprotocol=upstream.subprotocol)
                 return await _relay(agent, upstream, decision, settings, registry, metrics, peer)
