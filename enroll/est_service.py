@@ -200,7 +200,7 @@ class EstService:
         if not any(_directly_issued_by(leaf, issuer) for issuer in issuers):
             raise Forbidden("the certificate is not from this tenant's provisioning CA",
                             reason="certificate_untrusted")
-        if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+        if pki.validity_problem(leaf, now) is not None:
             raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
         record = self.issuance.find(tenant.name, leaf)
         if record is None:

@@ -181,3 +181,15 @@ def write_private(path: Path, data: bytes) -> None:
 
 def sha256_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def validity_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """``certificate_not_yet_valid``, ``certificate_expired`` or None. Both ends are included
+    (RFC 5280 4.1.2.5) and ``now`` is compared at the one-second granularity certificates encode
+    (the Web PKI reading)."""
+    at = now.replace(microsecond=0)
+    if at < cert.not_valid_before_utc:
+        return "certificate_not_yet_valid"
+    if at > cert.not_valid_after_utc:
+        return "certificate_expired"
+    return None

@@ -40,8 +40,9 @@ def identity_uri(tenant: str, common_name: str) -> str:
 
 def _utf8string(text: str) -> bytes:
     raw = text.encode()
-    if len(raw) > 127:
-        raise ValueError("key id too long")
+    if not raw or len(raw) > MAX_KEY_ID_BYTES:
+        # The reader (``key_id_of``) refuses the same lengths: never issue what it cannot read.
+        raise ValueError(f"a key id must be 1..{MAX_KEY_ID_BYTES} bytes of UTF-8")
     return b"\x0c" + bytes([len(raw)]) + raw
 
 
@@ -59,7 +60,7 @@ def key_id_of(cert: x509.Certificate) -> str | None:
     if not isinstance(value, x509.UnrecognizedExtension):
         return None
     raw = value.value
-    if len(raw) < 2 or raw[0] != 0x0C or raw[1] != len(raw) - 2 or raw[1] > MAX_KEY_ID_BYTES:
+    if len(raw) < 3 or raw[0] != 0x0C or raw[1] != len(raw) - 2 or raw[1] > MAX_KEY_ID_BYTES:
         return None
     try:
         return raw[2:].decode()
@@ -102,7 +103,7 @@ def common_name_of(cert: x509.Certificate) -> str | None:
 def check_renewal(current: x509.Certificate, request: CsrRequest, now: dt.datetime) -> None:
     """simplereenroll: the current certificate is within its validity and the CSR asks for the
     same subject."""
-    if not current.not_valid_before_utc <= now < current.not_valid_after_utc:
+    if pki.validity_problem(current, now) is not None:
         raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
     if common_name_of(current) != request.common_name:
         raise SubjectNotAllowed("re-enrollment must request the current certificate's subject")

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.model import IdentityRule
+from enroll.pki import validity_problem
 from enroll.policy import key_id_of
 
 TrustSource = Literal["provisioned", "organisation"]
@@ -75,18 +76,25 @@ def _refuse(tenant: TenantTrust, reason: str, **kw: object) -> Decision:
 
 
 def _leaf_problem(leaf: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why the leaf cannot be a client certificate now, or None. Validity includes both ends
+    (RFC 5280 4.1.2.5), compared at the one-second granularity certificates encode. An EKU extension must list clientAuth itself: anyExtendedKeyUsage does not
+    stand in for it (as in webpki). A malformed extension refuses (fail closed)."""
     try:
-        if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "leaf_is_ca"
-    except x509.ExtensionNotFound:
-        pass
-    if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
-        return "certificate_expired" if now >= leaf.not_valid_after_utc else "certificate_not_yet_valid"
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        try:
+            if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return "leaf_is_ca"
+        except x509.ExtensionNotFound:
+            pass
+        problem = validity_problem(leaf, now)
+        if problem is not None:
+            return problem
+        try:
+            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None
+    except ValueError:
+        return "malformed_certificate"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         return "no_client_auth"
     return None
 
@@ -115,7 +123,15 @@ def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[s
 
 
 def check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime) -> Decision:
-    """Decide about a chain OpenSSL verified for ``tenant`` (leaf first, anchor last)."""
+    """Decide about a chain OpenSSL verified for ``tenant`` (leaf first, anchor last). A
+    certificate whose extensions do not parse is refused, never an exception."""
+    try:
+        return _check_peer(tenant, chain, now)
+    except ValueError:
+        return _refuse(tenant, "malformed_certificate")
+
+
+def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime) -> Decision:
     if not chain:
         return _refuse(tenant, "no_client_certificate")
     leaf, anchor = chain[0], chain[-1]
@@ -175,7 +191,7 @@ def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.dateti
     else:
         if decision.anchor not in tenant.organisation_cas:
             return "ca_removed"
-    if decision.not_after is not None and now >= decision.not_after:
+    if decision.not_after is not None and now.replace(microsecond=0) > decision.not_after:  # as validity_problem
         return "certificate_expired"
     return None
 
