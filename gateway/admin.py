@@ -9,6 +9,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.http11 import Request, Response, serve_http
+from gateway.listening import serve_tcp
 from gateway.metrics import Metrics
 
 log = structlog.get_logger("switch.admin")
@@ -22,14 +23,8 @@ class AdminListener:
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
-        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
-        accept loop stops accepting without touching live connections)."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        for listener in listeners:
-            log.info("listening", listener="admin", address=listener.socket.getsockname()[:2])
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle_connection, listeners,
-                                   handler_nursery=handler_nursery)
+        await serve_tcp("admin", self.handle_connection, host, port,
+                        handler_nursery=handler_nursery, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         try:

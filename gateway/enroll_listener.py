@@ -23,18 +23,13 @@ from OpenSSL import SSL
 
 from enroll.est_service import EstReply, EstRequest, EstService
 from gateway.http11 import Request, Response, serve_http
+from gateway.listening import peer_address, serve_tcp
 from gateway.tls import OpenSSLStream
 
 log = structlog.get_logger("switch.enroll")
 _conn_ids = itertools.count(1)
 
 
-def _peer(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    try:
-        return str(sock.getpeername()[0]) if sock is not None else "unknown"
-    except OSError:
-        return "unknown"
 
 
 class EnrollListener:
@@ -55,18 +50,12 @@ class EnrollListener:
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
-        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
-        accept loop stops accepting without touching live connections)."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        for listener in listeners:
-            log.info("listening", listener="enroll", address=listener.socket.getsockname()[:2])
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle_connection, listeners,
-                                   handler_nursery=handler_nursery)
+        await serve_tcp("enroll", self.handle_connection, host, port,
+                        handler_nursery=handler_nursery, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         conn_id = next(_conn_ids)
-        source = _peer(stream)
+        source = peer_address(stream)
         try:
             self.connections.acquire_nowait()
         except trio.WouldBlock:

@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from gateway import relay
+from gateway.listening import peer_address, serve_tcp
 from gateway.metrics import Metrics
 from gateway.sessions import SessionRegistry
 from gateway.tenant_tls import HandshakeInfo, TrustState
@@ -24,12 +25,6 @@ from gateway.tls import OpenSSLStream
 log = structlog.get_logger("switch.gateway")
 
 
-def _peer(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    try:
-        return str(sock.getpeername()[0]) if sock is not None else "unknown"
-    except OSError:
-        return "unknown"
 
 
 class GatewayListener:
@@ -44,19 +39,13 @@ class GatewayListener:
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
-        """Accept until cancelled; connections run in ``handler_nursery`` (so that cancelling the
-        accept loop stops accepting without touching live connections)."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
-        for listener in listeners:
-            log.info("listening", listener="gateway", address=listener.socket.getsockname()[:2])
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle_connection, listeners,
-                                   handler_nursery=handler_nursery)
+        await serve_tcp("gateway", self.handle_connection, host, port,
+                        handler_nursery=handler_nursery, backlog=4096, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         state = self.current()
         settings = state.config.gateway
-        peer = _peer(stream)
+        peer = peer_address(stream)
         if self.open_connections >= settings.max_connections:
             self.metrics.refused(None, "too_many_connections")
             await trio.aclose_forcefully(stream)
