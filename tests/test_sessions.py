@@ -6,6 +6,7 @@ import datetime as dt
 
 import attrs
 import trio
+import trio.lowlevel
 
 from config.model import IdentityRule
 from gateway.peer import Decision, TenantTrust, still_allowed
@@ -69,6 +70,6 @@ async def test_wait_empty_returns_when_the_last_session_leaves() -> None:
     registry.add(session)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(registry.wait_empty)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         registry.remove(session)
     assert len(registry) == 0
