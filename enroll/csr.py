@@ -12,7 +12,7 @@ import re
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
@@ -56,7 +56,7 @@ def parse_csr(der: bytes, *, max_bytes: int = MAX_CSR_BYTES) -> x509.Certificate
 
 def key_type_of(public_key: object) -> str:
     """The config key type of a public key (e.g. ``ec-p256``); unusual keys get a descriptive
-    string that no profile allows (``rsa-1024``, ``ec-secp256k1``, ``DSAPublicKey``)."""
+    string that no profile allows (``rsa-1024``, ``ec-secp256k1``, ``dsa-2048``)."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}.get(
             public_key.curve.name, f"ec-{public_key.curve.name}")
@@ -64,6 +64,10 @@ def key_type_of(public_key: object) -> str:
         return f"rsa-{public_key.key_size}"
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         return "ed25519"
+    if isinstance(public_key, ed448.Ed448PublicKey):
+        return "ed448"
+    if isinstance(public_key, dsa.DSAPublicKey):
+        return f"dsa-{public_key.key_size}"
     return type(public_key).__name__
 
 

@@ -29,6 +29,8 @@ OPERATIONS = {
 }
 LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+#: RFC 7235 token68, the syntax of a Bearer credential (RFC 6750 2.1).
+_TOKEN68 = re.compile(rb"[A-Za-z0-9._~+/-]+=*")
 MAX_AUTHORIZATION_BYTES = 1024
 PKCS7_CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 PKCS7_CERTS_ONLY_GENERIC = "application/pkcs7-mime"
@@ -99,7 +101,9 @@ def parse_authorization(header: bytes | None) -> str | None:
     scheme, _, value = header.strip().partition(b" ")
     value = value.strip()
     if scheme.lower() == b"bearer" and value:
-        return value.decode("ascii", "replace")
+        if not _TOKEN68.fullmatch(value):
+            raise Unauthorized("malformed Bearer token")
+        return value.decode("ascii")
     if scheme.lower() == b"basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
@@ -128,9 +132,13 @@ def _der_length(n: int) -> bytes:
 
 
 def _der_oid(dotted: str) -> bytes:
+    """DER of an OBJECT IDENTIFIER (X.690 8.19): the first two arcs share one subidentifier,
+    each subidentifier is base-128, high bit set on all but its last octet."""
     parts = [int(p) for p in dotted.split(".")]
-    body = bytearray([40 * parts[0] + parts[1]])
-    for part in parts[2:]:
+    if len(parts) < 2 or parts[0] > 2 or (parts[0] < 2 and parts[1] > 39) or min(parts) < 0:
+        raise ValueError(f"not an OID: {dotted!r}")
+    body = bytearray()
+    for part in [40 * parts[0] + parts[1], *parts[2:]]:
         chunk = [part & 0x7F]
         part >>= 7
         while part:
