@@ -188,6 +188,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the running ``switch serve`` (its pid is in the state directory) to reload, then
+    wait for and print the result it records."""
+    import signal
+    import time
+
+    from gateway.serve import PID_FILE, RELOAD_STATUS
+
+    try:
+        cfg = load_config(Path(args.config))
+    except ConfigError as exc:  # checked here first: a config that does not load is never sent
+        raise CliExit(EXIT_REFUSED, "reload_refused: the config does not load; the running "
+                      f"config stays in force:\n{format_problems(exc.problems)}") from exc
+    pid_file, status_file = cfg.state_dir / PID_FILE, cfg.state_dir / RELOAD_STATUS
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise CliExit(EXIT_REFUSED, f"not_running: no running Switch for this config ({pid_file})") from exc
+    before = status_file.stat().st_mtime_ns if status_file.exists() else 0
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError as exc:
+        raise CliExit(EXIT_REFUSED, f"not_running: process {pid} from {pid_file} is gone") from exc
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        if status_file.exists() and status_file.stat().st_mtime_ns != before:
+            result = json.loads(status_file.read_text())
+            if result["ok"]:
+                print(f"reloaded: config generation {result['generation']}")
+                for name in result["restart_needed"]:
+                    print(f"  the {name} listener's address changed: restart to apply it")
+                return EXIT_OK
+            errors = "\n".join(result["errors"])
+            raise CliExit(EXIT_REFUSED, f"reload_refused: the running config stays in force:\n{errors}")
+        time.sleep(0.05)
+    raise CliExit(EXIT_REFUSED, f"reload_unconfirmed: signalled process {pid}, no result within {args.wait}s")
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -491,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="where to create it (must not hold a deployment already)")
     p.add_argument("--keystore", action="store_true",
                    help="put the server certificate in a PKCS#12 keystore with a password file")
+
+    p = add(sub, "reload", cmd_reload,
+            "make the running Switch re-read its config, CAs, CRLs and certificate")
+    p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
 
     add(sub, "serve", cmd_serve, "run the listeners (enroll; SIGTERM or Ctrl-C stops)")
 

@@ -33,7 +33,7 @@ _conn_ids = itertools.count(1)
 
 
 class EnrollListener:
-    def __init__(self, service: EstService, context_provider: Callable[[], SSL.Context], *,
+    def __init__(self, service: Callable[[], EstService], context_provider: Callable[[], SSL.Context], *,
                  request_timeout_s: float, max_body_bytes: int, max_connections: int,
                  idle_timeout_s: float = 30.0,
                  on_reply: Callable[[EstReply], None] | None = None,
@@ -102,7 +102,7 @@ class EnrollListener:
         )
         started = time.monotonic()
         reply = await trio.to_thread.run_sync(
-            self.service.handle, est_request, dt.datetime.now(dt.UTC), time.monotonic(),
+            self.service().handle, est_request, dt.datetime.now(dt.UTC), time.monotonic(),
             limiter=self.store_limiter,
         )
         log.info("est_request", conn_id=conn_id, peer=source, method=request.method,

@@ -26,6 +26,8 @@ class Metrics:
                                       "Store change generation the gateway enforces", registry=r)
         self.config_generation = Gauge("switch_config_generation",
                                        "Configuration generation in force", registry=r)
+        self.config_reloads = Counter("switch_config_reloads", "Config reloads by result",
+                                      ["result"], registry=r)
 
     def refused(self, tenant: str | None, reason: str) -> None:
         self.refusals.labels(tenant or "-", reason).inc()

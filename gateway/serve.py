@@ -16,17 +16,24 @@ sessions to end, close the rest with 1001 (going away), then end; ``switch serve
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
+import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, TypeVarTuple
 
+import attrs
 import structlog
 import trio
+from cryptography import x509
+from OpenSSL import SSL
 
+from config.load import load_config
 from config.model import SwitchConfig
-from config.tls_material import load_server_credentials
+from config.tls_material import PrivateKey, load_server_credentials
 from enroll.authority import Authority
 from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
@@ -36,7 +43,12 @@ from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
 from gateway.metrics import Metrics
 from gateway.sessions import Session, SessionRegistry
-from gateway.tenant_tls import TrustState, build_trust_state, load_organisation_material
+from gateway.tenant_tls import (
+    OrganisationMaterial,
+    TrustState,
+    build_trust_state,
+    load_organisation_material,
+)
 from gateway.tls import server_context
 
 log = structlog.get_logger("switch")
@@ -45,6 +57,9 @@ Ts = TypeVarTuple("Ts")
 
 #: How often the store's change generation is read: revocations take effect within this.
 WATCH_INTERVAL_S = 0.25
+#: In the state directory: the serving process's pid, and the result of its last reload.
+PID_FILE = "switch.pid"
+RELOAD_STATUS = "last-reload.json"
 REBUILD_INTERVAL_S = 60.0
 
 
@@ -52,21 +67,59 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@attrs.frozen
+class Loaded:
+    """Everything read from the config files, built completely before it is swapped in."""
+
+    config: SwitchConfig
+    generation: int
+    chain: list[x509.Certificate]
+    key: PrivateKey
+    organisation: Mapping[str, OrganisationMaterial]
+    enroll_context: SSL.Context
+    est: EstService
+
+
+def load_all(config: SwitchConfig, issuance: Issuance, generation: int) -> Loaded:
+    """Read the server certificate or keystore and the organisation CAs and CRLs named by
+    ``config``. Raises ``ValueError`` (``ConfigError`` is one) on any problem."""
+    chain, key = load_server_credentials(config.tls)
+    return Loaded(config, generation, chain, key, load_organisation_material(config),
+                  server_context(chain, key, client_auth="any"), EstService(config, issuance))
+
+
+@attrs.frozen
+class ReloadResult:
+    generation: int
+    ok: bool
+    at: str
+    errors: tuple[str, ...] = ()
+    restart_needed: tuple[str, ...] = ()
+
+
 class Switch:
     def __init__(self, config: SwitchConfig) -> None:
-        self.config = config
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
-        self.chain, self.key = load_server_credentials(config.tls)
-        self.organisation = load_organisation_material(config)
         self.authority = Authority.open(config)
         self.issuance = Issuance(self.authority)
-        self.est = EstService(config, self.issuance)
+        try:
+            self.loaded = load_all(config, self.issuance, 1)
+        except BaseException:
+            self.authority.close()
+            raise
+        self.last_reload = ReloadResult(1, True, _now().isoformat())
+        self._reload_lock = trio.Lock()
+        self.metrics.config_generation.set(1)
         self.state: TrustState | None = None
         self.listeners: dict[str, list[trio.SocketListener]] = {}
         self._stop = trio.Event()
         self.upstream_ssl = ssl.create_default_context()
+
+    @property
+    def config(self) -> SwitchConfig:
+        return self.loaded.config
 
     def current(self) -> TrustState:
         assert self.state is not None
@@ -89,7 +142,9 @@ class Switch:
 
     async def refresh_trust(self) -> None:
         view = await self._in_store(read_trust_view, self.authority, _now())
-        self.state = build_trust_state(self.config, view, self.organisation, self.chain, self.key)
+        loaded = self.loaded
+        self.state = build_trust_state(loaded.config, view, loaded.organisation, loaded.chain,
+                                       loaded.key)
         self.metrics.trust_generation.set(view.generation)
         self.registry.reevaluate(self.state.tenants, _now())
 
@@ -107,6 +162,49 @@ class Switch:
                 await self.refresh_trust()
                 last_rebuild = trio.current_time()
 
+    async def reload(self) -> ReloadResult:
+        """Read the config files again and swap the new state in whole. On any error the running
+        state stays, every error is logged and the result says why. Sessions whose trust the new
+        state removes (a CA, a tenant, a CRL entry) are closed; the others stay."""
+        async with self._reload_lock:
+            old = self.loaded
+            generation = old.generation + 1
+            try:
+                config = await trio.to_thread.run_sync(load_config, old.config.path)
+                loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation)
+            except ValueError as exc:
+                problems = getattr(exc, "problems", None)
+                errors = tuple(str(p) for p in problems) if problems else (str(exc),)
+                for error in errors:
+                    log.error("reload_refused", error=error)
+                self.metrics.config_reloads.labels("failure").inc()
+                self.last_reload = ReloadResult(old.generation, False, _now().isoformat(), errors)
+                self._write_reload_status()
+                return self.last_reload
+            restart = tuple(
+                name for name in ("gateway", "enroll", "admin")
+                if getattr(config, name).listen != getattr(old.config, name).listen)
+            for name in restart:
+                log.warning("reload_needs_restart", listener=name,
+                            detail="listener address or enabled flag changed; restart to apply")
+            self.loaded = loaded
+            self.authority.config = config
+            await self.refresh_trust()
+            self.metrics.config_generation.set(generation)
+            self.metrics.config_reloads.labels("success").inc()
+            self.last_reload = ReloadResult(generation, True, _now().isoformat(),
+                                            restart_needed=restart)
+            log.info("reloaded", generation=generation, tenants=len(config.tenants),
+                     restart_needed=list(restart))
+            self._write_reload_status()
+            return self.last_reload
+
+    def _write_reload_status(self) -> None:
+        path = self.config.state_dir / RELOAD_STATUS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(attrs.asdict(self.last_reload), indent=2))
+        tmp.replace(path)
+
     async def ready(self) -> tuple[bool, str]:
         try:
             await self._in_store(self.authority.generation)
@@ -114,7 +212,11 @@ class Switch:
             return False, "store_unreachable"
         if self.state is None or not self.listeners:
             return False, "starting"
-        return True, "ready"
+        last = self.last_reload
+        detail = f"config generation {self.loaded.generation}"
+        if not last.ok:
+            detail += f"; last reload failed ({len(last.errors)} errors), the previous config runs"
+        return True, f"ready; {detail}"
 
     async def run(self, *, task_status: trio.TaskStatus[dict[str, list[trio.SocketListener]]]
                   = trio.TASK_STATUS_IGNORED) -> None:
@@ -122,6 +224,7 @@ class Switch:
         cfg = self.config
         try:
             await self.refresh_trust()
+            self._write_pid()
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:
                     if cfg.gateway.listen.enabled:
@@ -131,9 +234,9 @@ class Switch:
                             _serve, gateway.serve, cfg.gateway.listen.host, cfg.gateway.listen.port,
                             connections)
                     if cfg.enroll.listen.enabled:
-                        enroll_ctx = server_context(self.chain, self.key, client_auth="any")
                         enroll = EnrollListener(
-                            self.est, lambda: enroll_ctx, request_timeout_s=cfg.enroll.request_timeout_s,
+                            lambda: self.loaded.est, lambda: self.loaded.enroll_context,
+                            request_timeout_s=cfg.enroll.request_timeout_s,
                             max_body_bytes=cfg.enroll.max_body_bytes,
                             max_connections=cfg.enroll.max_connections, on_reply=self._on_est_reply,
                             store_limiter=self.store_limiter)
@@ -158,7 +261,12 @@ class Switch:
                     await self.registry.wait_empty()
                 connections.cancel_scope.cancel()
         finally:
+            with contextlib.suppress(OSError):
+                (cfg.state_dir / PID_FILE).unlink()
             self.authority.close()
+
+    def _write_pid(self) -> None:
+        (self.config.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
 
 
 async def _serve(serve: Callable[..., Awaitable[None]], host: str, port: int,
@@ -175,13 +283,17 @@ async def run(config: SwitchConfig, *, task_status: trio.TaskStatus[dict[str, li
 
 
 async def main(config: SwitchConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
+    """Run until SIGTERM or SIGINT, then drain and return; SIGHUP reloads the config."""
     switch = Switch(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("reloading", signal="SIGHUP")
+                        nursery.start_soon(switch.reload)
+                        continue
                     log.info("stopping", signal=signal.Signals(signum).name)
                     switch.stop()
                     return
