@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 import trio
@@ -21,10 +22,11 @@ class AdminListener:
         self.ready = ready
 
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
+                    sockets: Sequence[socket.socket] | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         await serve_tcp("admin", self.handle_connection, host, port,
-                        handler_nursery=handler_nursery, task_status=task_status)
+                        handler_nursery=handler_nursery, sockets=sockets, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import getpass
 import json
 import os
@@ -181,11 +182,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import serve
 
     cfg = _load(args)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise CliExit(EXIT_USAGE, "usage: --workers must be at least 1")
     try:
-        trio.run(serve.main, cfg)
+        if args.worker is not None or workers == 1:
+            trio.run(functools.partial(serve.main, cfg, worker=args.worker))
+            return EXIT_OK
+        from gateway.workers import Supervisor
+
+        return trio.run(Supervisor(cfg, workers).run)
     except ValueError as exc:  # the server certificate or keystore no longer loads
         raise CliExit(EXIT_CONFIG, f"config_invalid: {exc}") from exc
-    return EXIT_OK
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -534,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
             "make the running Switch re-read its config, CAs, CRLs and certificate")
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the result")
 
-    add(sub, "serve", cmd_serve, "run the listeners (enroll; SIGTERM or Ctrl-C stops)")
+    p = add(sub, "serve", cmd_serve,
+            "run the gateway, enroll and admin listeners (SIGHUP reloads; SIGTERM drains and stops)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the ports (default: the number of cores; "
+                        "1 runs in this process)")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
     cfg = sub.add_parser("config", help="check the configuration").add_subparsers(
         dest="config_cmd", required=True, metavar="SUBCOMMAND")

@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 import trio
@@ -48,10 +49,11 @@ class EnrollListener:
         self.on_reply = on_reply
 
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
+                    sockets: Sequence[socket.socket] | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         await serve_tcp("enroll", self.handle_connection, host, port,
-                        handler_nursery=handler_nursery, task_status=task_status)
+                        handler_nursery=handler_nursery, sockets=sockets, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         conn_id = next(_conn_ids)

@@ -9,8 +9,9 @@ Every refusal is counted by tenant and reason and logged once.
 
 from __future__ import annotations
 
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 import trio
@@ -37,10 +38,11 @@ class GatewayListener:
         self.open_connections = 0
 
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
+                    sockets: Sequence[socket.socket] | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         await serve_tcp("gateway", self.handle_connection, host, port,
-                        handler_nursery=handler_nursery, backlog=4096, task_status=task_status)
+                        handler_nursery=handler_nursery, sockets=sockets, backlog=4096, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         state = self.current()

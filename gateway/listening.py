@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 import trio
@@ -22,14 +23,44 @@ def peer_address(stream: trio.abc.Stream) -> str:
 async def serve_tcp(
     name: str, handler: Callable[[trio.SocketStream], Awaitable[None]], host: str, port: int, *,
     handler_nursery: trio.Nursery | None = None, backlog: int | None = None,
+    sockets: Sequence[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and accept until cancelled. Connections run in ``handler_nursery``
     (so that cancelling the accept loop stops accepting without touching live connections); each
     in its own task, never in the accept loop. Trio's accept loop backs off when file
-    descriptors run out instead of failing."""
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    descriptors run out instead of failing. ``sockets``: already listening sockets to accept on
+    instead (several worker processes share them).
+
+    ``open_listening_sockets`` below is the blocking counterpart for the supervisor."""
+    if sockets:  # opened by the supervisor and shared by its workers
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+        await trio.lowlevel.checkpoint()
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     for listener in listeners:
         log.info("listening", listener=name, address=listener.socket.getsockname()[:2])
     task_status.started(listeners)
     await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+
+
+def open_listening_sockets(host: str, port: int, backlog: int = 4096) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (every address it resolves to), inheritable so that
+    worker processes can accept on them. Port 0 is resolved once, here, for all workers."""
+    out: list[socket.socket] = []
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    seen: set[tuple[int, object]] = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen:
+            continue
+        seen.add((family, address))
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address if port or not out else (address[0], out[0].getsockname()[1], *address[2:]))
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+        out.append(sock)
+    return out

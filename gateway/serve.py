@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, TypeVarTuple
@@ -98,7 +99,11 @@ class ReloadResult:
 
 
 class Switch:
-    def __init__(self, config: SwitchConfig) -> None:
+    def __init__(self, config: SwitchConfig, *,
+                 sockets: Mapping[str, list[socket.socket]] | None = None,
+                 write_pid: bool = True) -> None:
+        self.sockets = dict(sockets or {})
+        self.write_pid = write_pid
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
@@ -224,7 +229,8 @@ class Switch:
         cfg = self.config
         try:
             await self.refresh_trust()
-            self._write_pid()
+            if self.write_pid:
+                self._write_pid()
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:
                     if cfg.gateway.listen.enabled:
@@ -232,7 +238,7 @@ class Switch:
                                                   upstream_ssl=self.upstream_ssl)
                         self.listeners["gateway"] = await services.start(
                             _serve, gateway.serve, cfg.gateway.listen.host, cfg.gateway.listen.port,
-                            connections)
+                            connections, self.sockets.get("gateway"))
                     if cfg.enroll.listen.enabled:
                         enroll = EnrollListener(
                             lambda: self.loaded.est, lambda: self.loaded.enroll_context,
@@ -242,12 +248,12 @@ class Switch:
                             store_limiter=self.store_limiter)
                         self.listeners["enroll"] = await services.start(
                             _serve, enroll.serve, cfg.enroll.listen.host, cfg.enroll.listen.port,
-                            connections)
+                            connections, self.sockets.get("enroll"))
                     if cfg.admin.listen.enabled:
                         admin = AdminListener(self.metrics, self.ready)
                         self.listeners["admin"] = await services.start(
                             _serve, admin.serve, cfg.admin.listen.host, cfg.admin.listen.port,
-                            connections)
+                            connections, self.sockets.get("admin"))
                     services.start_soon(self.watch_store)
                     task_status.started(self.listeners)
                     await self._stop.wait()
@@ -261,8 +267,9 @@ class Switch:
                     await self.registry.wait_empty()
                 connections.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(OSError):
-                (cfg.state_dir / PID_FILE).unlink()
+            if self.write_pid:
+                with contextlib.suppress(OSError):
+                    (cfg.state_dir / PID_FILE).unlink()
             self.authority.close()
 
     def _write_pid(self) -> None:
@@ -270,10 +277,11 @@ class Switch:
 
 
 async def _serve(serve: Callable[..., Awaitable[None]], host: str, port: int,
-                 handler_nursery: trio.Nursery, *,
+                 handler_nursery: trio.Nursery, sockets: list[socket.socket] | None = None, *,
                  task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
                  ) -> None:
-    await serve(host, port, handler_nursery=handler_nursery, task_status=task_status)
+    await serve(host, port, handler_nursery=handler_nursery, sockets=sockets,
+                task_status=task_status)
 
 
 async def run(config: SwitchConfig, *, task_status: trio.TaskStatus[dict[str, list[trio.SocketListener]]]
@@ -282,9 +290,17 @@ async def run(config: SwitchConfig, *, task_status: trio.TaskStatus[dict[str, li
     await Switch(config).run(task_status=task_status)
 
 
-async def main(config: SwitchConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return; SIGHUP reloads the config."""
-    switch = Switch(config)
+async def main(config: SwitchConfig, *, worker: int | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return; SIGHUP reloads the config. As a
+    worker (``worker`` set), accept on the sockets the supervisor passed down and stop when the
+    supervisor is gone."""
+    sockets = None
+    if worker is not None:
+        from gateway.workers import WORKER_FDS_ENV, decode_fds, watch_parent
+
+        sockets = decode_fds(os.environ.get(WORKER_FDS_ENV, ""))
+        structlog.contextvars.bind_contextvars(worker=worker)
+    switch = Switch(config, sockets=sockets, write_pid=worker is None)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -299,5 +315,14 @@ async def main(config: SwitchConfig) -> None:
                     return
 
             nursery.start_soon(on_signal)
+            if worker is not None:
+                orphaned = trio.Event()
+                nursery.start_soon(watch_parent, orphaned, os.getppid())
+
+                async def stop_when_orphaned() -> None:
+                    await orphaned.wait()
+                    switch.stop()
+
+                nursery.start_soon(stop_when_orphaned)
             await switch.run()
             nursery.cancel_scope.cancel()

@@ -87,7 +87,8 @@ async def test_concurrent_enrollments_all_get_distinct_serials(tmp_path: Path) -
 
 def _start_server(config_path: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(config_path), "serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(config_path), "serve",
+                             "--workers", "1"],
                             stdout=out, stderr=subprocess.STDOUT)
     for _ in range(200):
         match = re.search(r"address=\('127\.0\.0\.1', (\d+)\) listener=enroll", log.read_text())

@@ -1,0 +1,142 @@
+"""``switch serve --workers N``: a supervisor and N worker processes sharing the listening sockets.
+
+Theory of operation: the supervisor opens the listening sockets once (so port 0 resolves once and
+a restarted worker accepts on the same sockets), then starts N workers (``switch serve --worker
+I``), each inheriting the sockets' file descriptors (named in ``SWITCH_WORKER_FDS``) and running a
+whole Switch: its own event loop, its own store connection and store watcher. A key revoked
+through any worker, or the CLI, is in the store, and every worker's watcher enforces it within a
+second. The kernel spreads new connections over the workers accepting on a shared socket. The
+admin listener runs in worker 0 only (its metrics are that worker's).
+
+The supervisor forwards SIGHUP (reload), SIGTERM and SIGINT (drain and stop) to every worker. A
+worker that exits while the supervisor is not stopping is logged and started again, with a delay
+that doubles up to 30 s while it keeps failing quickly. A worker whose supervisor disappears (even
+by SIGKILL) notices within a second and stops, so none is left orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+
+import structlog
+import trio
+
+from config.model import SwitchConfig
+from gateway.listening import open_listening_sockets
+from gateway.serve import PID_FILE
+
+log = structlog.get_logger("switch.supervisor")
+
+WORKER_FDS_ENV = "SWITCH_WORKER_FDS"
+RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+#: A worker that ran this long before dying was healthy: restart it at once.
+HEALTHY_RUN_S = 60.0
+
+
+def encode_fds(sockets: dict[str, list[socket.socket]]) -> str:
+    return ";".join(f"{name}:{','.join(str(s.fileno()) for s in socks)}"
+                    for name, socks in sockets.items() if socks)
+
+
+def decode_fds(spec: str) -> dict[str, list[socket.socket]]:
+    """The sockets a worker inherited, by listener name."""
+    out: dict[str, list[socket.socket]] = {}
+    for part in filter(None, spec.split(";")):
+        name, _, fds = part.partition(":")
+        out[name] = [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
+    return out
+
+
+async def watch_parent(on_orphaned: trio.Event, parent: int) -> None:
+    """Set ``on_orphaned`` when the supervisor that started this worker is gone."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on but polling the parent
+        await trio.sleep(1)
+    log.warning("supervisor_gone", parent=parent)
+    on_orphaned.set()
+
+
+class Supervisor:
+    def __init__(self, config: SwitchConfig, workers: int) -> None:
+        self.config = config
+        self.workers = workers
+        self.sockets: dict[str, list[socket.socket]] = {}
+        self.processes: dict[int, trio.Process] = {}
+        self.stopping = trio.Event()
+
+    def open_sockets(self) -> None:
+        for name in ("gateway", "enroll", "admin"):
+            listen = getattr(self.config, name).listen
+            if listen.enabled:
+                self.sockets[name] = open_listening_sockets(listen.host, listen.port)
+                for sock in self.sockets[name]:
+                    log.info("listening", listener=name, address=sock.getsockname()[:2])
+
+    def _worker_sockets(self, index: int) -> dict[str, list[socket.socket]]:
+        return {name: socks for name, socks in self.sockets.items()
+                if name != "admin" or index == 0}
+
+    async def run_worker(self, index: int) -> None:
+        delay = RESTART_DELAY_S
+        own = self._worker_sockets(index)
+        fds = [s.fileno() for socks in own.values() for s in socks]
+        while not self.stopping.is_set():
+            env = {**os.environ, WORKER_FDS_ENV: encode_fds(own)}
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway.cli", "-c", str(self.config.path), "serve",
+                 "--worker", str(index)], pass_fds=fds, env=env)
+            self.processes[index] = proc
+            started = trio.current_time()
+            log.info("worker_started", worker=index, pid=proc.pid)
+            code = await proc.wait()
+            self.processes.pop(index, None)
+            if self.stopping.is_set():
+                log.info("worker_stopped", worker=index, pid=proc.pid, exit_code=code)
+                return
+            log.error("worker_exited", worker=index, pid=proc.pid, exit_code=code,
+                      restart_in_s=delay)
+            if trio.current_time() - started >= HEALTHY_RUN_S:
+                delay = RESTART_DELAY_S
+            with trio.move_on_after(delay):
+                await self.stopping.wait()
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+
+    def signal_all(self, signum: int) -> None:
+        for proc in list(self.processes.values()):
+            if proc.returncode is None:
+                proc.send_signal(signum)
+
+    async def run(self) -> int:
+        self.open_sockets()
+        pid_file = self.config.state_dir / PID_FILE
+        pid_file.write_text(f"{os.getpid()}\n")
+        settings = self.config.gateway
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async with trio.open_nursery() as nursery:
+                    for index in range(self.workers):
+                        nursery.start_soon(self.run_worker, index)
+                    async for signum in signals:
+                        log.info("forwarding", signal=signal.Signals(signum).name,
+                                 workers=len(self.processes))
+                        self.signal_all(signum)
+                        if signum != signal.SIGHUP:
+                            self.stopping.set()
+                            break
+                    # Workers drain, then exit; past that deadline they are killed.
+                    nursery.cancel_scope.deadline = trio.current_time() + settings.drain_timeout_s \
+                        + settings.close_timeout_s + 10
+        finally:
+            for proc in list(self.processes.values()):
+                if proc.returncode is None:
+                    proc.kill()
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+            for socks in self.sockets.values():
+                for sock in socks:
+                    sock.close()
+        return 0
