@@ -17,7 +17,7 @@ from tests.est_harness import make_deployment
 from tests.gateway_harness import Agent, Echo, Gateway, add_acme_tenant, start_gateway
 
 
-def _wait_for_ports(log: Path, proc: trio.Process) -> dict[str, int]:
+def _wait_for_ports(log: Path, proc: trio.Process | subprocess.Popen[bytes]) -> dict[str, int]:
     for _ in range(300):
         ports = {name: int(port) for port, name in re.findall(
             r"address=\('127\.0\.0\.1', (\d+)\) listener=(\w+)", log.read_text())}
@@ -119,3 +119,57 @@ async def test_a_stalled_handshake_is_cut_at_its_deadline(tmp_path: Path) -> Non
             assert 0.9 < trio.current_time() - start < 5
             assert gw.refusals("handshake_timeout") == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_file_descriptor_exhaustion_is_survived(tmp_path: Path) -> None:
+    """With its fd limit at 96, a server flooded with 200 connections backs off accepting, does
+    not crash, and serves an agent normally once the flood is gone."""
+    import resource
+
+    directory = tmp_path / "d"
+    make_deployment(directory)
+    add_acme_tenant(directory)
+    config = directory / "switch.toml"
+    log = tmp_path / "serve.log"
+
+    def limit_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+
+    proc = subprocess.Popen(  # noqa: ASYNC220 - preexec_fn is not available through trio
+        [sys.executable, "-m", "gateway.cli", "-c", str(config), "serve", "--workers", "1"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=limit_fds)
+    try:
+        ports = await trio.to_thread.run_sync(_wait_for_ports, log, proc)
+        flood = []
+        with trio.fail_after(30):
+            for _ in range(200):
+                flood.append(await trio.open_tcp_stream("127.0.0.1", ports["gateway"]))
+            await trio.sleep(1)
+            assert proc.poll() is None
+            assert "EMFILE" in log.read_text()  # the limit was really reached
+            for stream in flood:
+                await stream.aclose()
+            gw = Gateway(None, None, directory, Echo(), ports)  # type: ignore[arg-type]
+            agent = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
+
+            def handshake_ok() -> bool:
+                import socket
+                import ssl
+
+                ctx = gw.ssl_context(agent)
+                with socket.create_connection(("127.0.0.1", ports["gateway"]), timeout=10) as sock, \
+                        ctx.wrap_socket(sock, server_hostname="demo.switch.test") as tls:
+                    return tls.version() is not None and isinstance(tls, ssl.SSLSocket)
+
+            for _ in range(50):  # the server catches up with the closed flood
+                try:
+                    if await trio.to_thread.run_sync(handshake_ok):
+                        break
+                except OSError:
+                    await trio.sleep(0.2)
+            else:
+                raise AssertionError("no handshake after the flood: " + log.read_text()[-2000:])
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
