@@ -65,6 +65,8 @@ class Decision:
     #: SHA-256 of the trust anchor the chain ended at (a removed CA closes its sessions).
     anchor: bytes | None = None
     not_after: dt.datetime | None = None
+    #: (issuer, serial) of every certificate below the anchor, to re-check CRLs after a reload.
+    chain_serials: tuple[tuple[x509.Name, int], ...] = ()
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:
@@ -163,15 +165,22 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
         return Decision(True, "ok", tenant.name, source, identity, key_id, serial, sha, anchor_fp,
                         leaf.not_valid_after_utc)
     # Organisation certificates: CRLs of any CA in the chain, then the identity rule.
-    for child in chain[:-1]:
-        revoked = tenant.revoked_serials.get(child.issuer)
-        if revoked is not None and child.serial_number in revoked:
-            return _refuse(tenant, "certificate_revoked", trust=source, **common)
+    chain_serials = tuple((child.issuer, child.serial_number) for child in chain[:-1])
+    if _on_crl(tenant, chain_serials):
+        return _refuse(tenant, "certificate_revoked", trust=source, **common)
     org_identity, reason = organisation_identity(leaf, tenant.identity)
     if org_identity is None:
         return _refuse(tenant, reason, trust=source, **common)
     return Decision(True, "ok", tenant.name, source, org_identity, None, serial, sha, anchor_fp,
-                    leaf.not_valid_after_utc)
+                    leaf.not_valid_after_utc, chain_serials)
+
+
+def _on_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]]) -> bool:
+    for issuer, serial in chain_serials:
+        revoked = tenant.revoked_serials.get(issuer)
+        if revoked is not None and serial in revoked:
+            return True
+    return False
 
 
 def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.datetime) -> str | None:
@@ -191,6 +200,8 @@ def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.dateti
     else:
         if decision.anchor not in tenant.organisation_cas:
             return "ca_removed"
+        if _on_crl(tenant, decision.chain_serials):
+            return "certificate_revoked"
     if decision.not_after is not None and now.replace(microsecond=0) > decision.not_after:  # as validity_problem
         return "certificate_expired"
     return None

@@ -273,7 +273,7 @@ async def test_admin_port_serves_health_readiness_and_metrics(tmp_path: Path) ->
             agent = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
             await trio.to_thread.run_sync(lambda: _round_trip(gw, agent))
             base = f"http://127.0.0.1:{gw.ports['admin']}"
-            for path, expected in (("/healthz", b"ok"), ("/readyz", b"ready")):
+            for path, expected in (("/healthz", b"ok"), ("/readyz", b"ready; config generation 1")):
                 result = await trio.run_process(["curl", "-sS", base + path], capture_stdout=True)
                 assert result.stdout.strip() == expected
             metrics = (await trio.run_process(["curl", "-sS", base + "/metrics"],

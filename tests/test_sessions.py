@@ -7,6 +7,8 @@ import datetime as dt
 import attrs
 import trio
 import trio.lowlevel
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from config.model import IdentityRule
 from gateway.peer import Decision, TenantTrust, still_allowed
@@ -14,6 +16,7 @@ from gateway.sessions import Session, SessionRegistry
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 ORG, ISSUER = b"o" * 32, b"i" * 32
+NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "org CA")])
 
 
 def _tenant(**kw: object) -> TenantTrust:
@@ -39,6 +42,10 @@ def test_still_allowed_names_what_changed() -> None:
         "certificate_revoked"
     assert still_allowed(prov, _tenant(provisioning_issuers={}), NOW) == "provisioning_disabled"
     assert still_allowed(org, _tenant(organisation_cas={}), NOW) == "ca_removed"
+    listed = attrs.evolve(org, chain_serials=((NAME, 31),))
+    assert still_allowed(listed, _tenant(), NOW) is None
+    assert still_allowed(listed, _tenant(revoked_serials={NAME: frozenset({31})}), NOW) == \
+        "certificate_revoked"
     assert still_allowed(org, None, NOW) == "tenant_removed"
     assert still_allowed(org, _tenant(), NOW + dt.timedelta(days=2)) == "certificate_expired"
     # a suspended key is not in revoked_keys: nothing closes
