@@ -234,6 +234,48 @@ def cmd_reload(args: argparse.Namespace) -> int:
     raise CliExit(EXIT_REFUSED, f"reload_unconfirmed: signalled process {pid}, no result within {args.wait}s")
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    from config.load import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import trio
+
+    from config.durations import parse_duration
+    from gateway.agent import Agent, AgentError, AgentSettings
+    from gateway.est_client import EstClientError
+
+    secret = None
+    if args.key_file:
+        secret = Path(args.key_file).read_text().strip()
+    elif os.environ.get("SWITCH_PROVISIONING_KEY"):
+        secret = os.environ["SWITCH_PROVISIONING_KEY"].strip()
+    if args.ca_file is None and args.pin is None:
+        raise CliExit(EXIT_USAGE, "usage: authenticate the server with --ca-file or --pin")
+    settings = AgentSettings(
+        directory=Path(args.dir), server_name=args.server_name, gateway=args.gateway,
+        enroll=args.enroll, ca_file=Path(args.ca_file) if args.ca_file else None,
+        pin_sha256=args.pin, key_secret=secret, common_name=args.name, path=args.path,
+        renew_before=dt.timedelta(seconds=parse_duration(args.renew_before)),
+    )
+    agent = Agent(settings)
+    try:
+        if args.once is not None:
+            print(trio.run(agent.once, args.once))
+        else:
+            trio.run(agent.run_forever)
+    except (AgentError, EstClientError) as exc:
+        raise CliExit(EXIT_REFUSED, f"agent_failed: {exc}") from exc
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -537,6 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="where to create it (must not hold a deployment already)")
     p.add_argument("--keystore", action="store_true",
                    help="put the server certificate in a PKCS#12 keystore with a password file")
+
+    p = add(sub, "agent", cmd_agent,
+            "the reference agent: enroll, renew, connect, try certificates in turn, reconnect")
+    p.add_argument("--dir", required=True, help="the agent's own directory (certificates, keys)")
+    p.add_argument("--server-name", required=True, help="the tenant's hostname (SNI and Host)")
+    p.add_argument("--gateway", required=True, type=_host_port, help="HOST:PORT of the gateway")
+    p.add_argument("--enroll", type=_host_port, help="HOST:PORT of the enrollment port")
+    p.add_argument("--ca-file", help="CA certificate(s) to authenticate the server")
+    p.add_argument("--pin", help="SHA-256 (hex) of the server's public key, instead of or with a CA")
+    p.add_argument("--key-file", help="file holding the provisioning key "
+                   "(or $SWITCH_PROVISIONING_KEY); never pass the key itself as an argument")
+    p.add_argument("--name", help="the common name to enroll with")
+    p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
+    p.add_argument("--renew-before", default="7d", help="renew this long before expiry")
+    p.add_argument("--once", metavar="MESSAGE", help="send one message, print the reply, exit")
 
     p = add(sub, "reload", cmd_reload,
             "make the running Switch re-read its config, CAs, CRLs and certificate")

@@ -201,23 +201,29 @@ async def _relay(agent: WebSocketConnection, upstream: WebSocketConnection, deci
     reason = "closed"
     agent_code: int | None = None
     agent_reason: str | None = None
+    decided = False
     try:
         with cancel_scope:
             async with trio.open_nursery() as relay:
 
                 async def one_way(src: WebSocketConnection, dst: WebSocketConnection,
                                   inbound: bool) -> None:
-                    nonlocal reason, agent_code, agent_reason
+                    nonlocal reason, agent_code, agent_reason, decided
                     try:
                         await _pump(src, dst, counters, inbound)
                     except ConnectionClosed as exc:
                         code = exc.reason.code if exc.reason else 1006
                         text = exc.reason.reason if exc.reason else None
+                        if decided:  # the other direction ended first and closes this one
+                            return
+                        decided = True
                         if inbound:  # the agent closed (or vanished): pass it upstream
                             reason = f"agent_closed_{code}"
+                            relay.cancel_scope.cancel()
                             await _close(upstream, code if code not in (1005, 1006) else 1000,
                                          text, settings.close_timeout_s)
-                        elif src is upstream and code in (1005, 1006):
+                            return
+                        if code in (1005, 1006):
                             reason = "upstream_failed"
                             agent_code, agent_reason = CLOSE_BAD_GATEWAY, "upstream_failed"
                         else:
