@@ -177,10 +177,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import trio
 
     from gateway import serve
 
+    # Until the server's own signal handling is in place, a SIGHUP (reload) must not kill the
+    # process (Python's default); the config is read after this point anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = _load(args)
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:

@@ -197,3 +197,13 @@ async def start_gateway(nursery: trio.Nursery, directory: Path, *, organisation:
     listeners = await nursery.start(switch.run)
     ports = {name: socks[0].socket.getsockname()[1] for name, socks in listeners.items()}
     return Gateway(switch, config, directory, echo, ports)
+
+
+def provisioning_key(gw: Gateway, name: str = "Fleet") -> str:
+    """Turn the provisioning service on for ``demo`` and make a key; its secret."""
+    authority = gw.authority()
+    try:
+        authority.enable_service("demo", actor="test")
+        return authority.generate_key("demo", name, actor="test")[1]
+    finally:
+        authority.close()

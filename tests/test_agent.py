@@ -15,8 +15,7 @@ from enroll import pki
 from gateway.agent import Agent, AgentError, AgentSettings
 from gateway.est_client import spki_sha256
 from tests.est_harness import HOST
-from tests.gateway_harness import Gateway, org_agent, start_gateway
-from tests.test_gateway_revocation import _secret
+from tests.gateway_harness import Gateway, org_agent, provisioning_key, start_gateway
 
 
 def _settings(gw: Gateway, directory: Path, **kw: object) -> AgentSettings:
@@ -33,7 +32,7 @@ async def test_agent_enrolls_keeps_its_key_private_and_reaches_the_upstream(tmp_
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            secret = _secret(gw)
+            secret = provisioning_key(gw)
             await gw.synced()
             agent_dir = tmp_path / "agent"
             agent = Agent(_settings(gw, agent_dir, key_secret=secret))
@@ -49,7 +48,7 @@ async def test_agent_renews_when_the_window_opens(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            secret = _secret(gw)
+            secret = provisioning_key(gw)
             await gw.synced()
             agent_dir = tmp_path / "agent"
             await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
@@ -93,7 +92,7 @@ async def test_agent_pins_the_server_key(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, directory)
-            secret = _secret(gw)
+            secret = provisioning_key(gw)
             await gw.synced()
             server = x509.load_pem_x509_certificates((directory / "pki/server.pem").read_bytes())[0]
             pinned = Agent(_settings(gw, tmp_path / "a1", ca_file=None, key_secret=secret,
@@ -110,7 +109,7 @@ async def test_switch_agent_command_enrolls_and_answers_once(tmp_path: Path) -> 
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
             key_file = tmp_path / "key"
-            key_file.write_text(_secret(gw) + "\n")
+            key_file.write_text(provisioning_key(gw) + "\n")
             await gw.synced()
             result = await trio.run_process(
                 [sys.executable, "-m", "gateway.cli", "-c", str(gw.config.path), "agent",

@@ -17,19 +17,19 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from enroll import pki
 from gateway.tls import OpenSSLStream, client_context
 from tests.est_harness import HOST
-from tests.gateway_harness import ACME_HOST, Agent, Gateway, org_agent, start_gateway
+from tests.gateway_harness import (
+    ACME_HOST,
+    Agent,
+    Gateway,
+    org_agent,
+    provisioning_key,
+    start_gateway,
+)
 
 VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
                                    ids=["tls1.2", "tls1.3"])
 
 
-def _secret(gateway: Gateway, name: str = "Fleet") -> str:
-    authority = gateway.authority()
-    try:
-        authority.enable_service("demo", actor="test")
-        return authority.generate_key("demo", name, actor="test")[1]
-    finally:
-        authority.close()
 
 
 def _round_trip(gateway: Gateway, agent: Agent | None, message: str = "hello", **kw: object) -> str:
@@ -56,7 +56,7 @@ async def test_enrolled_agent_reaches_the_upstream_with_identity_headers(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            agent = await gw.enroll(_secret(gw), "laptop-1", tmp_path)
+            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
             await gw.synced()
             spoof = {"X-Switch-Identity": "admin", "X-Switch-Trust": "organisation",
                      "x-switch-tenant": "acme", "X-Custom": "kept"}

@@ -13,16 +13,7 @@ import pytest
 import trio
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from tests.gateway_harness import Agent, Gateway, start_gateway
-
-
-def _secret(gw: Gateway, name: str = "Fleet") -> str:
-    authority = gw.authority()
-    try:
-        authority.enable_service("demo", actor="test")
-        return authority.generate_key("demo", name, actor="test")[1]
-    finally:
-        authority.close()
+from tests.gateway_harness import Agent, Gateway, provisioning_key, start_gateway
 
 
 class LiveAgent:
@@ -79,7 +70,7 @@ async def test_revoking_a_key_closes_its_live_session_within_a_second(tmp_path: 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            secret = _secret(gw)
+            secret = provisioning_key(gw)
             agent = await gw.enroll(secret, "laptop-1", tmp_path)
             await gw.synced()
             live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
@@ -108,7 +99,7 @@ async def test_suspending_a_key_closes_nothing(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            agent = await gw.enroll(_secret(gw), "laptop-1", tmp_path)
+            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
             await gw.synced()
             live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
             authority = gw.authority()
@@ -127,7 +118,7 @@ async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(t
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
-            secret = _secret(gw)
+            secret = provisioning_key(gw)
             first = await gw.enroll(secret, "laptop-1", tmp_path)
             second = await gw.enroll(secret, "laptop-2", tmp_path)
             await gw.synced()

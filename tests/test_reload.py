@@ -18,8 +18,15 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from enroll import pki
 from enroll.bootstrap import init_deployment
 from tests.est_harness import make_deployment
-from tests.gateway_harness import ACME_HOST, Agent, add_acme_tenant, org_agent, start_gateway
-from tests.test_gateway_revocation import LiveAgent, _secret
+from tests.gateway_harness import (
+    ACME_HOST,
+    Agent,
+    add_acme_tenant,
+    org_agent,
+    provisioning_key,
+    start_gateway,
+)
+from tests.test_gateway_revocation import LiveAgent
 
 
 def _acme_section(directory: Path) -> str:
@@ -89,7 +96,7 @@ async def test_removing_an_organisation_ca_closes_exactly_the_sessions_it_truste
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, directory)
-            provisioned = await gw.enroll(_secret(gw), "laptop-1", tmp_path)
+            provisioned = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
             await gw.synced()
             demo = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
             org_live = await trio.to_thread.run_sync(LiveAgent, gw, demo)
@@ -152,11 +159,12 @@ async def test_switch_reload_signals_the_server_and_reports_the_result(tmp_path:
     config = directory / "switch.toml"
     log = tmp_path / "serve.log"
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway.cli", "-c", str(config), "serve"],
+        [sys.executable, "-m", "gateway.cli", "-c", str(config), "serve", "--workers", "2"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         with trio.fail_after(60):
-            while "listener=admin" not in log.read_text():  # noqa: ASYNC110 - a child's log file
+            # the supervisor and both workers are listening
+            while log.read_text().count("listener=gateway") < 3:  # noqa: ASYNC110 - a child's log
                 await trio.sleep(0.05)
 
             async def reload() -> subprocess.CompletedProcess[bytes]:
