@@ -24,7 +24,9 @@ from enroll.errors import (
     NoIssuer,
     StoreError,
     UnknownKey,
+    UnknownProfile,
     UnknownTenant,
+    WrongKeyState,
 )
 from enroll.issuers import IssuerRecord
 from enroll.keys import KeyAction, KeyRecord, KeyState
@@ -102,7 +104,8 @@ class Authority:
         self._tenant(tenant)
         keys.validate_key_name(name)
         if profile is not None and profile not in self.config.profiles:
-            raise UnknownKey(f"no profile {profile!r} in the configuration")
+            known = ", ".join(sorted(self.config.profiles)) or "none"
+            raise UnknownProfile(f"no profile {profile!r} in the configuration (known: {known})")
         key_id = secrets.new_key_id()
         secret = secrets.new_key_secret(key_id)
         ts = self._now(now)
@@ -157,7 +160,7 @@ class Authority:
         with self.store.transaction() as conn:
             record = self._find_key(conn, tenant, name)
             if record.state is KeyState.REVOKED:
-                keys.next_state(record.state, KeyAction.SUSPEND)  # raises WrongKeyState
+                raise WrongKeyState(f"key {record.name!r} is revoked: a revoked key cannot be renamed")
             clash = conn.execute(
                 "SELECT name FROM provisioning_keys WHERE tenant = ? AND name_folded = ? AND id != ?",
                 (tenant, keys.fold_name(new_name), record.id),

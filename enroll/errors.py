@@ -37,6 +37,13 @@ class UnknownCertificate(AuthorityError):
     exit_code = 3
 
 
+class UnknownProfile(AuthorityError):
+    """A per-key profile override names no profile in the configuration."""
+
+    reason = "unknown_profile"
+    exit_code = 3
+
+
 class InvalidKeyName(AuthorityError):
     reason = "invalid_key_name"
 

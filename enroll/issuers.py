@@ -18,8 +18,10 @@ from pathlib import Path
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from enroll import pki
+from enroll.errors import StoreError
 
 
 @attrs.frozen
@@ -64,19 +66,33 @@ def create_issuer_material(
 
 
 def load_issuer_key(record: IssuerRecord) -> pki.PrivateKey:
-    data = Path(record.key_path).read_bytes()
-    key = serialization.load_pem_private_key(data, password=None)
-    return key  # type: ignore[return-value]
+    """The issuer's private key from its file; StoreError when it is missing or unusable."""
+    try:
+        data = Path(record.key_path).read_bytes()
+        key = serialization.load_pem_private_key(data, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise StoreError(
+            f"cannot load the key of issuer {record.id} from {record.key_path}: {exc}"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise StoreError(f"the key of issuer {record.id} is a {type(key).__name__}, not a CA key")
+    return key
 
 
 def trusted_issuer_ids(
     issuers: Sequence[IssuerRecord], latest_cert_expiry: Mapping[str, int], now: int
 ) -> set[str]:
-    """Which issuers are trusted at ``now`` (unix seconds); see the module docstring."""
+    """Which issuers are trusted at ``now`` (unix seconds); see the module docstring.
+
+    ``latest_cert_expiry`` maps an issuer id to the latest ``not_after`` (unix seconds) of the
+    certificates it issued; an issuer absent from it has issued nothing.
+    """
     trusted: set[str] = set()
     for issuer in issuers:
-        if not issuer.not_before <= now < issuer.not_after:
+        # Both ends of a validity window are included (RFC 5280 4.1.2.5), as in pki.validity_problem.
+        if not issuer.not_before <= now <= issuer.not_after:
             continue
-        if issuer.retired_at is None or latest_cert_expiry.get(issuer.id, 0) > now:
+        if issuer.retired_at is None or latest_cert_expiry.get(issuer.id, -1) >= now:
             trusted.add(issuer.id)
     return trusted
+

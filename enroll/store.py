@@ -138,15 +138,26 @@ class Store:
             conn = sqlite3.connect(
                 path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
-        os.chmod(path, 0o600)
         store = cls(conn, path)
-        store._migrate()
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # WAL is what lets readers (the gateway) and writers (the CLI) work at once;
+                # it is unavailable on some network file systems.
+                raise StoreError(f"the store {path} cannot use WAL journaling (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            os.chmod(path, 0o600)
+            store._migrate()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -157,20 +168,24 @@ class Store:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        try:
-            with self.transaction() as conn:
-                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"the store {self.path} has schema version {version}, newer than this "
-                        f"Switch understands ({SCHEMA_VERSION}): upgrade Switch"
-                    )
-                for index in range(version, SCHEMA_VERSION):
+        """Apply every pending migration, in order, in one transaction (all or none)."""
+        with self.transaction() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {self.path} has schema version {version}, newer than this "
+                    f"Switch understands ({SCHEMA_VERSION}): upgrade Switch"
+                )
+            for index in range(version, SCHEMA_VERSION):
+                try:
                     for statement in _split_sql(MIGRATIONS[index]):
                         conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {index + 1}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"cannot migrate the store {self.path} from schema version {index} to "
+                        f"{index + 1}: {exc}"
+                    ) from exc
+                conn.execute(f"PRAGMA user_version = {index + 1}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -181,14 +196,23 @@ class Store:
             raise StoreError(f"the store is unavailable: {exc}") from exc
         try:
             yield self.conn
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the store could not be written: {exc}") from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"the store could not commit: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back on its own (SQLITE_FULL, SQLITE_IOERR, ...); a
+        # second ROLLBACK would raise and hide the error that matters.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def generation(self) -> int:
         return int(self.conn.execute("SELECT generation FROM changes").fetchone()[0])
