@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +123,25 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _enable_wal(conn: sqlite3.Connection) -> str:
+    """Switch the file to WAL and return the journal mode now in force.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not apply ``busy_timeout``
+    to it: when several processes create the store at once, all but one get "database is locked"
+    at once. WAL is persistent, so the others only have to retry until the first has switched it.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """One connection to the store. Not shared between threads: open one per thread or process."""
 
@@ -143,7 +163,7 @@ class Store:
         store = cls(conn, path)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _enable_wal(conn)
             if str(mode).lower() != "wal":
                 # WAL is what lets readers (the gateway) and writers (the CLI) work at once;
                 # it is unavailable on some network file systems.

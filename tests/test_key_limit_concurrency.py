@@ -33,20 +33,24 @@ def _generate(
 ) -> None:
     """Worker (runs in a spawned process): open the store, wait for the others, generate (or
     wait first, so that opening, creating and migrating the store race too)."""
-    if open_after_barrier:
-        barrier.wait(timeout=JOIN_TIMEOUT_S)
-    authority = Authority.open(config)
     try:
-        if not open_after_barrier:
+        if open_after_barrier:
             barrier.wait(timeout=JOIN_TIMEOUT_S)
+        authority = Authority.open(config)
         try:
-            authority.generate_key("acme", f"Key {index}", actor=f"worker-{index}")
-        except AuthorityError as exc:
-            results.put((index, exc.reason))
-        else:
-            results.put((index, "ok"))
-    finally:
-        authority.close()
+            if not open_after_barrier:
+                barrier.wait(timeout=JOIN_TIMEOUT_S)
+            try:
+                authority.generate_key("acme", f"Key {index}", actor=f"worker-{index}")
+            except AuthorityError as exc:
+                results.put((index, exc.reason))
+            else:
+                results.put((index, "ok"))
+        finally:
+            authority.close()
+    except BaseException as exc:  # reported, so that the test fails at once instead of timing out
+        results.put((index, f"crashed: {type(exc).__name__}: {exc}"))
+        raise
 
 
 def _run_workers(config: SwitchConfig, *, open_after_barrier: bool = False) -> list[str]:
