@@ -21,6 +21,7 @@ exit  meaning
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import getpass
@@ -278,6 +279,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise CliExit(EXIT_REFUSED, f"agent_failed: {exc}") from exc
     except KeyboardInterrupt:
         pass
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    import trio
+
+    from gateway.echo import serve_echo
+
+    host, port = args.listen
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(lambda task_status: serve_echo(host, port, task_status=task_status))
+            print(f"echo upstream on ws://{host}:{bound}/", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run)
     return EXIT_OK
 
 
@@ -599,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
     p.add_argument("--renew-before", default="7d", help="renew this long before expiry")
     p.add_argument("--once", metavar="MESSAGE", help="send one message, print the reply, exit")
+
+    p = add(sub, "echo", cmd_echo,
+            "a WebSocket echo upstream for trying Switch out, load tests and benchmarks (no TLS)")
+    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8080),
+                   help="HOST:PORT to listen on (default 127.0.0.1:8080, the dev config's upstream)")
 
     p = add(sub, "reload", cmd_reload,
             "make the running Switch re-read its config, CAs, CRLs and certificate")
