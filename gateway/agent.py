@@ -166,40 +166,10 @@ class Agent:
 
     async def _open(self, nursery: trio.Nursery, credential: Credential
                     ) -> trio_websocket.WebSocketConnection:
-        host, port = self.settings.gateway
-        tcp = await trio.open_tcp_stream(host, port)
-        stream = trio.SSLStream(tcp, self._ssl_context(credential),
-                                server_hostname=self.settings.server_name)
-        try:
-            await stream.do_handshake()
-            if self.settings.pin_sha256:
-                der = stream.getpeercert(binary_form=True)
-                pin = self.settings.pin_sha256.lower().replace(":", "")
-                if not der or spki_sha256(x509.load_der_x509_certificate(der)) != pin:
-                    raise AgentError("the server's public key does not match the pin")
-            watched = _FailFast(stream)
-            ws: trio_websocket.WebSocketConnection | None = None
-            async with trio.open_nursery() as race:
-
-                async def upgrade() -> None:
-                    nonlocal ws
-                    ws = await trio_websocket.wrap_client_stream(
-                        nursery, watched, self.settings.server_name, self.settings.path)  # type: ignore[arg-type]
-                    race.cancel_scope.cancel()
-
-                async def transport_failed() -> None:
-                    await watched.failed.wait()
-                    race.cancel_scope.cancel()
-
-                race.start_soon(upgrade)
-                race.start_soon(transport_failed)
-            if ws is None:
-                # Under TLS 1.3 a refused certificate shows only on the first read.
-                raise trio.BrokenResourceError("the gateway refused the connection")
-            return ws
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        ws, _ = await open_session(nursery, self._ssl_context(credential), self.settings.gateway,
+                                   self.settings.server_name, self.settings.path,
+                                   self.settings.pin_sha256)
+        return ws
 
     async def connect(self, nursery: trio.Nursery, credentials: list[Credential]
                       ) -> tuple[trio_websocket.WebSocketConnection, Credential]:
@@ -272,6 +242,52 @@ class Agent:
             log.warning("renewal_failed", credential=credential.name, reason=exc.reason)
             return
         await ws.aclose(1000, "renewed")
+
+
+async def open_session(
+    nursery: trio.Nursery, context: ssl.SSLContext, gateway: tuple[str, int], server_name: str,
+    path: str, pin_sha256: str | None = None,
+) -> tuple[trio_websocket.WebSocketConnection, float]:
+    """Open one WebSocket session over mTLS to the gateway: TCP, TLS (server checked by
+    ``context`` and/or the public-key pin), then the upgrade, whose background task runs in
+    ``nursery``. Returns the session and the seconds the TCP + TLS part took. Refusals raise
+    ``OSError``, ``trio.BrokenResourceError``, ``ssl.SSLError``, ``AgentError`` or
+    ``trio_websocket.HandshakeError``; the caller bounds the whole with a deadline."""
+    started = trio.current_time()
+    host, port = gateway
+    tcp = await trio.open_tcp_stream(host, port)
+    stream = trio.SSLStream(tcp, context, server_hostname=server_name)
+    try:
+        await stream.do_handshake()
+        tls_s = trio.current_time() - started
+        if pin_sha256:
+            der = stream.getpeercert(binary_form=True)
+            pin = pin_sha256.lower().replace(":", "")
+            if not der or spki_sha256(x509.load_der_x509_certificate(der)) != pin:
+                raise AgentError("the server's public key does not match the pin")
+        watched = _FailFast(stream)
+        ws: trio_websocket.WebSocketConnection | None = None
+        async with trio.open_nursery() as race:
+
+            async def upgrade() -> None:
+                nonlocal ws
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, watched, server_name, path)  # type: ignore[arg-type]
+                race.cancel_scope.cancel()
+
+            async def transport_failed() -> None:
+                await watched.failed.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(upgrade)
+            race.start_soon(transport_failed)
+        if ws is None:
+            # Under TLS 1.3 a refused certificate shows only on the first read.
+            raise trio.BrokenResourceError("the gateway refused the connection")
+        return ws, tls_s
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
 
 
 @contextlib.contextmanager

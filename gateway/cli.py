@@ -299,6 +299,120 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _loadtest_settings(args: argparse.Namespace) -> Any:
+    """LoadSettings from the options, filling what is missing from the local config (listen
+    addresses, the tenant's first hostname, the server certificate's public-key pin, the pid)."""
+    from config.durations import parse_duration
+    from gateway import procstat
+    from gateway.est_client import spki_sha256
+    from gateway.loadtest import LoadSettings
+    from gateway.serve import PID_FILE
+
+    secret = None
+    if args.key_file:
+        secret = Path(args.key_file).read_text().strip()
+    elif os.environ.get("SWITCH_PROVISIONING_KEY"):
+        secret = os.environ["SWITCH_PROVISIONING_KEY"].strip()
+    if not secret:
+        raise CliExit(EXIT_USAGE, "usage: give the provisioning key with --key-file FILE or "
+                                  "$SWITCH_PROVISIONING_KEY")
+    gateway, enroll, server_name, pin = args.gateway, args.enroll, args.server_name, args.pin
+    server_pids: tuple[int, ...] = tuple(args.server_pid or ())
+    needs_config = (gateway is None or enroll is None or server_name is None
+                    or (args.ca_file is None and pin is None))
+    if needs_config or not (server_pids or args.no_server_stats):
+        try:
+            cfg = _load(args)
+        except CliExit:
+            if needs_config:
+                raise
+            cfg = None
+        if cfg is not None:
+            from config.tls_material import load_server_credentials
+
+            def local(listen: Any) -> tuple[str, int]:
+                host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen.host, listen.host)
+                return host, int(listen.port)
+
+            gateway = gateway or local(cfg.gateway.listen)
+            enroll = enroll or local(cfg.enroll.listen)
+            if server_name is None:
+                name = args.tenant or cfg.default_tenant or (
+                    next(iter(cfg.tenants)) if len(cfg.tenants) == 1 else None)
+                if name is None or name not in cfg.tenants:
+                    raise CliExit(EXIT_USAGE, "usage: name the tenant with --tenant (or --server-name)")
+                server_name = cfg.tenants[name].hostnames[0]
+            if args.ca_file is None and pin is None:
+                chain, _ = load_server_credentials(cfg.tls)
+                pin = spki_sha256(chain[0])
+            if not server_pids and not args.no_server_stats:
+                pid = procstat.read_pid_file(cfg.state_dir / PID_FILE)
+                server_pids = (pid,) if pid is not None else ()
+    assert gateway is not None and enroll is not None and server_name is not None
+    return LoadSettings(
+        agents=args.agents, processes=args.processes or (os.cpu_count() or 1),
+        gateway=gateway, enroll=enroll, server_name=server_name, key_secret=secret,
+        ca_file=Path(args.ca_file) if args.ca_file else None, pin_sha256=pin, path=args.path,
+        connect_rate=args.connect_rate, enroll_concurrency=args.enroll_concurrency,
+        hold_s=parse_duration(args.hold), message_interval_s=parse_duration(args.message_interval),
+        message_size=args.message_size, timeout_s=parse_duration(args.timeout),
+        key_type=args.key_type, tls_version=args.tls, server_pids=server_pids,
+    )
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gateway import loadtest_report
+    from gateway.loadtest import run_loadtest
+
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            raise CliExit(EXIT_USAGE, "usage: --png needs matplotlib: pip install 'mtls-switch[loadtest]'") from exc
+    settings = _loadtest_settings(args)
+    err = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=err,
+                   disable=args.quiet, transient=False)
+    enrolled = bar.add_task("enrolled", total=settings.agents, note="")
+    connected = bar.add_task("connected", total=settings.agents, note="", start=False)
+    holding = bar.add_task("hold", total=max(settings.hold_s, 0.001), note="", start=False)
+    marks: dict[str, float] = {}
+
+    def progress(phase: str, fleet: Any, now: float) -> None:
+        failed = fleet.total(1)
+        bar.update(enrolled, completed=fleet.total(0) + failed,
+                   note=f"{failed} failed" if failed else "")
+        if phase in ("connect", "hold", "report"):
+            bar.start_task(connected)
+            bad = fleet.total(3)
+            bar.update(connected, completed=fleet.total(2) + bad,
+                       note=f"{fleet.total(4)} open" + (f", {bad} failed" if bad else ""))
+        if phase in ("hold", "report"):
+            bar.start_task(holding)
+            marks.setdefault("hold", now)
+            bar.update(holding, completed=min(now - marks["hold"], settings.hold_s),
+                       note=f"{fleet.total(5)} messages")
+
+    try:
+        with bar:
+            report, samples = run_loadtest(settings, progress=progress)
+    except TimeoutError as exc:
+        raise CliExit(EXIT_REFUSED, f"loadtest_stalled: {exc}") from exc
+    except KeyboardInterrupt:
+        return 130
+    loadtest_report.print_report(report, Console())
+    if args.json:
+        loadtest_report.write_json(report, Path(args.json))
+    if args.png:
+        loadtest_report.write_png(report, samples, Path(args.png))
+    ok = report["connected"] == settings.agents and report["failures_total"] <= args.max_failures
+    return EXIT_OK if ok else EXIT_REFUSED
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 
@@ -622,6 +736,40 @@ def build_parser() -> argparse.ArgumentParser:
             "a WebSocket echo upstream for trying Switch out, load tests and benchmarks (no TLS)")
     p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8080),
                    help="HOST:PORT to listen on (default 127.0.0.1:8080, the dev config's upstream)")
+
+    p = add(sub, "loadtest", cmd_loadtest,
+            "simulate N agents against a running Switch: enroll, connect, hold, report")
+    p.add_argument("--agents", type=int, default=100, help="simulated agents (default 100)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="load generator processes (default: the number of cores)")
+    p.add_argument("--tenant", help="the tenant (default: the config's only or default tenant)")
+    p.add_argument("--server-name", help="SNI and Host (default: the tenant's first hostname)")
+    p.add_argument("--gateway", type=_host_port, help="HOST:PORT (default: from the config)")
+    p.add_argument("--enroll", type=_host_port, help="HOST:PORT (default: from the config)")
+    p.add_argument("--ca-file", help="CA certificate(s) to authenticate the server "
+                   "(default: pin the config's server certificate)")
+    p.add_argument("--pin", help="SHA-256 (hex) of the server's public key")
+    p.add_argument("--key-file", help="file holding the provisioning key (or $SWITCH_PROVISIONING_KEY)")
+    p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
+    p.add_argument("--connect-rate", type=float, default=200.0,
+                   help="new sessions per second, in all (default 200; 0: as fast as possible)")
+    p.add_argument("--enroll-concurrency", type=int, default=16,
+                   help="EST requests in flight, in all (default 16)")
+    p.add_argument("--hold", default="10s", help="how long to hold the sessions (default 10s)")
+    p.add_argument("--message-interval", default="5s",
+                   help="each agent sends a message this often (default 5s; 0 sends none)")
+    p.add_argument("--message-size", type=int, default=64, help="message bytes (default 64)")
+    p.add_argument("--timeout", default="30s", help="limit on every network wait (default 30s)")
+    p.add_argument("--key-type", default="ec-p256", help="agents' key type (default ec-p256)")
+    p.add_argument("--tls", choices=("1.2", "1.3"), help="pin the sessions' TLS version")
+    p.add_argument("--server-pid", type=int, action="append",
+                   help="the server's pid, for memory and CPU (default: the config's pid file)")
+    p.add_argument("--no-server-stats", action="store_true", help="do not read the server's /proc")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="exit 0 with up to this many failures (default 0)")
+    p.add_argument("--json", help="write the report as JSON to this file")
+    p.add_argument("--png", help="write a chart (latency distribution, agents over time) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add(sub, "reload", cmd_reload,
             "make the running Switch re-read its config, CAs, CRLs and certificate")

@@ -1,0 +1,204 @@
+"""`switch loadtest` against a real `switch serve` process: enrollment, connect, hold, report
+(text, JSON, PNG), failures by reason, and revocation closing every session while it holds."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from config.load import load_config
+from enroll.authority import Authority
+from gateway.loadtest import HoldContext, LoadSettings, _shares, classify, run_loadtest
+from gateway.loadtest_report import percentile, summarise
+from tests.est_harness import HOST, make_deployment
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+@attrs.frozen
+class LocalSwitch:
+    directory: Path
+    config_path: Path
+    gateway: int
+    enroll: int
+    secret: str
+    pid: int
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "pki" / "dev-root-ca.pem"
+
+    def settings(self, agents: int, **changes: object) -> LoadSettings:
+        base = LoadSettings(
+            agents=agents, processes=2, gateway=("127.0.0.1", self.gateway),
+            enroll=("127.0.0.1", self.enroll), server_name=HOST, key_secret=self.secret,
+            ca_file=self.ca_file, hold_s=2.0, message_interval_s=0.5, timeout_s=20.0,
+            connect_rate=0, server_pids=(self.pid,))
+        return attrs.evolve(base, **changes)
+
+
+def _wait_for(path: Path, pattern: str, count: int = 1, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if len(re.findall(pattern, text)) >= count:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not seen in {path}:\n{path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def local_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwitch]:
+    tmp = tmp_path_factory.mktemp("loadtest")
+    directory = tmp / "d"
+    config = make_deployment(directory)
+    echo_log, serve_log = tmp / "echo.log", tmp / "serve.log"
+    echo = subprocess.Popen([*CLI, "echo", "--listen", "127.0.0.1:0"],
+                            stdout=echo_log.open("wb"), stderr=subprocess.STDOUT)
+    serve = None
+    try:
+        echo_port = int(re.findall(r"ws://127\.0\.0\.1:(\d+)/", _wait_for(echo_log, r"ws://"))[0])
+        config.path.write_text(config.path.read_text().replace(
+            "ws://127.0.0.1:8080/", f"ws://127.0.0.1:{echo_port}/"))
+        authority = Authority.open(config)
+        authority.enable_service("demo", actor="test")
+        _, secret = authority.generate_key("demo", "Load", actor="test")
+        authority.close()
+        serve = subprocess.Popen([*CLI, "-c", str(config.path), "serve", "--workers", "1"],
+                                 stdout=serve_log.open("wb"), stderr=subprocess.STDOUT)
+        text = _wait_for(serve_log, r"listener=(gateway|enroll)", 2)
+        ports = {name: int(port) for port, name in re.findall(
+            r"address=\('127\.0\.0\.1', (\d+)\) listener=(\w+)", text)}
+        yield LocalSwitch(directory, config.path, ports["gateway"], ports["enroll"], secret, serve.pid)
+    finally:
+        for proc in (serve, echo):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def test_a_thousand_agents_enroll_connect_hold_and_report(local_switch: LocalSwitch, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(local_switch.secret + "\n")
+    report_file, chart = tmp_path / "report.json", tmp_path / "chart.png"
+    result = subprocess.run(
+        [*CLI, "-c", str(local_switch.config_path), "loadtest", "--agents", "1000",
+         "--processes", "2", "--server-name", HOST, "--gateway", f"127.0.0.1:{local_switch.gateway}",
+         "--enroll", f"127.0.0.1:{local_switch.enroll}", "--ca-file", str(local_switch.ca_file),
+         "--key-file", str(key_file), "--connect-rate", "0", "--enroll-concurrency", "16",
+         "--hold", "3s", "--message-interval", "1s", "--server-pid", str(local_switch.pid),
+         "--json", str(report_file), "--png", str(chart), "--quiet"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_file.read_text())
+    assert (report["agents"], report["enrolled"], report["connected"]) == (1000, 1000, 1000)
+    assert report["connected_at_end"] == 1000
+    assert report["failures"] == {} and report["failures_total"] == 0
+    assert report["rates"]["enrollments_per_s"] > 0 and report["rates"]["handshakes_per_s"] > 0
+    for kind in ("enroll", "handshake", "session"):
+        assert report["latency"][kind]["count"] == 1000
+        summary = report["latency"][kind]
+        assert 0 < summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    assert report["latency"]["message_rtt"]["count"] >= 1000  # every agent sent at least one
+    assert max(n for _, n in report["timeline"]) == 1000
+    server = report["server"]
+    assert server["pids"] == [local_switch.pid]
+    assert server["sessions_at_sample"] == 1000
+    assert server["memory_per_session_kib"] > 0 and server["cpu_ms_per_handshake"] > 0
+    assert "secret" not in json.dumps(report["settings"]) and local_switch.secret not in report_file.read_text()
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "enrollments/s" in result.stdout and "message_rtt" in result.stdout
+    # Every certificate is on record against the provisioning key.
+    listed = subprocess.run([*CLI, "-c", str(local_switch.config_path), "keys", "list", "demo", "--json"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(listed.stdout)[0]["certificates_issued"] >= 1000
+
+
+def test_a_wrong_provisioning_key_is_reported_by_reason_and_fails_the_run(
+        local_switch: LocalSwitch, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(local_switch.secret[:-4] + "AAAA\n")
+    report_file = tmp_path / "report.json"
+    result = subprocess.run(
+        [*CLI, "-c", str(local_switch.config_path), "loadtest", "--agents", "3",
+         "--processes", "1", "--server-name", HOST, "--gateway", f"127.0.0.1:{local_switch.gateway}",
+         "--enroll", f"127.0.0.1:{local_switch.enroll}", "--ca-file", str(local_switch.ca_file),
+         "--key-file", str(key_file), "--hold", "0s", "--no-server-stats", "--json", str(report_file),
+         "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["enrolled"] == 0 and report["connected"] == 0
+    assert report["failures"] == {"enroll: 401 bad_credentials": 3}, report["failures"]
+    assert report["server"] is None
+
+
+def test_revoking_the_key_during_the_hold_closes_every_session_within_a_second(
+        local_switch: LocalSwitch, tmp_path: Path) -> None:
+    authority = Authority.open(load_config(local_switch.config_path))
+    _, secret = authority.generate_key("demo", "Doomed", actor="test")
+    authority.close()
+    revoked_at: list[float] = []
+
+    def revoke(ctx: HoldContext) -> None:
+        assert ctx.open_sessions == 60
+        revoked_at.append(time.time())
+        subprocess.run([*CLI, "-c", str(local_switch.config_path), "keys", "revoke", "demo", "Doomed",
+                        "--reason", "bench", "--confirm", "Doomed"], check=True, timeout=60,
+                       capture_output=True)
+
+    settings = local_switch.settings(60, key_secret=secret, hold_s=30.0, until_all_closed=True,
+                                     message_interval_s=0)
+    report, _ = run_loadtest(settings, during_hold=revoke)
+    assert report["connected"] == 60 and report["connected_at_end"] == 0
+    closed = report["closed_by_server_at"]
+    assert len(closed) == 60
+    # The CLI's own start-up is inside the measured time: the bound is generous for that only.
+    assert max(closed) - revoked_at[0] < 3.0
+    assert report["phases_s"]["hold_s"] < 10
+    assert set(report["failures"]) == {"session: closed_1008"}, report["failures"]
+
+
+def test_percentiles_are_nearest_rank_and_observed() -> None:
+    samples = sorted([0.001 * i for i in range(1, 101)])
+    assert percentile(samples, 0.5) == pytest.approx(0.050)
+    assert percentile(samples, 0.99) == pytest.approx(0.099)
+    assert percentile(samples, 1.0) == pytest.approx(0.100)
+    assert percentile([0.2], 0.9) == 0.2
+    summary = summarise([0.003, 0.001, 0.002])
+    assert summary == {"count": 3, "p50_ms": 2.0, "p90_ms": 3.0, "p99_ms": 3.0, "max_ms": 3.0}
+    assert summarise([]) is None
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_agents_are_shared_evenly_and_never_to_an_idle_process() -> None:
+    assert _shares(1000, 2) == [500, 500]
+    assert _shares(7, 3) == [3, 2, 2]
+    assert _shares(2, 8) == [1, 1]
+
+
+def test_failures_have_short_stable_reasons() -> None:
+    import ssl
+
+    import trio
+
+    from gateway.est_client import EstClientError
+
+    assert classify(EstClientError(429, "too_many_failures", 30)) == "429 too_many_failures"
+    assert classify(trio.TooSlowError()) == "timeout"
+    assert classify(ConnectionRefusedError(111, "refused")) == "ECONNREFUSED"
+    broken = trio.BrokenResourceError("x")
+    broken.__cause__ = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+    assert classify(broken).startswith("tls:")
