@@ -79,6 +79,7 @@ class GatewayListener:
             await trio.aclose_forcefully(stream)
             return
         decision = info.decision
+        info.chain.clear()  # the decision holds what a session needs; free the certificates
         tenant = state.config.tenants.get(info.tenant or "")
         if decision is None or not decision.allowed or tenant is None:
             # Cannot happen: the verify callback refuses first. Fail closed all the same.

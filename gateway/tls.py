@@ -122,6 +122,9 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def do_handshake(self) -> None:
         """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
+        if self._handshake_done:
+            await trio.lowlevel.checkpoint()
+            return
         async with self._handshake_lock:
             if not self._handshake_done:
                 await self._retry(self.connection.do_handshake)
