@@ -474,8 +474,9 @@ async def _relay(agent: _Side, upstream: _Side, decision: Decision, settings: Ga
                         ended = ended or _Ended(inbound, 1006, None)
                     relay.cancel_scope.cancel()
 
-                relay.start_soon(one_way, agent, upstream, True)
+                # The agent's direction runs in this task: one task fewer per session.
                 relay.start_soon(one_way, upstream, agent, False)
+                await one_way(agent, upstream, True)
         reason, agent_close, upstream_close = _outcome(session.close_reason, ended)
         if agent_close is not None:
             await _close_side(agent, *agent_close, settings.close_timeout_s)
