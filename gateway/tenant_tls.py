@@ -9,8 +9,11 @@ it was accepted under.
 
 A connection starts on the *entry* context: the default tenant's if one is configured, else a
 context that trusts nothing (so a missing or unknown SNI fails the handshake: fail closed). The
-SNI callback switches to the tenant's context and — the pitfall in STYLE.md — sets the verify
-mode and callback on the connection again, since ``set_context`` does not. The verify callback
+SNI callback switches to the tenant's context. ``set_context`` changes the certificate store the
+chain is verified against but — the pitfall in STYLE.md — not the verify mode and callback, which
+OpenSSL copied from the entry context when the connection was made: so the entry context carries
+the one verify callback, which reads the tenant from the connection's ``HandshakeInfo`` (no
+per-connection callback objects, whose creation costs memory and CPU). The verify callback
 records each certificate of the chain OpenSSL built; at depth 0, if OpenSSL accepted the chain,
 it runs ``gateway.peer.check_peer`` and refuses inside the handshake (a TLS alert) when the
 decision says no. Whatever the outcome, ``HandshakeInfo`` (the connection's app data) says which
@@ -88,7 +91,6 @@ class TrustState:
         conn = SSL.Connection(self.entry, None)
         info = HandshakeInfo(tenant=self.config.default_tenant)
         conn.set_app_data(info)
-        conn.set_verify(VERIFY_REQUIRED, self._verifier(info.tenant))
         conn.set_accept_state()
         return conn
 
@@ -100,39 +102,37 @@ class TrustState:
         info.tenant = tenant
         if tenant is None:
             info.refusal = "unknown_server_name" if info.server_name else "no_server_name"
-            conn.set_verify(VERIFY_REQUIRED, self._verifier(None))
             return
+        # The verify mode and callback stay the entry context's (set_context keeps them; see the
+        # module docstring); the callback finds the tenant in the connection's HandshakeInfo.
         conn.set_context(self.contexts[tenant])
-        conn.set_verify(VERIFY_REQUIRED, self._verifier(tenant))
 
-    def _verifier(self, tenant_name: str | None
-                  ) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
-        trust = self.tenants.get(tenant_name) if tenant_name else None
-
-        def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-            info: HandshakeInfo = conn.get_app_data()
-            try:
-                if trust is None:
-                    info.refusal = info.refusal or "no_server_name"
-                    return False
-                if not ok:
-                    info.refusal = info.refusal or x509_error_reason(errnum)
-                    return False
-                info.chain[depth] = cert
-                if depth != 0:
-                    return True
-                chain = [info.chain[d].to_cryptography() for d in sorted(info.chain)]
-                decision = check_peer(trust, chain, self.clock())
-                info.decision = decision
-                if not decision.allowed:
-                    info.refusal = decision.reason
-                    return False
-                return True
-            except Exception:  # fail closed; pyOpenSSL would otherwise defer the exception
-                info.refusal = "internal_error"
+    def verify(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+        """The verify callback of every gateway connection (set once, on the entry context, so
+        no connection pays for a callback of its own): judges against the trust of the tenant
+        the connection's SNI chose, and at depth 0 runs ``check_peer``."""
+        info: HandshakeInfo = conn.get_app_data()
+        try:
+            trust = self.tenants.get(info.tenant) if info.tenant else None
+            if trust is None:
+                info.refusal = info.refusal or "no_server_name"
                 return False
-
-        return verify
+            if not ok:
+                info.refusal = info.refusal or x509_error_reason(errnum)
+                return False
+            info.chain[depth] = cert
+            if depth != 0:
+                return True
+            chain = [info.chain[d].to_cryptography() for d in sorted(info.chain)]
+            decision = check_peer(trust, chain, self.clock())
+            info.decision = decision
+            if not decision.allowed:
+                info.refusal = decision.reason
+                return False
+            return True
+        except Exception:  # fail closed; pyOpenSSL would otherwise defer the exception
+            info.refusal = "internal_error"
+            return False
 
 
 def build_trust_state(
@@ -164,4 +164,5 @@ def build_trust_state(
         entry = server_context(chain, key, client_auth="required")
     state = TrustState(config, view.generation, tenants, contexts, entry, clock)
     entry.set_tlsext_servername_callback(state._on_server_name)
+    entry.set_verify(VERIFY_REQUIRED, state.verify)
     return state
