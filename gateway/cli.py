@@ -208,36 +208,57 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from gateway.serve import PID_FILE, RELOAD_STATUS
+    from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
 
     try:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:  # checked here first: a config that does not load is never sent
         raise CliExit(EXIT_REFUSED, "reload_refused: the config does not load; the running "
                       f"config stays in force:\n{format_problems(exc.problems)}") from exc
-    pid_file, status_file = cfg.state_dir / PID_FILE, cfg.state_dir / RELOAD_STATUS
+    pid_file = cfg.state_dir / PID_FILE
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError) as exc:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
         raise CliExit(EXIT_REFUSED, f"not_running: no running Switch for this config ({pid_file})") from exc
-    before = status_file.stat().st_mtime_ns if status_file.exists() else 0
+
+    def statuses() -> dict[Path, int]:
+        out = {}
+        for path in cfg.state_dir.glob(RELOAD_STATUS_GLOB):
+            with contextlib.suppress(OSError):
+                out[path] = path.stat().st_mtime_ns
+        return out
+
+    # One status file per serving process (each worker, or the single server): wait for all.
+    before = statuses()
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError as exc:
         raise CliExit(EXIT_REFUSED, f"not_running: process {pid} from {pid_file} is gone") from exc
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
-        if status_file.exists() and status_file.stat().st_mtime_ns != before:
-            result = json.loads(status_file.read_text())
-            if result["ok"]:
-                print(f"reloaded: config generation {result['generation']}")
-                for name in result["restart_needed"]:
-                    print(f"  the {name} listener's address changed: restart to apply it")
-                return EXIT_OK
-            errors = "\n".join(result["errors"])
-            raise CliExit(EXIT_REFUSED, f"reload_refused: the running config stays in force:\n{errors}")
+        now = statuses()
+        changed = [p for p, mtime in now.items() if before.get(p) != mtime]
+        if changed and all(now.get(p) != mtime for p, mtime in before.items()):
+            results = []
+            for path in sorted(changed):
+                with contextlib.suppress(OSError, ValueError):
+                    results.append(json.loads(path.read_text()))
+            if len(results) < len(changed):
+                time.sleep(0.05)  # a file being replaced: read again
+                continue
+            failed = [r for r in results if not r["ok"]]
+            if failed:
+                errors = "\n".join(dict.fromkeys(e for r in failed for e in r["errors"]))
+                raise CliExit(EXIT_REFUSED, f"reload_refused: the running config stays in force:\n{errors}")
+            generations = sorted({r["generation"] for r in results})
+            print("reloaded: config generation " + ", ".join(map(str, generations))
+                  + (f" ({len(results)} processes)" if len(results) > 1 else ""))
+            for name in dict.fromkeys(n for r in results for n in r["restart_needed"]):
+                print(f"  the {name} listener's address changed: restart to apply it")
+            return EXIT_OK
         time.sleep(0.05)
-    raise CliExit(EXIT_REFUSED, f"reload_unconfirmed: signalled process {pid}, no result within {args.wait}s")
+    raise CliExit(EXIT_REFUSED, f"reload_unconfirmed: signalled process {pid}, not every process "
+                  f"reported a result within {args.wait}s")
 
 
 def _host_port(value: str) -> tuple[str, int]:

@@ -61,6 +61,13 @@ WATCH_INTERVAL_S = 0.25
 #: In the state directory: the serving process's pid, and the result of its last reload.
 PID_FILE = "switch.pid"
 RELOAD_STATUS = "last-reload.json"
+#: Every process that serves (the single one, or each worker) records its last reload result in
+#: a file of its own matching this pattern; ``switch reload`` waits for all of them.
+RELOAD_STATUS_GLOB = "last-reload*.json"
+
+
+def reload_status_name(worker: int | None) -> str:
+    return RELOAD_STATUS if worker is None else f"last-reload-{worker}.json"
 REBUILD_INTERVAL_S = 60.0
 
 
@@ -101,9 +108,10 @@ class ReloadResult:
 class Switch:
     def __init__(self, config: SwitchConfig, *,
                  sockets: Mapping[str, list[socket.socket]] | None = None,
-                 write_pid: bool = True) -> None:
+                 write_pid: bool = True, worker: int | None = None) -> None:
         self.sockets = dict(sockets or {})
         self.write_pid = write_pid
+        self.status_name = reload_status_name(worker)
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
@@ -205,7 +213,7 @@ class Switch:
             return self.last_reload
 
     def _write_reload_status(self) -> None:
-        path = self.config.state_dir / RELOAD_STATUS
+        path = self.config.state_dir / self.status_name
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(attrs.asdict(self.last_reload), indent=2))
         tmp.replace(path)
@@ -229,6 +237,9 @@ class Switch:
         cfg = self.config
         try:
             await self.refresh_trust()
+            # The starting state is this process's first "reload": `switch reload` waits for
+            # every process whose status file exists.
+            self._write_reload_status()
             if self.write_pid:
                 self._write_pid()
             async with trio.open_nursery() as connections:
@@ -300,7 +311,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None) -> None:
 
         sockets = decode_fds(os.environ.get(WORKER_FDS_ENV, ""))
         structlog.contextvars.bind_contextvars(worker=worker)
-    switch = Switch(config, sockets=sockets, write_pid=worker is None)
+    switch = Switch(config, sockets=sockets, write_pid=worker is None, worker=worker)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 

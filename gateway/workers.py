@@ -27,7 +27,7 @@ import trio
 
 from config.model import SwitchConfig
 from gateway.listening import open_listening_sockets
-from gateway.serve import PID_FILE
+from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
 
 log = structlog.get_logger("switch.supervisor")
 
@@ -112,6 +112,11 @@ class Supervisor:
 
     async def run(self) -> int:
         self.open_sockets()
+        # Reload results of an earlier run (perhaps with more workers) would make `switch reload`
+        # wait for processes that no longer exist.
+        for stale in self.config.state_dir.glob(RELOAD_STATUS_GLOB):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         pid_file = self.config.state_dir / PID_FILE
         pid_file.write_text(f"{os.getpid()}\n")
         settings = self.config.gateway
