@@ -75,7 +75,8 @@ class GatewayListener:
                 reason = "handshake_timeout"
             else:
                 reason = info.refusal or _handshake_reason(exc)
-            self._refuse(info.tenant, reason, peer, info.server_name)
+            self._refuse(info.tenant, reason, peer, info.server_name,
+                         None if info.refusal else str(exc.__cause__ or exc))
             await trio.aclose_forcefully(stream)
             return
         decision = info.decision
@@ -100,10 +101,12 @@ class GatewayListener:
                 cs.shield = True
                 await tls.aclose()
 
-    def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None) -> None:
+    def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None,
+                detail: str | None = None) -> None:
         self.metrics.handshakes.labels(tenant or "-", "refused").inc()
         self.metrics.refused(tenant, reason)
-        log.info("handshake_refused", tenant=tenant, reason=reason, peer=peer, sni=sni)
+        log.info("handshake_refused", tenant=tenant, reason=reason, peer=peer, sni=sni,
+                 **({"detail": detail[:200]} if detail else {}))
 
 
 def _handshake_reason(exc: BaseException) -> str:

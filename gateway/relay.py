@@ -56,6 +56,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
 from config.model import GatewaySettings, Tenant
+from gateway.lightlock import LightLock
 from gateway.metrics import Metrics
 from gateway.peer import Decision
 from gateway.sessions import Session, SessionRegistry
@@ -343,7 +344,7 @@ class _Side:
 
     stream: trio.abc.Stream
     ws: Connection
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    lock: LightLock = attrs.field(factory=LightLock)
 
     async def send(self, event: TextMessage | BytesMessage | Ping | Pong | CloseConnection) -> None:
         async with self.lock:

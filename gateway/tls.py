@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib
 
+from gateway.lightlock import LightLock
+
 T = TypeVar("T")
 
 #: Read size from the transport: one full TLS record plus header room.
@@ -48,11 +50,11 @@ class OpenSSLStream(trio.abc.Stream):
     def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
         self.transport = transport
         self.connection = connection
-        self._send_lock = trio.Lock()
-        self._recv_lock = trio.Lock()
+        self._send_lock = LightLock()
+        self._recv_lock = LightLock()
         self._fill_generation = 0
         self._handshake_done = False
-        self._handshake_lock = trio.Lock()
+        self._handshake_lock = LightLock()
         self._sending = False
         self._receiving = False
         self._closed = False
