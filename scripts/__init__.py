@@ -1,0 +1,1 @@
+"""Entry points and helpers of the project's scripts (the bench imports ``scripts.benchlib``)."""

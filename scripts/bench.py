@@ -1,0 +1,75 @@
+"""Switch's benchmarks against nginx, in one run: ``./scripts/bench [--quick] [--only a,c]``.
+
+Sections (DESIGN.md "Budgets", issue 5): (a) server CPU per full mTLS handshake and handshakes
+per second, Switch's gateway vs nginx ``ssl_verify_client on``, one worker each and all cores
+each; (b) idle relayed sessions held and server memory per session, Switch vs nginx; (c) EST
+certificates per second vs a bare ``cryptography`` CSR-to-certificate loop (and ``openssl speed``
+for context); (d) ``switch keys revoke`` to the last of 1,000 dependent sessions closed; (e) relay
+throughput on one session per core, vs nginx ``proxy_pass``. Prints a markdown table with the
+machine it ran on and writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.benchlib import env  # noqa: E402
+from scripts.benchlib.sections import SECTIONS, Options, Row  # noqa: E402
+
+
+def render(rows: list[Row], machine: dict[str, str], elapsed: float, quick: bool) -> str:
+    lines = [
+        "| measure | Switch | reference | ratio | budget | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}×"
+        lines.append(f"| {r.measure} | {r.switch} | {r.reference} | {ratio} | {r.budget} | {met} |")
+    notes = [f"- {r.measure.split(' ', 1)[0]} {r.note}" for r in rows if r.note]
+    head = [f"Run {'(--quick) ' if quick else ''}on: " + "; ".join(f"{k}: {v}" for k, v in machine.items()),
+            f"Took {elapsed / 60:.1f} minutes.", ""]
+    return "\n".join(head + lines + ["", "Notes:", *notes]) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,c")
+    parser.add_argument("--out", default="bench-results.md", help="where to write the table")
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    args = parser.parse_args()
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+    started = time.monotonic()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="switch-bench-") as tmp:
+        work = Path(tmp)
+        deploy = env.Deployment.create(work / "deploy")
+        opts = Options(quick=args.quick, work=work)
+        for name in wanted:
+            print(f"== section {name}: {SECTIONS[name].__name__}", file=sys.stderr, flush=True)
+            try:
+                rows.extend(SECTIONS[name](deploy, opts))
+            except Exception as exc:  # noqa: BLE001 - one broken section must not hide the rest
+                traceback.print_exc()
+                rows.append(Row(f"({name}) {SECTIONS[name].__name__}", "failed", "", None, "", False,
+                                f"{type(exc).__name__}: {exc}"))
+    text = render(rows, env.machine(), time.monotonic() - started, args.quick)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0 if all(r.switch != "failed" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""``scripts/bench``: Switch next to nginx on the same machine, PKI and load generator."""

@@ -1,0 +1,358 @@
+"""The bench's measurements. Each returns rows of ``Row``; every comparison is made in the same
+run, on the same machine, with the same certificates and the same load generator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import re
+import resource
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from scripts.benchlib import env
+
+
+@attrs.frozen
+class Row:
+    measure: str
+    switch: str
+    reference: str
+    ratio: float | None = None
+    budget: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+@attrs.frozen
+class Options:
+    quick: bool
+    work: Path
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
+
+
+# --- (a) full mTLS handshakes -----------------------------------------------------------------
+
+
+S_TIME_RE = re.compile(r"(\d+) connections in ([\d.]+) real seconds")
+
+
+def _s_time(port: int, pki: Path, seconds: int, clients: int) -> int:
+    """``clients`` parallel ``openssl s_time -new`` (full TLS 1.3 handshakes with the client
+    certificate, no resumption, no SNI), each sending one plain GET and reading the reply to the
+    end: without that, s_time closes before the server has read its last flight and the server
+    sees a reset, not a handshake. Returns handshakes done."""
+    args = ["openssl", "s_time", "-new", "-tls1_3", "-connect", f"127.0.0.1:{port}",
+            "-cert", str(pki / "demo-agent.pem"), "-key", str(pki / "demo-agent.key"),
+            "-www", "/bench", "-time", str(seconds)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(clients)]
+    done = 0
+    for proc in procs:
+        out = proc.communicate(timeout=seconds + 60)[0].decode()
+        match = S_TIME_RE.search(out)
+        done += int(match.group(1)) if match else 0
+    return done
+
+
+def _handshakes(server: env.Server, port: int, pki: Path, seconds: int, clients: int,
+                accepted: Callable[[], float] | None) -> dict[str, float]:
+    _s_time(port, pki, 1, clients)  # warm-up
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ok0 = accepted() if accepted else 0.0
+    cpu0, t0 = server.cpu(), time.monotonic()
+    done = _s_time(port, pki, seconds, clients)
+    wall, cpu1 = time.monotonic() - t0, server.cpu()
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gen_cpu = (after_children.ru_utime + after_children.ru_stime
+               - before_children.ru_utime - before_children.ru_stime)
+    counted = (accepted() - ok0) if accepted else float(done)
+    server_cpu = cpu1 - cpu0
+    return {"handshakes": done, "server_counted": counted, "wall": wall,
+            "per_s": done / wall, "server_cpu": server_cpu,
+            "ms_per_hs": server_cpu * 1000 / max(done, 1),
+            "server_util": server_cpu / wall, "generator_util": gen_cpu / wall}
+
+
+def handshakes(deploy: env.Deployment, opts: Options) -> list[Row]:
+    seconds = 5 if opts.quick else 15
+    clients = 4
+    rows: list[Row] = []
+    cores = os.cpu_count() or 1
+    for workers in sorted({1, cores}):
+        with env.echo(deploy, opts.work), env.switch(deploy, workers, opts.work) as sw:
+            s = _handshakes(sw, deploy.gateway, deploy.pki, seconds, clients,
+                            lambda: deploy.metric("switch_handshakes_total", result="ok"))
+        with env.nginx(deploy, workers, opts.work) as (ng, port):
+            n = _handshakes(ng, port, deploy.pki, seconds, clients, None)
+        label = "1 worker each" if workers == 1 else f"{workers} workers each (all cores)"
+        cpu_ratio = _ratio(s["ms_per_hs"], n["ms_per_hs"])
+        rows.append(Row(
+            f"(a) server CPU per full mTLS handshake, {label}",
+            f"{s['ms_per_hs']:.2f} ms", f"{n['ms_per_hs']:.2f} ms (nginx)", cpu_ratio,
+            "≤ 1.5× nginx", cpu_ratio is not None and cpu_ratio <= 1.5,
+            f"server busy {s['server_util']:.0%} / {n['server_util']:.0%} of a core, generator "
+            f"{s['generator_util']:.0%} / {n['generator_util']:.0%}"
+            + (f"; Switch's metrics counted {s['server_counted']:.0f} verified handshakes for "
+               f"the generator's {s['handshakes']:.0f}" if workers == 1 else "")))
+        rows.append(Row(
+            f"(a) full mTLS handshakes per second, {label}",
+            f"{s['per_s']:.0f}/s", f"{n['per_s']:.0f}/s (nginx)", _ratio(s["per_s"], n["per_s"]),
+            "", None, "throughput with the generator on the same cores; the CPU row is the budget"))
+    return rows
+
+
+# --- (c) EST issuance -------------------------------------------------------------------------
+
+
+def _bare_issue_loop(seconds: float) -> float:
+    """Certificates per second from CSRs with `cryptography` alone: parse, verify the
+    signature, build a leaf much like Switch's profile, sign with ECDSA P-256."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    csrs = []
+    for i in range(200):
+        key = ec.generate_private_key(ec.SECP256R1())
+        csrs.append(x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, f"agent-{i}")])).sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER))
+    now = dt.datetime.now(dt.UTC)
+    done, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        csr = x509.load_der_x509_csr(csrs[done % len(csrs)])
+        assert csr.is_signature_valid
+        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(cn))]))
+                .issuer_name(ca_name).public_key(csr.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:switch:demo:{cn}")]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert.public_bytes(serialization.Encoding.DER)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _enroll_worker(deploy: dict[str, Any], csrs: list[bytes], concurrency: int,
+                   go: Any, results: Any) -> None:
+    import trio
+    from cryptography import x509
+
+    from gateway.est_client import EstClient, EstServer
+
+    async def run() -> None:
+        server = EstServer("127.0.0.1", deploy["enroll"], env.HOST, ca_file=Path(deploy["ca"]))
+        todo = iter(csrs)
+        failures = 0
+
+        async def slot() -> None:
+            nonlocal failures
+            async with EstClient(server, timeout_s=30) as client:
+                await client.cacerts()  # the connection is up before the clock starts
+                go.wait()
+                for der in todo:
+                    try:
+                        await client.simpleenroll(x509.load_der_x509_csr(der), deploy["secret"])
+                    except Exception:  # noqa: BLE001 - counted, reported
+                        failures += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(slot)
+        results.put((len(csrs), failures, time.monotonic()))
+
+    trio.run(run)
+
+
+def est(deploy: env.Deployment, opts: Options) -> list[Row]:
+    from cryptography.hazmat.primitives import serialization
+
+    from enroll import pki
+    from gateway.est_client import make_csr
+
+    total = 1000 if opts.quick else 4000
+    processes, concurrency = 2, 8
+    csrs = [make_csr(f"est-{i}", pki.generate_key("ec-p256")).public_bytes(serialization.Encoding.DER)
+            for i in range(total)]
+    ctx = multiprocessing.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    spec = {"enroll": deploy.enroll, "ca": str(deploy.pki / "dev-root-ca.pem"), "secret": deploy.secret}
+    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
+        procs = [ctx.Process(target=_enroll_worker, args=(spec, csrs[i::processes], concurrency, go, results))
+                 for i in range(processes)]
+        for p in procs:
+            p.start()
+        time.sleep(3 if opts.quick else 5)  # interpreters up, connections open
+        cpu0, t0 = sw.cpu(), time.monotonic()
+        go.set()
+        outcomes = [results.get(timeout=600) for _ in procs]
+        wall = max(end for _, _, end in outcomes) - t0
+        cpu = sw.cpu() - cpu0
+        for p in procs:
+            p.join(timeout=30)
+    issued = sum(n - f for n, f, _ in outcomes)
+    failures = sum(f for _, f, _ in outcomes)
+    rate = issued / wall
+    bare = _bare_issue_loop(3 if opts.quick else 8)
+    speed = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True,
+                           text=True).stdout
+    match = re.search(r"256 bits ecdsa \(nistp256\)\s+[\d.]+s\s+[\d.]+s\s+([\d.]+)", speed)
+    sign_rate = float(match.group(1)) if match else 0.0
+    ratio = _ratio(rate, bare)
+    return [
+        Row("(c) certificates issued per second through EST (keep-alive, 1 Switch process)",
+            f"{rate:.0f}/s", f"{bare:.0f}/s (bare `cryptography` CSR→certificate loop, 1 core)",
+            ratio, "≥ 0.5× the bare loop", ratio is not None and ratio >= 0.5,
+            f"{issued} issued, {failures} failed; Switch CPU {cpu * 1000 / max(issued, 1):.2f} ms per "
+            f"certificate; every certificate committed (fsync) before it is sent; "
+            f"`openssl speed ecdsap256`: {sign_rate:.0f} signs/s"),
+    ]
+
+
+# --- (b) idle sessions and (d) revoke-to-closed ------------------------------------------------
+
+
+def _loadtest(deploy: env.Deployment, port: int, agents: int, pids: tuple[int, ...], hold: float,
+              **changes: Any) -> dict[str, Any]:
+    from gateway.loadtest import LoadSettings, run_loadtest
+
+    settings = LoadSettings(
+        agents=agents, processes=2, gateway=("127.0.0.1", port), enroll=("127.0.0.1", deploy.enroll),
+        server_name=env.HOST, key_secret=deploy.secret, ca_file=deploy.pki / "dev-root-ca.pem",
+        connect_rate=0, enroll_concurrency=16, hold_s=hold, message_interval_s=0,
+        timeout_s=60, server_pids=pids, **{k: v for k, v in changes.items() if k != "during_hold"})
+    report, _ = run_loadtest(settings, during_hold=changes.get("during_hold"))
+    return report
+
+
+def idle(deploy: env.Deployment, opts: Options) -> list[Row]:
+    cores = os.cpu_count() or 1
+    # A relayed session holds two descriptors (agent and upstream): with the 20,000-per-process
+    # limit, one process holds at most ~9,900; 15,000 need two processes.
+    runs = [(1, 2000 if opts.quick else 9000)]
+    if not opts.quick:
+        runs.append((cores, 15000))
+    rows = []
+    for workers, agents in runs:
+        with env.echo(deploy, opts.work), env.switch(deploy, workers, opts.work) as sw:
+            s = _loadtest(deploy, deploy.gateway, agents, (sw.root_pid,), 12.0)
+        with env.echo(deploy, opts.work), env.nginx(deploy, workers, opts.work) as (ng, port):
+            n = _loadtest(deploy, port, agents, (ng.root_pid,), 12.0)
+        s_per = (s["server"] or {}).get("memory_per_session_kib") or 0.0
+        n_per = (n["server"] or {}).get("memory_per_session_kib") or 0.0
+        ratio = _ratio(s_per, n_per)
+        label = f"{workers} process{'es' if workers > 1 else ''}"
+        rows.append(Row(
+            f"(b) idle sessions held, {label} (mTLS + WebSocket relayed, pings every 5 s)",
+            f"{s['connected_at_end']}/{agents}", f"{n['connected_at_end']}/{agents} (nginx)", None,
+            "≥ 15,000 per Switch process", s["connected_at_end"] >= 15000 and workers == 1,
+            f"failures Switch {s['failures_total']}, nginx {n['failures_total']}"))
+        rows.append(Row(
+            f"(b) server memory per idle session, {label}",
+            f"{s_per:.1f} KiB", f"{n_per:.1f} KiB (nginx)", ratio, "≤ 40 KiB", 0 < s_per <= 40,
+            "resident memory of the server's process tree while holding, minus before connecting, "
+            "per session; includes the upstream connection"))
+    return rows
+
+
+def revoke(deploy: env.Deployment, opts: Options) -> list[Row]:
+    import json
+
+    sessions = 1000
+    key = json.loads(deploy.cli("keys", "generate", "demo", "revoke-bench", "--json").stdout)["secret"]
+    marks: dict[str, float] = {}
+
+    def revoke_now(_: Any) -> None:
+        marks["start"] = time.time()
+        deploy.cli("keys", "revoke", "demo", "revoke-bench", "--reason", "bench", "--confirm", "revoke-bench")
+        marks["cli_done"] = time.time()
+
+    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
+        report = _loadtest(deploy, deploy.gateway, sessions, (sw.root_pid,), 60.0, key_secret=key,
+                           until_all_closed=True, during_hold=revoke_now)
+    closed = report["closed_by_server_at"]
+    last = max(closed) - marks["start"] if closed else float("inf")
+    after_commit = max(closed) - marks["cli_done"] if closed else float("inf")
+    return [Row(
+        f"(d) `switch keys revoke` to the last of {sessions} dependent sessions closed",
+        f"{last:.2f} s", "—", None, "≤ 1 s", last <= 1.0,
+        f"{len(closed)} of {report['connected']} sessions closed by the server (1008); "
+        f"{after_commit:.2f} s after the command returned (the command itself, a new Python "
+        f"process, took {marks['cli_done'] - marks['start']:.2f} s)")]
+
+
+# --- (e) relay throughput -----------------------------------------------------------------------
+
+
+def _relay_client(port: int, deploy: env.Deployment, seconds: float, size: int) -> tuple[int, float]:
+    import ssl
+
+    from websockets.sync.client import connect
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(deploy.pki / "dev-root-ca.pem"))
+    ctx.load_cert_chain(str(deploy.pki / "demo-agent.pem"), str(deploy.pki / "demo-agent.key"))
+    payload = os.urandom(size)
+    moved = 0
+    with connect(f"wss://{env.HOST}:{port}/", ssl=ctx, server_hostname=env.HOST,
+                 sock=__import__("socket").create_connection(("127.0.0.1", port)),
+                 max_size=None, compression=None) as ws:
+        for _ in range(20):  # warm-up
+            ws.send(payload)
+            ws.recv()
+        start = time.monotonic()
+        deadline = start + seconds
+        while time.monotonic() < deadline:
+            ws.send(payload)
+            ws.send(payload)
+            ws.recv()
+            ws.recv()
+            moved += 4 * size  # each message crosses the server twice (to and from the upstream)
+        return moved, time.monotonic() - start
+
+
+def relay(deploy: env.Deployment, opts: Options) -> list[Row]:
+    seconds = 4 if opts.quick else 10
+    size = 64 * 1024
+    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
+        cpu0 = sw.cpu()
+        s_bytes, s_wall = _relay_client(deploy.gateway, deploy, seconds, size)
+        s_cpu = sw.cpu() - cpu0
+    with env.echo(deploy, opts.work), env.nginx(deploy, 1, opts.work) as (ng, port):
+        cpu0 = ng.cpu()
+        n_bytes, n_wall = _relay_client(port, deploy, seconds, size)
+        n_cpu = ng.cpu() - cpu0
+    s_per_core = s_bytes / max(s_cpu, 1e-9) / 2**20
+    n_per_core = n_bytes / max(n_cpu, 1e-9) / 2**20
+    ratio = _ratio(s_per_core, n_per_core)
+    return [Row(
+        "(e) relay throughput on one session, per core of server CPU (64 KiB messages, echoed)",
+        f"{s_per_core:.0f} MiB/s", f"{n_per_core:.0f} MiB/s (nginx proxy_pass)", ratio,
+        "≥ 0.4× nginx", ratio is not None and ratio >= 0.4,
+        f"wall-clock {s_bytes / s_wall / 2**20:.0f} vs {n_bytes / n_wall / 2**20:.0f} MiB/s with "
+        "the client and the echo upstream on the same 2 cores")]
+
+
+SECTIONS: dict[str, Callable[[env.Deployment, Options], list[Row]]] = {
+    "a": handshakes, "b": idle, "c": est, "d": revoke, "e": relay,
+}
