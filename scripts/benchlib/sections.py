@@ -236,12 +236,13 @@ def _loadtest(deploy: env.Deployment, port: int, agents: int, pids: tuple[int, .
               **changes: Any) -> dict[str, Any]:
     from gateway.loadtest import LoadSettings, run_loadtest
 
-    settings = LoadSettings(
+    during_hold = changes.pop("during_hold", None)
+    settings = attrs.evolve(LoadSettings(
         agents=agents, processes=2, gateway=("127.0.0.1", port), enroll=("127.0.0.1", deploy.enroll),
         server_name=env.HOST, key_secret=deploy.secret, ca_file=deploy.pki / "dev-root-ca.pem",
         connect_rate=0, enroll_concurrency=16, hold_s=hold, message_interval_s=0,
-        timeout_s=60, server_pids=pids, **{k: v for k, v in changes.items() if k != "during_hold"})
-    report, _ = run_loadtest(settings, during_hold=changes.get("during_hold"))
+        timeout_s=60, server_pids=pids), **changes)
+    report, _ = run_loadtest(settings, during_hold=during_hold)
     return report
 
 
@@ -256,7 +257,10 @@ def idle(deploy: env.Deployment, opts: Options) -> list[Row]:
     for workers, agents in runs:
         with env.echo(deploy, opts.work), env.switch(deploy, workers, opts.work) as sw:
             s = _loadtest(deploy, deploy.gateway, agents, (sw.root_pid,), 12.0)
-        with env.echo(deploy, opts.work), env.nginx(deploy, workers, opts.work) as (ng, port):
+        # Switch runs beside nginx only for its EST port: the agents enroll there, then connect
+        # to nginx, which trusts the same provisioning CA; only nginx's memory is read.
+        with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work), \
+                env.nginx(deploy, workers, opts.work) as (ng, port):
             n = _loadtest(deploy, port, agents, (ng.root_pid,), 12.0)
         s_per = (s["server"] or {}).get("memory_per_session_kib") or 0.0
         n_per = (n["server"] or {}).get("memory_per_session_kib") or 0.0
