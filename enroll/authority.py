@@ -372,7 +372,8 @@ class Authority:
 
     def verify_audit(self) -> AuditVerification:
         columns = "seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash"
-        rows = self.store.conn.execute(f"SELECT {columns} FROM audit_log ORDER BY rowid")
+        # seq is the rowid: an entry's sequence number is its position in the log.
+        rows = self.store.conn.execute(f"SELECT {columns} FROM audit_log ORDER BY seq")
         head = self.store.conn.execute("SELECT last_seq, last_hash FROM audit_head").fetchone()
         return audit.verify((audit.entry_from_row(tuple(r)) for r in rows),
                             (head[0], head[1]) if head else None)

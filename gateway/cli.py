@@ -684,10 +684,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"audit log intact: {result.entries_checked} entries, hash chain verified; "
               f"head {result.head_hash}")
         return EXIT_OK
-    raise CliExit(
-        EXIT_REFUSED,
-        f"audit_tampered: entry {result.first_bad_seq}: {result.problem}",
-    )
+    raise CliExit(EXIT_REFUSED, f"audit_tampered: {result.problem}")
 
 
 # --- plumbing ----------------------------------------------------------------------------------

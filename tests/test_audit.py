@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import attrs
 import pytest
 
 from config.model import SwitchConfig
+from enroll.audit import entry_from_row, entry_hash
 from enroll.authority import Authority
 
 
@@ -66,39 +68,99 @@ def test_updates_and_deletes_are_refused_by_the_store(authority: Authority,
     conn.close()
 
 
+_COLUMNS = "seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash"
+
+
+def _rows(conn: sqlite3.Connection) -> dict[int, tuple[object, ...]]:
+    return {r[0]: r[1:] for r in conn.execute(f"SELECT {_COLUMNS} FROM audit_log")}
+
+
+def _put(conn: sqlite3.Connection, seq: int, row: tuple[object, ...]) -> None:
+    conn.execute("UPDATE audit_log SET ts=?, actor=?, tenant=?, action=?, target=?, reason=?,"
+                 " details=?, prev_hash=?, hash=? WHERE seq=?", (*row, seq))
+
+
 def test_an_edited_entry_is_named(authority: Authority, switch_config: SwitchConfig) -> None:
     _all_actions(authority)
     _raw(switch_config).execute("UPDATE audit_log SET reason = 'routine' WHERE seq = 8")
     result = authority.verify_audit()
-    assert not result.ok and result.first_bad_seq == 8 and "edited" in (result.problem or "")
+    assert not result.ok and result.first_bad_seq == 8
+    assert result.problem == "entry 8 was edited: its content does not match its hash"
+
+
+def test_an_edit_with_its_hash_recomputed_names_the_edited_entry(
+        authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    conn = _raw(switch_config)
+    entry = entry_from_row(tuple(conn.execute(
+        f"SELECT {_COLUMNS} FROM audit_log WHERE seq = 4").fetchone()))
+    forged = attrs.evolve(entry, actor="mallory")
+    digest = entry_hash(seq=4, ts=forged.ts, actor=forged.actor, tenant=forged.tenant,
+                        action=forged.action, target=forged.target, reason=forged.reason,
+                        details=forged.details, prev_hash=forged.prev_hash)
+    conn.execute("UPDATE audit_log SET actor = 'mallory', hash = ? WHERE seq = 4", (digest,))
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 4
+    assert result.problem == ("entry 4 was edited (and its hash recomputed) or entry 5's link "
+                              "to it was altered")
+
+
+def test_the_last_entry_edited_with_its_hash_recomputed_is_named(
+        authority: Authority, switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    conn = _raw(switch_config)
+    entry = entry_from_row(tuple(conn.execute(
+        f"SELECT {_COLUMNS} FROM audit_log WHERE seq = 9").fetchone()))
+    digest = entry_hash(seq=9, ts=entry.ts, actor="mallory", tenant=entry.tenant,
+                        action=entry.action, target=entry.target, reason=entry.reason,
+                        details=entry.details, prev_hash=entry.prev_hash)
+    conn.execute("UPDATE audit_log SET actor = 'mallory', hash = ? WHERE seq = 9", (digest,))
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 9
+    assert result.problem == "entry 9 was edited (and its hash recomputed) or the head was altered"
 
 
 def test_a_removed_entry_is_named(authority: Authority, switch_config: SwitchConfig) -> None:
     _all_actions(authority)
     _raw(switch_config).execute("DELETE FROM audit_log WHERE seq = 4")
     result = authority.verify_audit()
-    assert not result.ok and result.first_bad_seq == 4 and "removed" in (result.problem or "")
+    assert not result.ok and result.first_bad_seq == 4
+    assert result.problem == "entry 4 is missing: it was removed"
 
 
-def test_reordered_entries_are_named(authority: Authority, switch_config: SwitchConfig) -> None:
+def test_a_removed_entry_is_named_when_the_rest_were_renumbered(
+        authority: Authority, switch_config: SwitchConfig) -> None:
     _all_actions(authority)
     conn = _raw(switch_config)
-    rows = {r[0]: r[1:] for r in conn.execute(
-        "SELECT seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash FROM audit_log"
-        " WHERE seq IN (3, 4)")}
-    for seq, other in ((3, 4), (4, 3)):
-        conn.execute(
-            "UPDATE audit_log SET ts=?, actor=?, tenant=?, action=?, target=?, reason=?, details=?,"
-            " prev_hash=?, hash=? WHERE seq=?", (*rows[other], seq))
+    rows = _rows(conn)
+    for seq in range(4, 9):
+        _put(conn, seq, rows[seq + 1])
+    conn.execute("DELETE FROM audit_log WHERE seq = 9")
+    conn.execute("UPDATE audit_head SET last_seq = 8, last_hash = ?", (rows[9][-1],))
+    result = authority.verify_audit()
+    assert not result.ok and result.first_bad_seq == 4
+    assert result.problem is not None and result.problem.startswith("entry 4 is missing")
+
+
+def test_swapped_entries_are_named_as_reordered(authority: Authority,
+                                                switch_config: SwitchConfig) -> None:
+    _all_actions(authority)
+    conn = _raw(switch_config)
+    rows = _rows(conn)
+    _put(conn, 3, rows[4])
+    _put(conn, 4, rows[3])
     result = authority.verify_audit()
     assert not result.ok and result.first_bad_seq == 3
+    assert result.problem == "entries were reordered: entry 3 holds the content of entry 4"
 
 
 def test_a_cut_tail_is_detected(authority: Authority, switch_config: SwitchConfig) -> None:
     _all_actions(authority)
-    _raw(switch_config).execute("DELETE FROM audit_log WHERE seq = 9")
+    _raw(switch_config).execute("DELETE FROM audit_log WHERE seq >= 8")
     result = authority.verify_audit()
-    assert not result.ok and result.first_bad_seq == 9 and "end" in (result.problem or "")
+    assert not result.ok and result.first_bad_seq == 8
+    assert result.problem == ("the log ends at entry 7 but its head records entry 9: "
+                              "entries 8-9 were removed from the end")
 
 
 def test_an_intact_log_verifies_and_reports_its_head(authority: Authority) -> None:
