@@ -52,7 +52,7 @@ everywhere. The keys, with their defaults::
     [tenants.NAME]                      # NAME: [a-z0-9][a-z0-9-]{0,62}; not also in tenants_dir
     hostnames = ["demo.switch.test"]    # required, non-empty; SNI names, unique across tenants
     organisation_cas = ["pki/org-ca.pem"]    # PEM CA certificates (CA:true), may be empty
-    organisation_crls = []              # PEM or DER CRLs; need organisation_cas
+    organisation_crls = []              # PEM or DER CRLs, each signed by one of organisation_cas
     upstream = "ws://127.0.0.1:8080/"   # ws:// or wss:// with a host
     profile = "default"                 # a profile name
     identity = { rule = "email-san", allow = ["*@example.com"] }   # rule: email-san,
@@ -62,7 +62,7 @@ Durations take ms, s, m, h, d ("500ms", "1h30m") or a bare number of seconds; si
 MiB, GiB (or KB, MB, GB) or a bare number of bytes. Relative paths resolve against the directory
 of the file that names them. The files named are opened and checked: certificates and keys must
 parse and match, CA files must hold CA certificates, CRLs must parse, a keystore must open with
-its password and hold a private key.
+its password and hold a private key, a CRL must be signed by one of its tenant's organisation CAs.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from config import tls_material
 from config.durations import parse_duration, parse_size
@@ -369,17 +371,26 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
         if not HOSTNAME.fullmatch(host.lower().rstrip(".")):
             t.error(f"hostnames[{i}]", f"{host!r} is not a valid DNS name")
     cas = tuple(t.resolve(p) for p in t.strings("organisation_cas"))
+    ca_certs: list[x509.Certificate] = []
+    cas_loaded = True
     for i, path in enumerate(cas):
         try:
-            tls_material.load_ca_certificates(path)
+            ca_certs += tls_material.load_ca_certificates(path)
         except ValueError as exc:
             t.error(f"organisation_cas[{i}]", str(exc))
+            cas_loaded = False
     crls = tuple(t.resolve(p) for p in t.strings("organisation_crls"))
     for i, path in enumerate(crls):
         try:
-            tls_material.load_crl(path)
+            crl = tls_material.load_crl(path)
         except ValueError as exc:
             t.error(f"organisation_crls[{i}]", str(exc))
+            continue
+        # Only when every CA file loaded: a CA that did not is reported already.
+        if ca_certs and cas_loaded and tls_material.crl_signer(crl, ca_certs) is None:
+            t.error(f"organisation_crls[{i}]", f"{path}: the CRL (issuer "
+                    f"{crl.issuer.rfc4514_string()}) is not signed by an organisation CA of "
+                    f"tenant {name}: a list no trusted CA signed revokes nothing")
     if crls and not cas:
         t.error("organisation_crls", "CRLs need organisation_cas to apply to")
     upstream = t.string("upstream")

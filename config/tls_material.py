@@ -71,6 +71,16 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
         raise ValueError(f"{path} is not a readable CRL (PEM or DER): {exc}") from exc
 
 
+def crl_signer(crl: x509.CertificateRevocationList,
+               cas: list[x509.Certificate]) -> x509.Certificate | None:
+    """The CA among ``cas`` that issued and signed ``crl``, or None: a revocation list that no
+    trusted CA signed revokes nothing and must be refused."""
+    for ca in cas:
+        if ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+            return ca
+    return None
+
+
 def _check_key(key: object, path: Path) -> PrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path}: unsupported private key type {type(key).__name__}")

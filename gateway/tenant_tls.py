@@ -30,7 +30,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from config.model import SwitchConfig
-from config.tls_material import PrivateKey, load_ca_certificates, load_crl
+from config.tls_material import PrivateKey, crl_signer, load_ca_certificates, load_crl
 from enroll.trust_view import TrustView
 from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, x509_error_reason
 from gateway.tls import server_context
@@ -64,8 +64,7 @@ def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMa
         revoked: dict[x509.Name, set[int]] = {}
         for path in tenant.organisation_crls:
             crl = load_crl(path)
-            signer = next((ca for ca in cas if ca.subject == crl.issuer), None)
-            if signer is None or not crl.is_signature_valid(signer.public_key()):  # type: ignore[arg-type]
+            if crl_signer(crl, list(cas)) is None:  # as the loader checks; defence in depth
                 raise ValueError(f"{path}: the CRL is not signed by an organisation CA of tenant "
                                  f"{tenant.name}")
             revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)

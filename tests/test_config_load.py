@@ -418,3 +418,55 @@ def test_a_missing_config_file_is_one_clear_problem(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
     [problem] = info.value.problems
     assert problem.file == tmp_path / "nope.toml" and "cannot read" in problem.message
+
+
+def _write_crl(path: Path, issuer: x509.Certificate, key: object) -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+           .last_update(NOW).next_update(NOW + dt.timedelta(days=7))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(42)
+                                    .revocation_date(NOW).build())
+           .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def _pem(path: Path) -> tuple[x509.Certificate, object]:
+    return (x509.load_pem_x509_certificate(path.with_suffix(".pem").read_bytes()),
+            serialization.load_pem_private_key(path.with_suffix(".key").read_bytes(), None))
+
+
+WITH_CRL = GOOD.replace('upstream =', 'organisation_crls = ["pki/org.crl"]\nupstream =')
+
+
+def test_a_crl_signed_by_an_organisation_ca_of_the_tenant_loads(tmp_path: Path, pkidir: Path) -> None:
+    _write_crl(pkidir / "org.crl", *_pem(pkidir / "org"))
+    (tmp_path / "switch.toml").write_text(WITH_CRL)
+    assert load_config(tmp_path / "switch.toml").tenants["acme"].organisation_crls
+
+
+def test_a_crl_from_a_ca_the_tenant_does_not_trust_is_an_error_at_its_key(
+        tmp_path: Path, pkidir: Path) -> None:
+    _write_crl(pkidir / "org.crl", *_pem(pkidir / "root"))  # a real CA, not the tenant's
+    found = _by_key(_load(tmp_path, WITH_CRL))
+    assert set(found) == {"tenants.acme.organisation_crls[0]"}
+    assert "not signed by an organisation CA of tenant acme" in found["tenants.acme.organisation_crls[0]"]
+
+
+def test_a_crl_naming_the_organisation_ca_but_signed_by_another_key_is_an_error(
+        tmp_path: Path, pkidir: Path) -> None:
+    org, _ = _pem(pkidir / "org")
+    _write_crl(pkidir / "org.crl", org, pki.generate_key())  # forged: right issuer name, wrong key
+    found = _by_key(_load(tmp_path, WITH_CRL))
+    assert set(found) == {"tenants.acme.organisation_crls[0]"}
+
+
+def test_a_crl_in_a_tenant_file_is_reported_in_that_file(tmp_path: Path, pkidir: Path) -> None:
+    _write_crl(pkidir / "org.crl", *_pem(pkidir / "root"))
+    tdir = tmp_path / "tenants.d"
+    tdir.mkdir()
+    (tdir / "beta.toml").write_text('hostnames = ["beta.example"]\n'
+                                    'organisation_cas = ["../pki/org.pem"]\n'
+                                    'organisation_crls = ["../pki/org.crl"]\n')
+    [problem] = _load(tmp_path, 'tenants_dir = "tenants.d"\n' + GOOD)
+    assert (problem.file, problem.key) == (tdir / "beta.toml", "organisation_crls[0]")
