@@ -3,7 +3,8 @@
 Used by the loader (to refuse a config whose files do not parse), by ``config check`` and by the
 listeners. ``load_ca_certificates`` and ``load_crl`` raise ``ValueError`` with a message fit for an
 operator; the loader turns it into a ``Problem`` with the file and key. ``load_server_credentials``
-raises ``ConfigError`` (itself a ``ValueError``) whose problems name the ``tls.*`` key at fault.
+raises ``ConfigError`` (itself a ``ValueError``) whose problems name the ``tls.*`` key at fault;
+that includes a certificate and key OpenSSL refuses to serve with (``openssl_refusal``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from OpenSSL import SSL
 
 from config.errors import ConfigError, Problem
 from config.model import ServerTLS
@@ -71,6 +73,30 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
         raise ValueError(f"{path} is not a readable CRL (PEM or DER): {exc}") from exc
 
 
+def openssl_refusal(chain: list[x509.Certificate], key: PrivateKey) -> str | None:
+    """Why OpenSSL would refuse to serve with ``chain`` and ``key``, or None. The listeners build
+    their contexts the same way, at OpenSSL's default security level, which refuses small keys
+    ("ee key too small": RSA under 2048 bits at level 2) and weak signature digests; ``config
+    check`` and ``serve`` thus agree on what runs."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        ctx.use_certificate(chain[0])
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        return describe_ssl_error(exc)
+    return None
+
+
+def describe_ssl_error(exc: SSL.Error) -> str:
+    """OpenSSL's reasons in an ``SSL.Error``, e.g. ``ee key too small``."""
+    reasons = [str(r[2]) for r in exc.args[0] if isinstance(r, tuple) and len(r) == 3] \
+        if exc.args and isinstance(exc.args[0], list) else []
+    return "; ".join(reasons) or str(exc) or type(exc).__name__
+
+
 def crl_signer(crl: x509.CertificateRevocationList,
                cas: list[x509.Certificate]) -> x509.Certificate | None:
     """The CA among ``cas`` that issued and signed ``crl``, or None: a revocation list that no
@@ -126,7 +152,16 @@ def _from_keystore(keystore: Path, password_file: Path) -> tuple[list[x509.Certi
     if _public_der(cert.public_key()) != _public_der(checked.public_key()):
         raise _Fault("keystore", f"{keystore}: the private key does not match the certificate "
                      f"{cert.subject.rfc4514_string()}")
+    refusal = openssl_refusal([cert, *extra], checked)
+    if refusal is not None:
+        raise _Fault("keystore", _refused_message(keystore, refusal))
     return [cert, *extra], checked
+
+
+def _refused_message(path: Path, refusal: str) -> str:
+    hint = "; use an RSA key of at least 2048 bits or an ECDSA key" if "too small" in refusal \
+        else "; use a SHA-256 (or stronger) signature" if "md too weak" in refusal else ""
+    return f"{path}: OpenSSL refuses to serve with this certificate and key ({refusal}){hint}"
 
 
 class _Fault(ValueError):
@@ -180,10 +215,14 @@ def load_server_credentials(
             faults.append(("key_file", tls.key_file, message))
         if chain is not None and key is not None:
             if _public_der(chain[0].public_key()) == _public_der(key.public_key()):
-                return chain, key
-            faults.append(("key_file", tls.key_file, f"{tls.key_file}: the private key does not "
-                           f"match the certificate {chain[0].subject.rfc4514_string()} in "
-                           f"{tls.cert_file}"))
+                refusal = openssl_refusal(chain, key)
+                if refusal is None:
+                    return chain, key
+                faults.append(("cert_file", tls.cert_file, _refused_message(tls.cert_file, refusal)))
+            else:
+                faults.append(("key_file", tls.key_file, f"{tls.key_file}: the private key does "
+                               f"not match the certificate {chain[0].subject.rfc4514_string()} "
+                               f"in {tls.cert_file}"))
     raise ConfigError([
         Problem(config_file or at or Path("switch.toml"), f"tls.{field}" if field else "tls", message)
         for field, at, message in faults

@@ -198,8 +198,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gateway.workers import Supervisor
 
         return trio.run(Supervisor(cfg, workers).run)
-    except ValueError as exc:  # the server certificate or keystore no longer loads
-        raise CliExit(EXIT_CONFIG, f"config_invalid: {exc}") from exc
+    except ConfigError as exc:  # a file changed since the check above, or OpenSSL refused it
+        raise CliExit(EXIT_CONFIG, f"config_invalid: {args.config} does not load:\n"
+                      f"{format_problems(exc.problems)}") from exc
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -32,9 +32,10 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL
 
+from config.errors import ConfigError, Problem
 from config.load import load_config
 from config.model import SwitchConfig
-from config.tls_material import PrivateKey, load_server_credentials
+from config.tls_material import PrivateKey, describe_ssl_error, load_server_credentials
 from enroll.authority import Authority
 from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
@@ -90,10 +91,33 @@ class Loaded:
 
 def load_all(config: SwitchConfig, issuance: Issuance, generation: int) -> Loaded:
     """Read the server certificate or keystore and the organisation CAs and CRLs named by
-    ``config``. Raises ``ValueError`` (``ConfigError`` is one) on any problem."""
-    chain, key = load_server_credentials(config.tls)
-    return Loaded(config, generation, chain, key, load_organisation_material(config),
-                  server_context(chain, key, client_auth="any"), EstService(config, issuance))
+    ``config`` and build the TLS context from them. Raises ``ConfigError`` listing every problem
+    with its file and key, whatever failed: a file that no longer reads, a CRL no CA signed, or a
+    certificate and key OpenSSL refuses (``SSL.Error``, e.g. "ee key too small")."""
+    chain, key = load_server_credentials(config.tls, config_file=config.path)
+    problems: list[Problem] = []
+    organisation: dict[str, OrganisationMaterial] = {}
+    for name, tenant in config.tenants.items():
+        try:
+            organisation |= load_organisation_material(attrs.evolve(config, tenants={name: tenant}))
+        except (ValueError, SSL.Error) as exc:
+            in_main = tenant.source in (None, config.path)
+            problems.append(Problem(config.path if in_main else tenant.source or config.path,
+                                    f"tenants.{name}" if in_main else "", _reason(exc)))
+    tls_key = "tls.keystore" if config.tls.keystore is not None else "tls.cert_file"
+    try:
+        enroll_context = server_context(chain, key, client_auth="any")
+    except SSL.Error as exc:
+        problems.append(Problem(config.path, tls_key, "OpenSSL refuses to serve with this "
+                                f"certificate and key: {describe_ssl_error(exc)}"))
+    if problems:
+        raise ConfigError(problems)
+    return Loaded(config, generation, chain, key, organisation, enroll_context,
+                  EstService(config, issuance))
+
+
+def _reason(exc: Exception) -> str:
+    return describe_ssl_error(exc) if isinstance(exc, SSL.Error) else str(exc)
 
 
 @attrs.frozen

@@ -6,11 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import attrs
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from config.check import check_config
-from config.errors import Problem, format_problems
+from config.errors import ConfigError, Problem, format_problems
 from config.load import load_config
 from config.model import AdminSettings, Listener, SwitchConfig
 from tests.pkihelp import NOW, write_ca, write_server
@@ -97,11 +98,13 @@ def test_rsa_under_2048_bits_is_a_warning(tmp_path: Path) -> None:
     assert problem.severity == "warning"
 
 
-def test_a_small_rsa_server_key_is_a_warning(tmp_path: Path) -> None:
-    cfg = _deploy(tmp_path, server_key="rsa-1024")
-    problems = check_config(cfg, NOW)
-    assert _where(problems) == {("tls.cert_file", "warning")}
-    assert any("server key is 1024-bit RSA" in p.message for p in problems)
+def test_a_server_key_openssl_refuses_is_an_error(tmp_path: Path) -> None:
+    # OpenSSL's default security level (2) refuses RSA under 2048 bits: serve could not start.
+    with pytest.raises(ConfigError) as info:
+        _deploy(tmp_path, server_key="rsa-1024")
+    [problem] = info.value.problems
+    assert (problem.key, problem.severity) == ("tls.cert_file", "error")
+    assert "OpenSSL refuses to serve with this certificate and key (ee key too small)" in problem.message
 
 
 def test_identity_rule_any_and_missing_upstream_are_warnings(tmp_path: Path) -> None:

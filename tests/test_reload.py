@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -191,3 +192,83 @@ async def test_switch_reload_signals_the_server_and_reports_the_result(tmp_path:
         with trio.fail_after(30):
             assert await proc.wait() == 0
     assert "reload_refused" in log.read_text()
+
+
+def _write_weak_server_certificate(directory: Path) -> None:
+    """A server certificate with a 1024-bit RSA key, which OpenSSL refuses to serve with at its
+    default security level ("ee key too small")."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pkidir = directory / "pki"
+    root = x509.load_pem_x509_certificate((pkidir / "dev-root-ca.pem").read_bytes())
+    root_key = serialization.load_pem_private_key((pkidir / "dev-root-ca.key").read_bytes(), None)
+    key = rsa.generate_private_key(65537, 1024)
+    cert = pki.make_leaf(pki.name("demo.switch.test"), key.public_key(), (root, root_key),  # type: ignore[arg-type]
+                         now=dt.datetime.now(dt.UTC), validity=dt.timedelta(days=90),
+                         dns_names=["demo.switch.test", "localhost"], server=True, client=False)
+    (pkidir / "server.pem").write_bytes(pki.cert_pem(cert) + pki.cert_pem(root))
+    pki.write_private(pkidir / "server.key", pki.key_pem(key))
+
+
+async def test_a_reload_to_a_server_key_openssl_refuses_keeps_serving_and_reports_it(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            demo = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
+            live = await trio.to_thread.run_sync(LiveAgent, gw, demo)
+            ca = directory / "pki/dev-root-ca.pem"
+            served = await trio.to_thread.run_sync(_server_cert_seen, gw.ports["gateway"], ca)
+            _write_weak_server_certificate(directory)
+            result = await gw.switch.reload()
+            assert not result.ok and result.generation == 1, result
+            assert any("tls.cert_file" in e and "ee key too small" in e for e in result.errors)
+            assert gw.switch.last_reload == result
+            ok, detail = await gw.switch.ready()
+            assert ok and "last reload failed" in detail
+            assert await trio.to_thread.run_sync(live.still_works)
+            # New handshakes still get the certificate in force.
+            again = await trio.to_thread.run_sync(_server_cert_seen, gw.ports["gateway"], ca)
+            assert again.serial_number == served.serial_number
+            assert await trio.to_thread.run_sync(lambda: _send(gw, demo, "demo.switch.test")) == "hello"
+            nursery.cancel_scope.cancel()
+
+
+def test_load_all_reports_a_server_key_openssl_refuses_as_a_config_error(tmp_path: Path) -> None:
+    import attrs
+
+    from config.errors import ConfigError
+    from config.model import ServerTLS
+    from gateway.serve import load_all
+
+    config = make_deployment(tmp_path / "d")
+    weak = tmp_path / "weak"
+    (weak / "pki").mkdir(parents=True)
+    for name in ("dev-root-ca.pem", "dev-root-ca.key"):
+        (weak / "pki" / name).write_bytes((tmp_path / "d/pki" / name).read_bytes())
+    _write_weak_server_certificate(weak)
+    config = attrs.evolve(config, tls=ServerTLS(cert_file=weak / "pki/server.pem",
+                                                key_file=weak / "pki/server.key"))
+    with pytest.raises(ConfigError) as info:
+        load_all(config, None, 1)  # type: ignore[arg-type]
+    [problem] = info.value.problems
+    assert problem.key == "tls.cert_file" and "ee key too small" in problem.message
+
+
+def test_config_check_and_serve_both_refuse_a_server_key_openssl_refuses(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    config = make_deployment(directory).path
+    _write_weak_server_certificate(directory)
+
+    def switch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    check = switch("config", "check")
+    assert check.returncode == 1, check
+    assert "tls.cert_file: error:" in check.stderr and "ee key too small" in check.stderr
+    serve = switch("serve", "--workers", "1")
+    assert serve.returncode == 5, serve
+    assert "config_invalid" in serve.stderr and "ee key too small" in serve.stderr
+    assert "Traceback" not in serve.stderr
