@@ -2,6 +2,9 @@
 
 Bodies are base64 (RFC 8951: the ``Content-Transfer-Encoding`` header is ignored and line breaks
 are allowed anywhere); certificates travel as certs-only CMS (PKCS#7) ``application/pkcs7-mime``.
+Switch reads any line breaks (LF, CRLF, spaces) and writes LF, so that a reply piped into
+``base64 -d`` decodes (GNU coreutils refuses a CR); inside a ``multipart/mixed`` reply the lines
+end with CRLF, as MIME's canonical form requires.
 """
 
 from __future__ import annotations
@@ -79,10 +82,11 @@ def decode_base64_body(body: bytes, *, max_bytes: int) -> bytes:
         raise BadBase64(f"the body is not base64: {exc}") from exc
 
 
-def encode_base64_body(der: bytes) -> bytes:
-    """Base64 with CRLF every 64 characters (what RFC 7030 clients expect)."""
+def encode_base64_body(der: bytes, *, newline: bytes = b"\n") -> bytes:
+    """Base64 in lines of 64 characters, each ended by ``newline``: LF for an HTTP body (RFC 8951
+    allows any line break, and ``base64 -d`` refuses CR), CRLF inside a MIME multipart."""
     encoded = base64.b64encode(der)
-    return b"".join(encoded[i:i + 64] + b"\r\n" for i in range(0, len(encoded), 64))
+    return b"".join(encoded[i:i + 64] + newline for i in range(0, len(encoded), 64))
 
 
 def certs_only(certs: list[x509.Certificate]) -> bytes:
@@ -154,9 +158,11 @@ def multipart_serverkeygen(key_pkcs8_der: bytes, certs_only_der: bytes) -> tuple
     boundary = "est-" + secrets.token_hex(12)
     parts = [
         f"--{boundary}\r\nContent-Type: application/pkcs8\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\n".encode() + encode_base64_body(key_pkcs8_der),
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode()
+        + encode_base64_body(key_pkcs8_der, newline=b"\r\n"),
         f"--{boundary}\r\nContent-Type: {PKCS7_CERTS_ONLY}\r\n"
-        "Content-Transfer-Encoding: base64\r\n\r\n".encode() + encode_base64_body(certs_only_der),
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode()
+        + encode_base64_body(certs_only_der, newline=b"\r\n"),
     ]
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return f"multipart/mixed; boundary={boundary}", body

@@ -3,7 +3,6 @@ every listener on port 0, the provisioning service on for tenant ``demo`` and on
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
 import subprocess
@@ -69,7 +68,8 @@ def enable_with_key(config: SwitchConfig, name: str = "Fleet", profile: str | No
 def openssl_csr(directory: Path, cn: str, *, key_args: tuple[str, ...] = (
         "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"), extra: tuple[str, ...] = (),
                 stem: str | None = None) -> tuple[Path, Path]:
-    """``openssl req`` -> DER -> base64 file, the RFC 7030 way. Returns (key, base64 CSR)."""
+    """``openssl req`` -> DER -> ``base64`` (coreutils) file, the RFC 7030 way and the way
+    docs/enrollment.md does it. Returns (key, base64 CSR)."""
     stem = stem or cn
     key = directory / f"{stem}.key"
     der = directory / f"{stem}.csr.der"
@@ -77,14 +77,34 @@ def openssl_csr(directory: Path, cn: str, *, key_args: tuple[str, ...] = (
                     "-subj", f"/CN={cn}", "-outform", "DER", "-out", str(der), *extra],
                    check=True, capture_output=True)
     b64 = directory / f"{stem}.csr.b64"
-    b64.write_bytes(base64.encodebytes(der.read_bytes()))
+    with b64.open("wb") as out:
+        subprocess.run(["base64", str(der)], stdout=out, check=True)
     return key, b64
 
 
 def pkcs7_to_pem(b64_body: bytes, directory: Path, name: str) -> Path:
+    """A certs-only PKCS#7 reply body -> PEM with ``base64 -d`` (coreutils, which refuses a CR)
+    and ``openssl pkcs7``, as docs/enrollment.md does."""
     der = directory / f"{name}.p7.der"
-    der.write_bytes(base64.b64decode(b"".join(b64_body.split())))
+    decoded = subprocess.run(["base64", "-d"], input=b64_body, capture_output=True)
+    assert decoded.returncode == 0, f"base64 -d refused the body: {decoded.stderr!r}"
+    der.write_bytes(decoded.stdout)
     pem = directory / f"{name}.pem"
     subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(der), "-print_certs",
                     "-out", str(pem)], check=True, capture_output=True)
     return pem
+
+
+#: The guide an agent author follows; its ``sh`` blocks are run as they are by the tests.
+ENROLLMENT_GUIDE = Path(__file__).resolve().parent.parent / "docs" / "enrollment.md"
+
+
+def documented_script(port: int, secret: str, guide: Path = ENROLLMENT_GUIDE) -> str:
+    """Every ``sh`` block of the enrollment guide, in order, as one script: verbatim but for the
+    port (the test server's, for 9443) and the provisioning key (for ``SECRET=swk_...``)."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", guide.read_text(), re.DOTALL | re.MULTILINE)
+    assert blocks, f"no sh blocks in {guide}"
+    script = "\n".join(blocks)
+    assert script.count("SECRET=swk_...") == 1 and ":9443" in script
+    script = script.replace("SECRET=swk_...", f"SECRET={secret}").replace(":9443", f":{port}")
+    return "set -euo pipefail\n" + script

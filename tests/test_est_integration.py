@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from enroll.authority import Authority
 from enroll.issuance import Issuance
 from enroll.policy import key_id_of
-from tests.est_harness import enable_with_key, make_deployment, openssl_csr, pkcs7_to_pem, start
+from tests.est_harness import (
+    documented_script,
+    enable_with_key,
+    make_deployment,
+    openssl_csr,
+    pkcs7_to_pem,
+    start,
+)
 
 
 async def _run(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -101,4 +109,38 @@ async def test_refusals_have_statuses_and_reasons_and_store_nothing(tmp_path: Pa
             nursery.cancel_scope.cancel()
     authority = Authority.open(config)
     assert Issuance(authority).list_certificates("demo") == []
+    authority.close()
+
+
+async def test_the_enrollment_guide_runs_verbatim_with_curl_openssl_and_base64(tmp_path: Path) -> None:
+    """Every sh block of docs/enrollment.md, in order, in bash with ``set -euo pipefail``,
+    against a real server: only the port and the key secret are substituted."""
+    directory = tmp_path / "d"
+    config = make_deployment(directory)
+    secret = enable_with_key(config)
+    work = tmp_path / "author"
+    work.mkdir()
+    shutil.copy(directory / "pki" / "dev-root-ca.pem", work / "ca.pem")  # as the guide says
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, directory)
+            (work / "guide.sh").write_text(documented_script(switch.enroll_port, secret))
+            result = await trio.run_process(["bash", "guide.sh"], cwd=work, capture_stdout=True,
+                                            capture_stderr=True, check=False)
+            assert result.returncode == 0, result.stderr.decode()
+            nursery.cancel_scope.cancel()
+    tenant_ca = work / "tenant-ca.pem"
+    agent = x509.load_pem_x509_certificate((work / "agent.pem").read_bytes())
+    renewed = x509.load_pem_x509_certificate((work / "next.pem").read_bytes())
+    assert agent.subject.rfc4514_string() == renewed.subject.rfc4514_string() == \
+        "CN=laptop-0042,OU=demo"
+    assert agent.serial_number != renewed.serial_number
+    for pem in ("agent.pem", "next.pem"):
+        verified = await _run(["openssl", "verify", "-CAfile", str(tenant_ca), str(work / pem)])
+        assert verified.returncode == 0, verified
+    # The PKCS#12 opened with the one-time password from the reply's header (the guide's last step).
+    bundle = (work / "agent-p12.pem").read_text()
+    assert "PRIVATE KEY" in bundle and bundle.count("BEGIN CERTIFICATE") == 2
+    authority = Authority.open(config)
+    assert len(Issuance(authority).list_certificates("demo")) == 3
     authority.close()

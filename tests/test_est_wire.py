@@ -92,7 +92,7 @@ def test_other_paths_are_refused(method: str, path: str, error: type[EstError]) 
 
 def test_base64_with_crlf_folding_is_accepted() -> None:
     der = _csr_der()
-    body = est_wire.encode_base64_body(der)
+    body = est_wire.encode_base64_body(der, newline=b"\r\n")
     assert b"\r\n" in body
     assert est_wire.decode_base64_body(body, max_bytes=65536) == der
 
@@ -144,13 +144,17 @@ def test_oversized_body_is_refused_before_decoding() -> None:
     assert (info.value.status, info.value.reason) == (413, "body_too_large")
 
 
-def test_encoded_body_has_64_character_crlf_lines() -> None:
-    body = est_wire.encode_base64_body(bytes(range(256)) * 3)
-    lines = body.split(b"\r\n")
+def test_encoded_body_has_64_character_lf_lines_that_gnu_base64_decodes() -> None:
+    data = bytes(range(256)) * 3
+    body = est_wire.encode_base64_body(data)
+    assert b"\r" not in body
+    lines = body.split(b"\n")
     assert lines[-1] == b""
     assert all(len(line) == 64 for line in lines[:-2]) and 0 < len(lines[-2]) <= 64
-    assert b"\n" not in body.replace(b"\r\n", b"")
     assert est_wire.encode_base64_body(b"") == b""
+    # What docs/enrollment.md does with every reply: pipe it into coreutils' base64 -d.
+    decoded = subprocess.run(["base64", "-d"], input=body, capture_output=True, check=True)
+    assert decoded.stdout == data
 
 
 # --------------------------------------------------------------------------------- Authorization
@@ -290,6 +294,8 @@ def test_serverkeygen_reply_is_multipart_with_key_and_certificate() -> None:
     assert parts[0].get_payload(decode=True) == key_der
     assert parts[1].get_payload(decode=True) == p7
     assert body.endswith(f"--{message.get_boundary()}--\r\n".encode())
+    # MIME's canonical form: every line of the multipart body ends with CRLF, none with a bare LF.
+    assert b"\n" not in body.replace(b"\r\n", b"")
 
 
 # ------------------------------------------------------------------------------------- errors
