@@ -9,6 +9,7 @@ attributes) is ignored: the profile decides the certificate.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import attrs
 from cryptography import x509
@@ -22,16 +23,33 @@ from enroll.est_errors import BadCsr, BadCsrSignature, KeyTypeNotAllowed, Subjec
 #: Far above any real CSR (an RSA-4096 CSR is about 1.7 KB of DER).
 MAX_CSR_BYTES = 16 * 1024
 
-#: Algorithm OIDs of config key types, for csrattrs.
-KEY_TYPE_OIDS = {
+#: id-ecPublicKey (RFC 5480): the algorithm of every EC key; the curve is its parameter.
+EC_PUBLIC_KEY_OID = "1.2.840.10045.2.1"
+#: Named curves of the config's EC key types (RFC 5480).
+EC_CURVE_OIDS = {
     "ec-p256": "1.2.840.10045.3.1.7",
     "ec-p384": "1.3.132.0.34",
     "ec-p521": "1.3.132.0.35",
+}
+#: Algorithm OIDs of the other key types: rsaEncryption (RFC 8017), id-Ed25519 (RFC 8410).
+ALGORITHM_OIDS = {
     "rsa-2048": "1.2.840.113549.1.1.1",
     "rsa-3072": "1.2.840.113549.1.1.1",
     "rsa-4096": "1.2.840.113549.1.1.1",
     "ed25519": "1.3.101.112",
 }
+
+
+def csr_attributes(key_types: Sequence[str]) -> list[str | tuple[str, list[str]]]:
+    """What csrattrs lists for a profile's key types (RFC 7030 4.5.2): the allowed EC curves as
+    one ``ecPublicKey`` attribute whose values are the curve OIDs (the RFC's own example), then
+    the other algorithms as bare OIDs, each once, in the profile's order."""
+    curves = [EC_CURVE_OIDS[k] for k in key_types if k in EC_CURVE_OIDS]
+    items: list[str | tuple[str, list[str]]] = []
+    if curves:
+        items.append((EC_PUBLIC_KEY_OID, list(dict.fromkeys(curves))))
+    items.extend(dict.fromkeys(ALGORITHM_OIDS[k] for k in key_types if k in ALGORITHM_OIDS))
+    return items
 
 
 @attrs.frozen

@@ -29,9 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from config.model import Profile, SwitchConfig, Tenant
 from enroll import audit, est_wire, pki
 from enroll.csr import (
-    KEY_TYPE_OIDS,
     CsrRequest,
     check_csr,
+    csr_attributes,
     parse_csr,
     requested_common_name,
     verify_proof_of_possession,
@@ -312,8 +312,8 @@ class EstService:
 
     def _csrattrs(self, tenant: Tenant) -> EstReply:
         profile = self.config.profile_for(tenant)
-        oids = list(dict.fromkeys(KEY_TYPE_OIDS[k] for k in profile.key_types if k in KEY_TYPE_OIDS))
-        return EstReply(200, est_wire.encode_base64_body(est_wire.csrattrs(oids)),
+        items = csr_attributes(profile.key_types)
+        return EstReply(200, est_wire.encode_base64_body(est_wire.csrattrs(items)),
                         "application/csrattrs", (("Content-Transfer-Encoding", "base64"),),
                         "ok", tenant.name)
 

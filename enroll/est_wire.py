@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Sequence
 
 import attrs
 from cryptography import x509
@@ -120,12 +121,34 @@ def parse_authorization(header: bytes | None) -> str | None:
     raise Unauthorized("unsupported Authorization scheme")
 
 
-def csrattrs(key_type_oids: list[str]) -> bytes:
-    """DER of CsrAttrs (RFC 7030 4.5.2): a SEQUENCE of the OIDs of the key algorithms and the
-    challenge-password-free attributes the server wants; Switch lists the allowed key
-    algorithms."""
-    body = b"".join(_der_oid(oid) for oid in key_type_oids)
-    return b"\x30" + _der_length(len(body)) + body
+#: One element of CsrAttrs (RFC 7030 4.5.2, ``AttrOrOID``): a bare OID, or an attribute as its
+#: type OID and the OIDs of its values.
+AttrOrOid = str | tuple[str, Sequence[str]]
+
+
+def csrattrs(items: Sequence[AttrOrOid]) -> bytes:
+    """DER of CsrAttrs (RFC 7030 4.5.2): ``SEQUENCE SIZE (0..MAX) OF AttrOrOID``, where an
+    AttrOrOID is an OBJECT IDENTIFIER or an ``Attribute ::= SEQUENCE { type OID, values SET SIZE
+    (1..MAX) OF ... }``. A required EC curve is an attribute, as in the RFC's own example::
+
+        SEQUENCE { OID ecPublicKey (1.2.840.10045.2.1)  SET { OID secp384r1 (1.3.132.0.34) } }
+
+    The values of a SET OF are sorted by their encodings (X.690 11.6)."""
+    body = b""
+    for item in items:
+        if isinstance(item, str):
+            body += _der_oid(item)
+            continue
+        kind, values = item
+        if not values:
+            raise ValueError(f"attribute {kind} needs at least one value")
+        encoded = sorted(dict.fromkeys(_der_oid(v) for v in values))
+        body += _der_tlv(0x30, _der_oid(kind) + _der_tlv(0x31, b"".join(encoded)))
+    return _der_tlv(0x30, body)
+
+
+def _der_tlv(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
 
 
 def _der_length(n: int) -> bytes:

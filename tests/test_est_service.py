@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.model import Profile, ServerTLS, SwitchConfig, Tenant
-from enroll import pki
+from enroll import est_wire, pki
 from enroll.authority import Authority
 from enroll.est_service import EstReply, EstRequest, EstService
 from enroll.issuance import Issuance
@@ -305,7 +305,10 @@ def test_cacerts_and_csrattrs(env: Env) -> None:
     attrs_reply = env.call("csrattrs", auth=None)
     assert attrs_reply.status == 200 and attrs_reply.content_type == "application/csrattrs"
     der = base64.b64decode(b"".join(attrs_reply.body.split()))
-    assert der[0] == 0x30
+    # The default profile's EC curves as the value of one id-ecPublicKey attribute (RFC 7030
+    # 4.5.2), then RSA once, as a bare OID.
+    assert der == est_wire.csrattrs([("1.2.840.10045.2.1", ["1.2.840.10045.3.1.7", "1.3.132.0.34"]),
+                                     "1.2.840.113549.1.1.1"])
 
 
 @pytest.mark.parametrize(("path", "status"), [

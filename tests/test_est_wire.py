@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import email
 import email.policy
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from enroll import est_errors, est_wire, pki
+from enroll.csr import csr_attributes
 from enroll.est_errors import (
     BadBase64,
     BodyTooLarge,
@@ -251,6 +253,55 @@ def test_csrattrs_is_a_der_sequence_of_oids(tmp_path: Path) -> None:
     out = subprocess.run(["openssl", "asn1parse", "-inform", "DER", "-in", str(path)],
                          check=True, capture_output=True, text=True).stdout
     assert "prime256v1" in out and "rsaEncryption" in out and "ED25519" in out
+
+
+#: RFC 7030 4.5.2's example CsrAttrs, base64 as printed in the RFC: challengePassword, an EC key
+#: on secp384r1 (id-ecPublicKey with the curve as its value), a macAddress extension request and
+#: ecdsa-with-SHA384.
+RFC7030_CSRATTRS_EXAMPLE = ("MEEGCSqGSIb3DQEJBzASBgcqhkjOPQIBMQcGBSuBBAAiMBYGCSqGSIb3DQEJDjEJBgcrBgEB"
+                            "AQEWBggqhkjOPQQDAw==")
+
+
+def test_csrattrs_encodes_the_rfc_example_byte_for_byte() -> None:
+    der = est_wire.csrattrs(["1.2.840.113549.1.9.7", ("1.2.840.10045.2.1", ["1.3.132.0.34"]),
+                             ("1.2.840.113549.1.9.14", ["1.3.6.1.1.1.1.22"]),
+                             "1.2.840.10045.4.3.3"])
+    assert der == base64.b64decode(RFC7030_CSRATTRS_EXAMPLE)
+
+
+def _asn1parse(tmp_path: Path, der: bytes) -> list[tuple[int, str, str]]:
+    """``openssl asn1parse`` as (depth, type, value) rows."""
+    path = tmp_path / "attrs.der"
+    path.write_bytes(der)
+    out = subprocess.run(["openssl", "asn1parse", "-inform", "DER", "-in", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    rows = re.findall(r"d=(\d+) +hl=\d+ +l= *\d+ +(?:prim|cons): +(\w+) *:?(\S*)", out)
+    return [(int(d), kind, value) for d, kind, value in rows]
+
+
+def test_csrattrs_of_a_profile_names_ec_curves_as_the_value_of_id_ec_public_key(
+        tmp_path: Path) -> None:
+    items = csr_attributes(["ec-p256", "ec-p384", "rsa-2048", "rsa-4096", "ed25519"])
+    assert _asn1parse(tmp_path, est_wire.csrattrs(items)) == [
+        (0, "SEQUENCE", ""),
+        (1, "SEQUENCE", ""),
+        (2, "OBJECT", "id-ecPublicKey"),
+        (2, "SET", ""),
+        (3, "OBJECT", "secp384r1"),  # DER sorts a SET OF by encoding: 06 05 ... before 06 08 ...
+        (3, "OBJECT", "prime256v1"),
+        (1, "OBJECT", "rsaEncryption"),
+        (1, "OBJECT", "ED25519"),
+    ]
+    assert csr_attributes(["rsa-3072"]) == ["1.2.840.113549.1.1.1"]
+    assert csr_attributes([]) == []
+
+
+def test_csrattrs_set_of_values_is_sorted_and_an_empty_attribute_is_refused() -> None:
+    der = est_wire.csrattrs([("1.2.840.10045.2.1", ["1.3.132.0.35", "1.2.840.10045.3.1.7"])])
+    p256, p521 = bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06052b81040023")
+    assert der.index(p521) < der.index(p256)  # DER: a SET OF in the order of its encodings
+    with pytest.raises(ValueError):
+        est_wire.csrattrs([("1.2.840.10045.2.1", [])])
 
 
 def test_csrattrs_with_nothing_to_ask_is_an_empty_sequence() -> None:
