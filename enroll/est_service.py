@@ -10,7 +10,8 @@ Order of checks for ``simpleenroll``: route and tenant; the provisioning service
 is not rate limited; the provisioning key authenticates (a failure counts against the source); the
 key is active (suspended and revoked keys are refused, and audited); the content type; base64;
 the CSR parses, its signature verifies, its key type and subject fit the profile; then manual
-approval or issuance. Nothing is stored for a refused request.
+approval or issuance. Nothing is stored for a refused request: every parameter is checked before
+a pending request or a certificate is written.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from enroll.est_errors import (
 )
 from enroll.issuance import Issuance
 from enroll.keys import KeyRecord, KeyState
-from enroll.policy import check_renewal, pkcs12_bundle
+from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
 from enroll.ratelimit import FailureLimiter
 
 log = structlog.get_logger("switch.enroll")
@@ -120,10 +121,11 @@ class EstService:
                 key = self._key_from_secret(request, tenant, now, monotonic)
                 return self._enroll(request, tenant, key, now)
             if op == "simplereenroll":
-                current, key = self._key_from_certificate(request, tenant, now)
+                current, key = self._key_from_certificate(request, tenant, now, op)
                 return self._reenroll(request, tenant, key, current, now)
-            key = self._authenticate_any(request, tenant, now, monotonic)
-            return self._serverkeygen(request, tenant, key, now, pkcs12=op == "serverkeygen-pkcs12")
+            holder, key = self._authenticate_any(request, tenant, now, monotonic, op)
+            return self._serverkeygen(request, tenant, key, holder, now,
+                                      pkcs12=op == "serverkeygen-pkcs12")
         except EstError as exc:
             return _refusal(exc, tenant.name if tenant else None)
         except AuthorityError as exc:
@@ -188,8 +190,8 @@ class EstService:
                          reason=reason, details={"operation": op})
         raise Forbidden(f"provisioning key {key.id} is {key.state.value}", reason=reason)
 
-    def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime
-                              ) -> tuple[x509.Certificate, KeyRecord | None]:
+    def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
+                              op: str) -> tuple[x509.Certificate, KeyRecord | None]:
         """Re-enrollment: the client's current certificate, issued by this tenant's provisioning
         issuers, valid now, not revoked, and its key neither suspended nor revoked."""
         if not request.client_chain:
@@ -209,14 +211,17 @@ class EstService:
             raise Forbidden("the current certificate is revoked", reason="certificate_revoked")
         key = self.authority.get_key(tenant.name, record.key_id) if record.key_id else None
         if key is not None:
-            self._require_active(key, tenant, request, "simplereenroll", now)
+            self._require_active(key, tenant, request, op, now)
         return leaf, key
 
     def _authenticate_any(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
-                          monotonic: float) -> KeyRecord | None:
+                          monotonic: float, op: str
+                          ) -> tuple[x509.Certificate | None, KeyRecord | None]:
+        """serverkeygen: the provisioning key when an Authorization header is sent, else the
+        current certificate (then also returned: the request must keep its CN)."""
         if request.headers.get("authorization") is None and request.client_chain:
-            return self._key_from_certificate(request, tenant, now)[1]
-        return self._key_from_secret(request, tenant, now, monotonic)
+            return self._key_from_certificate(request, tenant, now, op)
+        return None, self._key_from_secret(request, tenant, now, monotonic)
 
     # --- operations ----------------------------------------------------------------------------
 
@@ -235,6 +240,11 @@ class EstService:
                         est_wire.PKCS7_CERTS_ONLY, (("Content-Transfer-Encoding", "base64"),),
                         "ok", tenant.name, key.id if key else None, serial)
 
+    def _pending_reply(self, tenant: Tenant, key: KeyRecord | None) -> EstReply:
+        return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
+                        (("Retry-After", str(self.approval_retry_after_s)),),
+                        "pending", tenant.name, key.id if key else None)
+
     def _enroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                 now: dt.datetime) -> EstReply:
         csr = self._csr(request)
@@ -245,15 +255,11 @@ class EstService:
             pending = self.issuance.submit(tenant.name, key,
                                            csr.public_bytes(serialization.Encoding.DER), checked, now)
             if pending.state == "pending":
-                return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
-                                (("Retry-After", str(self.approval_retry_after_s)),),
-                                "pending", tenant.name, key.id if key else None)
+                return self._pending_reply(tenant, key)
             if pending.state == "rejected":
                 raise Forbidden("the request was rejected", reason="request_rejected")
             if pending.state == "issued" and pending.certificate_serial:
-                record = next(r for r in self.issuance.list_certificates(tenant.name)
-                              if r.serial == pending.certificate_serial)
-                return self._certificate_reply(tenant, record.certificate(), key, record.serial)
+                return self._issued_again(tenant, key, pending.certificate_serial, now)
             pending_id = pending.id
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
                                            pending_id=pending_id)
@@ -261,19 +267,41 @@ class EstService:
                  serial=record.serial, subject=record.subject, sha256=record.sha256)
         return self._certificate_reply(tenant, cert, key, record.serial)
 
+    def _issued_again(self, tenant: Tenant, key: KeyRecord | None, serial: str, now: dt.datetime
+                      ) -> EstReply:
+        """An approved request repeated after its certificate was issued gets that certificate
+        again, while it is good. Once it is revoked or expired, the same public key gets nothing
+        more: the agent makes a new key pair, which is a new request (needing a new approval)."""
+        record = self.issuance.certificate(tenant.name, serial)
+        if record is None or record.state == "revoked":
+            raise Forbidden(f"certificate {serial} of this request is revoked",
+                            reason="certificate_revoked")
+        cert = record.certificate()
+        if pki.validity_problem(cert, now) is not None:
+            raise Forbidden(f"certificate {serial} of this request is not valid now",
+                            reason="certificate_expired")
+        return self._certificate_reply(tenant, cert, key, record.serial)
+
     def _reenroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                   current: x509.Certificate, now: dt.datetime) -> EstReply:
         csr = self._csr(request)
         profile = self._profile(tenant, key)
         checked = check_csr(csr, profile)
-        check_renewal(current, checked, now)
+        check_renewal(current, checked.common_name, now)
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
         log.info("est_reissued", tenant=tenant.name, key_id=key.id if key else None,
                  serial=record.serial, subject=record.subject)
         return self._certificate_reply(tenant, cert, key, record.serial)
 
     def _serverkeygen(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
-                      now: dt.datetime, *, pkcs12: bool) -> EstReply:
+                      current: x509.Certificate | None, now: dt.datetime, *, pkcs12: bool
+                      ) -> EstReply:
+        """The server makes the key pair. Every parameter (CSR, CN, PKCS#12 password) is checked
+        before anything is stored. Authenticated by the current certificate (``current``), the
+        CN must be that certificate's, and, like simplereenroll, the request is not held for
+        approval; authenticated by a provisioning key under a manual profile, it is: the
+        approval covers (provisioning key, CN) and the key pair is made when the approved
+        request is repeated (see ``Issuance.submit_serverkeygen``)."""
         csr = self._csr(request)
         verify_proof_of_possession(csr)
         profile = self._profile(tenant, key)
@@ -281,12 +309,26 @@ class EstService:
         if not re.fullmatch(profile.subject_pattern, common_name):
             raise SubjectNotAllowed("the CN does not match the profile's subject pattern")
         password = request.headers.get(PKCS12_PASSWORD_HEADER) if pkcs12 else None
-        if pkcs12 and password is not None and not password:
-            raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
+        check_pkcs12_password(password)
+        if current is not None:
+            check_renewal(current, common_name, now)
+        pending_id = None
+        if current is None and profile.approval == "manual":
+            pending = self.issuance.submit_serverkeygen(
+                tenant.name, key, csr.public_bytes(serialization.Encoding.DER), common_name, now)
+            if pending.state == "pending":
+                return self._pending_reply(tenant, key)
+            if pending.state == "rejected":
+                raise Forbidden("the request was rejected", reason="request_rejected")
+            pending_id = pending.id  # approved: this repeat gets the one key pair it allows
         key_type = profile.key_types[0]
         private_key = pki.generate_key(key_type)
         checked = CsrRequest(private_key.public_key(), key_type, common_name)
-        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
+        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
+                                           pending_id=pending_id)
+        log.info("est_issued", tenant=tenant.name, key_id=key.id if key else None,
+                 serial=record.serial, subject=record.subject, sha256=record.sha256,
+                 server_key=True)
         if pkcs12:
             chain = self.issuance.trusted_issuer_certificates(tenant.name, now)[:1]
             bundle, used = pkcs12_bundle(private_key, cert, chain, password)

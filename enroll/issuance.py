@@ -5,6 +5,13 @@ Issuing signs outside the store's write lock (CPU work), then records the certif
 on its provisioning key and, for an approved request, marks the request issued, all in one
 transaction that commits before the caller may send the certificate: nothing handed out is ever
 missing from the store.
+
+A request waiting for approval is identified by what it asks for, not by its bytes (a CSR signed
+again differs): for ``simpleenroll``, the public key and the CN; for ``serverkeygen``, which has
+no client key, the provisioning key and the CN. An approved ``simpleenroll`` request yields one
+certificate, which the same request repeated gets again (the client holds the key). An approved
+``serverkeygen`` request yields one server-made key pair, sent once: the same request repeated
+after that opens a new pending request.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from enroll.store import bump_generation
 _CERT_COLUMNS = ("serial, issuer_id, tenant, key_id, subject, not_before, not_after, sha256, pem, "
                  "state, revoked_at, revoke_reason, created_at")
 _REQUEST_COLUMNS = ("id, tenant, key_id, request_digest, subject, state, created_at, decided_at, "
-                    "decided_by, reason, certificate_serial")
+                    "decided_by, reason, certificate_serial, operation")
+SIMPLEENROLL = "simpleenroll"
+SERVERKEYGEN = "serverkeygen"
 
 
 class UnknownRequest(AuthorityError):
@@ -74,6 +83,8 @@ class PendingRequest:
     decided_by: str | None
     reason: str | None
     certificate_serial: str | None
+    #: ``simpleenroll`` (the client's key) or ``serverkeygen`` (the server makes the key).
+    operation: str = SIMPLEENROLL
 
 
 def _ts(when: dt.datetime) -> int:
@@ -127,8 +138,11 @@ class Issuance:
             conn.execute(f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES"
                          " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attrs.astuple(record))
             if pending_id is not None:
-                conn.execute("UPDATE pending_requests SET state = 'issued', certificate_serial = ?"
-                             " WHERE id = ?", (record.serial, pending_id))
+                done = conn.execute("UPDATE pending_requests SET state = 'issued',"
+                                    " certificate_serial = ? WHERE id = ? AND state = 'approved'",
+                                    (record.serial, pending_id))
+                if done.rowcount != 1:  # issued meanwhile (another process): one approval, one
+                    raise WrongKeyState(f"request {pending_id} is no longer approved")
         return cert, record
 
     # --- certificates --------------------------------------------------------------------------
@@ -138,6 +152,13 @@ class Issuance:
         row = self._conn.execute(
             f"SELECT {_CERT_COLUMNS} FROM certificates WHERE sha256 = ? AND tenant = ?",
             (pki.sha256_fingerprint(cert), tenant)).fetchone()
+        return CertificateRecord(*row) if row else None
+
+    def certificate(self, tenant: str, serial: str) -> CertificateRecord | None:
+        """The record of the certificate ``serial`` (as stored: lower-case hex) of ``tenant``."""
+        row = self._conn.execute(
+            f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ? AND tenant = ?",
+            (serial, tenant)).fetchone()
         return CertificateRecord(*row) if row else None
 
     def list_certificates(self, tenant: str, key: str | None = None) -> list[CertificateRecord]:
@@ -204,16 +225,36 @@ class Issuance:
         spki = request.public_key.public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         digest = hashlib.sha256(spki + b"\0" + request.common_name.encode()).hexdigest()
+        return self._submit(tenant, key, csr_der, digest, request.common_name, SIMPLEENROLL, now)
+
+    def submit_serverkeygen(self, tenant: str, key: KeyRecord | None, csr_der: bytes,
+                            common_name: str, now: dt.datetime) -> PendingRequest:
+        """The server-side key generation request of this provisioning key for this CN (there is
+        no client key to tell requests apart). Once one was issued, its key pair has been sent
+        and cannot be sent again: the same request repeated opens a new pending one, and the
+        issued one stays in the list, its identity suffixed with its id."""
+        # An SPKI (the simpleenroll digest) is DER starting with 0x30: never this prefix.
+        seed = f"serverkeygen\0{key.id if key else ''}\0{common_name}".encode()
+        digest = hashlib.sha256(seed).hexdigest()
+        return self._submit(tenant, key, csr_der, digest, common_name, SERVERKEYGEN, now)
+
+    def _submit(self, tenant: str, key: KeyRecord | None, csr_der: bytes, digest: str,
+                subject: str, operation: str, now: dt.datetime) -> PendingRequest:
         with self.authority.store.transaction() as conn:
             row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests"
                                " WHERE tenant = ? AND request_digest = ?", (tenant, digest)).fetchone()
+            if row is not None and operation == SERVERKEYGEN and PendingRequest(*row).state == "issued":
+                conn.execute("UPDATE pending_requests SET request_digest = request_digest || ':' || id"
+                             " WHERE id = ?", (row[0],))
+                row = None
             if row is None:
                 request_id = "req_" + secrets.token_hex(8)
                 conn.execute(
                     "INSERT INTO pending_requests (id, tenant, key_id, csr_der, request_digest,"
-                    " subject, state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                    (request_id, tenant, key.id if key else None, csr_der, digest,
-                     request.common_name, _ts(now)))
+                    " subject, state, created_at, operation)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (request_id, tenant, key.id if key else None, csr_der, digest, subject,
+                     _ts(now), operation))
                 row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests WHERE id = ?",
                                    (request_id,)).fetchone()
         return PendingRequest(*row)

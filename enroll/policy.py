@@ -100,25 +100,38 @@ def common_name_of(cert: x509.Certificate) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def check_renewal(current: x509.Certificate, request: CsrRequest, now: dt.datetime) -> None:
-    """simplereenroll: the current certificate is within its validity and the CSR asks for the
-    same subject."""
+def check_renewal(current: x509.Certificate, common_name: str, now: dt.datetime) -> None:
+    """A request authenticated by the current certificate (simplereenroll, or serverkeygen with
+    TLS client auth): that certificate is within its validity and the request asks for the same
+    common name, so a certificate for one CN can never obtain another's."""
     if pki.validity_problem(current, now) is not None:
         raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
-    if common_name_of(current) != request.common_name:
-        raise SubjectNotAllowed("re-enrollment must request the current certificate's subject")
+    if common_name_of(current) != common_name:
+        raise SubjectNotAllowed("a request authenticated by a certificate must ask for that "
+                                "certificate's CN")
+
+
+#: Far above any passphrase a person or a device would use; bounds the KDF's input.
+MAX_PKCS12_PASSWORD_BYTES = 1024
+
+
+def check_pkcs12_password(password: bytes | None) -> None:
+    """A PKCS#12 password a client supplied (None: Switch makes one). An empty one is refused (an
+    unencrypted private key never leaves the server), and so is one over
+    ``MAX_PKCS12_PASSWORD_BYTES``. Called before anything is issued or stored."""
+    if password is not None and not password:
+        raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
+    if password is not None and len(password) > MAX_PKCS12_PASSWORD_BYTES:
+        raise BadRequest("the PKCS#12 password is too long", reason="bad_password")
 
 
 def pkcs12_bundle(
     key: pki.PrivateKey, cert: x509.Certificate, chain: list[x509.Certificate], password: bytes | None,
 ) -> tuple[bytes, bytes]:
     """An encrypted PKCS#12 (AES-256-CBC, PBKDF2-SHA256) with the key, certificate and chain. With
-    no password, a random one is made and returned (to be shown once). An empty password is
-    refused: an unencrypted private key never leaves the server."""
-    if password is not None and not password:
-        raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
-    if password is not None and len(password) > 1024:
-        raise BadRequest("the PKCS#12 password is too long", reason="bad_password")
+    no password, a random one is made and returned (to be shown once). The password is checked
+    by ``check_pkcs12_password`` (again: callers check it before issuing)."""
+    check_pkcs12_password(password)
     password = password or secrets.token_urlsafe(18).encode()
     encryption = (
         serialization.PrivateFormat.PKCS12.encryption_builder()

@@ -119,6 +119,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE changes (generation INTEGER NOT NULL);
     INSERT INTO changes VALUES (0);
     """,
+    # 1 -> 2: which operation a pending request is for. A serverkeygen request has no client
+    # key: approving it lets the server make one key pair for that provisioning key and CN.
+    """
+    ALTER TABLE pending_requests ADD COLUMN operation TEXT NOT NULL DEFAULT 'simpleenroll';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

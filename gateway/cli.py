@@ -637,8 +637,8 @@ def cmd_requests_list(args: argparse.Namespace) -> int:
         requests = issuance.list_requests(args.tenant, None if args.all else "pending")
     rows = [attrs.asdict(r) for r in requests]
     _emit(args, rows, lambda: _table(
-        ["ID", "TENANT", "SUBJECT", "KEY", "STATE", "CREATED"],
-        [[r.id, r.tenant, r.subject, r.key_id or "-", r.state, _when(r.created_at)]
+        ["ID", "TENANT", "SUBJECT", "KEY", "OPERATION", "STATE", "CREATED"],
+        [[r.id, r.tenant, r.subject, r.key_id or "-", r.operation, r.state, _when(r.created_at)]
          for r in requests]))
     return EXIT_OK
 

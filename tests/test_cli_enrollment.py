@@ -30,7 +30,7 @@ def _switch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 _KEYS: dict[str, pki.PrivateKey] = {}
 
 
-def _enroll(config_path: Path, secret: str, cn: str) -> int:
+def _enroll(config_path: Path, secret: str, cn: str, op: str = "simpleenroll") -> int:
     """Enroll through the EST service in-process; the same CN repeats the same CSR."""
     config = load_config(config_path)
     authority = Authority.open(config)
@@ -42,7 +42,7 @@ def _enroll(config_path: Path, secret: str, cn: str) -> int:
         body = base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
         auth = b"Bearer " + secret.encode()
         reply = EstService(config, Issuance(authority)).handle(
-            EstRequest("POST", "/.well-known/est/simpleenroll",
+            EstRequest("POST", f"/.well-known/est/{op}",
                        {"content-type": b"application/pkcs10", "authorization": auth}, body,
                        "demo.switch.test", [], "127.0.0.1"), dt.datetime.now(dt.UTC), 0.0)
         return reply.status
@@ -83,6 +83,49 @@ def test_requests_list_approve_reject(tmp_path: Path) -> None:
     assert again.returncode == 1 and "wrong_key_state" in again.stderr
     assert _enroll(config.path, secret, "agent-1") == 200
     assert _switch(config.path, "requests", "list", "--json").stdout.strip() == "[]"
+
+
+def test_certs_list_by_key_shows_only_the_certificates_that_key_authorised(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    fleet = enable_with_key(config, "Fleet")
+    authority = Authority.open(config)
+    kiosks_key, kiosks = authority.generate_key("demo", "Kiosks", actor="t")
+    fleet_id = authority.get_key("demo", "Fleet").id
+    authority.close()
+    assert _enroll(config.path, fleet, "agent-1") == 200
+    assert _enroll(config.path, kiosks, "kiosk-1") == 200
+    assert _enroll(config.path, kiosks, "kiosk-2") == 200
+
+    def listed(*args: str) -> list[str]:
+        done = _switch(config.path, "certs", "list", "demo", *args, "--json")
+        assert done.returncode == 0, done.stderr
+        return sorted(r["subject"] for r in json.loads(done.stdout))  # same second: any order
+
+    assert listed() == ["CN=agent-1,OU=demo", "CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
+    assert listed("--key", "Kiosks") == ["CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
+    assert listed("--key", kiosks_key.id) == listed("--key", "Kiosks")  # by id as by name
+    assert listed("--key", fleet_id) == ["CN=agent-1,OU=demo"]
+    table = _switch(config.path, "certs", "list", "demo", "--key", "Fleet").stdout
+    assert "CN=agent-1,OU=demo" in table and "kiosk" not in table
+    unknown = _switch(config.path, "certs", "list", "demo", "--key", "Nobody")
+    assert unknown.returncode == 3 and "unknown_key" in unknown.stderr
+
+
+def test_requests_list_says_which_requests_are_for_a_server_made_key(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config, profile="manual")
+    assert _enroll(config.path, secret, "agent-1") == 202
+    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202
+    pending = sorted(json.loads(_switch(config.path, "requests", "list", "--json").stdout),
+                     key=lambda r: str(r["subject"]))
+    assert [(r["subject"], r["operation"]) for r in pending] == [("agent-1", "simpleenroll"),
+                                                                 ("kiosk-1", "serverkeygen")]
+    table = _switch(config.path, "requests", "list").stdout
+    assert "OPERATION" in table and "serverkeygen" in table
+    assert _switch(config.path, "requests", "approve", pending[1]["id"]).returncode == 0
+    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 200
+    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202  # a new request
+    assert len(json.loads(_switch(config.path, "requests", "list", "--all", "--json").stdout)) == 3
 
 
 async def test_a_stalled_handshake_is_cut_at_the_deadline(tmp_path: Path) -> None:

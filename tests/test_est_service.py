@@ -17,6 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from config.model import Profile, ServerTLS, SwitchConfig, Tenant
 from enroll import est_wire, pki
 from enroll.authority import Authority
+from enroll.csr import CsrRequest
+from enroll.errors import WrongKeyState
 from enroll.est_service import EstReply, EstRequest, EstService
 from enroll.issuance import Issuance
 from enroll.policy import identity_uri, key_id_of
@@ -323,3 +325,148 @@ def test_wrong_method_is_405(env: Env) -> None:
     reply = env.service.handle(
         EstRequest("GET", "/.well-known/est/simpleenroll", {}, b"", "acme.test", [], "1"), NOW, 1.0)
     assert reply.status == 405
+
+
+# ------------------------------------------------------------- server-side keys and approvals
+
+def _manual_key(env: Env) -> None:
+    """Make the calls use a key of tenant ``other`` whose profile asks for manual approval."""
+    _, env.secret = env.authority.generate_key("other", "Manual", actor="t", profile="manual")
+
+
+def test_serverkeygen_under_manual_approval_waits_and_one_approval_yields_one_key_pair(
+        env: Env) -> None:
+    _manual_key(env)
+    body, _ = csr("kiosk-9")
+    first = env.call("serverkeygen", body, sni="other.test")
+    assert (first.status, first.result) == (202, "pending")
+    assert ("Retry-After", "60") in first.headers
+    # The same request (same key, same CN), whatever the CSR's key or the reply's format.
+    assert env.call("serverkeygen", csr("kiosk-9")[0], sni="other.test").status == 202
+    assert env.call("serverkeygen-pkcs12", body, sni="other.test").status == 202
+    [pending] = env.issuance.list_requests("other")
+    assert (pending.state, pending.operation, pending.subject) == ("pending", "serverkeygen",
+                                                                   "kiosk-9")
+    assert env.issuance.list_certificates("other") == []
+    env.issuance.approve(pending.id, actor="admin")
+
+    reply = env.call("serverkeygen", body, sni="other.test")
+    assert reply.status == 200 and b"application/pkcs8" in reply.body
+    [record] = env.issuance.list_certificates("other")
+    assert record.subject == "CN=kiosk-9,OU=other" and record.serial == reply.serial
+    [issued_request] = env.issuance.list_requests("other")
+    assert (issued_request.state, issued_request.certificate_serial) == ("issued", record.serial)
+
+    # The key pair was sent once: asking again is a new request for a new approval.
+    again = env.call("serverkeygen", body, sni="other.test")
+    assert (again.status, again.result) == (202, "pending")
+    requests = env.issuance.list_requests("other")
+    assert sorted(r.state for r in requests) == ["issued", "pending"]
+    assert len(env.issuance.list_certificates("other")) == 1
+    [new] = env.issuance.list_requests("other", "pending")
+    env.issuance.reject(new.id, reason="one is enough", actor="admin")
+    assert env.call("serverkeygen-pkcs12", body, sni="other.test").result == "request_rejected"
+    assert len(env.issuance.list_certificates("other")) == 1
+
+
+def test_serverkeygen_approval_covers_the_key_and_cn_only(env: Env) -> None:
+    _manual_key(env)
+    env.call("serverkeygen", csr("kiosk-1")[0], sni="other.test")
+    [pending] = env.issuance.list_requests("other")
+    env.issuance.approve(pending.id, actor="admin")
+    other_cn = env.call("serverkeygen", csr("kiosk-2")[0], sni="other.test")
+    assert other_cn.status == 202  # another CN is another request
+    # simpleenroll with the same CN is another request too (it brings its own key)
+    assert env.call("simpleenroll", csr("kiosk-1")[0], sni="other.test").status == 202
+    assert env.issuance.list_certificates("other") == []
+
+
+def test_serverkeygen_authenticated_by_a_certificate_must_ask_for_its_cn(env: Env) -> None:
+    body, _ = csr("laptop-0042")
+    cert = issued(env.call("simpleenroll", body))
+    ceo, _ = csr("ceo-laptop")
+    for op in ("serverkeygen", "serverkeygen-pkcs12"):
+        reply = env.call(op, ceo, auth=None, chain=[cert])
+        assert (reply.status, reply.result) == (400, "subject_not_allowed"), op
+    assert len(env.issuance.list_certificates("acme")) == 1
+    late = env.call("serverkeygen", body, auth=None, chain=[cert], now=NOW + dt.timedelta(days=31))
+    assert late.result == "certificate_expired"
+    same = env.call("serverkeygen", body, auth=None, chain=[cert])
+    assert same.status == 200
+    [_, record] = env.issuance.list_certificates("acme")
+    assert record.subject == "CN=laptop-0042,OU=acme"
+
+
+def test_serverkeygen_with_a_certificate_is_a_renewal_and_is_not_held_for_approval(env: Env) -> None:
+    _manual_key(env)
+    body, _ = csr("kiosk-5")
+    env.call("simpleenroll", body, sni="other.test")
+    [pending] = env.issuance.list_requests("other")
+    env.issuance.approve(pending.id, actor="admin")
+    cert = issued(env.call("simpleenroll", body, sni="other.test"))
+    reply = env.call("serverkeygen", body, auth=None, chain=[cert], sni="other.test")
+    assert reply.status == 200
+    assert len(env.issuance.list_certificates("other")) == 2
+
+
+@pytest.mark.parametrize(("password", "reason"), [(b"", "empty_password"),
+                                                  (b"p" * 1025, "bad_password")])
+@pytest.mark.parametrize("manual", [False, True], ids=["auto", "manual"])
+def test_a_refused_pkcs12_password_stores_nothing(env: Env, password: bytes, reason: str,
+                                                  manual: bool) -> None:
+    sni = "acme.test"
+    if manual:
+        _manual_key(env)
+        sni = "other.test"
+    body, _ = csr("kiosk-7")
+    reply = env.call("serverkeygen-pkcs12", body, sni=sni,
+                     headers={"x-switch-pkcs12-password": password})
+    assert (reply.status, reply.result) == (400, reason)
+    for tenant in ("acme", "other"):
+        assert env.issuance.list_certificates(tenant) == []
+        assert env.issuance.list_requests(tenant) == []
+    assert all(k.certificates_issued == 0 for k in env.authority.list_keys("acme"))
+    ok = env.call("serverkeygen-pkcs12", body, sni=sni,
+                  headers={"x-switch-pkcs12-password": b"p" * 1024})
+    assert ok.status == (202 if manual else 200)
+
+
+def test_an_approved_request_repeated_after_its_certificate_was_revoked_is_refused(env: Env) -> None:
+    _manual_key(env)
+    body, key = csr("agent-3")
+    env.call("simpleenroll", body, sni="other.test")
+    [pending] = env.issuance.list_requests("other")
+    env.issuance.approve(pending.id, actor="admin")
+    cert = issued(env.call("simpleenroll", body, sni="other.test"))
+    env.issuance.revoke_certificate(format(cert.serial_number, "x"), reason="stolen", actor="admin")
+    again = env.call("simpleenroll", csr("agent-3", key=key)[0], sni="other.test")
+    assert (again.status, again.result) == (403, "certificate_revoked")
+    # A new key pair is a new request, for the admin to decide.
+    fresh = env.call("simpleenroll", csr("agent-3")[0], sni="other.test")
+    assert (fresh.status, fresh.result) == (202, "pending")
+
+
+def test_an_approved_request_repeated_after_its_certificate_expired_is_refused(env: Env) -> None:
+    _manual_key(env)
+    body, _ = csr("agent-4")
+    env.call("simpleenroll", body, sni="other.test")
+    [pending] = env.issuance.list_requests("other")
+    env.issuance.approve(pending.id, actor="admin")
+    issued(env.call("simpleenroll", body, sni="other.test"))
+    late = env.call("simpleenroll", body, sni="other.test", now=NOW + dt.timedelta(days=31))
+    assert (late.status, late.result) == (403, "certificate_expired")
+
+
+def test_one_approval_issues_once_even_when_two_processes_race(env: Env) -> None:
+    _manual_key(env)
+    env.call("serverkeygen", csr("kiosk-8")[0], sni="other.test")
+    [pending] = env.issuance.list_requests("other")
+    env.issuance.approve(pending.id, actor="admin")
+    key = env.authority.get_key("other", "Manual")
+    profile = env.service.config.profiles["manual"]
+    request = CsrRequest(pki.generate_key().public_key(), "ec-p256", "kiosk-8")
+    env.issuance.issue("other", request, profile=profile, key=key, now=NOW, pending_id=pending.id)
+    with pytest.raises(WrongKeyState):  # the loser of the race: rolled back, nothing stored
+        env.issuance.issue("other", request, profile=profile, key=key, now=NOW,
+                           pending_id=pending.id)
+    assert len(env.issuance.list_certificates("other")) == 1
