@@ -1,10 +1,13 @@
 """The EST service: one request in, one reply out.
 
 The listener (``gateway.enroll_listener``) does TLS and HTTP and hands over an ``EstRequest``: the
-method, path, the few headers EST uses, the body, the SNI name and the certificate chain the client
-presented (accepted by TLS whatever it is: it is judged here, per tenant). ``handle`` is synchronous
-(the store is SQLite) and runs in a worker thread; ``now`` and a monotonic time for rate limiting
-are passed in.
+method, path, the few headers EST uses, the body, the SNI name and the DER of the certificate the
+client presented (accepted by TLS whatever it is: it is judged here, per tenant). It is parsed only
+by the operations that use it (re-enrollment, serverkeygen without a provisioning key): OpenSSL
+accepts encodings that cryptography's strict DER parser refuses (a BOOLEAN TRUE as 0x01), and such
+a certificate is refused there as ``certificate_untrusted`` (fail closed), never a crash, and
+never a concern of the requests that do not use it. ``handle`` is synchronous (the store is
+SQLite) and runs in a worker thread; ``now`` and a monotonic time for rate limiting are passed in.
 
 Order of checks for ``simpleenroll``: route and tenant; the provisioning service is on; the source
 is not rate limited; the provisioning key authenticates (a failure counts against the source); the
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import attrs
 import structlog
@@ -67,7 +70,8 @@ class EstRequest:
     headers: Mapping[str, bytes]  # lower-case names
     body: bytes
     server_name: str | None
-    client_chain: Sequence[x509.Certificate]
+    #: DER of the client's TLS certificate (unparsed, unverified), or None.
+    client_cert_der: bytes | None
     source: str
 
 
@@ -194,10 +198,14 @@ class EstService:
                               op: str) -> tuple[x509.Certificate, KeyRecord | None]:
         """Re-enrollment: the client's current certificate, issued by this tenant's provisioning
         issuers, valid now, not revoked, and its key neither suspended nor revoked."""
-        if not request.client_chain:
+        if not request.client_cert_der:
             raise Unauthorized("re-enrollment needs the current certificate (TLS client auth)",
                                reason="certificate_required")
-        leaf = request.client_chain[0]
+        try:
+            leaf = x509.load_der_x509_certificate(request.client_cert_der)
+        except ValueError as exc:
+            raise Forbidden(f"the client certificate does not parse: {exc}",
+                            reason="certificate_untrusted") from exc
         issuers = self.issuance.trusted_issuer_certificates(tenant.name, now)
         if not any(_directly_issued_by(leaf, issuer) for issuer in issuers):
             raise Forbidden("the certificate is not from this tenant's provisioning CA",
@@ -219,7 +227,7 @@ class EstService:
                           ) -> tuple[x509.Certificate | None, KeyRecord | None]:
         """serverkeygen: the provisioning key when an Authorization header is sent, else the
         current certificate (then also returned: the request must keep its CN)."""
-        if request.headers.get("authorization") is None and request.client_chain:
+        if request.headers.get("authorization") is None and request.client_cert_der:
             return self._key_from_certificate(request, tenant, now, op)
         return None, self._key_from_secret(request, tenant, now, monotonic)
 
@@ -361,14 +369,15 @@ class EstService:
 
 
 def _directly_issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if leaf.issuer != issuer.subject:
-        return False
+    """Signed by ``issuer`` and fit for client auth. False for anything that does not parse
+    (cryptography parses names and extensions lazily: a ValueError can come from any of them)."""
     try:
+        if leaf.issuer != issuer.subject:
+            return False
         leaf.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
     return ExtendedKeyUsageOID.CLIENT_AUTH in eku

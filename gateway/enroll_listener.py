@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 import trio
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from enroll.est_service import EstReply, EstRequest, EstService
 from gateway.http11 import Request, Response, serve_http
@@ -31,6 +31,11 @@ log = structlog.get_logger("switch.enroll")
 _conn_ids = itertools.count(1)
 
 
+def _peer_certificate_der(connection: SSL.Connection) -> bytes | None:
+    """The DER of the client's certificate, as OpenSSL holds it, or None. Not parsed here: the
+    EST service parses it only for the operations that use it (see ``enroll.est_service``)."""
+    cert = connection.get_peer_certificate()
+    return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
 
 class EnrollListener:
@@ -99,8 +104,8 @@ class EnrollListener:
         est_request = EstRequest(
             method=request.method, path=request.path,
             headers={k: v for k, v in request.headers},
-            body=request.body, server_name=tls.server_name, client_chain=tls.peer_chain(),
-            source=source,
+            body=request.body, server_name=tls.server_name,
+            client_cert_der=_peer_certificate_der(tls.connection), source=source,
         )
         started = time.monotonic()
         reply = await trio.to_thread.run_sync(

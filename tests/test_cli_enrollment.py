@@ -44,7 +44,7 @@ def _enroll(config_path: Path, secret: str, cn: str, op: str = "simpleenroll") -
         reply = EstService(config, Issuance(authority)).handle(
             EstRequest("POST", f"/.well-known/est/{op}",
                        {"content-type": b"application/pkcs10", "authorization": auth}, body,
-                       "demo.switch.test", [], "127.0.0.1"), dt.datetime.now(dt.UTC), 0.0)
+                       "demo.switch.test", None, "127.0.0.1"), dt.datetime.now(dt.UTC), 0.0)
         return reply.status
     finally:
         authority.close()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from enroll.authority import Authority
 from enroll.issuance import Issuance
+from enroll.issuers import load_issuer_key
 from enroll.policy import key_id_of
 from tests.est_harness import (
     documented_script,
@@ -144,3 +149,79 @@ async def test_the_enrollment_guide_runs_verbatim_with_curl_openssl_and_base64(t
     authority = Authority.open(config)
     assert len(Issuance(authority).list_certificates("demo")) == 3
     authority.close()
+
+
+def _der_length(data: bytes, at: int) -> tuple[int, int]:
+    """(content length, header length) of the DER TLV at ``at``."""
+    first = data[at + 1]
+    if first < 0x80:
+        return first, 2
+    n = first & 0x7F
+    return int.from_bytes(data[at + 2:at + 2 + n], "big"), 2 + n
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + \
+        n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def lax_boolean_copy(cert: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``cert`` with its first extension's critical flag encoded as BOOLEAN 0x01 instead of DER's
+    0xFF, signed again by its issuer: OpenSSL reads it (any non-zero octet is TRUE), the strict
+    DER parser of cryptography refuses it."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    outer, outer_header = _der_length(der, 0)
+    tbs_len, tbs_header = _der_length(der, outer_header)
+    tbs_end = outer_header + tbs_header + tbs_len
+    tbs = der[outer_header:tbs_end]
+    assert b"\x01\x01\xff" in tbs
+    tbs = tbs.replace(b"\x01\x01\xff", b"\x01\x01\x01", 1)
+    sig_alg_len, sig_alg_header = _der_length(der, tbs_end)
+    sig_alg = der[tbs_end:tbs_end + sig_alg_header + sig_alg_len]
+    signature = issuer_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return _tlv(0x30, tbs + sig_alg + _tlv(0x03, b"\x00" + signature))
+
+
+async def test_a_client_certificate_openssl_accepts_but_cryptography_refuses_is_a_refusal_not_a_crash(
+        tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config)
+    work = tmp_path / "agent"
+    work.mkdir()
+    key, csr = openssl_csr(work, "agent-7")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, tmp_path / "d")
+            enrolled = await _run(switch.curl("-u", f"agent:{secret}", "-H",
+                                              "Content-Type: application/pkcs10", "--data-binary",
+                                              f"@{csr}", switch.url("simpleenroll")))
+            cert = x509.load_pem_x509_certificate(
+                pkcs7_to_pem(enrolled.stdout, work, "agent-7").read_bytes())
+            authority = Authority.open(config)
+            issuer_key = load_issuer_key(authority.current_issuer("demo"))
+            authority.close()
+            assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+            lax = lax_boolean_copy(cert, issuer_key)
+            with pytest.raises(ValueError):
+                x509.load_der_x509_certificate(lax)
+            lax_pem = work / "lax.pem"
+            lax_pem.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(lax)
+                                + b"-----END CERTIFICATE-----\n")
+            as_client = ("--cert", str(lax_pem), "--key", str(key), "-w", "|%{http_code}")
+
+            # Operations that do not use the client certificate do not look at it ...
+            cacerts = await _run(switch.curl(*as_client, switch.url("cacerts")))
+            assert cacerts.stdout.endswith(b"|200"), cacerts
+            _, csr2 = openssl_csr(work, "agent-8")
+            again = await _run(switch.curl(*as_client, "-u", f"agent:{secret}", "-H",
+                                           "Content-Type: application/pkcs10", "--data-binary",
+                                           f"@{csr2}", switch.url("simpleenroll")))
+            assert again.stdout.endswith(b"|200"), again
+            # ... and those that do refuse it with a reason, never a 500.
+            for op in ("simplereenroll", "serverkeygen"):
+                refused = await _run(switch.curl(*as_client, "-H", "Content-Type: application/pkcs10",
+                                                 "--data-binary", f"@{csr}", switch.url(op)))
+                assert refused.stdout == b"403 certificate_untrusted\n|403", (op, refused)
+            nursery.cancel_scope.cancel()

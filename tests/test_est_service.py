@@ -47,7 +47,8 @@ class Env:
         self.mono += 0.01
         return self.service.handle(
             EstRequest("GET" if op in ("cacerts", "csrattrs") else "POST", path, all_headers, body,
-                       sni, chain or [], source), now, self.mono)
+                       sni, chain[0].public_bytes(serialization.Encoding.DER) if chain else None,
+                       source), now, self.mono)
 
 
 @pytest.fixture
@@ -317,13 +318,13 @@ def test_cacerts_and_csrattrs(env: Env) -> None:
     ("/.well-known/est/nope", 404), ("/other", 404), ("/.well-known/est/a/b/simpleenroll", 404),
 ])
 def test_unknown_paths_are_404(env: Env, path: str, status: int) -> None:
-    reply = env.service.handle(EstRequest("GET", path, {}, b"", "acme.test", [], "1.1.1.1"), NOW, 1.0)
+    reply = env.service.handle(EstRequest("GET", path, {}, b"", "acme.test", None, "1.1.1.1"), NOW, 1.0)
     assert reply.status == status
 
 
 def test_wrong_method_is_405(env: Env) -> None:
     reply = env.service.handle(
-        EstRequest("GET", "/.well-known/est/simpleenroll", {}, b"", "acme.test", [], "1"), NOW, 1.0)
+        EstRequest("GET", "/.well-known/est/simpleenroll", {}, b"", "acme.test", None, "1"), NOW, 1.0)
     assert reply.status == 405
 
 
