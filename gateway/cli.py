@@ -40,6 +40,8 @@ from config.load import load_config
 from config.model import SwitchConfig
 from enroll.authority import Authority
 from enroll.errors import AuthorityError
+from gateway.logs import FORMAT_ENV, FORMATS
+from gateway.logs import configure as configure_logging
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -712,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--actor", default=argparse.SUPPRESS,
         help="who is acting, for the audit log (default: the OS user)",
     )
+    common.add_argument(
+        "--log-format", choices=FORMATS, default=argparse.SUPPRESS,
+        help=f"log lines on stderr as logfmt (the default), json or console "
+             f"(default: ${FORMAT_ENV} or logfmt)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
@@ -892,6 +899,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = _default_config()
     if not hasattr(args, "actor"):
         args.actor = _default_actor()
+    log_format = getattr(args, "log_format", None) or os.environ.get(FORMAT_ENV) or "logfmt"
+    if log_format not in FORMATS:
+        _fail(EXIT_USAGE, f"usage: ${FORMAT_ENV} must be one of {', '.join(FORMATS)}")
+    os.environ[FORMAT_ENV] = log_format  # the worker processes of `serve --workers` inherit it
+    configure_logging(log_format)
     try:
         code: int = args.func(args)
     except CliExit as exc:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 import trio
 
 log = structlog.get_logger("switch")
+
+
+def format_address(sockname: tuple[Any, ...]) -> str:
+    """``host:port`` (``[host]:port`` for IPv6), as config writes a listen address: one bare
+    logfmt value."""
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
@@ -39,7 +47,7 @@ async def serve_tcp(
     else:
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     for listener in listeners:
-        log.info("listening", listener=name, address=listener.socket.getsockname()[:2])
+        log.info("listening", listener=name, address=format_address(listener.socket.getsockname()))
     task_status.started(listeners)
     await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
 

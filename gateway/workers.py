@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from config.model import SwitchConfig
-from gateway.listening import open_listening_sockets
+from gateway.listening import format_address, open_listening_sockets
 from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
 
 log = structlog.get_logger("switch.supervisor")
@@ -74,7 +74,7 @@ class Supervisor:
             if listen.enabled:
                 self.sockets[name] = open_listening_sockets(listen.host, listen.port)
                 for sock in self.sockets[name]:
-                    log.info("listening", listener=name, address=sock.getsockname()[:2])
+                    log.info("listening", listener=name, address=format_address(sock.getsockname()))
 
     def _worker_sockets(self, index: int) -> dict[str, list[socket.socket]]:
         return {name: socks for name, socks in self.sockets.items()

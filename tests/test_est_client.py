@@ -91,7 +91,7 @@ def _start_server(config_path: Path, log: Path) -> tuple[subprocess.Popen[bytes]
                              "--workers", "1"],
                             stdout=out, stderr=subprocess.STDOUT)
     for _ in range(200):
-        match = re.search(r"address=\('127\.0\.0\.1', (\d+)\) listener=enroll", log.read_text())
+        match = re.search(r"address=127\.0\.0\.1:(\d+) listener=enroll", log.read_text())
         if match:
             return proc, int(match.group(1))
         if proc.poll() is not None:

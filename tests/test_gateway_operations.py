@@ -20,7 +20,7 @@ from tests.gateway_harness import Agent, Echo, Gateway, add_acme_tenant, start_g
 def _wait_for_ports(log: Path, proc: trio.Process | subprocess.Popen[bytes]) -> dict[str, int]:
     for _ in range(300):
         ports = {name: int(port) for port, name in re.findall(
-            r"address=\('127\.0\.0\.1', (\d+)\) listener=(\w+)", log.read_text())}
+            r"address=127\.0\.0\.1:(\d+) listener=(\w+)", log.read_text())}
         if {"gateway", "enroll", "admin"} <= set(ports):
             return ports
         if proc.poll() is not None:

@@ -76,7 +76,7 @@ def local_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwit
                                  stdout=serve_log.open("wb"), stderr=subprocess.STDOUT)
         text = _wait_for(serve_log, r"listener=(gateway|enroll)", 2)
         ports = {name: int(port) for port, name in re.findall(
-            r"address=\('127\.0\.0\.1', (\d+)\) listener=(\w+)", text)}
+            r"address=127\.0\.0\.1:(\d+) listener=(\w+)", text)}
         yield LocalSwitch(directory, config.path, ports["gateway"], ports["enroll"], secret, serve.pid)
     finally:
         for proc in (serve, echo):

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (ip
 
 def _log_ports(text: str) -> dict[str, int]:
     return {name: int(port) for port, name in re.findall(
-        r"address=\('127\.0\.0\.1', (\d+)\) listener=(\w+)", text)}
+        r"address=127\.0\.0\.1:(\d+) listener=(\w+)", text)}
 
 
 def _worker_pids(text: str) -> dict[int, int]:

@@ -1,0 +1,108 @@
+"""Logging: structlog, configured once when the ``switch`` command starts (``configure``).
+
+Theory of operation: every event is one line on stderr, in one of three formats:
+
+* ``logfmt`` (the default): ``timestamp=2026-11-26T04:37:27.123456Z level=info event=est_request
+  conn_id=6 status=200 ...`` -- the timestamp (UTC, ISO 8601), level and event first, then the
+  other keys sorted; a value is written bare when it can be, else quoted with JSON's escapes, so a
+  newline is ``\\n`` and an event never spans two lines. None values are left out.
+* ``json``: one JSON object per line, for log shippers.
+* ``console``: structlog's human renderer, for a developer's terminal; only when asked.
+
+Secrets: an exception is rendered as plain traceback text, never with the frames' local
+variables (structlog's default renderer, with ``rich`` installed, prints every frame's locals: the
+EST handler's frames hold the request's ``Authorization`` and ``X-Switch-Pkcs12-Password``
+headers). As a second line of defence, the value of any key whose name says it holds a secret
+(``authorization``, ``password``, ``secret``, ``token``, ``cookie``) is replaced by ``[redacted]``.
+
+Speed: this runs for every request. Events below INFO are dropped by the bound logger before any
+processor runs; loggers are cached on first use; the chain is five plain functions, and the
+secret-key check is one dict lookup per key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["logfmt", "json", "console"]
+FORMATS: tuple[LogFormat, ...] = ("logfmt", "json", "console")
+#: Where the CLI passes the format on to the worker processes it starts.
+FORMAT_ENV = "SWITCH_LOG_FORMAT"
+REDACTED = "[redacted]"
+_FIRST = ("timestamp", "level", "event")
+_SECRET_KEY = re.compile(r"authori[sz]ation|password|passwd|secret|token|cookie", re.IGNORECASE)
+_secret_keys: dict[str, bool] = {}
+#: A value that needs no quotes in logfmt: printable, no space, quote, equals sign or backslash.
+_BARE = re.compile(r'[^\s"=\\]+')
+
+
+def _is_secret_key(key: str) -> bool:
+    known = _secret_keys.get(key)
+    if known is None:
+        known = _secret_keys[key] = _SECRET_KEY.search(key) is not None
+        if len(_secret_keys) > 10_000:  # keys come from code, not peers; bound it anyway
+            _secret_keys.clear()
+    return known
+
+
+def redact_secrets(_: object, __: str, event_dict: MutableMapping[str, Any]
+                   ) -> MutableMapping[str, Any]:
+    for key in event_dict:
+        if _is_secret_key(key):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def _logfmt_value(value: object) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    text = value if isinstance(value, str) else str(value)
+    if _BARE.fullmatch(text) and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def render_logfmt(_: object, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    parts = [f"{key}={_logfmt_value(event_dict[key])}" for key in _FIRST
+             if event_dict.get(key) is not None]
+    parts += [f"{key}={_logfmt_value(value)}" for key, value in sorted(event_dict.items())
+              if key not in _FIRST and value is not None]
+    return " ".join(parts)
+
+
+def processors(log_format: LogFormat) -> list[Any]:
+    chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    if log_format == "console":
+        # plain_traceback: the traceback text only, no locals (unlike rich's default).
+        return [*chain, structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback)]
+    chain.append(structlog.processors.format_exc_info)  # exc_info -> text, without locals
+    if log_format == "json":
+        return [*chain, structlog.processors.JSONRenderer()]
+    return [*chain, render_logfmt]
+
+
+def configure(log_format: LogFormat = "logfmt", *, file: TextIO | None = None) -> None:
+    """Configure structlog for this process; call once, before the first event is logged."""
+    if log_format not in FORMATS:
+        raise ValueError(f"unknown log format {log_format!r} (one of {', '.join(FORMATS)})")
+    structlog.configure(
+        processors=processors(log_format),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(file=file or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
