@@ -104,7 +104,8 @@ class EstService:
         self.config = config
         self.issuance = issuance
         self.authority = issuance.authority
-        self.limiter = limiter or FailureLimiter()
+        # Not `limiter or ...`: a FailureLimiter has a length, and an empty one is falsy.
+        self.limiter = limiter if limiter is not None else FailureLimiter()
         self.approval_retry_after_s = approval_retry_after_s
         self.max_body_bytes = config.enroll.max_body_bytes
 

@@ -6,6 +6,10 @@ failures leaves the window; the refusal says how long to wait (``Retry-After``).
 attempts do not reset the count: a brute-forcer who guesses one key right must not earn more
 guesses at the others.
 
+One limiter per serving process (``gateway.serve.Switch`` makes it and hands it to every
+``EstService`` it builds, so a reload keeps the counts); it is not shared between the processes of
+``serve --workers N``, each of which counts the connections it accepted.
+
 Memory is bounded: at most ``max_sources`` addresses are tracked; when full, the source whose
 newest failure is oldest is forgotten first (an attacker spraying addresses can only make the
 limiter forget, never grow).

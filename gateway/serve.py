@@ -39,6 +39,7 @@ from config.tls_material import PrivateKey, describe_ssl_error, load_server_cred
 from enroll.authority import Authority
 from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
+from enroll.ratelimit import FailureLimiter
 from enroll.trust_view import read_trust_view
 from gateway.admin import AdminListener
 from gateway.enroll_listener import EnrollListener
@@ -89,7 +90,8 @@ class Loaded:
     est: EstService
 
 
-def load_all(config: SwitchConfig, issuance: Issuance, generation: int) -> Loaded:
+def load_all(config: SwitchConfig, issuance: Issuance, generation: int,
+             limiter: FailureLimiter | None = None) -> Loaded:
     """Read the server certificate or keystore and the organisation CAs and CRLs named by
     ``config`` and build the TLS context from them. Raises ``ConfigError`` listing every problem
     with its file and key, whatever failed: a file that no longer reads, a CRL no CA signed, or a
@@ -113,7 +115,7 @@ def load_all(config: SwitchConfig, issuance: Issuance, generation: int) -> Loade
     if problems:
         raise ConfigError(problems)
     return Loaded(config, generation, chain, key, organisation, enroll_context,
-                  EstService(config, issuance))
+                  EstService(config, issuance, limiter))
 
 
 def _reason(exc: Exception) -> str:
@@ -139,10 +141,11 @@ class Switch:
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
+        self.est_limiter = FailureLimiter()  # wrong-key lockouts: one per process, kept by reloads
         self.authority = Authority.open(config)
         self.issuance = Issuance(self.authority)
         try:
-            self.loaded = load_all(config, self.issuance, 1)
+            self.loaded = load_all(config, self.issuance, 1, self.est_limiter)
         except BaseException:
             self.authority.close()
             raise
@@ -214,7 +217,8 @@ class Switch:
             generation = old.generation + 1
             try:
                 config = await trio.to_thread.run_sync(load_config, old.config.path)
-                loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation)
+                loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation,
+                                                       self.est_limiter)
             except ValueError as exc:
                 problems = getattr(exc, "problems", None)
                 errors = tuple(str(p) for p in problems) if problems else (str(exc),)

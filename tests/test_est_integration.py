@@ -18,7 +18,9 @@ from enroll.authority import Authority
 from enroll.issuance import Issuance
 from enroll.issuers import load_issuer_key
 from enroll.policy import key_id_of
+from gateway import serve
 from tests.est_harness import (
+    RunningSwitch,
     documented_script,
     enable_with_key,
     make_deployment,
@@ -224,4 +226,36 @@ async def test_a_client_certificate_openssl_accepts_but_cryptography_refuses_is_
                 refused = await _run(switch.curl(*as_client, "-H", "Content-Type: application/pkcs10",
                                                  "--data-binary", f"@{csr}", switch.url(op)))
                 assert refused.stdout == b"403 certificate_untrusted\n|403", (op, refused)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_keeps_the_wrong_key_lockout(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    secret = enable_with_key(config)
+    work = tmp_path / "agent"
+    work.mkdir()
+    _, csr = openssl_csr(work, "agent-9")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            switch = serve.Switch(config)
+            listeners = await nursery.start(switch.run)
+            running = RunningSwitch(config, listeners["enroll"][0].socket.getsockname()[1],
+                                    tmp_path / "d")
+
+            async def enroll(key: str) -> bytes:
+                done = await _run(running.curl("-u", f"agent:{key}", "-H",
+                                               "Content-Type: application/pkcs10", "--data-binary",
+                                               f"@{csr}", "-w", "|%{http_code}",
+                                               running.url("simpleenroll")))
+                return done.stdout
+
+            wrong = "swk_0000000000000000_" + "A" * 43
+            for _ in range(5):
+                assert (await enroll(wrong)).endswith(b"bad_credentials\n|401")
+            assert (await enroll(secret)).endswith(b"rate_limited\n|429")
+            result = await switch.reload()
+            assert result.ok and result.generation == 2, result
+            # The new configuration's EST service counts the same failures: still locked out.
+            after = await enroll(secret)
+            assert after.endswith(b"rate_limited\n|429"), after
             nursery.cancel_scope.cancel()
