@@ -28,6 +28,7 @@ everywhere. The keys, with their defaults::
     close_timeout = "5s"                #  -> close_timeout_s
     drain_timeout = "10s"               #  -> drain_timeout_s (graceful shutdown)
     ping_interval = "30s"               #  -> ping_interval_s
+    write_timeout = "30s"               #  -> write_timeout_s (a write to an agent or upstream)
     max_connections = 20000             #  at least 1
     max_message_size = "1MiB"           #  -> max_message_bytes
 
@@ -54,6 +55,8 @@ everywhere. The keys, with their defaults::
     organisation_cas = ["pki/org-ca.pem"]    # PEM CA certificates (CA:true), may be empty
     organisation_crls = []              # PEM or DER CRLs, each signed by one of organisation_cas
     upstream = "ws://127.0.0.1:8080/"   # ws:// or wss:// with a host
+    upstream_ca = "pki/upstream-ca.pem" # optional, wss:// only: PEM certificates the upstream's
+                                        #   certificate must chain to (else the system store)
     profile = "default"                 # a profile name
     identity = { rule = "email-san", allow = ["*@example.com"] }   # rule: email-san,
                                         #   common-name or any; allow: glob patterns
@@ -74,6 +77,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import attrs
 from cryptography import x509
 
 from config import tls_material
@@ -99,15 +103,44 @@ HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z
 IDENTITY_RULES = ("email-san", "common-name", "any")
 
 
+@attrs.frozen
+class FileSource:
+    """Where the loader reads the files a configuration names.
+
+    By default, where they are. ``copies`` (original absolute path -> copy) makes the loader read
+    every file, the config file itself and the tenant files included, from a snapshot instead
+    (``config.snapshot``): the model then names the copies, except ``SwitchConfig.path``,
+    ``Tenant.source``, ``state_dir`` and ``tenants_dir``, which keep naming the originals. A file
+    the snapshot does not hold is a problem, never read from its original place.
+    """
+
+    copies: Mapping[Path, Path] | None = None
+
+    def has(self, path: Path) -> bool:
+        return self.copies is None or path in self.copies
+
+    def locate(self, path: Path) -> Path:
+        if self.copies is None:
+            return path
+        return self.copies.get(path, path)
+
+    def tenant_files(self, directory: Path) -> list[Path]:
+        if self.copies is None:
+            return sorted(directory.glob("*.toml"))
+        return sorted(p for p in self.copies if p.parent == directory and p.suffix == ".toml")
+
+
 class _Table:
     """One TOML table being read: typed getters that record problems instead of raising, and
     ``finish()`` that reports keys nobody asked for."""
 
-    def __init__(self, data: Mapping[str, Any], file: Path, prefix: str, problems: list[Problem]) -> None:
+    def __init__(self, data: Mapping[str, Any], file: Path, prefix: str, problems: list[Problem],
+                 source: FileSource = FileSource()) -> None:
         self.data = data
         self.file = file
         self.prefix = prefix
         self.problems = problems
+        self.source = source
         self.seen: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -196,6 +229,14 @@ class _Table:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.file.parent / path).resolve()
 
+    def located(self, name: str, path: Path) -> Path:
+        """``path`` (a file the config names, at ``name``) where the source holds it."""
+        if not self.source.has(path):
+            self.error(name, f"{path} is not in the configuration snapshot (the configuration "
+                       "changed while the snapshot was taken)")
+            return path
+        return self.source.locate(path)
+
     def table(self, name: str, required: bool = False) -> _Table | None:
         value = self.raw(name, required)
         if value is _MISSING:
@@ -203,7 +244,7 @@ class _Table:
         if not isinstance(value, dict):
             self.error(name, f"expected a table, got {_tname(value)}")
             return None
-        return _Table(value, self.file, self.key(name), self.problems)
+        return _Table(value, self.file, self.key(name), self.problems, self.source)
 
     def finish(self) -> None:
         for name in self.data:
@@ -250,6 +291,7 @@ def _read_gateway(root: _Table) -> GatewaySettings:
         close_timeout_s=t.duration("close_timeout", d.close_timeout_s),
         drain_timeout_s=t.duration("drain_timeout", d.drain_timeout_s),
         ping_interval_s=t.duration("ping_interval", d.ping_interval_s),
+        write_timeout_s=t.duration("write_timeout", d.write_timeout_s),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
         max_message_bytes=t.size("max_message_size", d.max_message_bytes),
     )
@@ -289,8 +331,8 @@ def _read_tls(root: _Table) -> ServerTLS:
         return ServerTLS()
     before = len(t.problems)
     tls = ServerTLS(
-        cert_file=t.path("cert_file"), key_file=t.path("key_file"),
-        keystore=t.path("keystore"), keystore_password_file=t.path("keystore_password_file"),
+        **{name: None if (file := t.path(name)) is None else t.located(name, file)
+           for name in ("cert_file", "key_file", "keystore", "keystore_password_file")},
     )
     if len(t.problems) == before:  # the keys are well typed: check the form and the files
         try:
@@ -336,7 +378,7 @@ def _read_identity(t: _Table) -> IdentityRule:
     if not isinstance(value, dict):
         t.error("identity", f"expected a table such as {{ rule = \"email-san\" }}, got {_tname(value)}")
         return IdentityRule()
-    it = _Table(value, t.file, t.key("identity"), t.problems)
+    it = _Table(value, t.file, t.key("identity"), t.problems, t.source)
     rule = it.string("rule", "email-san")
     if rule not in IDENTITY_RULES:
         it.error("rule", f"unknown identity rule {rule!r} (known: {', '.join(IDENTITY_RULES)})")
@@ -370,7 +412,8 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
     for i, host in enumerate(hostnames):
         if not HOSTNAME.fullmatch(host.lower().rstrip(".")):
             t.error(f"hostnames[{i}]", f"{host!r} is not a valid DNS name")
-    cas = tuple(t.resolve(p) for p in t.strings("organisation_cas"))
+    cas = tuple(t.located(f"organisation_cas[{i}]", t.resolve(p))
+                for i, p in enumerate(t.strings("organisation_cas")))
     ca_certs: list[x509.Certificate] = []
     cas_loaded = True
     for i, path in enumerate(cas):
@@ -379,7 +422,8 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
         except ValueError as exc:
             t.error(f"organisation_cas[{i}]", str(exc))
             cas_loaded = False
-    crls = tuple(t.resolve(p) for p in t.strings("organisation_crls"))
+    crls = tuple(t.located(f"organisation_crls[{i}]", t.resolve(p))
+                 for i, p in enumerate(t.strings("organisation_crls")))
     for i, path in enumerate(crls):
         try:
             crl = tls_material.load_crl(path)
@@ -399,21 +443,32 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
             _check_upstream(upstream)
         except ValueError as exc:
             t.error("upstream", str(exc))
+    upstream_ca = t.path("upstream_ca")
+    if upstream_ca is not None:
+        try:
+            tls_material.load_pem_certificates(upstream_ca)
+        except ValueError as exc:
+            t.error("upstream_ca", str(exc))
+        if not (upstream or "").lower().startswith("wss://"):
+            t.error("upstream_ca", "applies to a wss:// upstream only")
     identity = _read_identity(t)
     profile = t.string("profile", "default") or "default"
     t.finish()
     return Tenant(name, tuple(h.lower().rstrip(".") for h in hostnames), cas, crls, identity,
-                  upstream, profile, t.file)
+                  upstream, profile, t.file, upstream_ca)
 
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
-def _parse_file(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
-    """The TOML document at ``path``, or None with a problem (unreadable, not UTF-8, or a syntax
-    error given with its line and column)."""
+def _parse_file(path: Path, problems: list[Problem], source: FileSource) -> dict[str, Any] | None:
+    """The TOML document at ``path`` (read where ``source`` holds it), or None with a problem
+    (unreadable, not UTF-8, or a syntax error given with its line and column)."""
+    if not source.has(path):
+        problems.append(Problem(path, "", "not in the configuration snapshot"))
+        return None
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = source.locate(path).read_bytes().decode("utf-8")
     except OSError as exc:
         problems.append(Problem(path, "", f"cannot read: {exc.strerror or exc}"))
         return None
@@ -435,14 +490,15 @@ def _parse_file(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
         return None
 
 
-def load_config(path: Path) -> SwitchConfig:
-    """The configuration at ``path``, or ``ConfigError`` listing every problem found."""
+def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfig:
+    """The configuration at ``path``, or ``ConfigError`` listing every problem found. ``source``:
+    read the files from a snapshot (see ``FileSource``)."""
     path = path.resolve()
     problems: list[Problem] = []
-    data = _parse_file(path, problems)
+    data = _parse_file(path, problems, source)
     if data is None:
         raise ConfigError(problems)
-    root = _Table(data, path, "", problems)
+    root = _Table(data, path, "", problems, source)
     state_dir = root.path("state_dir", required=True)
     default_tenant = root.string("default_tenant")
     tenants_dir = root.path("tenants_dir")
@@ -473,11 +529,11 @@ def load_config(path: Path) -> SwitchConfig:
             if sub is not None:
                 tenants[tname] = _read_tenant(sub, tname)
     if tenants_dir is not None:
-        if not tenants_dir.is_dir():
+        if source.copies is None and not tenants_dir.is_dir():
             root.error("tenants_dir", f"{tenants_dir} is not a directory")
         else:
-            for file in sorted(tenants_dir.glob("*.toml")):
-                tdata = _parse_file(file, problems)
+            for file in source.tenant_files(tenants_dir):
+                tdata = _parse_file(file, problems, source)
                 if tdata is None:
                     continue
                 tname = file.stem
@@ -485,7 +541,7 @@ def load_config(path: Path) -> SwitchConfig:
                     problems.append(Problem(file, "", f"tenant {tname!r} is also defined in "
                                             f"{tenants[tname].source}"))
                     continue
-                tenants[tname] = _read_tenant(_Table(tdata, file, "", problems), tname)
+                tenants[tname] = _read_tenant(_Table(tdata, file, "", problems, source), tname)
     root.finish()
 
     owners: dict[str, tuple[Tenant, int]] = {}
