@@ -138,6 +138,7 @@ class Switch:
         self.sockets = dict(sockets or {})
         self.write_pid = write_pid
         self.status_name = reload_status_name(worker)
+        self.worker = worker
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
@@ -294,7 +295,9 @@ class Switch:
                         self.listeners["enroll"] = await services.start(
                             _serve, enroll.serve, cfg.enroll.listen.host, cfg.enroll.listen.port,
                             connections, self.sockets.get("enroll"))
-                    if cfg.admin.listen.enabled:
+                    # A worker never binds a port itself: it serves the admin listener only if
+                    # the supervisor handed it the sockets (worker 0 alone, see gateway.workers).
+                    if cfg.admin.listen.enabled and (self.worker is None or "admin" in self.sockets):
                         admin = AdminListener(self.metrics, self.ready)
                         self.listeners["admin"] = await services.start(
                             _serve, admin.serve, cfg.admin.listen.host, cfg.admin.listen.port,
