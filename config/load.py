@@ -307,6 +307,7 @@ def _read_enroll(root: _Table) -> EnrollSettings:
     settings = EnrollSettings(
         listen=_listener(t, d.listen),
         request_timeout_s=t.duration("request_timeout", d.request_timeout_s),
+        idle_timeout_s=t.duration("idle_timeout", d.idle_timeout_s),
         max_body_bytes=t.size("max_body_size", d.max_body_bytes),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
     )

@@ -51,6 +51,8 @@ class GatewaySettings:
 class EnrollSettings:
     listen: Listener = Listener("0.0.0.0", 9443)
     request_timeout_s: float = 10.0
+    #: After the handshake and between requests: a connection silent this long is closed.
+    idle_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
     max_connections: int = 1000
 

@@ -56,6 +56,7 @@ max_message_size = "1MiB"
 listen = "0.0.0.0:9443"
 enabled = true
 request_timeout = "10s"
+idle_timeout = "30s"                  # a connection silent this long after the handshake is closed
 max_body_size = "64KiB"
 max_connections = 1000
 

@@ -289,6 +289,7 @@ class Switch:
                         enroll = EnrollListener(
                             lambda: self.loaded.est, lambda: self.loaded.enroll_context,
                             request_timeout_s=cfg.enroll.request_timeout_s,
+                            idle_timeout_s=cfg.enroll.idle_timeout_s,
                             max_body_bytes=cfg.enroll.max_body_bytes,
                             max_connections=cfg.enroll.max_connections, on_reply=self._on_est_reply,
                             store_limiter=self.store_limiter)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +143,39 @@ async def test_a_stalled_handshake_is_cut_at_the_deadline(tmp_path: Path) -> Non
             assert await stream.receive_some(100) == b""  # closed by the server, nothing sent
             assert 0.9 < trio.current_time() - started < 5
             nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_connection_after_the_handshake_is_closed_at_enroll_idle_timeout(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    path = make_deployment(directory).path
+    text = path.read_text()
+    enroll = text.index("[enroll]")
+    assert 'idle_timeout = "30s"' in text[enroll:]  # switch init writes the default
+    path.write_text(text[:enroll] + text[enroll:].replace('idle_timeout = "30s"',
+                                                          'idle_timeout = "1s"', 1))
+    config = load_config(path)
+    assert config.enroll.idle_timeout_s == 1.0 and config.gateway.idle_timeout_s == 300.0
+    context = ssl.create_default_context(cafile=str(directory / "pki/dev-root-ca.pem"))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, directory)
+            tcp = await trio.open_tcp_stream("127.0.0.1", switch.enroll_port)
+            stream = trio.SSLStream(tcp, context, server_hostname="demo.switch.test")
+            await stream.do_handshake()
+            started = trio.current_time()
+            with contextlib.suppress(trio.BrokenResourceError):  # closed without close_notify
+                assert await stream.receive_some(100) == b""  # closed, nothing sent
+            assert 0.9 < trio.current_time() - started < 5
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def test_enroll_idle_timeout_must_be_a_duration(tmp_path: Path) -> None:
+    path = make_deployment(tmp_path / "d").path
+    text = path.read_text()
+    enroll = text.index("[enroll]")
+    path.write_text(text[:enroll] + text[enroll:].replace('idle_timeout = "30s"',
+                                                          'idle_timeout = "soon"', 1))
+    check = _switch(path, "config", "check")
+    assert check.returncode == 1 and "enroll.idle_timeout" in check.stderr, check.stderr
