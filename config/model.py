@@ -43,6 +43,8 @@ class GatewaySettings:
     close_timeout_s: float = 5.0
     drain_timeout_s: float = 10.0
     ping_interval_s: float = 30.0
+    #: A write to an agent or an upstream that makes no progress for this long ends the session.
+    write_timeout_s: float = 30.0
     max_connections: int = 20000
     max_message_bytes: int = 1 << 20
 
@@ -110,6 +112,9 @@ class Tenant:
     profile: str = "default"
     #: The file this tenant was defined in (the main config or a file in ``tenants_dir``).
     source: Path | None = None
+    #: PEM certificates a ``wss://`` upstream's certificate must chain to (instead of the
+    #: system trust store).
+    upstream_ca: Path | None = None
 
     @property
     def uses_organisation_cas(self) -> bool:
