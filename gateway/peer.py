@@ -11,8 +11,13 @@ while the provisioning service is on, the tenant's provisioning issuers) and the
    EKU extension;
 3. provisioned: it carries the provisioning-key binding, its key is not revoked (suspended is
    fine) and the certificate itself is not revoked;
-4. organisation: the leaf is not on a configured CRL of its issuer, and the tenant's identity rule
-   holds (default: exactly one RFC 822 SAN, matching an allow pattern when there are any).
+4. organisation: the leaf is not on a configured CRL of its issuer, no CRL of a CA in its chain
+   is past its ``nextUpdate`` (a stale list can no longer say what was revoked: ``crl_expired``),
+   and the tenant's identity rule holds (default: exactly one RFC 822 SAN, matching an allow
+   pattern when there are any);
+5. the identity (whatever the source) is printable text: a control character (CR, LF, NUL, ...)
+   or another non-printable one would forge a header line upstream or a log line, so it is
+   refused (``identity_invalid``), never cleaned up.
 
 The result is a ``Decision`` with a stable reason code on refusal, and the identity on success.
 """
@@ -20,7 +25,8 @@ The result is a ``Decision`` with a stable reason code on refusal, and the ident
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -50,6 +56,8 @@ class TenantTrust:
     revoked_serials: Mapping[x509.Name, frozenset[int]]
     revoked_keys: frozenset[str]
     revoked_certificates: frozenset[str]
+    #: Organisation CRLs by issuer name: their ``nextUpdate`` (a CRL without one never goes stale).
+    crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -101,10 +109,61 @@ def _leaf_problem(leaf: x509.Certificate, now: dt.datetime) -> str | None:
     return None
 
 
+def identity_is_printable(identity: str) -> bool:
+    """True when ``identity`` is non-empty printable text: no control character (C0, DEL, C1),
+    no line or paragraph separator, no other character Python deems non-printable."""
+    return bool(identity) and identity.isprintable()
+
+
+#: What a glob's ``*`` and ``?`` may stand for: any character but a control character, so a
+#: pattern can never match across a line break (``fnmatch``'s ``*`` matches newlines).
+_GLOB_CHAR = r"[^\x00-\x1f\x7f-\x9f]"
+
+
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """An allow pattern as a regular expression, case-insensitive: ``*`` is any run of
+    characters, ``?`` one character, ``[abc]``/``[!abc]`` a set (as ``fnmatch``), none of them
+    matching a control character; everything else is literal."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(_GLOB_CHAR + "*")
+        elif c == "?":
+            out.append(_GLOB_CHAR)
+        elif c == "[" and (end := _set_end(pattern, i)) != -1:
+            body, i = pattern[i:end], end + 1
+            negate = body.startswith("!")
+            members = re.escape(body[1:] if negate else body).replace(r"\-", "-")  # keep ranges
+            out.append(f"(?={_GLOB_CHAR})[{'^' if negate else ''}{members}]")
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out), re.IGNORECASE)
+
+
+def _set_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing a set opened just before ``start``, or -1 (then the ``[``
+    is literal). As in ``fnmatch``, a ``]`` first in the set (after an optional ``!``) is a
+    member."""
+    j = start + (pattern[start:start + 1] == "!")
+    j += pattern[j:j + 1] == "]"
+    return pattern.find("]", j)
+
+
+def allow_matches(candidate: str, patterns: Sequence[str]) -> bool:
+    """Whether ``candidate`` matches one of the allow ``patterns`` (``_glob``), in full."""
+    return any(_glob(p).fullmatch(candidate) is not None for p in patterns)
+
+
 def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[str | None, str]:
-    """(identity, "ok") or (None, reason) under the tenant's identity rule."""
+    """(identity, "ok") or (None, reason) under the tenant's identity rule. An identity that is
+    not printable text is refused (``identity_invalid``) before any pattern sees it."""
     if rule.kind == "any":
-        return leaf.subject.rfc4514_string(), "ok"
+        subject = leaf.subject.rfc4514_string()
+        return (subject, "ok") if identity_is_printable(subject) else (None, "identity_invalid")
     if rule.kind == "common-name":
         names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if len(names) != 1 or not isinstance(names[0].value, str):
@@ -119,7 +178,9 @@ def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[s
         if len(emails) != 1:
             return None, "identity_email_count"
         candidate = emails[0]
-    if rule.allow and not any(fnmatch.fnmatchcase(candidate.lower(), p.lower()) for p in rule.allow):
+    if not identity_is_printable(candidate):
+        return None, "identity_invalid"
+    if rule.allow and not allow_matches(candidate, rule.allow):
         return None, "identity_not_allowed"
     return candidate, "ok"
 
@@ -162,12 +223,16 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
             return _refuse(tenant, "certificate_revoked", trust=source, key_id=key_id, **common)
         names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         identity = str(names[0].value) if len(names) == 1 else leaf.subject.rfc4514_string()
+        if not identity_is_printable(identity):
+            return _refuse(tenant, "identity_invalid", trust=source, key_id=key_id, **common)
         return Decision(True, "ok", tenant.name, source, identity, key_id, serial, sha, anchor_fp,
                         leaf.not_valid_after_utc)
     # Organisation certificates: CRLs of any CA in the chain, then the identity rule.
     chain_serials = tuple((child.issuer, child.serial_number) for child in chain[:-1])
     if _on_crl(tenant, chain_serials):
         return _refuse(tenant, "certificate_revoked", trust=source, **common)
+    if _stale_crl(tenant, chain_serials, now):
+        return _refuse(tenant, "crl_expired", trust=source, **common)
     org_identity, reason = organisation_identity(leaf, tenant.identity)
     if org_identity is None:
         return _refuse(tenant, reason, trust=source, **common)
@@ -179,6 +244,17 @@ def _on_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]])
     for issuer, serial in chain_serials:
         revoked = tenant.revoked_serials.get(issuer)
         if revoked is not None and serial in revoked:
+            return True
+    return False
+
+
+def _stale_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]],
+               now: dt.datetime) -> bool:
+    """Whether a CRL configured for a CA of the chain is past its ``nextUpdate`` at ``now``: its
+    issuer may have revoked certificates since, which Switch cannot know (fail closed)."""
+    for issuer, _ in chain_serials:
+        next_update = tenant.crl_next_update.get(issuer)
+        if next_update is not None and now > next_update:
             return True
     return False
 
@@ -214,4 +290,5 @@ def x509_error_reason(errnum: int) -> str:
         18: "untrusted_issuer", 19: "untrusted_issuer", 20: "untrusted_issuer",
         21: "untrusted_issuer", 7: "bad_signature", 24: "invalid_ca", 25: "path_too_long",
         26: "no_client_auth", 23: "certificate_revoked", 3: "crl_unavailable",
+        12: "crl_expired",
     }.get(errnum, f"verify_error_{errnum}")

@@ -53,6 +53,8 @@ class HandshakeInfo:
 class OrganisationMaterial:
     cas: tuple[x509.Certificate, ...]
     revoked_serials: Mapping[x509.Name, frozenset[int]]
+    #: The latest ``nextUpdate`` of each issuer's CRLs (``datetime.max`` for a CRL without one).
+    crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
 
 
 def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMaterial]:
@@ -62,14 +64,17 @@ def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMa
     for tenant in config.tenants.values():
         cas = tuple(c for path in tenant.organisation_cas for c in load_ca_certificates(path))
         revoked: dict[x509.Name, set[int]] = {}
+        next_update: dict[x509.Name, dt.datetime] = {}
         for path in tenant.organisation_crls:
             crl = load_crl(path)
             if crl_signer(crl, list(cas)) is None:  # as the loader checks; defence in depth
                 raise ValueError(f"{path}: the CRL is not signed by an organisation CA of tenant "
                                  f"{tenant.name}")
             revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)
+            when = crl.next_update_utc or dt.datetime.max.replace(tzinfo=dt.UTC)
+            next_update[crl.issuer] = max(next_update.get(crl.issuer, when), when)
         material[tenant.name] = OrganisationMaterial(
-            cas, {k: frozenset(v) for k, v in revoked.items()})
+            cas, {k: frozenset(v) for k, v in revoked.items()}, next_update)
     return material
 
 
@@ -149,7 +154,7 @@ def build_trust_state(
             name=name, identity=tenant.identity,
             organisation_cas={fingerprint(c): c for c in org.cas},
             provisioning_issuers={fingerprint(c): c for c in issuers},
-            revoked_serials=org.revoked_serials,
+            revoked_serials=org.revoked_serials, crl_next_update=org.crl_next_update,
             revoked_keys=prov.revoked_keys if prov else frozenset(),
             revoked_certificates=prov.revoked_certificates if prov else frozenset(),
         )

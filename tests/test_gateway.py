@@ -11,16 +11,19 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from enroll import pki
 from gateway.tls import OpenSSLStream, client_context
-from tests.est_harness import HOST
+from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import (
     ACME_HOST,
     Agent,
     Gateway,
+    add_acme_tenant,
     org_agent,
     provisioning_key,
     start_gateway,
@@ -283,3 +286,48 @@ async def test_admin_port_serves_health_readiness_and_metrics(tmp_path: Path) ->
             assert "switch_sessions" in metrics and "switch_trust_generation" in metrics
             nursery.cancel_scope.cancel()
     assert json.dumps  # keep the import for readers of failures
+
+
+def _demo_agent(gw: Gateway) -> Agent:
+    return Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
+
+
+@VERSIONS
+async def test_an_identity_with_a_line_break_is_refused_in_the_handshake(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            forged = org_agent(directory, "demo-org-ca", "forged",
+                               emails=["x\r\nX-Switch-Identity: admin@demo.switch.test"])
+            await _refused(gw, forged, "identity_invalid", tenant="demo", max_version=tls)
+            assert not gw.echo.requests
+            nursery.cancel_scope.cancel()
+
+
+@VERSIONS
+async def test_organisation_certificates_are_refused_while_their_crl_is_past_next_update(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    directory = tmp_path / "d"
+    make_deployment(directory)
+    add_acme_tenant(directory)
+    ca = x509.load_pem_x509_certificate((directory / "pki/demo-org-ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "pki/demo-org-ca.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+           .last_update(now - dt.timedelta(days=8)).next_update(now - dt.timedelta(days=1))
+           .add_extension(x509.CRLNumber(1), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+               ca.public_key()), critical=False)  # type: ignore[arg-type]
+           .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (directory / "pki/demo-org.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    config = directory / "switch.toml"
+    config.write_text(config.read_text().replace(
+        "organisation_crls = []", 'organisation_crls = ["pki/demo-org.crl"]', 1))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            await _refused(gw, _demo_agent(gw), "crl_expired", tenant="demo", max_version=tls)
+            nursery.cancel_scope.cancel()
+

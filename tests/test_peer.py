@@ -1,0 +1,216 @@
+"""``gateway.peer.check_peer``, table-driven: every reason it can return, and what it admits.
+
+Each case is a chain (leaf first, anchor last) as OpenSSL would hand it over after verifying it,
+and the tenant's trust state; the decision is a pure function of both and ``NOW``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Sequence
+
+import attrs
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from config.model import IdentityRule
+from enroll import pki
+from enroll.policy import key_binding_extension
+from gateway.peer import TenantTrust, allow_matches, check_peer, fingerprint, still_allowed
+
+NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+Issuer = tuple[x509.Certificate, pki.PrivateKey]
+
+
+@attrs.frozen
+class Pki:
+    org: Issuer
+    provisioning: Issuer
+    other_tenants_provisioning: Issuer
+    intermediate: Issuer  # under the provisioning issuer: provisioned chains have no intermediate
+
+
+@functools.cache
+def _pki() -> Pki:
+    def ca(name: str, issuer: Issuer | None = None) -> Issuer:
+        key = pki.generate_key()
+        return pki.make_ca(pki.name(name), key, now=NOW - DAY, validity=365 * DAY,
+                           issuer=issuer, path_length=None), key
+
+    provisioning = ca("demo provisioning CA")
+    return Pki(ca("demo organisation CA"), provisioning, ca("acme provisioning CA"),
+               ca("an intermediate", provisioning))
+
+
+def _leaf(issuer: Issuer, subject: x509.Name | str = "agent", *, emails: Sequence[str] = (),
+          key_id: str | None = None, client: bool = True, server: bool | None = None,
+          not_before: dt.datetime = NOW - DAY,
+          validity: dt.timedelta = 30 * DAY,
+          extensions: Sequence[tuple[x509.ExtensionType, bool]] = ()) -> x509.Certificate:
+    extra = list(extensions)
+    if key_id is not None:
+        extra.append((key_binding_extension(key_id), False))
+    return pki.make_leaf(pki.name(subject) if isinstance(subject, str) else subject,
+                         pki.generate_key().public_key(), issuer,
+                         now=not_before + pki.CLOCK_SKEW, validity=validity - pki.CLOCK_SKEW,
+                         emails=emails, client=client,
+                         server=not client if server is None else server, extra_extensions=extra)
+
+
+def _tenant(p: Pki, **kw: object) -> TenantTrust:
+    base = TenantTrust(
+        name="demo", identity=IdentityRule("email-san", ("*@example.com",)),
+        organisation_cas={fingerprint(p.org[0]): p.org[0]},
+        provisioning_issuers={fingerprint(p.provisioning[0]): p.provisioning[0]},
+        revoked_serials={}, revoked_keys=frozenset(), revoked_certificates=frozenset())
+    return attrs.evolve(base, **kw)
+
+
+@attrs.frozen
+class Case:
+    """A chain built from the test PKI and the tenant state it is judged against."""
+
+    chain: Callable[[Pki], list[x509.Certificate]]
+    tenant: Callable[[Pki, list[x509.Certificate]], TenantTrust] = lambda p, chain: _tenant(p)
+    identity: str | None = None
+
+
+def _prov(**kw: object) -> Callable[[Pki], list[x509.Certificate]]:
+    return lambda p: [_leaf(p.provisioning, key_id="pk_1", **kw), p.provisioning[0]]  # type: ignore[arg-type]
+
+
+def _org(**kw: object) -> Callable[[Pki], list[x509.Certificate]]:
+    return lambda p: [_leaf(p.org, **kw), p.org[0]]  # type: ignore[arg-type]
+
+
+def _rule(kind: str, *allow: str) -> Callable[[Pki, list[x509.Certificate]], TenantTrust]:
+    return lambda p, chain: _tenant(p, identity=IdentityRule(kind, allow))  # type: ignore[arg-type]
+
+
+TWO_CNS = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a"),
+                     x509.NameAttribute(NameOID.COMMON_NAME, "b")])
+BAD_EKU = (x509.UnrecognizedExtension(ExtensionOID.EXTENDED_KEY_USAGE, b"\x05\x00"), False)
+
+CASES: dict[str, tuple[Case, str]] = {
+    # --- admitted ---------------------------------------------------------------------------
+    "ok/provisioned": (Case(_prov(subject="laptop-1"), identity="laptop-1"), "ok"),
+    "ok/provisioned-with-a-suspended-key": (Case(_prov(subject="laptop-1")), "ok"),
+    "ok/organisation-email-san": (Case(_org(emails=["a@example.com"]), identity="a@example.com"), "ok"),
+    "ok/organisation-email-san-upper-case": (Case(_org(emails=["A@Example.COM"])), "ok"),
+    "ok/organisation-email-san-without-allow": (
+        Case(_org(emails=["a@elsewhere.test"]), _rule("email-san"), "a@elsewhere.test"), "ok"),
+    "ok/organisation-common-name": (
+        Case(_org(subject="host-7"), _rule("common-name", "host-*"), "host-7"), "ok"),
+    "ok/organisation-any": (Case(_org(subject="whoever"), _rule("any"), "CN=whoever"), "ok"),
+    "ok/organisation-crl-still-fresh": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
+        p, crl_next_update={p.org[0].subject: NOW + DAY})), "ok"),
+    "ok/organisation-not-on-the-crl": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
+        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number + 1})})), "ok"),
+    # --- refused ----------------------------------------------------------------------------
+    "fail/no-chain": (Case(lambda p: []), "no_client_certificate"),
+    "fail/another-tenants-provisioning-issuer": (Case(
+        lambda p: [_leaf(p.other_tenants_provisioning, key_id="pk_1"),
+                   p.other_tenants_provisioning[0]]), "issuer_not_tenant"),
+    "fail/provisioning-service-off": (Case(
+        _prov(), lambda p, chain: _tenant(p, provisioning_issuers={})), "issuer_not_tenant"),
+    "fail/organisation-source-off": (Case(
+        _org(emails=["a@example.com"]), lambda p, chain: _tenant(p, organisation_cas={})),
+        "issuer_not_tenant"),
+    "fail/leaf-is-a-ca": (Case(lambda p: [p.intermediate[0], p.provisioning[0]]), "leaf_is_ca"),
+    "fail/expired": (Case(_org(emails=["a@example.com"], not_before=NOW - 10 * DAY,
+                               validity=5 * DAY)), "certificate_expired"),
+    "fail/not-yet-valid": (Case(_org(emails=["a@example.com"], not_before=NOW + DAY)),
+                           "certificate_not_yet_valid"),
+    "fail/no-client-auth": (Case(_org(emails=["a@example.com"], client=False)), "no_client_auth"),
+    "fail/malformed-extension": (Case(_org(emails=["a@example.com"], client=False, server=False,
+                                           extensions=[BAD_EKU])), "malformed_certificate"),
+    "fail/provisioned-through-an-intermediate": (Case(
+        lambda p: [_leaf(p.intermediate, key_id="pk_1"), p.intermediate[0], p.provisioning[0]]),
+        "chain_unexpected"),
+    "fail/provisioned-without-key-binding": (Case(
+        lambda p: [_leaf(p.provisioning), p.provisioning[0]]), "key_binding_missing"),
+    "fail/provisioned-key-revoked": (Case(
+        _prov(), lambda p, chain: _tenant(p, revoked_keys=frozenset({"pk_1"}))), "key_revoked"),
+    "fail/provisioned-certificate-revoked": (Case(_prov(), lambda p, chain: _tenant(
+        p, revoked_certificates=frozenset({pki.sha256_fingerprint(chain[0])}))),
+        "certificate_revoked"),
+    "fail/provisioned-identity-with-a-line-break": (Case(_prov(subject="laptop\r\nX-Evil: 1")),
+                                                    "identity_invalid"),
+    "fail/organisation-on-the-crl": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
+        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number})})),
+        "certificate_revoked"),
+    "fail/organisation-crl-past-next-update": (Case(
+        _org(emails=["a@example.com"]), lambda p, chain: _tenant(
+            p, crl_next_update={p.org[0].subject: NOW - dt.timedelta(seconds=1)})),
+        "crl_expired"),
+    "fail/organisation-no-email-san": (Case(_org()), "identity_email_count"),
+    "fail/organisation-two-email-sans": (Case(_org(emails=["a@example.com", "b@example.com"])),
+                                         "identity_email_count"),
+    "fail/organisation-email-not-allowed": (Case(_org(emails=["a@evil.example"])),
+                                            "identity_not_allowed"),
+    "fail/organisation-email-with-a-line-break": (Case(
+        _org(emails=["x\r\nX-Switch-Identity: admin@example.com"])), "identity_invalid"),
+    "fail/organisation-email-with-a-nul": (Case(_org(emails=["a\x00@example.com"])),
+                                           "identity_invalid"),
+    "fail/organisation-common-name-missing": (Case(_org(emails=["a@example.com"],
+                                                        subject=x509.Name([])),
+                                                   _rule("common-name")), "identity_common_name"),
+    "fail/organisation-two-common-names": (Case(_org(subject=TWO_CNS), _rule("common-name")),
+                                           "identity_common_name"),
+    "fail/organisation-common-name-not-allowed": (Case(_org(subject="db-1"),
+                                                       _rule("common-name", "host-*")),
+                                                  "identity_not_allowed"),
+    "fail/organisation-common-name-with-a-tab": (Case(_org(subject="host\t1"),
+                                                      _rule("common-name")), "identity_invalid"),
+    "fail/organisation-any-subject-with-a-line-break": (Case(_org(subject="a\nb"), _rule("any")),
+                                                        "identity_invalid"),
+}
+
+
+@pytest.mark.parametrize(("case", "reason"), list(CASES.values()), ids=list(CASES))
+def test_check_peer(case: Case, reason: str) -> None:
+    p = _pki()
+    chain = case.chain(p)
+    decision = check_peer(case.tenant(p, chain), chain, NOW)
+    assert (decision.allowed, decision.reason) == (reason == "ok", reason)
+    assert decision.tenant == "demo"
+    if case.identity is not None:
+        assert decision.identity == case.identity
+    if decision.allowed:
+        assert decision.anchor == fingerprint(chain[-1])
+        assert decision.serial == format(chain[0].serial_number, "x")
+        assert still_allowed(decision, case.tenant(p, chain), NOW) is None
+
+
+def test_the_table_covers_every_reason_check_peer_returns() -> None:
+    """Every reason code in gateway/peer.py's decision path has a case above."""
+    covered = {reason for _, reason in CASES.values()}
+    assert covered >= {
+        "ok", "no_client_certificate", "issuer_not_tenant", "leaf_is_ca", "certificate_expired",
+        "certificate_not_yet_valid", "no_client_auth", "malformed_certificate",
+        "chain_unexpected", "key_binding_missing", "key_revoked", "certificate_revoked",
+        "crl_expired", "identity_email_count", "identity_not_allowed", "identity_common_name",
+        "identity_invalid"}
+
+
+@pytest.mark.parametrize(("candidate", "patterns", "matches"), [
+    ("a@example.com", ["*@example.com"], True),
+    ("A@EXAMPLE.com", ["*@example.com"], True),
+    ("a@example.com.evil", ["*@example.com"], False),
+    ("x\n@example.com", ["*@example.com"], False),
+    ("x@example.com\n", ["*@example.com"], False),
+    ("x\r\n@example.com", ["?*@example.com"], False),
+    ("x\n@example.com", ["?\n@example.com"], True),  # a pattern may spell one out itself
+    ("b@example.com", ["[a-c]@example.com"], True),
+    ("d@example.com", ["[!a-c]@example.com"], True),
+    ("\n@example.com", ["[!a-c]@example.com"], False),
+    ("host-[1]", ["host-[[]1]"], True),
+    ("a+b@example.com", ["a+b@*"], True),
+    ("ab@example.com", ["a+b@*"], False),
+])
+def test_allow_patterns_are_globs_whose_wildcards_never_match_control_characters(
+        candidate: str, patterns: list[str], matches: bool) -> None:
+    assert allow_matches(candidate, patterns) is matches
