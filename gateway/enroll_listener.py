@@ -25,7 +25,7 @@ from OpenSSL import SSL, crypto
 from enroll.est_service import EstReply, EstRequest, EstService
 from gateway.http11 import Request, Response, serve_http
 from gateway.listening import peer_address, serve_tcp
-from gateway.tls import OpenSSLStream
+from gateway.tls import TLSStream, tls_server
 
 log = structlog.get_logger("switch.enroll")
 _conn_ids = itertools.count(1)
@@ -70,7 +70,7 @@ class EnrollListener:
             await stream.aclose()
             return
         try:
-            tls = OpenSSLStream.server(stream, self.context_provider())
+            tls = tls_server(stream, self.context_provider())
             try:
                 with trio.fail_after(self.request_timeout_s):
                     await tls.do_handshake()
@@ -99,7 +99,7 @@ class EnrollListener:
     def _log_refusal(self, source: str, conn_id: int, status: int, reason: str) -> None:
         log.info("est_request", conn_id=conn_id, peer=source, status=status, result=reason)
 
-    async def _handle_request(self, request: Request, *, tls: OpenSSLStream, source: str,
+    async def _handle_request(self, request: Request, *, tls: TLSStream, source: str,
                               conn_id: int) -> Response:
         est_request = EstRequest(
             method=request.method, path=request.path,

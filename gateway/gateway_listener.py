@@ -21,7 +21,7 @@ from gateway.listening import peer_address, serve_tcp
 from gateway.metrics import Metrics
 from gateway.sessions import SessionRegistry
 from gateway.tenant_tls import HandshakeInfo, TrustState
-from gateway.tls import OpenSSLStream
+from gateway.tls import socket_of, stream_for
 
 log = structlog.get_logger("switch.gateway")
 
@@ -64,9 +64,9 @@ class GatewayListener:
 
     async def _handle(self, stream: trio.abc.Stream, state: TrustState, peer: str) -> None:
         settings = state.config.gateway
-        conn = state.new_connection()
+        conn = state.new_connection(socket_of(stream))
         info: HandshakeInfo = conn.get_app_data()
-        tls = OpenSSLStream(stream, conn)
+        tls = stream_for(stream, conn)
         try:
             with trio.fail_after(settings.handshake_timeout_s):
                 await tls.do_handshake()

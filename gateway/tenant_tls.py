@@ -26,6 +26,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
+import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
@@ -33,7 +34,7 @@ from config.model import SwitchConfig
 from config.tls_material import PrivateKey, crl_signer, load_ca_certificates, load_crl
 from enroll.trust_view import TrustView
 from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, x509_error_reason
-from gateway.tls import server_context
+from gateway.tls import new_connection, server_context
 
 VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
@@ -91,8 +92,9 @@ class TrustState:
         tenant = self.config.tenant_for_hostname(server_name)
         return tenant.name if tenant is not None else None
 
-    def new_connection(self) -> SSL.Connection:
-        conn = SSL.Connection(self.entry, None)
+    def new_connection(self, sock: trio.socket.SocketType | None = None) -> SSL.Connection:
+        """A server connection on the entry context, on ``sock`` (None: memory BIOs)."""
+        conn = new_connection(self.entry, sock)
         info = HandshakeInfo(tenant=self.config.default_tenant)
         conn.set_app_data(info)
         conn.set_accept_state()

@@ -1,13 +1,23 @@
-"""A Trio stream over a pyOpenSSL connection with memory BIOs.
+"""Trio streams over pyOpenSSL: on a socket's file descriptor, or over memory BIOs.
 
 Why not ``trio.SSLStream``: Python's ``ssl`` module on 3.11 cannot hand over the client's chain,
 cannot let Switch decide about a client certificate itself (the EST port accepts any certificate
 in TLS and checks it per tenant, answering with an HTTP status), cannot turn TLS 1.3 tickets off,
 and costs more CPU per handshake (DESIGN.md, Budgets).
 
-Theory of operation: OpenSSL reads from and writes to two memory buffers; this class moves bytes
-between those buffers and the transport stream. Every pyOpenSSL call is synchronous, so calls from
-two tasks never interleave; only the transport I/O awaits, each direction under its own lock:
+Two transports, one behaviour. ``SocketTLSStream`` (the listeners' hot path: every accepted
+connection is a socket) lets OpenSSL read and write the non-blocking socket itself: a call that
+would block raises ``WantReadError``/``WantWriteError`` and the task waits for the descriptor
+with ``trio.lowlevel.wait_readable``/``wait_writable``. No bytes pass through Python, no buffer
+sits between OpenSSL and the kernel (with ``MODE_RELEASE_BUFFERS`` an idle connection holds no
+record buffers at all), and a handshake costs a handful of Python calls. ``OpenSSLStream`` works
+over any Trio stream (memory streams in unit tests, the reference agent's and EST client's
+connections): OpenSSL reads from and writes to two memory buffers and the class moves bytes
+between those buffers and the transport stream. ``tls_server``/``tls_client`` (and ``stream_for``)
+pick the socket transport whenever they are given a ``trio.SocketStream``.
+
+With memory BIOs every pyOpenSSL call is still synchronous, so calls from two tasks never
+interleave; only the transport I/O awaits, each direction under its own lock:
 
 * ``_flush`` moves everything OpenSSL wrote into the outgoing buffer to the transport, under the
   send lock; bytes leave in the order OpenSSL produced them because the buffer is FIFO.
@@ -15,18 +25,27 @@ two tasks never interleave; only the transport I/O awaits, each direction under 
   A task that waited for the lock while another task filled returns without reading, and retries
   its OpenSSL call on the new data (the same idea as trio's ``SSLStream``).
 
-So one task may sit in ``receive_some`` while another calls ``send_all`` (a WebSocket relay does).
-Two concurrent ``receive_some`` calls, or two concurrent ``send_all`` calls, are a bug in the
-caller and raise ``trio.BusyResourceError``. TLS failures (bad bytes, a refused certificate, EOF
-mid-handshake) raise ``trio.BrokenResourceError`` with the OpenSSL error as ``__cause__``, after
-flushing any alert OpenSSL queued so the peer learns why. A clean ``close_notify`` reads as ``b""``;
-EOF without it raises ``trio.BrokenResourceError`` (truncation).
+On a socket the same holds with the descriptor's readiness in place of the two buffers: a task
+that finds another already waiting for the same readiness waits for that wait to end, then
+retries its call.
+
+Both: one task may sit in ``receive_some`` while another calls ``send_all`` (a WebSocket relay
+does). Two concurrent ``receive_some`` calls, or two concurrent ``send_all`` calls, are a bug in
+the caller and raise ``trio.BusyResourceError``. TLS failures (bad bytes, a refused certificate,
+EOF mid-handshake) raise ``trio.BrokenResourceError`` with the OpenSSL error as ``__cause__``,
+after sending any alert OpenSSL queued so the peer learns why. A clean ``close_notify`` reads as
+``b""``; EOF without it raises ``trio.BrokenResourceError`` (truncation).
+
+Schedule points: the socket stream does not yield on every call that completes at once (a trio
+socket yields twice per send or receive, which is most of a handshake's Python cost); it checks
+for cancellation every time and yields every ``MAX_UNYIELDED`` calls in a row, so a busy
+connection cannot starve the others. A call that had to wait has yielded anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
 import trio
@@ -46,7 +65,207 @@ READ_CHUNK = 16 * 1024 + 256
 WRITE_CHUNK = 64 * 1024
 
 
-class OpenSSLStream(trio.abc.Stream):
+#: Calls completing without a wait that the socket stream allows before it yields anyway.
+MAX_UNYIELDED = 8
+
+
+class TLSStream(trio.abc.Stream):
+    """What both transports share: the handshake's results, read from the ``SSL.Connection``."""
+
+    transport: trio.abc.Stream
+    connection: SSL.Connection
+
+    async def do_handshake(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def server_name(self) -> str | None:
+        name = self.connection.get_servername()
+        return name.decode("ascii", "replace").lower() if name else None
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        return cert
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        """The chain the peer sent, leaf first (unverified: for the server's own checks)."""
+        leaf = self.connection.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return []
+        # A server's view of the chain leaves out the leaf (SSL_get_peer_cert_chain).
+        rest = self.connection.get_peer_cert_chain(as_cryptography=True) or []
+        return [leaf, *(c for c in rest if c != leaf)]
+
+    def verified_chain(self) -> list[x509.Certificate] | None:
+        """The chain OpenSSL verified, leaf first, or None."""
+        chain = self.connection.get_verified_chain(as_cryptography=True)
+        return list(chain) if chain else None
+
+    @property
+    def tls_version(self) -> str:
+        return str(self.connection.get_protocol_version_name())
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(_lib.SSL_session_reused(self.connection._ssl))
+
+
+def socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket to run TLS on directly, or None (any other stream: memory BIOs)."""
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
+
+
+def stream_for(transport: trio.abc.Stream, connection: SSL.Connection) -> TLSStream:
+    """The TLS stream for a connection made with ``SSL.Connection(context, socket_of(transport))``."""
+    if isinstance(transport, trio.SocketStream):
+        return SocketTLSStream(transport, connection)
+    return OpenSSLStream(transport, connection)
+
+
+def new_connection(context: SSL.Context, sock: trio.socket.SocketType | None) -> SSL.Connection:
+    """``SSL.Connection`` on ``sock`` (pyOpenSSL needs only its ``fileno()``), or on memory BIOs."""
+    return SSL.Connection(context, sock)  # type: ignore[arg-type]
+
+
+def tls_server(transport: trio.abc.Stream, context: SSL.Context) -> TLSStream:
+    conn = new_connection(context, socket_of(transport))
+    conn.set_accept_state()
+    return stream_for(transport, conn)
+
+
+def tls_client(transport: trio.abc.Stream, context: SSL.Context,
+               server_name: str | None = None) -> TLSStream:
+    conn = new_connection(context, socket_of(transport))
+    if server_name:
+        conn.set_tlsext_host_name(server_name.encode("idna"))
+    conn.set_connect_state()
+    return stream_for(transport, conn)
+
+
+class SocketTLSStream(TLSStream):
+    """TLS run by OpenSSL on the socket's descriptor (see the module docstring)."""
+
+    def __init__(self, transport: trio.SocketStream, connection: SSL.Connection) -> None:
+        self.transport = transport
+        self.connection = connection
+        self._socket = transport.socket
+        self._readable = LightLock()
+        self._writable = LightLock()
+        self._handshake_lock = LightLock()
+        self._handshake_done = False
+        self._sending = False
+        self._receiving = False
+        self._closed = False
+        self._unyielded = 0
+
+    async def _wait(self, lock: LightLock, wait: Callable[[trio.socket.SocketType], Awaitable[None]]
+                    ) -> None:
+        if lock.locked():
+            async with lock:  # another task waited for this readiness: retry on what it saw
+                return
+        async with lock:
+            await wait(self._socket)
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        waited = False
+        while True:
+            if self._closed:
+                # Never touch the descriptor after close: its number may belong to another socket.
+                raise trio.ClosedResourceError("the TLS stream is closed")
+            # The waits happen outside the ``except`` blocks: awaiting inside one would keep the
+            # exception alive, and with its traceback the frame of ``Connection.recv`` and the
+            # 16 KiB buffer it allocated, for as long as an idle session waits.
+            want_read = False
+            try:
+                result = fn(*args)
+            except SSL.WantReadError:
+                want_read = True
+            except SSL.WantWriteError:
+                pass
+            except SSL.ZeroReturnError:
+                raise
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS failed: {_describe(exc)}") from exc
+            else:
+                break
+            waited = True
+            if want_read:
+                await self._wait(self._readable, trio.lowlevel.wait_readable)
+            else:
+                await self._wait(self._writable, trio.lowlevel.wait_writable)
+        if waited:
+            self._unyielded = 0
+            return result
+        self._unyielded += 1
+        if self._unyielded >= MAX_UNYIELDED:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        return result
+
+    async def do_handshake(self) -> None:
+        """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
+        if self._handshake_done:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        async with self._handshake_lock:
+            if not self._handshake_done:
+                await self._io(self.connection.do_handshake)
+                self._handshake_done = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            await self.do_handshake()
+            view = memoryview(data)
+            if not view:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            sent = 0
+            while sent < len(view):
+                # Partial writes are on (pyOpenSSL's default): ``send`` says how much it took.
+                sent += await self._io(self.connection.send, view[sent:sent + WRITE_CHUNK])
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._wait(self._writable, trio.lowlevel.wait_writable)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            await self.do_handshake()
+            try:
+                return await self._io(self.connection.recv, max_bytes or READ_CHUNK)
+            except SSL.ZeroReturnError:
+                return b""
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Send close_notify if the socket takes it now (best effort), close the socket."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if self._handshake_done:
+                with contextlib.suppress(SSL.Error):
+                    self.connection.shutdown()
+        finally:
+            self._closed = True
+            await self.transport.aclose()
+
+    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
+        raise NotImplementedError("TLS has no half-close")
+
+
+class OpenSSLStream(TLSStream):
+    """TLS over memory BIOs on any Trio stream (see the module docstring)."""
+
     def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
         self.transport = transport
         self.connection = connection
@@ -109,16 +328,19 @@ class OpenSSLStream(trio.abc.Stream):
             try:
                 result = fn(*args)
             except SSL.WantReadError:
-                await self._flush()
-                await self._fill()
-                continue
+                pass  # wait below, outside the except block (see SocketTLSStream._io)
             except SSL.ZeroReturnError:
                 raise
             except SSL.Error as exc:
-                await self._flush_quietly()
-                raise trio.BrokenResourceError(f"TLS failed: {_describe(exc)}") from exc
+                failure = exc
+                break
+            else:
+                await self._flush()
+                return result
             await self._flush()
-            return result
+            await self._fill()
+        await self._flush_quietly()
+        raise trio.BrokenResourceError(f"TLS failed: {_describe(failure)}") from failure
 
     # --- the Stream interface ------------------------------------------------------------------
 
@@ -180,39 +402,6 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
         raise NotImplementedError("TLS has no half-close")
-
-    # --- what the handshake established ---------------------------------------------------------
-
-    @property
-    def server_name(self) -> str | None:
-        name = self.connection.get_servername()
-        return name.decode("ascii", "replace").lower() if name else None
-
-    def peer_certificate(self) -> x509.Certificate | None:
-        cert = self.connection.get_peer_certificate(as_cryptography=True)
-        return cert
-
-    def peer_chain(self) -> list[x509.Certificate]:
-        """The chain the peer sent, leaf first (unverified: for the server's own checks)."""
-        leaf = self.connection.get_peer_certificate(as_cryptography=True)
-        if leaf is None:
-            return []
-        # A server's view of the chain leaves out the leaf (SSL_get_peer_cert_chain).
-        rest = self.connection.get_peer_cert_chain(as_cryptography=True) or []
-        return [leaf, *(c for c in rest if c != leaf)]
-
-    def verified_chain(self) -> list[x509.Certificate] | None:
-        """The chain OpenSSL verified, leaf first, or None."""
-        chain = self.connection.get_verified_chain(as_cryptography=True)
-        return list(chain) if chain else None
-
-    @property
-    def tls_version(self) -> str:
-        return str(self.connection.get_protocol_version_name())
-
-    @property
-    def session_reused(self) -> bool:
-        return bool(_lib.SSL_session_reused(self.connection._ssl))
 
 
 def _describe(exc: SSL.Error) -> str:

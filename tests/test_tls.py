@@ -1,4 +1,5 @@
-"""The pyOpenSSL Trio stream over memory streams, and over real loopback sockets."""
+"""The pyOpenSSL Trio streams: over memory BIOs (memory streams) and on sockets (real loopback
+TCP), with the same tests for both transports."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import trio.testing
 from OpenSSL import SSL
 
 from enroll import pki
-from gateway.tls import OpenSSLStream, client_context, server_context
+from gateway.tls import (
+    OpenSSLStream,
+    SocketTLSStream,
+    TLSStream,
+    client_context,
+    server_context,
+    tls_client,
+    tls_server,
+)
 
 NOW = dt.datetime.now(dt.UTC)
 YEAR = dt.timedelta(days=365)
@@ -44,16 +53,36 @@ def certs() -> Pki:
     return Pki()
 
 
-def _pair(certs: Pki, *, client_auth: str = "required", with_cert: bool = True,
-          stranger: bool = False, max_version: int | None = None
-          ) -> tuple[OpenSSLStream, OpenSSLStream]:
-    a, b = trio.testing.memory_stream_pair()
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ends of a real loopback TCP connection."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return server, client
+
+
+@pytest.fixture(params=["memory", "socket"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _pair(certs: Pki, transport: str, *, client_auth: str = "required",
+                with_cert: bool = True, stranger: bool = False, max_version: int | None = None
+                ) -> tuple[TLSStream, TLSStream]:
+    if transport == "socket":
+        a, b = await tcp_pair()
+    else:
+        a, b = trio.testing.memory_stream_pair()  # type: ignore[assignment]
     sctx = server_context([certs.server, certs.root], certs.server_key,
                           client_auth=client_auth, trust=[certs.client_ca])  # type: ignore[arg-type]
     chain, key = ([certs.stranger], certs.stranger_key) if stranger else ([certs.client], certs.client_key)
     cctx = client_context(trust=[certs.root], chain=chain if with_cert else (),
                           key=key if with_cert else None, max_version=max_version)
-    return OpenSSLStream.server(a, sctx), OpenSSLStream.client(b, cctx, "localhost")
+    server, client = tls_server(a, sctx), tls_client(b, cctx, "localhost")
+    assert isinstance(server, SocketTLSStream if transport == "socket" else OpenSSLStream)
+    return server, client
 
 
 VERSIONS = pytest.mark.parametrize("max_version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION],
@@ -61,8 +90,8 @@ VERSIONS = pytest.mark.parametrize("max_version", [SSL.TLS1_2_VERSION, SSL.TLS1_
 
 
 @VERSIONS
-async def test_handshake_and_echo_both_ways(certs: Pki, max_version: int) -> None:
-    server, client = _pair(certs, max_version=max_version)
+async def test_handshake_and_echo_both_ways(certs: Pki, transport: str, max_version: int) -> None:
+    server, client = await _pair(certs, transport, max_version=max_version)
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             n.start_soon(server.do_handshake)
@@ -78,11 +107,11 @@ async def test_handshake_and_echo_both_ways(certs: Pki, max_version: int) -> Non
         assert await server.receive_some() == b""
 
 
-async def test_large_payloads_flow_both_ways_at_once(certs: Pki) -> None:
-    server, client = _pair(certs)
+async def test_large_payloads_flow_both_ways_at_once(certs: Pki, transport: str) -> None:
+    server, client = await _pair(certs, transport)
     payload = bytes(range(256)) * 4096  # 1 MiB
 
-    async def pump(src: OpenSSLStream, dst_received: list[bytes]) -> None:
+    async def pump(src: TLSStream, dst_received: list[bytes]) -> None:
         total = 0
         while total < len(payload):
             data = await src.receive_some(65536)
@@ -101,7 +130,7 @@ async def test_large_payloads_flow_both_ways_at_once(certs: Pki) -> None:
     assert b"".join(got_server) == payload and b"".join(got_client) == payload
 
 
-async def _server_handshake_fails(server: OpenSSLStream, client: OpenSSLStream) -> None:
+async def _server_handshake_fails(server: TLSStream, client: TLSStream) -> None:
     """Assert on the server side (STYLE: under TLS 1.3 the client's own handshake may succeed)."""
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
@@ -122,17 +151,17 @@ async def _server_handshake_fails(server: OpenSSLStream, client: OpenSSLStream) 
 
 
 @VERSIONS
-async def test_missing_client_certificate_is_refused_when_required(certs: Pki, max_version: int) -> None:
-    await _server_handshake_fails(*_pair(certs, with_cert=False, max_version=max_version))
+async def test_missing_client_certificate_is_refused_when_required(certs: Pki, transport: str, max_version: int) -> None:
+    await _server_handshake_fails(*await _pair(certs, transport, with_cert=False, max_version=max_version))
 
 
 @VERSIONS
-async def test_untrusted_client_certificate_is_refused(certs: Pki, max_version: int) -> None:
-    await _server_handshake_fails(*_pair(certs, stranger=True, max_version=max_version))
+async def test_untrusted_client_certificate_is_refused(certs: Pki, transport: str, max_version: int) -> None:
+    await _server_handshake_fails(*await _pair(certs, transport, stranger=True, max_version=max_version))
 
 
-async def test_any_mode_accepts_an_untrusted_certificate_for_the_caller_to_judge(certs: Pki) -> None:
-    server, client = _pair(certs, client_auth="any", stranger=True)
+async def test_any_mode_accepts_an_untrusted_certificate_for_the_caller_to_judge(certs: Pki, transport: str) -> None:
+    server, client = await _pair(certs, transport, client_auth="any", stranger=True)
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             n.start_soon(server.do_handshake)
@@ -141,8 +170,8 @@ async def test_any_mode_accepts_an_untrusted_certificate_for_the_caller_to_judge
     assert server.peer_chain()[0] == certs.stranger
 
 
-async def test_any_mode_allows_no_certificate(certs: Pki) -> None:
-    server, client = _pair(certs, client_auth="any", with_cert=False)
+async def test_any_mode_allows_no_certificate(certs: Pki, transport: str) -> None:
+    server, client = await _pair(certs, transport, client_auth="any", with_cert=False)
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             n.start_soon(server.do_handshake)
@@ -150,17 +179,19 @@ async def test_any_mode_allows_no_certificate(certs: Pki) -> None:
     assert server.peer_certificate() is None
 
 
-async def test_garbage_bytes_break_the_handshake(certs: Pki) -> None:
-    a, b = trio.testing.memory_stream_pair()
-    server = OpenSSLStream.server(a, server_context([certs.server], certs.server_key,
-                                                   client_auth="any"))
+async def test_garbage_bytes_break_the_handshake(certs: Pki, transport: str) -> None:
+    if transport == "socket":
+        a, b = await tcp_pair()
+    else:
+        a, b = trio.testing.memory_stream_pair()  # type: ignore[assignment]
+    server = tls_server(a, server_context([certs.server], certs.server_key, client_auth="any"))
     await b.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
         await server.do_handshake()
 
 
-async def test_eof_without_close_notify_is_truncation(certs: Pki) -> None:
-    server, client = _pair(certs)
+async def test_eof_without_close_notify_is_truncation(certs: Pki, transport: str) -> None:
+    server, client = await _pair(certs, transport)
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             n.start_soon(server.do_handshake)
@@ -170,7 +201,7 @@ async def test_eof_without_close_notify_is_truncation(certs: Pki) -> None:
             await server.receive_some()
 
 
-async def test_sessions_are_never_resumed(certs: Pki, tmp_path: Path) -> None:
+async def test_sessions_are_never_resumed(certs: Pki, transport: str, tmp_path: Path) -> None:
     """A TLS 1.2 client offering its previous session gets a full handshake."""
     sctx = server_context([certs.server, certs.root], certs.server_key, client_auth="required",
                           trust=[certs.client_ca])  # type: ignore[arg-type]
@@ -178,9 +209,12 @@ async def test_sessions_are_never_resumed(certs: Pki, tmp_path: Path) -> None:
                           max_version=SSL.TLS1_2_VERSION)
     session = None
     for _ in range(2):
-        a, b = trio.testing.memory_stream_pair()
-        server = OpenSSLStream.server(a, sctx)
-        client = OpenSSLStream.client(b, cctx, "localhost")
+        if transport == "socket":
+            a, b = await tcp_pair()
+        else:
+            a, b = trio.testing.memory_stream_pair()  # type: ignore[assignment]
+        server = tls_server(a, sctx)
+        client = tls_client(b, cctx, "localhost")
         if session is not None:
             client.connection.set_session(session)
         with trio.fail_after(10):
@@ -191,13 +225,104 @@ async def test_sessions_are_never_resumed(certs: Pki, tmp_path: Path) -> None:
         session = client.connection.get_session()
 
 
+async def _connected(certs: Pki) -> tuple[TLSStream, TLSStream]:
+    server, client = await _pair(certs, "socket")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.do_handshake)
+            n.start_soon(client.do_handshake)
+    return server, client
+
+
+async def test_socket_stream_refuses_io_after_close(certs: Pki) -> None:
+    """After aclose the descriptor's number may belong to another socket: no call touches it."""
+    server, client = await _connected(certs)
+    await server.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_all(b"x")
+    assert await client.receive_some() == b""  # the close_notify arrived
+    await client.aclose()
+
+
+async def test_socket_stream_close_wakes_a_task_waiting_to_receive(certs: Pki) -> None:
+    server, client = await _connected(certs)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+
+            async def reader() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await server.receive_some()
+
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await server.aclose()
+    await client.aclose()
+
+
+async def test_socket_stream_send_waits_for_a_peer_that_does_not_read(certs: Pki) -> None:
+    """Back-pressure: with the peer not reading, send_all blocks (and can be cancelled)."""
+    server, client = await _connected(certs)
+    with trio.move_on_after(1) as scope:
+        while True:
+            await server.send_all(b"x" * 65536)
+    assert scope.cancelled_caught
+    await server.aclose()
+    await client.aclose()
+
+
+async def test_socket_stream_rejects_two_concurrent_receivers(certs: Pki) -> None:
+    server, client = await _connected(certs)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+            n.start_soon(server.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await server.receive_some()
+            n.cancel_scope.cancel()
+    await server.aclose()
+    await client.aclose()
+
+
+async def test_a_busy_socket_stream_does_not_starve_other_tasks(certs: Pki) -> None:
+    """Calls that complete at once still yield every few calls, so a connection that always has
+    data cannot monopolise the event loop."""
+    server, client = await _connected(certs)
+    ticks = 0
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await trio.lowlevel.checkpoint()
+
+            async def drain() -> None:
+                while await client.receive_some():
+                    pass
+
+            n.start_soon(ticker)
+            n.start_soon(drain)
+            await trio.sleep(0.05)  # both started (the ticker never blocks, so no wait_all_tasks_blocked)
+            before = ticks
+            for _ in range(200):
+                await server.send_all(b"y" * 100)  # small: each completes without waiting
+            assert ticks - before >= 200 // 8 - 1
+            n.cancel_scope.cancel()
+    await server.aclose()
+    await client.aclose()
+
+
 async def test_real_socket_with_a_stdlib_ssl_client(certs: Pki, tmp_path: Path) -> None:
     sctx = server_context([certs.server, certs.root], certs.server_key, client_auth="required",
                           trust=[certs.client_ca])  # type: ignore[arg-type]
     seen: list[str] = []
 
     async def handler(stream: trio.SocketStream) -> None:
-        tls = OpenSSLStream.server(stream, sctx)
+        tls = tls_server(stream, sctx)
+        assert isinstance(tls, SocketTLSStream)
         try:
             await tls.do_handshake()
             chain = tls.verified_chain() or []
