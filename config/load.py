@@ -446,6 +446,7 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
             t.error("upstream", str(exc))
     upstream_ca = t.path("upstream_ca")
     if upstream_ca is not None:
+        upstream_ca = t.located("upstream_ca", upstream_ca)
         try:
             tls_material.load_pem_certificates(upstream_ca)
         except ValueError as exc:

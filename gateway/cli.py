@@ -10,11 +10,13 @@ exit  meaning
 ====  =====================================================================
 0     done
 1     refused by a rule (limit reached, wrong state, name taken, missing reason,
-      confirmation mismatch, ...), or a check failed (``config check``, ``audit verify``)
+      confirmation mismatch, ...), a check failed (``config check``, ``audit verify``),
+      or ``reload`` found no server or no confirmation (``not_running``, ``reload_unconfirmed``)
 2     usage error (unknown command or option)
 3     not found (unknown tenant, key or certificate)
 4     the store could not be opened or written
-5     the configuration does not load
+5     the configuration does not load (``config_invalid``; ``reload_refused`` when the
+      running server refused it)
 ====  =====================================================================
 """
 
@@ -185,15 +187,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway import serve
+    from gateway.workers import GENERATION_ENV, SNAPSHOT_ENV
 
     # Until the server's own signal handling is in place, a SIGHUP (reload) must not kill the
     # process (Python's default); the config is read after this point anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    cfg = _load(args)
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     if workers < 1:
         raise CliExit(EXIT_USAGE, "usage: --workers must be at least 1")
     try:
+        if args.worker is not None and os.environ.get(SNAPSHOT_ENV):
+            # A worker runs the supervisor's snapshot, never the files on disk (config.snapshot).
+            from config.snapshot import load_snapshot
+
+            cfg = load_snapshot(Path(args.config), Path(os.environ[SNAPSHOT_ENV]))
+            generation = int(os.environ.get(GENERATION_ENV, "1"))
+            trio.run(functools.partial(serve.main, cfg, worker=args.worker, generation=generation))
+            return EXIT_OK
+        cfg = _load(args)
         if args.worker is not None or workers == 1:
             trio.run(functools.partial(serve.main, cfg, worker=args.worker))
             return EXIT_OK
@@ -216,8 +227,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(Path(args.config))
     except ConfigError as exc:  # checked here first: a config that does not load is never sent
-        raise CliExit(EXIT_REFUSED, "reload_refused: the config does not load; the running "
-                      f"config stays in force:\n{format_problems(exc.problems)}") from exc
+        raise CliExit(EXIT_CONFIG, f"config_invalid: {args.config} does not load; nothing was "
+                      "signalled and the running config stays in force:\n"
+                      f"{format_problems(exc.problems)}") from exc
     pid_file = cfg.state_dir / PID_FILE
     try:
         pid = int(pid_file.read_text().split()[0])
@@ -252,12 +264,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
             failed = [r for r in results if not r["ok"]]
             if failed:
                 errors = "\n".join(dict.fromkeys(e for r in failed for e in r["errors"]))
-                raise CliExit(EXIT_REFUSED, f"reload_refused: the running config stays in force:\n{errors}")
+                raise CliExit(EXIT_CONFIG, "reload_refused: the configuration does not load in the "
+                              f"server; the running config stays in force:\n{errors}")
             generations = sorted({r["generation"] for r in results})
             print("reloaded: config generation " + ", ".join(map(str, generations))
                   + (f" ({len(results)} processes)" if len(results) > 1 else ""))
-            for name in dict.fromkeys(n for r in results for n in r["restart_needed"]):
-                print(f"  the {name} listener's address changed: restart to apply it")
+            for key in dict.fromkeys(k for r in results for k in r["restart_needed"]):
+                print(f"  {key} changed: it is read at start only, restart to apply it")
             return EXIT_OK
         time.sleep(0.05)
     raise CliExit(EXIT_REFUSED, f"reload_unconfirmed: signalled process {pid}, not every process "
@@ -804,8 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "serve", cmd_serve,
             "run the gateway, enroll and admin listeners (SIGHUP reloads; SIGTERM drains and stops)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes sharing the ports (default: the number of cores; "
-                        "1 runs in this process)")
+                   help="worker processes sharing the ports (default: the number of cores "
+                        "this process may run on; 1 runs in this process)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
     cfg = sub.add_parser("config", help="check the configuration").add_subparsers(

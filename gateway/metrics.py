@@ -28,6 +28,14 @@ class Metrics:
                                        "Configuration generation in force", registry=r)
         self.config_reloads = Counter("switch_config_reloads", "Config reloads by result",
                                       ["result"], registry=r)
+        self.config_last_reload_success = Gauge(
+            "switch_config_last_reload_success",
+            "1 if the last config load (at start or by reload) succeeded, 0 if it was refused",
+            registry=r)
+        self.config_last_reload_timestamp = Gauge(
+            "switch_config_last_reload_timestamp_seconds",
+            "Unix time of the last config load (at start or by reload), whatever its result",
+            registry=r)
 
     def refused(self, tenant: str | None, reason: str) -> None:
         self.refusals.labels(tenant or "-", reason).inc()

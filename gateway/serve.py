@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
 import attrs
@@ -35,6 +37,7 @@ from OpenSSL import SSL
 from config.errors import ConfigError, Problem
 from config.load import load_config
 from config.model import SwitchConfig
+from config.reload import restart_needed
 from config.tls_material import PrivateKey, describe_ssl_error, load_server_credentials
 from enroll.authority import Authority
 from enroll.est_service import EstReply, EstService
@@ -122,6 +125,15 @@ def _reason(exc: Exception) -> str:
     return describe_ssl_error(exc) if isinstance(exc, SSL.Error) else str(exc)
 
 
+#: Reads the configuration for a reload: the configuration and the generation it becomes (None:
+#: the next one).
+ConfigReader = Callable[[Path], tuple[SwitchConfig, int | None]]
+
+
+def read_from_disk(path: Path) -> tuple[SwitchConfig, int | None]:
+    return load_config(path), None
+
+
 @attrs.frozen
 class ReloadResult:
     generation: int
@@ -132,9 +144,17 @@ class ReloadResult:
 
 
 class Switch:
+    """``reload_config`` reads the configuration again for a reload: from disk (the default), or
+    for a worker from the supervisor's snapshot, which also gives the generation it becomes
+    (None: the next one). ``generation`` is the one the process starts at."""
+
     def __init__(self, config: SwitchConfig, *,
                  sockets: Mapping[str, list[socket.socket]] | None = None,
-                 write_pid: bool = True, worker: int | None = None) -> None:
+                 write_pid: bool = True, worker: int | None = None, generation: int = 1,
+                 reload_config: ConfigReader = read_from_disk) -> None:
+        #: The configuration the process started with: what restart-only settings stay at.
+        self.started = config
+        self.reload_config = reload_config
         self.sockets = dict(sockets or {})
         self.write_pid = write_pid
         self.status_name = reload_status_name(worker)
@@ -146,13 +166,14 @@ class Switch:
         self.authority = Authority.open(config)
         self.issuance = Issuance(self.authority)
         try:
-            self.loaded = load_all(config, self.issuance, 1, self.est_limiter)
+            self.loaded = load_all(config, self.issuance, generation, self.est_limiter)
         except BaseException:
             self.authority.close()
             raise
-        self.last_reload = ReloadResult(1, True, _now().isoformat())
         self._reload_lock = trio.Lock()
-        self.metrics.config_generation.set(1)
+        # /metrics shows the load at start as the last load: its generation, result and time.
+        self.last_reload = self._record(ReloadResult(generation, True, _now().isoformat()),
+                                        reload=False)
         self.state: TrustState | None = None
         self.listeners: dict[str, list[trio.SocketListener]] = {}
         self._stop = trio.Event()
@@ -215,37 +236,46 @@ class Switch:
         state removes (a CA, a tenant, a CRL entry) are closed; the others stay."""
         async with self._reload_lock:
             old = self.loaded
-            generation = old.generation + 1
             try:
-                config = await trio.to_thread.run_sync(load_config, old.config.path)
+                config, given = await trio.to_thread.run_sync(self.reload_config, old.config.path)
+                generation = given if given is not None else old.generation + 1
+                restart = restart_needed(self.started, config)
+                # Restart-only settings stay as they started (config.reload); the state
+                # directory is also where this process's store, pid and status files are.
+                config = attrs.evolve(config, state_dir=self.started.state_dir)
                 loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation,
                                                        self.est_limiter)
-            except ValueError as exc:
+            except ValueError as exc:  # ConfigError, with every problem's file and key
                 problems = getattr(exc, "problems", None)
                 errors = tuple(str(p) for p in problems) if problems else (str(exc),)
                 for error in errors:
                     log.error("reload_refused", error=error)
-                self.metrics.config_reloads.labels("failure").inc()
-                self.last_reload = ReloadResult(old.generation, False, _now().isoformat(), errors)
+                self.last_reload = self._record(
+                    ReloadResult(old.generation, False, _now().isoformat(), errors))
                 self._write_reload_status()
                 return self.last_reload
-            restart = tuple(
-                name for name in ("gateway", "enroll", "admin")
-                if getattr(config, name).listen != getattr(old.config, name).listen)
-            for name in restart:
-                log.warning("reload_needs_restart", listener=name,
-                            detail="listener address or enabled flag changed; restart to apply")
+            for key in restart:
+                log.warning("reload_needs_restart", key=key,
+                            detail="read once at start: the running value stays until a restart")
             self.loaded = loaded
             self.authority.config = config
             await self.refresh_trust()
-            self.metrics.config_generation.set(generation)
-            self.metrics.config_reloads.labels("success").inc()
-            self.last_reload = ReloadResult(generation, True, _now().isoformat(),
-                                            restart_needed=restart)
+            self.last_reload = self._record(ReloadResult(generation, True, _now().isoformat(),
+                                                         restart_needed=restart))
             log.info("reloaded", generation=generation, tenants=len(config.tenants),
                      restart_needed=list(restart))
             self._write_reload_status()
             return self.last_reload
+
+    def _record(self, result: ReloadResult, *, reload: bool = True) -> ReloadResult:
+        """Show ``result`` in /metrics. The load at start sets the generation, the last result
+        and its time, but is not counted as a reload."""
+        self.metrics.config_generation.set(result.generation)
+        self.metrics.config_last_reload_success.set(1 if result.ok else 0)
+        self.metrics.config_last_reload_timestamp.set(dt.datetime.fromisoformat(result.at).timestamp())
+        if reload:
+            self.metrics.config_reloads.labels("success" if result.ok else "failure").inc()
+        return result
 
     def _write_reload_status(self) -> None:
         path = self.config.state_dir / self.status_name
@@ -339,19 +369,31 @@ async def run(config: SwitchConfig, *, task_status: trio.TaskStatus[dict[str, li
     await Switch(config).run(task_status=task_status)
 
 
-async def main(config: SwitchConfig, *, worker: int | None = None) -> None:
+async def main(config: SwitchConfig, *, worker: int | None = None, generation: int = 1) -> None:
     """Run until SIGTERM or SIGINT, then drain and return; SIGHUP reloads the config. As a
-    worker (``worker`` set), accept on the sockets the supervisor passed down and stop when the
-    supervisor is gone."""
+    worker (``worker`` set), ``config`` is the supervisor's snapshot of generation
+    ``generation``: accept on the sockets the supervisor passed down, reload from its current
+    snapshot (``config.snapshot``), and stop when the supervisor is gone."""
     sockets = None
+    reload_config: ConfigReader = read_from_disk
     if worker is not None:
+        from config import snapshot
         from gateway.workers import WORKER_FDS_ENV, decode_fds, watch_parent
 
         sockets = decode_fds(os.environ.get(WORKER_FDS_ENV, ""))
         structlog.contextvars.bind_contextvars(worker=worker)
-    switch = Switch(config, sockets=sockets, write_pid=worker is None, worker=worker)
+        reload_config = functools.partial(snapshot.load_current, state_dir=config.state_dir)
+    switch = Switch(config, sockets=sockets, write_pid=worker is None, worker=worker,
+                    generation=generation, reload_config=reload_config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            if worker is not None:
+                # A SIGHUP the supervisor sent before this receiver existed was lost: if its
+                # snapshot moved on since this worker was started, catch up now.
+                with contextlib.suppress(ValueError):
+                    current = snapshot.read_current(config.state_dir)
+                    if (current.generation, current.ok) != (generation, True):
+                        nursery.start_soon(switch.reload)
 
             async def on_signal() -> None:
                 async for signum in signals:

@@ -8,10 +8,20 @@ through any worker, or the CLI, is in the store, and every worker's watcher enfo
 second. The kernel spreads new connections over the workers accepting on a shared socket. The
 admin listener runs in worker 0 only (its metrics are that worker's).
 
-The supervisor forwards SIGHUP (reload), SIGTERM and SIGINT (drain and stop) to every worker. A
-worker that exits while the supervisor is not stopping is logged and started again, with a delay
-that doubles up to 30 s while it keeps failing quickly. A worker whose supervisor disappears (even
-by SIGKILL) notices within a second and stops, so none is left orphaned.
+The supervisor owns the configuration in force (``config.snapshot``): it snapshots the config
+files at start and on each SIGHUP, and its workers run the snapshot, never the files on disk. On
+SIGHUP it takes a new snapshot (or records why the files do not load) and then forwards the signal;
+each worker reloads from the snapshot, so a reload applies to all of them or to none. SIGTERM and
+SIGINT (drain and stop) are forwarded as they are.
+
+A worker that exits while the supervisor is not stopping is logged and started again on the
+last good snapshot, so it serves what its siblings serve even if the files were edited since or
+no longer load. Before each restart the snapshot is loaded once more; should that fail (the
+snapshot was damaged), the worker is not started: ``worker_restart_config_invalid`` is logged
+with every problem and the supervisor tries again later (the next SIGHUP with a good config makes
+a new snapshot). Restarts wait a delay that doubles up to 30 s while the worker keeps failing
+quickly. A worker whose supervisor disappears (even by SIGKILL) notices within a second and stops,
+so none is left orphaned.
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import structlog
 import trio
 
+from config import snapshot
+from config.errors import ConfigError
 from config.model import SwitchConfig
 from gateway.listening import format_address, open_listening_sockets
 from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
@@ -32,6 +45,9 @@ from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
 log = structlog.get_logger("switch.supervisor")
 
 WORKER_FDS_ENV = "SWITCH_WORKER_FDS"
+#: The snapshot a worker runs and its generation (read by ``switch serve --worker``).
+SNAPSHOT_ENV = "SWITCH_CONFIG_SNAPSHOT"
+GENERATION_ENV = "SWITCH_CONFIG_GENERATION"
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 #: A worker that ran this long before dying was healthy: restart it at once.
@@ -67,6 +83,45 @@ class Supervisor:
         self.sockets: dict[str, list[socket.socket]] = {}
         self.processes: dict[int, trio.Process] = {}
         self.stopping = trio.Event()
+        #: The last good snapshot (its directory) and its generation.
+        self.snapshot: Path | None = None
+        self.generation = 0
+        #: Set (and replaced) when a new snapshot is taken: wakes workers waiting for one.
+        self.new_snapshot = trio.Event()
+
+    def take_snapshot(self) -> list[str]:
+        """Snapshot the config files as the new configuration in force; on failure keep the
+        last good one, and record (for the workers' reloads) and return the problems."""
+        state_dir = self.config.state_dir
+        try:
+            config, directory = snapshot.take_snapshot(self.config.path, state_dir,
+                                                       self.generation + 1)
+        except ConfigError as exc:
+            if self.snapshot is None:
+                raise
+            snapshot.write_current(state_dir, snapshot.Current(
+                self.generation, self.snapshot.name, False, tuple(exc.problems)))
+            errors = [str(p) for p in exc.problems]
+            log.error("snapshot_refused", generation=self.generation, errors=errors,
+                      detail="the workers keep the running config")
+            return errors
+        if self.snapshot is None:  # at start: run on exactly what the workers will run
+            self.config = config
+        self.snapshot, self.generation = directory, self.generation + 1
+        snapshot.write_current(state_dir, snapshot.Current(self.generation, directory.name, True))
+        log.info("snapshot_taken", generation=self.generation, snapshot=str(directory))
+        return []
+
+    async def check_snapshot(self, index: int) -> bool:
+        """Whether the snapshot a worker is about to run still loads; logs why not."""
+        assert self.snapshot is not None
+        try:
+            await trio.to_thread.run_sync(snapshot.load_snapshot, self.config.path, self.snapshot)
+        except ConfigError as exc:
+            log.error("worker_restart_config_invalid", worker=index, snapshot=str(self.snapshot),
+                      errors=[str(p) for p in exc.problems])
+            return False
+        return True
 
     def open_sockets(self) -> None:
         for name in ("gateway", "enroll", "admin"):
@@ -84,8 +139,18 @@ class Supervisor:
         delay = RESTART_DELAY_S
         own = self._worker_sockets(index)
         fds = [s.fileno() for socks in own.values() for s in socks]
+        restarting = False
         while not self.stopping.is_set():
-            env = {**os.environ, WORKER_FDS_ENV: encode_fds(own)}
+            if restarting and not await self.check_snapshot(index):
+                log.error("worker_not_restarted", worker=index, retry_in_s=delay,
+                          detail="retrying, or at once when a SIGHUP makes a new snapshot")
+                with trio.move_on_after(delay):
+                    await self.new_snapshot.wait()
+                delay = min(delay * 2, MAX_RESTART_DELAY_S)
+                continue
+            restarting = True
+            env = {**os.environ, WORKER_FDS_ENV: encode_fds(own),
+                   SNAPSHOT_ENV: str(self.snapshot), GENERATION_ENV: str(self.generation)}
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "gateway.cli", "-c", str(self.config.path), "serve",
                  "--worker", str(index)], pass_fds=fds, env=env)
@@ -111,6 +176,8 @@ class Supervisor:
                 proc.send_signal(signum)
 
     async def run(self) -> int:
+        """Raises ``ConfigError`` when the configuration does not load (into a snapshot)."""
+        self.take_snapshot()
         self.open_sockets()
         # Reload results of an earlier run (perhaps with more workers) would make `switch reload`
         # wait for processes that no longer exist.
@@ -126,11 +193,17 @@ class Supervisor:
                     for index in range(self.workers):
                         nursery.start_soon(self.run_worker, index)
                     async for signum in signals:
+                        # On SIGHUP the workers reload from a new snapshot, taken first.
+                        if signum == signal.SIGHUP and \
+                                not await trio.to_thread.run_sync(self.take_snapshot):
+                            self.new_snapshot.set()
+                            self.new_snapshot = trio.Event()
                         log.info("forwarding", signal=signal.Signals(signum).name,
                                  workers=len(self.processes))
                         self.signal_all(signum)
                         if signum != signal.SIGHUP:
                             self.stopping.set()
+                            self.new_snapshot.set()
                             break
                     # Workers drain, then exit; past that deadline they are killed.
                     nursery.cancel_scope.deadline = trio.current_time() + settings.drain_timeout_s \
@@ -141,6 +214,7 @@ class Supervisor:
                     proc.kill()
             with contextlib.suppress(OSError):
                 pid_file.unlink()
+            snapshot.remove_all(self.config.state_dir)  # copies of private keys: do not leave them
             for socks in self.sockets.values():
                 for sock in socks:
                     sock.close()

@@ -17,7 +17,9 @@ def test_a_snapshot_holds_every_file_the_config_names_and_ignores_later_edits(tm
     tenants = tmp_path / "d/tenants.d"
     tenants.mkdir()
     (tenants / "beta.toml").write_text('hostnames = ["beta.example"]\n'
-                                       'organisation_cas = ["../pki/demo-org-ca.pem"]\n')
+                                       'organisation_cas = ["../pki/demo-org-ca.pem"]\n'
+                                       'upstream = "wss://beta.example/"\n'
+                                       'upstream_ca = "../pki/dev-root-ca.pem"\n')
     config.path.write_text('tenants_dir = "tenants.d"\n' + config.path.read_text())
     taken, directory = snapshot.take_snapshot(config.path, config.state_dir, 1)
     assert set(taken.tenants) == {"demo", "beta"}
@@ -32,6 +34,8 @@ def test_a_snapshot_holds_every_file_the_config_names_and_ignores_later_edits(tm
     again = snapshot.load_snapshot(config.path, directory)
     assert set(again.tenants) == {"demo", "beta"}
     assert again.tenants["demo"].organisation_cas[0].is_relative_to(directory)
+    upstream_ca = again.tenants["beta"].upstream_ca
+    assert upstream_ca is not None and upstream_ca.is_relative_to(directory)
 
 
 def test_a_config_that_does_not_load_leaves_no_snapshot(tmp_path: Path) -> None:
