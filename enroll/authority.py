@@ -8,9 +8,12 @@ synchronous: the CLI calls them directly, the server through ``trio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -67,7 +70,13 @@ class Authority:
 
     @classmethod
     def open(cls, config: SwitchConfig, clock: Clock = _utcnow) -> Authority:
-        return cls(config, Store.open(config.state_dir / "switch.db"), clock)
+        """Open the store in ``state_dir``, owner-only whatever the umask: the directory 0700,
+        ``switch.db`` and SQLite's ``-wal`` and ``-shm`` files 0600."""
+        path = config.state_dir / "switch.db"
+        _owner_only_store(path)
+        store = Store.open(path)
+        _owner_only_store(path)  # -wal and -shm made by an older Switch under a looser umask
+        return cls(config, store, clock)
 
     def close(self) -> None:
         self.store.close()
@@ -383,6 +392,21 @@ class Authority:
             return self.store.generation()
         except Exception as exc:  # pragma: no cover - store failure
             raise StoreError(f"cannot read the store: {exc}") from exc
+
+
+def _owner_only_store(path: Path) -> None:
+    """Create the state directory (0700) and the database file (0600) if missing, and make the
+    files SQLite keeps beside it 0600. SQLite creates ``-wal`` and ``-shm`` with the mode of the
+    database file, so a database that is 0600 before SQLite first opens it keeps them private
+    (``Store.open`` alone would make it under the umask, 0644, and chmod it only after the WAL
+    files exist)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.chmod(0o600)
 
 
 def _with_trusted(record: IssuerRecord) -> IssuerRecord:

@@ -59,8 +59,10 @@ def create_issuer_material(
         validity=dt.timedelta(seconds=validity_s),
         path_length=0,
     )
-    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key_path.parent.chmod(0o700)
+    # STATE_DIR/issuers and STATE_DIR/issuers/TENANT: owner-only, whatever the umask.
+    for directory in (key_path.parent.parent, key_path.parent):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
     pki.write_private(key_path, pki.key_pem(key))
     return cert, key_path
 

@@ -85,8 +85,9 @@ def next_state(current: KeyState, action: KeyAction) -> KeyState:
         return _TRANSITIONS[(current, action)]
     except KeyError:
         allowed = sorted({s.value for (s, a) in _TRANSITIONS if a is action})
+        article = "an" if current.value[0] in "aeiou" else "a"
         raise WrongKeyState(
-            f"cannot {action.value} a {current.value} key (only from: {', '.join(allowed)})"
+            f"cannot {action.value} {article} {current.value} key (only from: {', '.join(allowed)})"
         ) from None
 
 

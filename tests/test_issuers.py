@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import attrs
@@ -37,6 +39,42 @@ def test_first_enable_creates_a_p256_issuer_with_a_private_key_file(
     assert key_path.parent.stat().st_mode & 0o777 == 0o700
     assert load_issuer_key(issuer).public_key() == cert.public_key()
     assert issuer.trusted
+
+
+def test_the_state_directory_is_owner_only_whatever_the_umask(switch_config: SwitchConfig) -> None:
+    old = os.umask(0o022)
+    try:
+        auth = Authority.open(switch_config)
+        auth.enable_service("acme", actor="a")
+        auth.generate_key("acme", "Laptops", actor="a")
+        state = switch_config.state_dir
+        modes = {p.relative_to(state).as_posix(): stat.S_IMODE(p.stat().st_mode)
+                 for p in (state, *state.rglob("*"))}
+        auth.close()
+    finally:
+        os.umask(old)
+    assert {"switch.db", "switch.db-wal", "switch.db-shm", "issuers", "issuers/acme"} <= set(modes)
+    assert {p: m for p, m in modes.items() if m not in (0o600, 0o700)} == {}
+    assert modes["issuers"] == modes["issuers/acme"] == modes["."] == 0o700
+    assert modes["switch.db"] == modes["switch.db-wal"] == modes["switch.db-shm"] == 0o600
+
+
+def test_a_store_made_under_a_loose_umask_is_tightened_when_opened(switch_config: SwitchConfig) -> None:
+    from enroll.store import Store
+
+    old = os.umask(0o022)
+    try:
+        Store.open(switch_config.state_dir / "switch.db").close()  # as an older Switch did
+        (switch_config.state_dir / "issuers").mkdir(mode=0o755)
+        auth = Authority.open(switch_config)
+        auth.enable_service("acme", actor="a")
+        auth.close()
+    finally:
+        os.umask(old)
+    for name in ("switch.db", "switch.db-wal", "switch.db-shm"):
+        path = switch_config.state_dir / name
+        assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((switch_config.state_dir / "issuers").stat().st_mode) == 0o700
 
 
 def test_p384_issuers_when_configured(switch_config: SwitchConfig) -> None:

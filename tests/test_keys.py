@@ -69,6 +69,17 @@ def test_refused_transitions(current: KeyState, action: KeyAction) -> None:
         next_state(current, action)
 
 
+@pytest.mark.parametrize(("current", "action", "message"), [
+    (KeyState.ACTIVE, KeyAction.REACTIVATE, "cannot reactivate an active key (only from: suspended)"),
+    (KeyState.SUSPENDED, KeyAction.SUSPEND, "cannot suspend a suspended key (only from: active)"),
+])
+def test_a_refused_transition_reads_as_english(current: KeyState, action: KeyAction,
+                                               message: str) -> None:
+    with pytest.raises(WrongKeyState) as info:
+        next_state(current, action)
+    assert info.value.message == message
+
+
 def test_reason_is_required_and_bounded() -> None:
     assert require_reason("  leaked  ", KeyAction.REVOKE) == "leaked"
     for bad in (None, "", "   "):
