@@ -4,6 +4,8 @@ Each connection runs in its own task. Over ``max_connections`` a new connection 
 (live sessions are untouched). The handshake runs under ``handshake_timeout_s`` with the trust
 state current at accept time; its verify callback has already refused (as a TLS alert) any
 certificate ``gateway.peer`` says no to, so after the handshake only the WebSocket upgrade remains.
+The session registers then, and is re-checked against the trust state current at that moment
+(``gateway.relay.run_session``), so a change made during the handshake is not missed.
 Every refusal is counted by tenant and reason and logged once.
 """
 
@@ -34,7 +36,7 @@ class GatewayListener:
         self.current = current
         self.registry = registry
         self.metrics = metrics
-        self.upstream_ssl = upstream_ssl
+        self.upstream_tls = relay.UpstreamTLS(upstream_ssl)
         self.open_connections = 0
 
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
@@ -88,12 +90,14 @@ class GatewayListener:
             await trio.aclose_forcefully(tls)
             return
         self.metrics.handshakes.labels(tenant.name, "ok").inc()
+        latest = self.current()  # the session is re-checked against the state in force now
         try:
             await relay.run_session(
                 tls, decision, tenant, sni=info.server_name,
                 default_tenant=state.config.default_tenant, settings=settings,
                 registry=self.registry, metrics=self.metrics, peer=peer,
-                upstream_ssl=self.upstream_ssl)
+                trust=latest.tenants, now=latest.clock(),
+                upstream_ssl=self.upstream_tls.context(state.config, tenant))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -20,6 +20,10 @@ class Metrics:
                                    ["tenant", "direction"], registry=r)
         self.relay_messages = Counter("switch_relay_messages", "Messages relayed",
                                       ["tenant", "direction"], registry=r)
+        self.session_ends = Counter("switch_session_ends",
+                                    "Relayed sessions ended, by close reason (peer close codes "
+                                    "folded into agent_closed / upstream_closed)",
+                                    ["tenant", "reason"], registry=r)
         self.enrollments = Counter("switch_enrollments", "EST requests by result",
                                    ["tenant", "result"], registry=r)
         self.trust_generation = Gauge("switch_trust_generation",

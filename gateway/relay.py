@@ -1,9 +1,10 @@
 """One agent session: the WebSocket upgrade, the upstream connection and the relay.
 
 Runs after the TLS handshake admitted the agent (``Decision``). Every wait is bounded: the upgrade
-request by ``request_timeout_s``, the upstream connection by ``upstream_connect_timeout_s``,
-closing by ``close_timeout_s``; liveness by pings every ``ping_interval_s`` (an agent that sends
-nothing, not even a pong, for ``idle_timeout_s`` is closed too).
+request by ``request_timeout_s``, the upstream connection by ``upstream_connect_timeout_s``, every
+write to either side by ``write_timeout_s``, closing by ``close_timeout_s``; liveness by pings
+every ``ping_interval_s`` (an agent that sends nothing, not even a pong, for ``idle_timeout_s`` is
+closed too).
 
 Theory of operation: the relay speaks WebSocket with ``wsproto``'s sans-I/O ``Connection`` on
 both sides, and HTTP with ``h11`` for the two opening handshakes; after the upgrade only the two
@@ -15,14 +16,28 @@ bounded by one read, and a message is still limited to ``max_message_bytes`` in 
 direction awaits its write before reading again (back-pressure). Writes to one stream come from
 both tasks (relayed data from one, pongs and closes from the other) and are serialised by a lock.
 
+The session is registered (``SessionRegistry.admit``) with its cancel scope as soon as the
+handshake is done, so an eviction reaches it while it waits for the upgrade or for the upstream
+too (the upgrade is then refused with ``403`` and the reason), not only once it relays.
+
+Timers cost a cancel scope each, so each direction uses one per chunk it reads: its deadline is
+the ping/idle deadline while the chunk is awaited (the agent's direction only; none upstream,
+and no scope at all while a direction with no timer idles), and is moved to ``write_timeout_s``
+ahead before each write the chunk causes. A scope that fires during a write means that side
+stopped reading: the session ends (``agent_write_timeout`` / ``upstream_write_timeout``), and a
+side whose write was cut off mid-way gets no close frame, since its stream is no longer whole.
+
 - The ``Host`` of the upgrade must name the tenant SNI chose, else ``421 Misdirected Request``.
-- The upgrade is relayed to the tenant's ``upstream`` with the path and query kept, the agent's
-  own headers (less hop-by-hop, WebSocket handshake and any ``X-Switch-*`` it sent) and the
-  verified identity in ``X-Switch-*`` headers. An unreachable upstream gets ``502``.
+- The upgrade is relayed to the tenant's ``upstream`` with the agent's path appended to the
+  upstream's path (dot segments refused: ``400 bad_path``) and both queries kept, the agent's
+  own headers (less hop-by-hop, WebSocket handshake and any ``X-Switch-*`` it sent, however
+  spelled) and the verified identity in ``X-Switch-*`` headers. An unreachable upstream gets
+  ``502``. Every refusal is counted and logged once (``upgrade_refused``).
 - Messages flow both ways, one at a time per direction (back-pressure: a slow reader slows its
   writer), each bounded by ``max_message_bytes`` (1009 on overflow). A close code on either side
   is passed to the other; an upstream that fails mid-session closes the agent with 1011
   (reason ``upstream_failed``); an eviction closes it with 1008 and the reason; shutdown with 1001.
+  Relay metrics move as each message completes; the session's one log line comes at its end.
 """
 
 from __future__ import annotations
@@ -30,15 +45,18 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import os
+import re
 import ssl
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 import h11
 import structlog
 import trio
+from prometheus_client import Counter
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
@@ -55,10 +73,10 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
-from config.model import GatewaySettings, Tenant
+from config.model import GatewaySettings, SwitchConfig, Tenant
 from gateway.lightlock import LightLock
 from gateway.metrics import Metrics
-from gateway.peer import Decision
+from gateway.peer import Decision, TenantTrust
 from gateway.sessions import Session, SessionRegistry
 
 log = structlog.get_logger("switch.gateway")
@@ -82,6 +100,7 @@ CLOSE_UPSTREAM_FAILED = 1011
 RECV_BYTES = 16 * 1024
 #: Largest opening handshake (request line and headers) accepted from an agent or an upstream.
 MAX_HANDSHAKE_BYTES = 16 * 1024
+_INFINITY = float("inf")
 
 
 @attrs.define(eq=False)
@@ -102,19 +121,46 @@ def identity_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
 
 
 def forwarded_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The agent's headers that go upstream: never hop-by-hop, handshake or X-Switch-* ones."""
+    """The agent's headers that go upstream: never hop-by-hop, handshake or X-Switch-* ones.
+
+    Names are compared lower-cased with ``_`` read as ``-``: many servers (CGI/WSGI-style
+    frameworks) map both ``X-Switch-Identity`` and ``x_switch_identity`` to the same variable, so
+    either spelling could pass for Switch's own header."""
     out = []
     for name, value in headers:
-        lower = name.lower()
-        if lower in _NOT_FORWARDED or lower.startswith(IDENTITY_PREFIX):
+        normal = name.lower().replace(b"_", b"-")
+        if normal in _NOT_FORWARDED or normal.startswith(IDENTITY_PREFIX):
             continue
         out.append((name, value))
     return out
 
 
-def upstream_url(base: str, path: str) -> str:
-    """The tenant's upstream with the agent's path and query appended."""
-    return base.rstrip("/") + (path if path.startswith("/") else "/" + path)
+#: Separators an upstream may split a decoded path on.
+_SEGMENT_SEPARATORS = re.compile(r"[/\\]")
+
+
+def upstream_url(base: str, target: str) -> str:
+    """The tenant's upstream URL with the agent's request target joined on: the agent's path
+    appended to the upstream's path, the upstream's own query first and the agent's after it.
+
+    Raises ``UpgradeRefused`` (400, ``bad_path``) for a target that is not a path (origin-form),
+    or that holds a dot segment — ``.`` or ``..``, also percent-encoded (once or more) or next to
+    an encoded slash or a backslash — which would climb out of the upstream's base path wherever
+    the path is normalised."""
+    path, _, query = target.partition("?")
+    if not path.startswith("/") or "#" in target:
+        raise UpgradeRefused(400, "bad_path")
+    decoded, previous = path, ""
+    for _ in range(4):  # undo nested percent-encoding (%252e -> %2e -> .), within reason
+        if decoded == previous:
+            break
+        previous, decoded = decoded, urllib.parse.unquote(decoded)
+    if any(segment in (".", "..") for segment in _SEGMENT_SEPARATORS.split(decoded)):
+        raise UpgradeRefused(400, "bad_path")
+    parts = urllib.parse.urlsplit(base)
+    joined_query = "&".join(q for q in (parts.query, query) if q)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc, parts.path.rstrip("/") + path, joined_query, ""))
 
 
 def host_matches(host: bytes | None, tenant: Tenant, sni: str | None, default_tenant: str | None
@@ -144,10 +190,14 @@ class Upgrade:
 
 
 class UpgradeRefused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    """The upgrade is refused with HTTP ``status`` (0: no answer, the agent is gone or too slow)
+    and a stable ``reason``; ``detail`` is for the log only."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 def parse_upgrade(request: h11.Request) -> Upgrade:
@@ -181,26 +231,35 @@ def parse_upgrade(request: h11.Request) -> Upgrade:
                    subprotocols=protocols, key=key)
 
 
-async def _read_upgrade(stream: trio.abc.Stream) -> tuple[h11.Connection, Upgrade]:
-    """Read the agent's upgrade request; ``UpgradeRefused`` for anything else."""
-    http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HANDSHAKE_BYTES)
+def new_request_reader() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HANDSHAKE_BYTES)
+
+
+async def _read_upgrade(stream: trio.abc.Stream, http: h11.Connection | None = None) -> Upgrade:
+    """Read the agent's upgrade request into ``http``; ``UpgradeRefused`` for anything else."""
+    http = http or new_request_reader()
     while True:
         try:
             event = http.next_event()
         except h11.RemoteProtocolError as exc:
             raise UpgradeRefused(exc.error_status_hint, "bad_request") from exc
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(RECV_BYTES)
+            try:
+                data = await stream.receive_some(RECV_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpgradeRefused(0, "upgrade_aborted") from exc
             http.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Request):
-            return http, parse_upgrade(event)
+            return parse_upgrade(event)
         raise UpgradeRefused(400, "bad_request")  # ConnectionClosed before a request
 
 
 async def _refuse_upgrade(stream: trio.abc.Stream, http: h11.Connection | None, status: int,
                           reason: str, close_timeout_s: float) -> None:
     """Answer the upgrade with ``status`` and the reason; the agent may already be gone."""
+    if status == 0:
+        return
     body = f"{status} {reason}\n".encode()
     http = http if http is not None and http.our_state is h11.SEND_RESPONSE else None
     try:
@@ -210,13 +269,13 @@ async def _refuse_upgrade(stream: trio.abc.Stream, http: h11.Connection | None, 
                 (b"connection", b"close")])) or b""
             data += http.send(h11.Data(data=body)) or b""
             data += http.send(h11.EndOfMessage()) or b""
-        else:
-            data = (f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n"
-                    "connection: close\r\n\r\n").encode() + body
+        else:  # the request is not (completely) read: answer early, then close (RFC 9112 9.6)
+            data = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
     except h11.LocalProtocolError:
         return
     with trio.move_on_after(close_timeout_s), contextlib.suppress(
-            trio.BrokenResourceError, trio.ClosedResourceError):
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
         await stream.send_all(data)
 
 
@@ -234,25 +293,71 @@ async def _accept_upgrade(stream: trio.abc.Stream, http: h11.Connection, upgrade
 
 
 class UpstreamUnavailable(Exception):
-    pass
+    """The upstream cannot be used for this session; ``reason`` is the stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class UpstreamTLS:
+    """Client TLS contexts for ``wss://`` upstreams: a tenant with ``upstream_ca`` trusts exactly
+    the certificates in that PEM file; the others use ``default`` (the system trust store).
+
+    Contexts are made on first use under each configuration and kept until it is replaced (a
+    reload re-reads the files), never per connection. A file that cannot be read then (it was
+    checked when the configuration loaded) gives a context that trusts nothing: that tenant's
+    sessions fail with ``upstream_tls_error`` (fail closed) and the error is logged."""
+
+    def __init__(self, default: ssl.SSLContext | None = None) -> None:
+        self.default = default or ssl.create_default_context()
+        self._config: SwitchConfig | None = None
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def context(self, config: SwitchConfig, tenant: Tenant) -> ssl.SSLContext:
+        if tenant.upstream_ca is None:
+            return self.default
+        if config is not self._config:
+            self._config, self._contexts = config, {}
+        ctx = self._contexts.get(tenant.name)
+        if ctx is None:
+            try:
+                ctx = ssl.create_default_context(cafile=str(tenant.upstream_ca))
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.error("upstream_ca_unusable", tenant=tenant.name, file=str(tenant.upstream_ca),
+                          error=f"{type(exc).__name__}: {exc}")
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts nothing
+            self._contexts[tenant.name] = ctx
+        return ctx
 
 
 async def _open_upstream(url: str, upgrade: Upgrade, extra_headers: list[tuple[bytes, bytes]],
                          upstream_ssl: ssl.SSLContext | None
                          ) -> tuple[trio.abc.Stream, Connection, str | None]:
     """Connect to the upstream and complete its WebSocket handshake (the caller sets the
-    deadline); returns the stream, the open ``Connection`` and the chosen subprotocol."""
+    deadline); returns the stream, the open ``Connection`` and the chosen subprotocol. Raises
+    ``UpstreamUnavailable`` with the reason: ``upstream_unavailable`` (cannot connect, closed,
+    broke the protocol, refused the upgrade), ``upstream_tls_error`` (its certificate did not
+    verify, or TLS failed)."""
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "wss"
     host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
-    tcp = await trio.open_tcp_stream(host, port)
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise UpstreamUnavailable("upstream_unavailable", f"{type(exc).__name__}: {exc}") from exc
     stream: trio.abc.Stream = tcp
     try:
         if secure:
             stream = trio.SSLStream(tcp, upstream_ssl or ssl.create_default_context(),
                                     server_hostname=host)
-            await stream.do_handshake()
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                cause = exc.__cause__
+                reason = "upstream_tls_error" if isinstance(cause, ssl.SSLError) else "upstream_unavailable"
+                raise UpstreamUnavailable(reason, f"{type(cause or exc).__name__}: {cause or exc}") from exc
         handshake = H11Handshake(ConnectionType.CLIENT)
         target = parts.path or "/"
         if parts.query:
@@ -270,171 +375,244 @@ async def _open_upstream(url: str, upgrade: Upgrade, extra_headers: list[tuple[b
                     assert connection is not None
                     return stream, connection, event.subprotocol
                 if isinstance(event, RejectConnection):
-                    raise UpstreamUnavailable(f"the upstream answered {event.status_code}")
+                    raise UpstreamUnavailable("upstream_unavailable",
+                                              f"the upstream answered {event.status_code}")
             data = await stream.receive_some(RECV_BYTES)
             received += len(data)
             if received > MAX_HANDSHAKE_BYTES:
-                raise UpstreamUnavailable("the upstream's handshake is too large")
+                raise UpstreamUnavailable("upstream_unavailable", "the upstream's handshake is too large")
             handshake.receive_data(bytes(data) if data else None)
             if not data:
-                raise UpstreamUnavailable("the upstream closed during the handshake")
+                raise UpstreamUnavailable("upstream_unavailable", "the upstream closed during the handshake")
+    except (OSError, trio.BrokenResourceError, RemoteProtocolError, LocalProtocolError,
+            h11.LocalProtocolError, h11.RemoteProtocolError, ssl.SSLError) as exc:
+        # h11's LocalProtocolError: a header value h11 will not write (wsproto lets it through).
+        await trio.aclose_forcefully(stream)
+        raise UpstreamUnavailable("upstream_unavailable", f"{type(exc).__name__}: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
 
 
+def _upgrade_refused(metrics: Metrics, tenant: str, peer: str, refusal: UpgradeRefused) -> None:
+    """Count and log a refused upgrade, once."""
+    metrics.refused(tenant, refusal.reason)
+    log.info("upgrade_refused", tenant=tenant, reason=refusal.reason, peer=peer,
+             status=refusal.status or None,
+             **({"detail": refusal.detail[:200]} if refusal.detail else {}))
+
+
 async def run_session(
     stream: trio.abc.Stream, decision: Decision, tenant: Tenant, *, sni: str | None,
     default_tenant: str | None, settings: GatewaySettings, registry: SessionRegistry,
-    metrics: Metrics, peer: str, upstream_ssl: ssl.SSLContext | None = None,
+    metrics: Metrics, peer: str, trust: Mapping[str, TenantTrust], now: dt.datetime,
+    upstream_ssl: ssl.SSLContext | None = None,
 ) -> str:
-    """Serve one admitted agent until either side closes; returns the close reason."""
-    http: h11.Connection | None = None
+    """Serve one admitted agent until either side closes; returns the close reason.
+
+    ``trust`` is the trust state in force now and ``now`` the time: the session registers at
+    once and is re-checked against them (``SessionRegistry.admit``)."""
+    session = Session(decision, trio.CancelScope(), peer)
+    registry.admit(session, trust, now)
+    http = new_request_reader()
+    up_stream: trio.abc.Stream | None = None
+    refusal: UpgradeRefused | None = None
+    relaying = False
     try:
-        with trio.fail_after(settings.request_timeout_s):
-            http, upgrade = await _read_upgrade(stream)
-    except trio.TooSlowError:
-        metrics.refused(tenant.name, "upgrade_timeout")
-        return "upgrade_timeout"
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        metrics.refused(tenant.name, "upgrade_aborted")
-        return "upgrade_aborted"
-    except UpgradeRefused as exc:
-        metrics.refused(tenant.name, exc.reason)
-        await _refuse_upgrade(stream, http, exc.status, exc.reason, settings.close_timeout_s)
-        return exc.reason
-    refusal: tuple[int, str] | None = None
-    if not host_matches(upgrade.host, tenant, sni, default_tenant):
-        refusal = (421, "host_mismatch")
-    elif not tenant.upstream:
-        refusal = (502, "no_upstream")
-    if refusal is not None:
-        metrics.refused(tenant.name, refusal[1])
-        await _refuse_upgrade(stream, http, *refusal, settings.close_timeout_s)
-        return refusal[1]
-    assert tenant.upstream is not None
-    url = upstream_url(tenant.upstream, upgrade.target)
-    extra = forwarded_headers(upgrade.headers) + identity_headers(decision)
-    try:
-        with trio.fail_after(settings.upstream_connect_timeout_s):
-            up_stream, up_ws, subprotocol = await _open_upstream(url, upgrade, extra, upstream_ssl)
-    except (UpstreamUnavailable, OSError, trio.TooSlowError, trio.BrokenResourceError,
-            RemoteProtocolError, LocalProtocolError, ssl.SSLError) as exc:
-        metrics.refused(tenant.name, "upstream_unavailable")
-        log.warning("upstream_unavailable", tenant=tenant.name, upstream=url,
-                    error=f"{type(exc).__name__}: {exc}")
-        await _refuse_upgrade(stream, http, 502, "upstream_unavailable", settings.close_timeout_s)
-        return "upstream_unavailable"
-    try:
-        agent_ws = await _accept_upgrade(stream, http, upgrade, subprotocol)
-        del http, upgrade, extra
-        agent = _Side(stream, agent_ws)
-        upstream = _Side(up_stream, up_ws)
-        return await _relay(agent, upstream, decision, settings, registry, metrics, peer)
+        with session.cancel_scope:
+            try:
+                try:
+                    with trio.fail_after(settings.request_timeout_s):
+                        upgrade = await _read_upgrade(stream, http)
+                except trio.TooSlowError as exc:
+                    raise UpgradeRefused(0, "upgrade_timeout") from exc
+                if not host_matches(upgrade.host, tenant, sni, default_tenant):
+                    raise UpgradeRefused(421, "host_mismatch")
+                if not tenant.upstream:
+                    raise UpgradeRefused(502, "no_upstream")
+                url = upstream_url(tenant.upstream, upgrade.target)
+                extra = forwarded_headers(upgrade.headers) + identity_headers(decision)
+                try:
+                    with trio.fail_after(settings.upstream_connect_timeout_s):
+                        up_stream, up_ws, subprotocol = await _open_upstream(
+                            url, upgrade, extra, upstream_ssl)
+                except trio.TooSlowError as exc:
+                    raise UpgradeRefused(502, "upstream_unavailable",
+                                         f"{url}: no WebSocket handshake within "
+                                         f"{settings.upstream_connect_timeout_s} s") from exc
+                except UpstreamUnavailable as exc:
+                    raise UpgradeRefused(502, exc.reason, f"{url}: {exc}") from exc
+                try:
+                    with trio.fail_after(settings.write_timeout_s):
+                        agent_ws = await _accept_upgrade(stream, http, upgrade, subprotocol)
+                except trio.TooSlowError as exc:
+                    raise UpgradeRefused(0, "agent_write_timeout") from exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpgradeRefused(0, "upgrade_aborted") from exc
+            except UpgradeRefused as exc:
+                refusal = exc
+                _upgrade_refused(metrics, tenant.name, peer, exc)  # counted before it is sent
+                await _refuse_upgrade(stream, http, exc.status, exc.reason, settings.close_timeout_s)
+            else:
+                del http, upgrade, extra  # a relaying session keeps only what it needs
+                relaying = True
+                return await _relay(_Side(stream, agent_ws), _Side(up_stream, up_ws), session,
+                                    settings, metrics)
+        if relaying:  # evicted while relaying: _relay closed both sides with the reason
+            return session.close_reason or "evicted"
+        if refusal is None:
+            # Evicted (or shut down) before the relay began: refuse the upgrade with the reason.
+            reason = session.close_reason or "evicted"
+            refusal = UpgradeRefused(503 if reason == "shutdown" else 403, reason)
+            _upgrade_refused(metrics, tenant.name, peer, refusal)
+            await _refuse_upgrade(stream, http, refusal.status, reason, settings.close_timeout_s)
+        return refusal.reason
     finally:
-        with trio.move_on_after(settings.close_timeout_s) as cs:
-            cs.shield = True
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await up_stream.aclose()
+        registry.remove(session)
+        if up_stream is not None and not relaying:
+            await trio.aclose_forcefully(up_stream)
+        elif up_stream is not None:
+            with trio.move_on_after(settings.close_timeout_s) as cs:
+                cs.shield = True
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await up_stream.aclose()
 
 
 @attrs.define(eq=False)
 class _Side:
-    """One end of the relay: its stream, its WebSocket state and a lock over writes to it."""
+    """One end of the relay: its stream, its WebSocket state and a lock over writes to it.
+    ``cut`` is set while a write is under way and stays set if it was cancelled part-way: the
+    stream then holds a partial frame (or TLS record) and must not be written to again."""
 
     stream: trio.abc.Stream
     ws: Connection
     lock: LightLock = attrs.field(factory=LightLock)
+    cut: bool = False
 
     async def send(self, event: TextMessage | BytesMessage | Ping | Pong | CloseConnection) -> None:
         async with self.lock:
-            await self.stream.send_all(self.ws.send(event))
+            if self.cut:  # e.g. a ping that waited for the lock behind a write that timed out
+                raise trio.BrokenResourceError("an earlier write to this side was cut off")
+            data = self.ws.send(event)
+            self.cut = True
+            await self.stream.send_all(data)
+            self.cut = False
 
 
 class _Ended(Exception):
     """One side ended the session: ``code``/``text`` as received (1006 when it vanished);
-    ``too_big`` when it broke the message size limit."""
+    ``too_big`` when it broke the message size limit; ``stalled`` when it stopped reading (a
+    write to it made no progress for ``write_timeout_s``)."""
 
-    def __init__(self, agent_side: bool, code: int, text: str | None, too_big: bool = False) -> None:
+    def __init__(self, agent_side: bool, code: int, text: str | None, too_big: bool = False,
+                 stalled: bool = False) -> None:
         super().__init__(code, text)
         self.agent_side = agent_side
         self.code = code
         self.text = text
         self.too_big = too_big
+        self.stalled = stalled
 
 
 async def _forward(src: _Side, dst: _Side, inbound: bool, settings: GatewaySettings,
-                   counters: Counters, session: Session) -> None:
+                   counters: Counters, session: Session, bytes_metric: Counter,
+                   messages_metric: Counter) -> None:
     """Relay ``src`` to ``dst`` until ``src`` ends (raises ``_Ended``). On the agent's side
     (``inbound``) it also keeps the session alive: a ping when the agent has been silent for
     ``ping_interval_s``, and eviction when it stays silent (no pong) for another interval, or
-    for ``idle_timeout_s``."""
-    size = 0
+    for ``idle_timeout_s``. Every write, to either side, must finish within ``write_timeout_s``
+    (see the module docstring for the one timer per chunk). The relay metrics are added to as
+    each message completes (and for a message cut short, when the direction ends)."""
+    size = 0  # bytes of the message under way, relayed or not (the size limit)
+    unreported = 0  # bytes relayed and not yet added to bytes_metric
     interval = settings.ping_interval_s if inbound else 0.0
     idle_limit = settings.idle_timeout_s if inbound else 0.0
+    write_timeout = settings.write_timeout_s
     last_heard = trio.current_time()
     pinged = False
-    while True:
-        deadline = float("inf")
-        if interval > 0:
-            deadline = last_heard + interval * (2 if pinged else 1)
-        if idle_limit > 0:
-            deadline = min(deadline, last_heard + idle_limit)
-        if deadline == float("inf"):  # no timer: saves a cancel scope per idle session
-            data = await src.stream.receive_some(RECV_BYTES)
-            timed_out = False
-        else:
-            with trio.move_on_at(deadline) as timer:
+    writing: _Side | None = None
+    try:
+        while True:
+            deadline = _INFINITY
+            if interval > 0:
+                deadline = last_heard + interval * (2 if pinged else 1)
+            if idle_limit > 0:
+                deadline = min(deadline, last_heard + idle_limit)
+            data: bytes | bytearray | None = None
+            if deadline == _INFINITY:  # no timer while waiting: no cancel scope per idle direction
                 data = await src.stream.receive_some(RECV_BYTES)
-            timed_out = timer.cancelled_caught
-        if timed_out:
-            now = trio.current_time()
-            if idle_limit > 0 and now >= last_heard + idle_limit:
+            with trio.CancelScope(deadline=deadline) as timer:
+                if data is None:
+                    data = await src.stream.receive_some(RECV_BYTES)
+                if not data:
+                    raise _Ended(inbound, 1006, None)
+                last_heard = trio.current_time()
+                pinged = False
+                src.ws.receive_data(bytes(data))
+                for event in src.ws.events():
+                    if isinstance(event, Message):
+                        chunk = event.data
+                        n = len(chunk.encode("utf-8")) if isinstance(chunk, str) else len(chunk)
+                        size += n
+                        if size > settings.max_message_bytes:
+                            raise _Ended(inbound, CLOSE_TOO_BIG, "message_too_big", too_big=True)
+                        out: TextMessage | BytesMessage = (
+                            TextMessage(data=chunk, message_finished=event.message_finished)
+                            if isinstance(chunk, str) else
+                            BytesMessage(data=chunk, message_finished=event.message_finished))
+                        writing = dst
+                        timer.deadline = trio.current_time() + write_timeout
+                        await dst.send(out)
+                        writing = None
+                        unreported += n
+                        if inbound:
+                            counters.bytes_in += n
+                        else:
+                            counters.bytes_out += n
+                        if event.message_finished:
+                            size = 0
+                            if inbound:
+                                counters.messages_in += 1
+                            else:
+                                counters.messages_out += 1
+                            messages_metric.inc()
+                            bytes_metric.inc(unreported)
+                            unreported = 0
+                    elif isinstance(event, Ping):
+                        writing = src
+                        timer.deadline = trio.current_time() + write_timeout
+                        await src.send(event.response())
+                        writing = None
+                    elif isinstance(event, CloseConnection):
+                        raise _Ended(inbound, event.code, event.reason or None)
+                    # Pong: hearing anything already counted as a sign of life.
+            if not timer.cancelled_caught:
+                continue
+            if writing is not None:  # that side stopped reading
+                raise _Ended((writing is src) == inbound, 1006, None, stalled=True)
+            # The agent was silent for too long.
+            if idle_limit > 0 and trio.current_time() >= last_heard + idle_limit:
                 session.evict("idle_timeout")
                 await trio.lowlevel.checkpoint()
             if pinged:
                 session.evict("ping_timeout")
                 await trio.lowlevel.checkpoint()
             pinged = True
-            await src.send(Ping(os.urandom(4)))
-            continue
-        if not data:
-            raise _Ended(inbound, 1006, None)
-        last_heard = trio.current_time()
-        pinged = False
-        src.ws.receive_data(bytes(data))
-        for event in src.ws.events():
-            if isinstance(event, Message):
-                chunk = event.data
-                n = len(chunk.encode("utf-8")) if isinstance(chunk, str) else len(chunk)
-                size += n
-                if size > settings.max_message_bytes:
-                    raise _Ended(inbound, CLOSE_TOO_BIG, "message_too_big", too_big=True)
-                out: TextMessage | BytesMessage = (
-                    TextMessage(data=chunk, message_finished=event.message_finished)
-                    if isinstance(chunk, str) else
-                    BytesMessage(data=chunk, message_finished=event.message_finished))
-                await dst.send(out)
-                if inbound:
-                    counters.bytes_in += n
-                else:
-                    counters.bytes_out += n
-                if event.message_finished:
-                    size = 0
-                    if inbound:
-                        counters.messages_in += 1
-                    else:
-                        counters.messages_out += 1
-            elif isinstance(event, Ping):
-                await src.send(event.response())
-            elif isinstance(event, CloseConnection):
-                raise _Ended(inbound, event.code, event.reason or None)
-            # Pong: hearing anything already counted as a sign of life.
+            with trio.move_on_after(write_timeout) as ping_timer:
+                await src.send(Ping(os.urandom(4)))
+            if ping_timer.cancelled_caught:
+                raise _Ended(inbound, 1006, None, stalled=True)
+    finally:
+        if unreported:
+            bytes_metric.inc(unreported)
 
 
 async def _close_side(side: _Side, code: int, reason: str | None, close_timeout_s: float) -> None:
     """Finish one side's closing handshake: answer its close, or send ours and wait (bounded)
-    for the answer. Never raises for a peer that is gone."""
+    for the answer. Never raises for a peer that is gone; writes nothing to a side whose last
+    write was cut off."""
+    if side.cut:
+        return
     with trio.move_on_after(close_timeout_s) as cs:
         cs.shield = True
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
@@ -453,50 +631,60 @@ def _passable(code: int) -> int:
     return CLOSE_NORMAL if code in (1005, 1006, 1015) or not 1000 <= code <= 4999 else code
 
 
-async def _relay(agent: _Side, upstream: _Side, decision: Decision, settings: GatewaySettings,
-                 registry: SessionRegistry, metrics: Metrics, peer: str) -> str:
+def metric_reason(reason: str) -> str:
+    """A session's close reason as a metric label: close codes chosen by a peer are folded
+    (``agent_closed_4001`` -> ``agent_closed``) so the label set stays small."""
+    for prefix in ("agent_closed_", "upstream_closed_"):
+        if reason.startswith(prefix):
+            return prefix[:-1]
+    return reason
+
+
+async def _relay(agent: _Side, upstream: _Side, session: Session, settings: GatewaySettings,
+                 metrics: Metrics) -> str:
+    """Relay both ways until one side ends or the session is evicted (its cancel scope, which
+    the caller has entered, is cancelled: then the relay ends by raising ``Cancelled`` out of
+    this function's body — the closing below runs shielded in ``finally``)."""
+    decision = session.decision
     counters = Counters()
-    cancel_scope = trio.CancelScope()
-    session = Session(decision, cancel_scope, peer)
-    registry.add(session)
-    metrics.sessions.labels(decision.tenant).inc()
+    tenant = decision.tenant
+    metrics.sessions.labels(tenant).inc()
     ended: _Ended | None = None
     try:
-        with cancel_scope:
-            async with trio.open_nursery() as relay:
+        async with trio.open_nursery() as relay:
 
-                async def one_way(src: _Side, dst: _Side, inbound: bool) -> None:
-                    nonlocal ended
-                    try:
-                        await _forward(src, dst, inbound, settings, counters, session)
-                    except _Ended as exc:
-                        ended = ended or exc
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError):
-                        ended = ended or _Ended(inbound, 1006, None)
-                    relay.cancel_scope.cancel()
+            async def one_way(src: _Side, dst: _Side, inbound: bool) -> None:
+                nonlocal ended
+                direction = "in" if inbound else "out"
+                try:
+                    await _forward(src, dst, inbound, settings, counters, session,
+                                   metrics.relay_bytes.labels(tenant, direction),
+                                   metrics.relay_messages.labels(tenant, direction))
+                except _Ended as exc:
+                    ended = ended or exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError):
+                    ended = ended or _Ended(inbound, 1006, None)
+                relay.cancel_scope.cancel()
 
-                # The agent's direction runs in this task: one task fewer per session.
-                relay.start_soon(one_way, upstream, agent, False)
-                await one_way(agent, upstream, True)
-        reason, agent_close, upstream_close = _outcome(session.close_reason, ended)
-        if agent_close is not None:
-            await _close_side(agent, *agent_close, settings.close_timeout_s)
-        if upstream_close is not None:
-            await _close_side(upstream, *upstream_close, settings.close_timeout_s)
-        return reason
+            # The agent's direction runs in this task: one task fewer per session.
+            relay.start_soon(one_way, upstream, agent, False)
+            await one_way(agent, upstream, True)
     finally:
-        registry.remove(session)
-        metrics.sessions.labels(decision.tenant).dec()
-        for direction, count, size in (("in", counters.messages_in, counters.bytes_in),
-                                       ("out", counters.messages_out, counters.bytes_out)):
-            metrics.relay_messages.labels(decision.tenant, direction).inc(count)
-            metrics.relay_bytes.labels(decision.tenant, direction).inc(size)
-        log.info("session", tenant=decision.tenant, identity=decision.identity,
-                 trust=decision.trust, key_id=decision.key_id, serial=decision.serial, peer=peer,
-                 duration_s=round(trio.current_time() - session.opened_at, 3),
+        reason, agent_close, upstream_close = _outcome(session.close_reason, ended)
+        with trio.CancelScope(shield=True):
+            if agent_close is not None:
+                await _close_side(agent, *agent_close, settings.close_timeout_s)
+            if upstream_close is not None:
+                await _close_side(upstream, *upstream_close, settings.close_timeout_s)
+        metrics.sessions.labels(tenant).dec()
+        metrics.session_ends.labels(tenant, metric_reason(reason)).inc()
+        log.info("session", tenant=tenant, identity=decision.identity,
+                 trust=decision.trust, key_id=decision.key_id, serial=decision.serial,
+                 peer=session.peer, duration_s=round(trio.current_time() - session.opened_at, 3),
                  bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
                  messages_in=counters.messages_in, messages_out=counters.messages_out,
-                 close_reason=session.close_reason or _outcome(None, ended)[0])
+                 close_reason=reason)
+    return reason
 
 
 Close = tuple[int, str | None]
@@ -510,6 +698,10 @@ def _outcome(eviction: str | None, ended: _Ended | None) -> tuple[str, Close | N
         return eviction, (code, eviction), (CLOSE_GOING_AWAY, "agent_evicted")
     if ended is None:  # cannot happen: a relay ends only through one of the two
         return "closed", (CLOSE_INTERNAL, None), (CLOSE_GOING_AWAY, None)
+    if ended.stalled:  # the stalled side is not reading: it gets no close frame
+        if ended.agent_side:
+            return "agent_write_timeout", None, (CLOSE_GOING_AWAY, "agent_write_timeout")
+        return "upstream_write_timeout", (CLOSE_UPSTREAM_FAILED, "upstream_write_timeout"), None
     # A side that vanished (1006) gets no close: nobody is there to answer it.
     vanished = ended.code == 1006
     if ended.agent_side:

@@ -1,6 +1,9 @@
 """The registry of live agent sessions, and their eviction when trust changes.
 
-Each session registers its admission ``Decision`` and a cancel scope. When a new trust state is
+Each session registers its admission ``Decision`` and a cancel scope as soon as its TLS handshake
+is done — before the WebSocket upgrade is read and the upstream connected, so an eviction reaches
+it while it opens too — and is checked then against the trust state in force (``admit``), since
+the handshake judged it against the state of its accept time. When a new trust state is
 swapped in (a revoked key or certificate, the provisioning service turned off, a CA removed, a
 tenant removed), ``reevaluate`` asks ``gateway.peer.still_allowed`` about every live session and
 closes those that lost their trust, with the reason. One mechanism serves every cause; there is
@@ -47,6 +50,20 @@ class SessionRegistry:
         self._sessions[session.id] = session
         if self._empty.is_set():
             self._empty = trio.Event()
+
+    def admit(self, session: Session, tenants: Mapping[str, TenantTrust], now: dt.datetime
+              ) -> str | None:
+        """Register a session whose handshake just completed and re-check its decision against
+        ``tenants``, the trust state in force now (a key revoked while the handshake ran was
+        applied to the sessions registered then, not to this one). A session the state no longer
+        admits is evicted at once, as ``reevaluate`` would; returns that reason, or None."""
+        self.add(session)
+        reason = still_allowed(session.decision, tenants.get(session.decision.tenant), now)
+        if reason is not None:
+            session.evict(reason)
+            if self.on_evict is not None:
+                self.on_evict(session, reason)
+        return reason
 
     def remove(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import (
     ACME_HOST,
     Agent,
+    Echo,
     Gateway,
     add_acme_tenant,
     org_agent,
@@ -288,8 +290,83 @@ async def test_admin_port_serves_health_readiness_and_metrics(tmp_path: Path) ->
     assert json.dumps  # keep the import for readers of failures
 
 
+class RawEcho(Echo):
+    """An echo upstream that also keeps each upgrade's headers as sent, duplicates included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[list[tuple[str, str]]] = []
+
+    async def handler(self, request: trio_websocket.WebSocketRequest) -> None:
+        self.raw.append([(k.decode(), v.decode()) for k, v in request.headers])
+        await super().handler(request)
+
+
+async def _with_echo(nursery: trio.Nursery, echo: Echo) -> Echo:
+    server = await nursery.start(trio_websocket.serve_websocket, echo.handler, "127.0.0.1", 0, None)
+    echo.port = server.port
+    return echo
+
+
 def _demo_agent(gw: Gateway) -> Agent:
     return Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
+
+
+async def test_identity_headers_in_any_spelling_never_reach_the_upstream(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            echo = await _with_echo(nursery, RawEcho())
+            gw = await start_gateway(nursery, tmp_path / "d", echo=echo)
+            spoof = [("X-Switch-Identity", "admin"), ("x-switch-identity", "admin"),
+                     ("X-SWITCH-TRUST", "provisioned"), ("x_switch_identity", "admin"),
+                     ("X_Switch_Key_Id", "pk_x"), ("x-switch_trust", "provisioned"),
+                     ("X-Switch-Tenant", "acme"), ("X-Switch-Tenant", "acme"),
+                     ("X-Custom", "kept")]
+            reply = await trio.to_thread.run_sync(
+                lambda: _round_trip(gw, _demo_agent(gw), headers=spoof))  # type: ignore[arg-type]
+            assert reply == "hello"
+            sent = echo.raw[-1]
+            switch = [(k.lower().replace("_", "-"), v) for k, v in sent
+                      if k.lower().replace("_", "-").startswith("x-switch-")]
+            assert sorted(k for k, _ in switch) == sorted(
+                ["x-switch-tenant", "x-switch-identity", "x-switch-trust", "x-switch-cert-serial",
+                 "x-switch-cert-sha256"])  # each exactly once, and ours
+            assert dict(switch)["x-switch-identity"] == "agent1@demo.switch.test"
+            assert dict(switch)["x-switch-trust"] == "organisation"
+            assert ("x-custom", "kept") in [(k.lower(), v) for k, v in sent]
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_agents_path_stays_under_the_upstream_base_and_both_queries_are_kept(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    make_deployment(directory)
+    add_acme_tenant(directory)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            echo = await _with_echo(nursery, Echo())
+            config = directory / "switch.toml"
+            config.write_text(config.read_text().replace(
+                'upstream = "ws://127.0.0.1:8080/"',
+                f'upstream = "ws://127.0.0.1:{echo.port}/agents?token=abc"'))
+            gw = await start_gateway(nursery, directory, echo=echo)
+            agent = _demo_agent(gw)
+            assert await trio.to_thread.run_sync(
+                lambda: _round_trip(gw, agent, path="/v1/stream?x=1")) == "hello"
+            assert gw.echo.requests[-1][0] == "/agents/v1/stream?token=abc&x=1"
+            for path in ("/../admin", "/v1/%2e%2e/%2E%2E/admin", "/v1/..%2f..%2fadmin"):
+
+                def attempt(path: str = path) -> int:
+                    try:
+                        _round_trip(gw, agent, path=path)
+                    except InvalidStatus as exc:
+                        return exc.response.status_code
+                    return 101
+
+                assert await trio.to_thread.run_sync(attempt) == 400
+            assert gw.refusals("bad_path", "demo") == 3
+            assert len(gw.echo.requests) == 1
+            nursery.cancel_scope.cancel()
 
 
 @VERSIONS
@@ -330,4 +407,3 @@ async def test_organisation_certificates_are_refused_while_their_crl_is_past_nex
             gw = await start_gateway(nursery, directory)
             await _refused(gw, _demo_agent(gw), "crl_expired", tenant="demo", max_version=tls)
             nursery.cancel_scope.cancel()
-

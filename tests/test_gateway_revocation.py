@@ -1,8 +1,10 @@
 """Live revocation: a change in the store closes dependent sessions within a second, whichever
-process made it; suspension closes nothing."""
+process made it, also sessions still opening (waiting for their upgrade or their upstream);
+suspension closes nothing. Under TLS 1.2 and 1.3."""
 
 from __future__ import annotations
 
+import functools
 import ssl
 import subprocess
 import sys
@@ -13,7 +15,12 @@ import pytest
 import trio
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from tests.gateway_harness import Agent, Gateway, provisioning_key, start_gateway
+from tests.est_harness import HOST
+from tests.gateway_harness import Agent, Echo, Gateway, provisioning_key, start_gateway
+
+VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                                   ids=["tls1.2", "tls1.3"])
+
 
 
 class LiveAgent:
@@ -133,3 +140,99 @@ async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(t
             await _closed_within(live2, 3)
             await _handshake_refused(gw, second)
             nursery.cancel_scope.cancel()
+
+
+UPGRADE = (f"GET /agent HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
+
+
+def _handshakes_ok(gw: Gateway) -> float:
+    return gw.switch.metrics.registry.get_sample_value(
+        "switch_handshakes_total", {"tenant": "demo", "result": "ok"}) or 0.0
+
+
+async def _open_tls(gw: Gateway, agent: Agent, tls: ssl.TLSVersion) -> trio.SSLStream[trio.SocketStream]:
+    """A TLS connection to the gateway whose handshake the server has completed too (under
+    TLS 1.3 the client is done first), with no WebSocket upgrade sent yet."""
+    before = _handshakes_ok(gw)
+    tcp = await trio.open_tcp_stream("127.0.0.1", gw.ports["gateway"])
+    stream = trio.SSLStream(tcp, gw.ssl_context(agent, tls), server_hostname=HOST)
+    await stream.do_handshake()
+    with trio.fail_after(5):
+        while _handshakes_ok(gw) == before:  # noqa: ASYNC110 - the server's count
+            await trio.sleep(0.01)
+    return stream
+
+
+async def _response_head(stream: trio.abc.Stream) -> bytes:
+    received = b""
+    with trio.move_on_after(15):
+        while b"\r\n\r\n" not in received:
+            try:
+                chunk = await stream.receive_some(4096)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def _revoke(gw: Gateway) -> None:
+    authority = gw.authority()
+    try:
+        authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet", actor="t")
+    finally:
+        authority.close()
+
+
+@VERSIONS
+async def test_a_key_revoked_between_handshake_and_upgrade_gets_the_upgrade_refused(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
+            await gw.synced()
+            stream = await _open_tls(gw, agent, tls)
+            _revoke(gw)
+            await gw.synced()
+            await stream.send_all(UPGRADE)  # too late: the session was closed as it waited
+            head = await _response_head(stream)
+            assert head.startswith(b"HTTP/1.1 403 "), head
+            assert gw.refusals("key_revoked", "demo") == 1
+            assert not gw.echo.requests  # nothing reached the upstream
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+
+
+@VERSIONS
+async def test_a_key_revoked_while_the_upstream_is_slow_to_answer_is_refused_within_a_second(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
+    accepted = trio.Event()
+
+    async def silent_upstream(stream: trio.SocketStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()  # accepts, never answers the WebSocket handshake
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, silent_upstream, 0, host="127.0.0.1"))
+            echo = Echo(port=listeners[0].socket.getsockname()[1])
+            gw = await start_gateway(nursery, tmp_path / "d", echo=echo)
+            assert gw.config.gateway.upstream_connect_timeout_s >= 10
+            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
+            await gw.synced()
+            stream = await _open_tls(gw, agent, tls)
+            await stream.send_all(UPGRADE)
+            await accepted.wait()  # the gateway now waits for its upstream
+            start = trio.current_time()
+            _revoke(gw)
+            head = await _response_head(stream)
+            assert trio.current_time() - start < 1.0
+            assert head.startswith(b"HTTP/1.1 403 "), head
+            assert gw.refusals("key_revoked", "demo") == 1
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+

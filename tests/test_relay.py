@@ -1,22 +1,27 @@
 """The relay over memory streams, with Trio's autojump clock: fragments, size limits, liveness
-(pings, idle timeout), close codes and a vanishing upstream. Both peers are plain wsproto
+(pings, idle timeout), write deadlines, back-pressure, close codes, a vanishing upstream, metrics
+and the log line; and the session's opening (registration, evictions, refusals). Both peers are plain wsproto
 connections driven by the test, so every frame the gateway sends is seen."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
+
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
-from config.model import GatewaySettings
+from config.model import GatewaySettings, IdentityRule, Tenant
 from gateway import relay
 from gateway.metrics import Metrics
-from gateway.peer import Decision
-from gateway.sessions import SessionRegistry
+from gateway.peer import Decision, TenantTrust
+from gateway.sessions import Session, SessionRegistry
 
 DECISION = Decision(True, "ok", "demo", trust="provisioned", identity="urn:switch:demo:a1")
 
@@ -61,18 +66,34 @@ class Rig:
     result: list[str] = attrs.field(factory=list)
 
 
-async def _start(nursery: trio.Nursery, settings: GatewaySettings) -> Rig:
-    gw_agent, agent_end = trio.testing.memory_stream_pair()
-    gw_up, up_end = trio.testing.memory_stream_pair()
+StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+
+
+async def _start(nursery: trio.Nursery, settings: GatewaySettings, *,
+                 agent_pair: StreamPair = trio.testing.memory_stream_pair,
+                 upstream_pair: StreamPair = trio.testing.memory_stream_pair) -> Rig:
+    """A relaying session between two test peers. ``lockstep_stream_pair`` for a side makes its
+    writes wait until the peer reads them (a real socket's back-pressure, with no buffer)."""
+    gw_agent, agent_end = agent_pair()
+    gw_up, up_end = upstream_pair()
     registry, metrics = SessionRegistry(), Metrics()
     rig = Rig(Peer(agent_end, Connection(ConnectionType.CLIENT)),
               Peer(up_end, Connection(ConnectionType.SERVER)), registry, metrics)
 
     async def run() -> None:
-        rig.result.append(await relay._relay(
-            relay._Side(gw_agent, Connection(ConnectionType.SERVER)),
-            relay._Side(gw_up, Connection(ConnectionType.CLIENT)),
-            DECISION, settings, registry, metrics, "127.0.0.1:1"))
+        # As run_session does once the upgrade is done: registered, inside the session's scope.
+        session = Session(DECISION, trio.CancelScope(), "127.0.0.1:1")
+        registry.add(session)
+        try:
+            with session.cancel_scope:
+                rig.result.append(await relay._relay(
+                    relay._Side(gw_agent, Connection(ConnectionType.SERVER)),
+                    relay._Side(gw_up, Connection(ConnectionType.CLIENT)),
+                    session, settings, metrics))
+                return
+            rig.result.append(session.close_reason or "?")  # evicted: _relay ended by Cancelled
+        finally:
+            registry.remove(session)
 
     nursery.start_soon(run)
     await trio.testing.wait_all_tasks_blocked()
@@ -206,3 +227,279 @@ async def test_bad_upgrades_are_refused_with_a_status(raw: bytes, status: int, r
     with pytest.raises(relay.UpgradeRefused) as refused:
         await relay._read_upgrade(gw)
     assert (refused.value.status, refused.value.reason) == (status, reason)
+
+
+# --- identity headers and the upstream URL ------------------------------------------------------
+
+
+def test_agent_sent_identity_headers_are_dropped_however_spelled() -> None:
+    sent = [(b"X-Switch-Identity", b"admin"), (b"x-switch-identity", b"admin"),
+            (b"X-SWITCH-TRUST", b"organisation"), (b"x_switch_identity", b"admin"),
+            (b"X_Switch_Key_Id", b"pk_x"), (b"x-switch_trust", b"organisation"),
+            (b"X-Switch-Tenant", b"acme"), (b"X-Switch-Tenant", b"other"),
+            (b"sec_websocket_key", b"c3B5"), (b"X-Custom", b"kept"), (b"x_custom2", b"kept")]
+    decision = Decision(True, "ok", "demo", trust="provisioned", identity="laptop-1",
+                        key_id="pk_1", serial="1f", sha256="ab" * 32)
+    out = relay.forwarded_headers(sent) + relay.identity_headers(decision)
+    normal = [name.lower().replace(b"_", b"-") for name, _ in out]
+    real = [b"x-switch-tenant", b"x-switch-identity", b"x-switch-trust", b"x-switch-key-id",
+            b"x-switch-cert-serial", b"x-switch-cert-sha256"]
+    assert [n for n in normal if n.startswith(b"x-switch-")] == real  # each once, ours
+    assert dict(out)[b"X-Switch-Identity"] == b"laptop-1"
+    assert (b"X-Custom", b"kept") in out and (b"x_custom2", b"kept") in out
+    assert b"sec-websocket-key" not in normal
+
+
+@pytest.mark.parametrize(("base", "target", "expected"), [
+    ("ws://u:8080/agents", "/v1/stream?x=1", "ws://u:8080/agents/v1/stream?x=1"),
+    ("ws://u:8080/agents/", "/v1", "ws://u:8080/agents/v1"),
+    ("ws://u:8080", "/v1?x=1", "ws://u:8080/v1?x=1"),
+    ("ws://u:8080/", "/", "ws://u:8080/"),
+    ("wss://u/agents?token=abc", "/v1?x=1", "wss://u/agents/v1?token=abc&x=1"),
+    ("wss://u/agents?token=abc", "/v1", "wss://u/agents/v1?token=abc"),
+    ("ws://u/a", "/b%20c/..d/.e?q=../x", "ws://u/a/b%20c/..d/.e?q=../x"),
+])
+def test_the_agents_path_joins_the_upstreams_and_both_queries_are_kept(
+        base: str, target: str, expected: str) -> None:
+    assert relay.upstream_url(base, target) == expected
+
+
+@pytest.mark.parametrize("target", [
+    "/../x", "/a/../../x", "/..", "/./x", "/a/.", "/%2e%2e/x", "/%2E%2e/x", "/%252e%252e/x",
+    "/..%2fx", "/..\\x", "/a%5c..%5cx", "x/y", "http://evil.example/x", "*", "/a#frag",
+])
+def test_a_path_that_could_climb_out_of_the_upstreams_base_is_refused(target: str) -> None:
+    with pytest.raises(relay.UpgradeRefused) as refused:
+        relay.upstream_url("ws://u:8080/agents", target)
+    assert (refused.value.status, refused.value.reason) == (400, "bad_path")
+
+
+# --- a stalled peer, back-pressure, metrics and the session's log line ------------------------
+
+
+async def test_an_upstream_that_stops_reading_ends_the_session_after_write_timeout(
+        autojump_clock: trio.abc.Clock) -> None:
+    settings = GatewaySettings(write_timeout_s=10, ping_interval_s=30, idle_timeout_s=300)
+    with trio.fail_after(3600):  # without a write deadline the session would hang for ever
+        async with trio.open_nursery() as nursery:
+            rig = await _start(nursery, settings, upstream_pair=trio.testing.lockstep_stream_pair)
+            start = trio.current_time()
+            await rig.agent.send(BytesMessage(data=b"x" * 1000))  # the upstream never reads it
+            closing = await rig.agent.next_event()
+            assert isinstance(closing, CloseConnection)
+            assert (closing.code, closing.reason) == (1011, "upstream_write_timeout")
+            assert trio.current_time() - start == pytest.approx(10, abs=0.5)
+            await rig.agent.send(closing.response())
+    assert rig.result == ["upstream_write_timeout"]
+    assert rig.metrics.registry.get_sample_value(
+        "switch_session_ends_total", {"tenant": "demo", "reason": "upstream_write_timeout"}) == 1
+
+
+async def test_an_agent_that_stops_reading_is_cut_off_although_its_pings_cannot_be_sent(
+        autojump_clock: trio.abc.Clock) -> None:
+    settings = GatewaySettings(write_timeout_s=10, ping_interval_s=4, idle_timeout_s=300)
+    with trio.fail_after(3600):  # pings wait on the same write lock: no ping_timeout either
+        async with trio.open_nursery() as nursery:
+            rig = await _start(nursery, settings, agent_pair=trio.testing.lockstep_stream_pair)
+            start = trio.current_time()
+            await rig.upstream.send(BytesMessage(data=b"y" * 1000))  # the agent never reads it
+            closing = await rig.upstream.next_event()
+            assert isinstance(closing, CloseConnection)
+            assert (closing.code, closing.reason) == (1001, "agent_write_timeout")
+            assert trio.current_time() - start == pytest.approx(10, abs=0.5)
+            await rig.upstream.send(closing.response())
+    assert rig.result == ["agent_write_timeout"]
+
+
+async def test_an_idle_agent_that_does_not_read_its_ping_is_cut_off(
+        autojump_clock: trio.abc.Clock) -> None:
+    settings = GatewaySettings(write_timeout_s=10, ping_interval_s=30, idle_timeout_s=300)
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            rig = await _start(nursery, settings, agent_pair=trio.testing.lockstep_stream_pair)
+            start = trio.current_time()
+            closing = await rig.upstream.next_event()
+            assert isinstance(closing, CloseConnection) and closing.reason == "agent_write_timeout"
+            assert trio.current_time() - start == pytest.approx(30 + 10, abs=0.5)
+            await rig.upstream.send(closing.response())
+    assert rig.result == ["agent_write_timeout"]
+
+
+async def test_a_slow_upstream_reader_slows_the_agent_and_nothing_piles_up_in_between(
+        autojump_clock: trio.abc.Clock) -> None:
+    settings = GatewaySettings(write_timeout_s=120, ping_interval_s=0, idle_timeout_s=0)
+    message = bytes(range(256)) * 16  # 4 KiB
+    sent = 0
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings, agent_pair=trio.testing.lockstep_stream_pair,
+                           upstream_pair=trio.testing.lockstep_stream_pair)
+
+        async def agent_writes() -> None:
+            nonlocal sent
+            for _ in range(40):
+                await rig.agent.send(BytesMessage(data=message))
+                sent += 1
+
+        nursery.start_soon(agent_writes)
+        await trio.sleep(60)  # the upstream reads nothing for a minute
+        # The gateway holds the one message it could not deliver and reads no further, so the
+        # agent's own write of the next one cannot finish: one message ahead, never forty.
+        assert sent == 1
+        for _ in range(40):
+            assert await rig.upstream.message() == message
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == 40
+        nursery.cancel_scope.cancel()
+
+
+async def test_relay_metrics_move_with_each_message_and_the_session_logs_one_line(
+        autojump_clock: trio.abc.Clock) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            rig = await _start(nursery, GatewaySettings())
+
+            def sample(name: str, direction: str) -> float | None:
+                return rig.metrics.registry.get_sample_value(
+                    name, {"tenant": "demo", "direction": direction})
+
+            await rig.agent.send(TextMessage(data="abc", message_finished=False))
+            assert await rig.upstream.next_event() == TextMessage(data="abc", message_finished=False)
+            # Added once per message, not per frame: nothing yet.
+            assert sample("switch_relay_messages_total", "in") == sample(
+                "switch_relay_bytes_total", "in") == 0
+            await rig.agent.send(TextMessage(data="de"))
+            assert await rig.upstream.message() == "de"
+            assert sample("switch_relay_messages_total", "in") == 1
+            assert sample("switch_relay_bytes_total", "in") == 5
+            await rig.upstream.send(BytesMessage(data=b"12345678"))
+            assert await rig.agent.message() == b"12345678"
+            assert (sample("switch_relay_messages_total", "out"),
+                    sample("switch_relay_bytes_total", "out")) == (1, 8)
+            await trio.sleep(2)
+            await rig.agent.send(CloseConnection(code=1000))
+            closing = await rig.upstream.next_event()
+            await rig.upstream.send(closing.response())  # type: ignore[attr-defined]
+    lines = [entry for entry in logs if entry["event"] == "session"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert {k: line[k] for k in ("tenant", "identity", "trust", "key_id", "serial", "peer",
+                                 "bytes_in", "bytes_out", "messages_in", "messages_out",
+                                 "close_reason")} == {
+        "tenant": "demo", "identity": "urn:switch:demo:a1", "trust": "provisioned",
+        "key_id": None, "serial": None, "peer": "127.0.0.1:1", "bytes_in": 5, "bytes_out": 8,
+        "messages_in": 1, "messages_out": 1, "close_reason": "agent_closed_1000"}
+    assert line["duration_s"] == pytest.approx(2, abs=0.1)
+    assert line["log_level"] == "info"
+
+
+# --- run_session: the opening phase --------------------------------------------------------------
+
+NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+ISSUER = b"i" * 32
+ADMITTED = Decision(True, "ok", "demo", "provisioned", "laptop-1", "pk_1", "1f", "ab" * 32,
+                    ISSUER, NOW + dt.timedelta(days=1))
+TENANT = Tenant("demo", ("demo.switch.test",), upstream="ws://127.0.0.1:9/")
+UPGRADE = (b"GET /agent HTTP/1.1\r\nHost: demo.switch.test\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def _trust(**kw: object) -> dict[str, TenantTrust]:
+    trust = TenantTrust(name="demo", identity=IdentityRule(), organisation_cas={},
+                        provisioning_issuers={ISSUER: None},  # type: ignore[dict-item]
+                        revoked_serials={}, revoked_keys=frozenset(),
+                        revoked_certificates=frozenset())
+    return {"demo": attrs.evolve(trust, **kw)}
+
+
+async def _reply(stream: trio.abc.Stream) -> bytes:
+    """Everything the gateway sends before it closes."""
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return received
+
+
+async def _session(stream: trio.abc.Stream, registry: SessionRegistry, metrics: Metrics, *,
+                   decision: Decision = ADMITTED, tenant: Tenant = TENANT,
+                   trust: dict[str, TenantTrust] | None = None,
+                   settings: GatewaySettings | None = None) -> str:
+    try:
+        return await relay.run_session(
+            stream, decision, tenant, sni="demo.switch.test", default_tenant=None,
+            settings=settings or GatewaySettings(), registry=registry, metrics=metrics,
+            peer="10.0.0.7:4711", trust=_trust() if trust is None else trust, now=NOW)
+    finally:
+        await stream.aclose()
+
+
+async def test_a_key_revoked_while_the_handshake_ran_is_refused_at_registration(
+        autojump_clock: trio.abc.Clock) -> None:
+    evicted: list[str] = []
+    registry, metrics = SessionRegistry(on_evict=lambda s, r: evicted.append(r)), Metrics()
+    gw, agent = trio.testing.memory_stream_pair()
+    await agent.send_all(UPGRADE)
+    result = await _session(gw, registry, metrics, trust=_trust(revoked_keys=frozenset({"pk_1"})))
+    assert result == "key_revoked" and evicted == ["key_revoked"]
+    assert (await _reply(agent)).startswith(b"HTTP/1.1 403 ")
+    assert metrics.registry.get_sample_value(
+        "switch_refusals_total", {"tenant": "demo", "reason": "key_revoked"}) == 1
+    assert len(registry) == 0
+
+
+async def test_an_eviction_while_the_upgrade_is_awaited_refuses_it_at_once(
+        autojump_clock: trio.abc.Clock) -> None:
+    registry, metrics = SessionRegistry(), Metrics()
+    gw, agent = trio.testing.memory_stream_pair()
+    results: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            results.append(await _session(gw, registry, metrics))
+
+        nursery.start_soon(serve)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(registry) == 1  # registered before any byte of the upgrade
+        start = trio.current_time()
+        registry.reevaluate(_trust(revoked_keys=frozenset({"pk_1"})), NOW)
+        reply = await _reply(agent)
+        assert trio.current_time() - start < 0.1
+    assert reply.startswith(b"HTTP/1.1 403 ") and reply.endswith(b"403 key_revoked\n")
+    assert results == ["key_revoked"]
+
+
+async def test_upgrade_refusals_are_counted_and_logged_once_with_tenant_reason_and_peer(
+        autojump_clock: trio.abc.Clock) -> None:
+    registry, metrics = SessionRegistry(), Metrics()
+    gw, agent = trio.testing.memory_stream_pair()
+    await agent.send_all(UPGRADE.replace(b"Host: demo.switch.test", b"Host: acme.switch.test"))
+    with structlog.testing.capture_logs() as logs:
+        assert await _session(gw, registry, metrics) == "host_mismatch"
+    assert (await _reply(agent)).startswith(b"HTTP/1.1 421 ")
+    assert [entry for entry in logs if entry["event"] == "upgrade_refused"] == [
+        {"event": "upgrade_refused", "log_level": "info", "tenant": "demo",
+         "reason": "host_mismatch", "peer": "10.0.0.7:4711", "status": 421}]
+    gw, agent = trio.testing.memory_stream_pair()
+    await agent.send_all(UPGRADE.replace(b"GET /agent", b"GET /../admin"))
+    with structlog.testing.capture_logs() as logs:
+        assert await _session(gw, registry, metrics) == "bad_path"
+    assert (await _reply(agent)).startswith(b"HTTP/1.1 400 ")
+    assert [(e["reason"], e["status"]) for e in logs] == [("bad_path", 400)]
+
+
+async def test_an_identity_h11_cannot_write_gets_a_502_instead_of_escaping() -> None:
+    """Defence in depth: ``check_peer`` refuses such an identity, but if one got through, the
+    upstream request fails as an unusable upstream, not as an exception out of the session."""
+    registry, metrics = SessionRegistry(), Metrics()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    tenant = attrs.evolve(TENANT, upstream=f"ws://127.0.0.1:{port}/")
+    gw, agent = trio.testing.memory_stream_pair()
+    await agent.send_all(UPGRADE)
+    with trio.fail_after(10):
+        result = await _session(gw, registry, metrics, tenant=tenant,
+                                decision=attrs.evolve(ADMITTED, identity="a\r\nX-Evil: 1"))
+    assert result == "upstream_unavailable"
+    assert (await _reply(agent)).startswith(b"HTTP/1.1 502 ")
+    for listener in listeners:
+        await listener.aclose()

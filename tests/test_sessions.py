@@ -80,3 +80,19 @@ async def test_wait_empty_returns_when_the_last_session_leaves() -> None:
         await trio.lowlevel.checkpoint()
         registry.remove(session)
     assert len(registry) == 0
+
+
+async def test_admit_registers_and_evicts_at_once_what_the_current_state_refuses() -> None:
+    """A session is judged at its handshake against the state of its accept time; a revocation
+    applied since (before it registered, so ``reevaluate`` could not see it) must still apply."""
+    evicted: list[tuple[int, str]] = []
+    registry = SessionRegistry(on_evict=lambda s, r: evicted.append((s.id, r)))
+    fine = Session(_decision("provisioned", key_id="pk_2"), trio.CancelScope(), "10.0.0.1")
+    stale = Session(_decision("provisioned"), trio.CancelScope(), "10.0.0.2")
+    state = {"acme": _tenant(revoked_keys=frozenset({"pk_1"}))}
+    assert registry.admit(fine, state, NOW) is None
+    assert registry.admit(stale, state, NOW) == "key_revoked"
+    assert len(registry) == 2  # registered all the same: its task removes it as it ends
+    assert stale.cancel_scope.cancel_called and stale.close_reason == "key_revoked"
+    assert not fine.cancel_scope.cancel_called
+    assert evicted == [(stale.id, "key_revoked")]
