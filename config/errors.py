@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from config.model import SwitchConfig
 
 Severity = Literal["error", "warning"]
 
@@ -51,13 +54,16 @@ def _display(file: Path, base: Path | None) -> str:
 
 
 class ConfigError(ValueError):
-    """The configuration does not load. ``problems`` holds every error (and warning) found."""
+    """The configuration does not load. ``problems`` holds every error (and warning) found;
+    ``partial``, when the loader could build one, is the configuration as far as it could be
+    read (defaults where a value was wrong), for ``config check`` to warn about: never run it."""
 
     reason = "config_invalid"
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], *, partial: SwitchConfig | None = None) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+        self.partial = partial
 
     @property
     def errors(self) -> list[Problem]:

@@ -566,15 +566,19 @@ def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfi
     if default_tenant is not None and default_tenant not in tenants:
         root.error("default_tenant", f"no tenant named {default_tenant!r}")
 
-    if any(p.severity == "error" for p in problems):
-        raise ConfigError(problems)
-    assert state_dir is not None
-    return SwitchConfig(
+    # What could be read, with defaults where a value was wrong: `config check` looks for risky
+    # settings in it even when the configuration does not load.
+    partial = None if state_dir is None else SwitchConfig(
         path=path, state_dir=state_dir, tls=tls, gateway=gateway, enroll=enroll, admin=admin,
-        profiles=profiles, tenants=tenants, default_tenant=default_tenant,
+        profiles=profiles, tenants=tenants,
+        default_tenant=default_tenant if default_tenant in tenants else None,
         tenants_dir=tenants_dir, issuer_key_type=issuer_key_type,  # type: ignore[arg-type]
         issuer_validity_s=int(issuer_validity),
     )
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems, partial=partial)
+    assert partial is not None
+    return partial
 
 
 def _tenant_key(tenant: Tenant, key: str, main: Path) -> str:

@@ -165,9 +165,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        print(format_problems(exc.problems), file=sys.stderr)
-        count = sum(1 for p in exc.problems if p.severity == "error")
-        print(f"{path}: {count} error(s); the configuration does not load", file=sys.stderr)
+        problems = list(exc.problems)
+        if exc.partial is not None:  # the checks that can still run on what did load
+            flagged = {(p.file, p.key) for p in problems}
+            problems += [p for p in check_config(exc.partial, _now())
+                         if (p.file, p.key) not in flagged and p not in problems]
+        print(format_problems(problems), file=sys.stderr)
+        failed = sum(1 for p in problems if p.is_error)
+        print(f"{path}: {failed} error(s), {len(problems) - failed} warning(s); the "
+              "configuration does not load", file=sys.stderr)
         return EXIT_REFUSED
     problems = check_config(cfg, _now())
     if problems:
@@ -564,7 +570,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _issuer_row(i: Any) -> dict[str, Any]:
+def _issuer_row(i: Any, enabled: bool) -> dict[str, Any]:
     return {
         "id": i.id,
         "tenant": i.tenant,
@@ -572,9 +578,17 @@ def _issuer_row(i: Any) -> dict[str, Any]:
         "not_before": _plain(i.not_before),
         "not_after": _plain(i.not_after),
         "retired_at": _plain(i.retired_at),
-        "trusted": i.trusted,
+        # What the gateway trusts now: nothing while the service is disabled.
+        "trusted": bool(i.trusted and enabled),
+        "trusted_when_enabled": i.trusted,
         "sha256": getattr(i, "sha256", None),
     }
+
+
+def _trusted_cell(i: Any, enabled: bool) -> str:
+    if not i.trusted:
+        return "no"
+    return "yes" if enabled else "no (service disabled)"
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
@@ -582,22 +596,26 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
         issuers = auth.list_issuers(args.tenant)
         enabled = auth.service_enabled(args.tenant)
     if args.pem:
+        if not enabled and issuers:
+            print(f"switch: provisioning service disabled for tenant {args.tenant}: the gateway "
+                  "trusts none of its issuers (switch service enable)", file=sys.stderr)
         for i in issuers:
-            if i.trusted:
+            if i.trusted and enabled:
                 sys.stdout.write(i.cert_pem if isinstance(i.cert_pem, str) else i.cert_pem.decode())
         return EXIT_OK
+    state = "enabled" if enabled else "disabled: the gateway trusts none of these issuers"
     _emit(
         args,
         {"tenant": args.tenant, "provisioning_enabled": enabled,
-         "issuers": [_issuer_row(i) for i in issuers]},
+         "issuers": [_issuer_row(i, enabled) for i in issuers]},
         lambda: (
-            f"tenant {args.tenant}: provisioning service {'enabled' if enabled else 'disabled'}\n"
+            f"tenant {args.tenant}: provisioning service {state}\n"
             + _table(
                 ["ID", "NOT BEFORE", "NOT AFTER", "STATUS", "TRUSTED"],
                 [
                     [i.id, _when(i.not_before), _when(i.not_after),
                      "retired " + _when(i.retired_at) if i.retired_at else "current",
-                     "yes" if i.trusted else "no"]
+                     _trusted_cell(i, enabled)]
                     for i in issuers
                 ],
             )
@@ -864,9 +882,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("ca", help="the tenants' provisioning issuers").add_subparsers(
         dest="ca_cmd", required=True, metavar="SUBCOMMAND")
-    p = add(ca, "show", cmd_ca_show, "list a tenant's issuers and their validity", [as_json])
+    p = add(ca, "show", cmd_ca_show, "the provisioning service's state, the tenant's issuers, "
+            "their validity and whether the gateway trusts them", [as_json])
     p.add_argument("tenant")
-    p.add_argument("--pem", action="store_true", help="print the trusted issuers' certificates")
+    p.add_argument("--pem", action="store_true",
+                   help="print the certificates of the issuers the gateway trusts now")
     p = add(ca, "renew", cmd_ca_renew, "add a new issuer; older ones stay trusted while needed")
     p.add_argument("tenant")
 

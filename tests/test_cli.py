@@ -200,3 +200,70 @@ def test_broken_config_is_reported_and_commands_refuse_to_run(tmp_path: Path) ->
     assert "missing.pem" in check.stderr
     keys = subprocess.run(_switch(config, "keys", "list", "demo"), capture_output=True, text=True)
     assert keys.returncode == 5 and "config_invalid" in keys.stderr
+
+
+def _init(tmp_path: Path, *extra: str) -> Path:
+    directory = tmp_path / "switch"
+    result = subprocess.run(_switch(None, "init", str(directory), *extra, actor=None),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return directory / "switch.toml"
+
+
+def test_the_default_actor_is_the_os_user(tmp_path: Path) -> None:
+    import getpass
+
+    config = _init(tmp_path)
+    made = subprocess.run(_switch(config, "keys", "generate", "demo", "Laptops", actor=None),
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    entries = json.loads(subprocess.run(_switch(config, "audit", "list", "--json"),
+                                        capture_output=True, text=True, timeout=60).stdout)
+    assert [(e["action"], e["actor"]) for e in entries] == [("key.created", f"cli:{getpass.getuser()}")]
+
+
+def test_init_with_keystore_through_the_cli_writes_a_deployment_that_checks_clean(
+        tmp_path: Path) -> None:
+    config = _init(tmp_path, "--keystore")
+    text = config.read_text()
+    assert 'keystore = "pki/server.p12"' in text and "cert_file" not in text.split("[gateway]")[0]
+    assert (config.parent / "pki/server.p12").stat().st_mode & 0o777 == 0o600
+    check = subprocess.run(_switch(config, "config", "check"), capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr
+
+
+def test_ca_show_says_no_issuer_is_trusted_while_the_service_is_disabled(tmp_path: Path) -> None:
+    config = _init(tmp_path)
+
+    def switch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(_switch(config, *args), capture_output=True, text=True, timeout=60)
+
+    assert switch("service", "enable", "demo").returncode == 0
+    assert "yes" in switch("ca", "show", "demo").stdout.splitlines()[-1]
+    assert switch("service", "disable", "demo").returncode == 0
+    text = switch("ca", "show", "demo").stdout
+    assert "provisioning service disabled: the gateway trusts none" in text
+    assert text.splitlines()[-1].endswith("no (service disabled)")
+    shown = json.loads(switch("ca", "show", "demo", "--json").stdout)
+    assert shown["provisioning_enabled"] is False
+    assert [(i["trusted"], i["trusted_when_enabled"]) for i in shown["issuers"]] == [(False, True)]
+    pem = switch("ca", "show", "demo", "--pem")
+    assert pem.returncode == 0 and pem.stdout == "" and "trusts none" in pem.stderr
+
+
+def test_config_check_prints_the_warnings_it_can_when_the_config_does_not_load(
+        tmp_path: Path) -> None:
+    config = _init(tmp_path)
+    config.write_text("bogus = 1\n" + config.read_text()
+                      .replace('listen = "127.0.0.1:9090"', 'listen = "0.0.0.0:9090"')
+                      .replace('identity = { rule = "email-san", allow = ["*@demo.switch.test"] }',
+                               'identity = { rule = "any" }'))
+    check = subprocess.run(_switch(config, "config", "check"), capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 1
+    lines = check.stderr.splitlines()
+    assert any(": bogus: error: unknown key" in line for line in lines), lines
+    assert any(": admin.listen: warning:" in line for line in lines), lines
+    assert any(": tenants.demo.identity.rule: warning:" in line for line in lines), lines
+    assert lines[-1].endswith("1 error(s), 2 warning(s); the configuration does not load")
