@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -16,8 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
 
 from enroll import pki
+from gateway.est_client import EstClient, EstServer, make_csr
 from gateway.tls import OpenSSLStream, client_context
 from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import (
@@ -29,6 +32,7 @@ from tests.gateway_harness import (
     org_agent,
     provisioning_key,
     start_gateway,
+    write_agent,
 )
 
 VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
@@ -383,6 +387,31 @@ async def test_an_identity_with_a_line_break_is_refused_in_the_handshake(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_certificate_from_another_tenants_provisioning_issuer_is_refused(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            provisioning_key(gw)  # demo's provisioning service is on too
+            authority = gw.authority()
+            try:
+                authority.enable_service("acme", actor="test")
+                secret = authority.generate_key("acme", "Acme fleet", actor="test")[1]
+            finally:
+                authority.close()
+            key = pki.generate_key()
+            async with EstClient(EstServer("127.0.0.1", gw.ports["enroll"], ACME_HOST,
+                                           ca_file=gw.ca_file)) as client:
+                cert = await client.simpleenroll(make_csr("acme-laptop", key), secret)
+            acme_agent = write_agent(tmp_path, "acme-laptop", cert, key)
+            await gw.synced()
+            await _refused(gw, acme_agent, "untrusted_issuer", tenant="demo")
+            # The same certificate is good where it belongs: it gets as far as acme's upstream.
+            await _refused(gw, acme_agent, "upstream_unavailable", tenant="acme", host=ACME_HOST)
+            nursery.cancel_scope.cancel()
+
+
 @VERSIONS
 async def test_organisation_certificates_are_refused_while_their_crl_is_past_next_update(
         tmp_path: Path, tls: ssl.TLSVersion) -> None:
@@ -406,4 +435,134 @@ async def test_organisation_certificates_are_refused_while_their_crl_is_past_nex
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, directory)
             await _refused(gw, _demo_agent(gw), "crl_expired", tenant="demo", max_version=tls)
+            nursery.cancel_scope.cancel()
+
+
+def _connect_without_checking_names(gw: Gateway, server_name: str, host: str,
+                                    path: str = "/agent") -> ClientConnection:
+    """A `websockets` client whose SNI is ``server_name`` (an IP address: none at all) and whose
+    upgrade names ``host``; the server certificate is verified, its names are not."""
+    ctx = gw.ssl_context(_demo_agent(gw))
+    ctx.check_hostname = False
+    sock = socket.create_connection(("127.0.0.1", gw.ports["gateway"]), timeout=10)
+    return connect(f"wss://{host}{path}", sock=sock, ssl=ctx, server_hostname=server_name,
+                   open_timeout=10, compression=None, proxy=None)
+
+
+async def test_default_tenant_takes_connections_without_or_with_unknown_sni(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    make_deployment(directory)
+    add_acme_tenant(directory)
+    config = directory / "switch.toml"
+    config.write_text('default_tenant = "demo"\n' + config.read_text())
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+
+            def exchange(server_name: str, host: str) -> str | int:
+                try:
+                    with _connect_without_checking_names(gw, server_name, host) as ws:
+                        ws.send("hello")
+                        reply = ws.recv(timeout=10)
+                        assert isinstance(reply, str)
+                        return reply
+                except InvalidStatus as exc:
+                    return exc.response.status_code
+
+            # No SNI (an IP address sends none): the default tenant, whatever the Host says.
+            for host in ("127.0.0.1", "anything.example"):
+                assert await trio.to_thread.run_sync(exchange, "127.0.0.1", host) == "hello"
+                assert gw.echo.requests[-1][1]["x-switch-tenant"] == "demo"
+            # An SNI no tenant claims: the default tenant too, but then the Host rule holds.
+            assert await trio.to_thread.run_sync(exchange, "nobody.switch.test", HOST) == "hello"
+            assert await trio.to_thread.run_sync(
+                exchange, "nobody.switch.test", "nobody.switch.test") == 421
+            assert gw.refusals("host_mismatch", "demo") == 1
+            assert gw.refusals("unknown_server_name") == gw.refusals("no_server_name") == 0
+            # A name another tenant claims is that tenant's, whose CA did not sign this agent.
+            await _refused(gw, _demo_agent(gw), "untrusted_issuer", tenant="acme", host=ACME_HOST)
+            nursery.cancel_scope.cancel()
+
+
+async def test_readyz_answers_503_when_the_store_is_unreachable(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            url = f"http://127.0.0.1:{gw.ports['admin']}/readyz"
+
+            async def readyz() -> tuple[str, bytes]:
+                result = await trio.run_process(
+                    ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url], capture_stdout=True)
+                body, _, status = result.stdout.rpartition(b"\n")
+                return status.decode(), body.strip()
+
+            assert (await readyz())[0] == "200"
+            # The store's connection fails from now on, as a store on a lost disk would.
+            gw.switch.authority.store.conn.close()
+            assert await readyz() == ("503", b"store_unreachable")
+            nursery.cancel_scope.cancel()
+
+
+async def test_renegotiation_is_refused(tmp_path: Path) -> None:
+    """``openssl s_client`` asks for a TLS 1.2 renegotiation (its interactive ``R`` command): the
+    server refuses it (``no renegotiation`` alert) and the session ends before any upgrade."""
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            proc = await trio.lowlevel.open_process(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.ports['gateway']}",
+                 "-servername", HOST, "-CAfile", str(gw.ca_file), "-tls1_2",
+                 "-cert", str(directory / "pki/demo-agent.pem"),
+                 "-key", str(directory / "pki/demo-agent.key")],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stderr is not None
+            errors = b""
+            try:
+                while b"verify return:1\n" not in errors or errors.count(b"verify return") < 2:
+                    errors += await proc.stderr.receive_some(4096)
+                await proc.stdin.send_all(b"R\n")
+                while b"no renegotiation" not in errors:
+                    chunk = await proc.stderr.receive_some(4096)
+                    if not chunk:
+                        break
+                    errors += chunk
+            finally:
+                with trio.move_on_after(5):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert b"RENEGOTIATING" in errors and b"no renegotiation" in errors, errors
+            with trio.fail_after(5):
+                while gw.refusals("upgrade_aborted", "demo") == 0:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            assert not gw.echo.requests
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_certificate_request_names_only_the_tenants_own_cas(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            provisioning_key(gw)  # demo trusts its provisioning issuer too
+            await gw.synced()
+
+            async def acceptable_names(server_name: str) -> list[str]:
+                result = await trio.run_process(
+                    ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.ports['gateway']}",
+                     "-tls1_2", "-servername", server_name, "-CAfile", str(gw.ca_file)],
+                    stdin=b"", capture_stdout=True, capture_stderr=True, check=False)
+                out = result.stdout.decode()
+                assert "Acceptable client certificate CA names" in out, out
+                block = out.split("Acceptable client certificate CA names\n", 1)[1]
+                return block.split("Client Certificate Types", 1)[0].strip().splitlines()
+
+            demo = await acceptable_names(HOST)
+            acme = await acceptable_names(ACME_HOST)
+            assert len(demo) == 2
+            assert any("demo organisation CA" in name for name in demo)
+            assert any("demo" in name and "organisation" not in name for name in demo), demo
+            assert acme == ["CN = acme organisation CA"]
             nursery.cancel_scope.cancel()

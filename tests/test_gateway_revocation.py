@@ -22,12 +22,11 @@ VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersio
                                    ids=["tls1.2", "tls1.3"])
 
 
-
 class LiveAgent:
     """A `websockets` agent holding a session open in a thread until the server closes it."""
 
-    def __init__(self, gw: Gateway, agent: Agent) -> None:
-        self.ws = gw.connect(agent)
+    def __init__(self, gw: Gateway, agent: Agent, tls: ssl.TLSVersion | None = None) -> None:
+        self.ws = gw.connect(agent, max_version=tls)
         self.ws.send("hello")
         assert self.ws.recv(timeout=10) == "hello"
         self.closed = threading.Event()
@@ -56,9 +55,9 @@ async def _closed_within(live: LiveAgent, seconds: float) -> float:
     return trio.current_time() - start
 
 
-async def _handshake_refused(gw: Gateway, agent: Agent) -> None:
+async def _handshake_refused(gw: Gateway, agent: Agent, tls: ssl.TLSVersion | None = None) -> None:
     def attempt() -> None:
-        with gw.connect(agent) as ws:
+        with gw.connect(agent, max_version=tls) as ws:
             ws.send("x")
             ws.recv(timeout=5)
 
@@ -72,18 +71,20 @@ def _cli(gw: Gateway, *args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@VERSIONS
 @pytest.mark.parametrize("via", ["this process", "another process"])
-async def test_revoking_a_key_closes_its_live_session_within_a_second(tmp_path: Path, via: str) -> None:
+async def test_revoking_a_key_closes_its_live_session_within_a_second(
+        tmp_path: Path, via: str, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
             secret = provisioning_key(gw)
             agent = await gw.enroll(secret, "laptop-1", tmp_path)
             await gw.synced()
-            live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
+            live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
             bystander_agent = Agent(gw.directory / "pki/demo-agent.pem",
                                     gw.directory / "pki/demo-agent.key", [])
-            bystander = await trio.to_thread.run_sync(LiveAgent, gw, bystander_agent)
+            bystander = await trio.to_thread.run_sync(LiveAgent, gw, bystander_agent, tls)
             if via == "this process":
                 authority = gw.authority()
                 authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet", actor="t")
@@ -97,18 +98,19 @@ async def test_revoking_a_key_closes_its_live_session_within_a_second(tmp_path: 
             assert elapsed < 1.0, elapsed
             assert live.close_code == 1008
             assert await trio.to_thread.run_sync(bystander.still_works)
-            await _handshake_refused(gw, agent)
+            await _handshake_refused(gw, agent, tls)
             assert gw.refusals("key_revoked", "demo") >= 1
             nursery.cancel_scope.cancel()
 
 
-async def test_suspending_a_key_closes_nothing(tmp_path: Path) -> None:
+@VERSIONS
+async def test_suspending_a_key_closes_nothing(tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
             agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
             await gw.synced()
-            live = await trio.to_thread.run_sync(LiveAgent, gw, agent)
+            live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
             authority = gw.authority()
             authority.suspend_key("demo", "Fleet", reason="pause", actor="t")
             authority.close()
@@ -116,12 +118,15 @@ async def test_suspending_a_key_closes_nothing(tmp_path: Path) -> None:
             await trio.sleep(0.5)
             assert await trio.to_thread.run_sync(live.still_works)
             # and a new connection with that certificate is still admitted
-            with await trio.to_thread.run_sync(gw.connect, agent) as ws:
+            with await trio.to_thread.run_sync(lambda: gw.connect(agent, max_version=tls)) as ws:
                 await trio.to_thread.run_sync(ws.send, "again")
+                assert await trio.to_thread.run_sync(ws.recv, 10) == "again"
             nursery.cancel_scope.cancel()
 
 
-async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(tmp_path: Path) -> None:
+@VERSIONS
+async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(
+        tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             gw = await start_gateway(nursery, tmp_path / "d")
@@ -129,8 +134,8 @@ async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(t
             first = await gw.enroll(secret, "laptop-1", tmp_path)
             second = await gw.enroll(secret, "laptop-2", tmp_path)
             await gw.synced()
-            live1 = await trio.to_thread.run_sync(LiveAgent, gw, first)
-            live2 = await trio.to_thread.run_sync(LiveAgent, gw, second)
+            live1 = await trio.to_thread.run_sync(LiveAgent, gw, first, tls)
+            live2 = await trio.to_thread.run_sync(LiveAgent, gw, second, tls)
             serial = format(first.chain[0].serial_number, "x")
             await trio.to_thread.run_sync(
                 lambda: _cli(gw, "certs", "revoke", serial, "--reason", "stolen"))
@@ -138,7 +143,7 @@ async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(t
             assert await trio.to_thread.run_sync(live2.still_works)
             await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo"))
             await _closed_within(live2, 3)
-            await _handshake_refused(gw, second)
+            await _handshake_refused(gw, second, tls)
             nursery.cancel_scope.cancel()
 
 
@@ -235,4 +240,3 @@ async def test_a_key_revoked_while_the_upstream_is_slow_to_answer_is_refused_wit
             assert gw.refusals("key_revoked", "demo") == 1
             await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
-
