@@ -454,7 +454,7 @@ async def run_session(
                 _upgrade_refused(metrics, tenant.name, peer, exc)  # counted before it is sent
                 await _refuse_upgrade(stream, http, exc.status, exc.reason, settings.close_timeout_s)
             else:
-                del http, upgrade, extra  # a relaying session keeps only what it needs
+                del http, upgrade, extra, url  # a relaying session keeps only what it needs
                 relaying = True
                 return await _relay(_Side(stream, agent_ws), _Side(up_stream, up_ws), session,
                                     settings, metrics)
