@@ -228,21 +228,24 @@ class Authority:
     def authenticate_key(self, tenant: str, secret: str, *, now: dt.datetime | None = None
                          ) -> KeyRecord | None:
         """The key a presented secret belongs to (whatever its state: the caller decides), or
-        None. The hash comparison is constant-time and an unknown id costs the same work."""
+        None. The hash comparison is constant-time and an unknown id costs the same work.
+
+        A read, never a write: a key's ``last_used_at`` is set by what it was used for (the
+        certificate issued or the request filed, ``Issuance``), in that same transaction, so an
+        enrollment costs one commit and a refused request changes nothing. ``now`` is accepted
+        for callers that pass it and unused."""
+        del now
         self._tenant(tenant)
         key_id = secrets.parse_key_id(secret)
         row = None
         if key_id is not None:
             row = self.store.conn.execute(
-                "SELECT secret_hash FROM provisioning_keys WHERE tenant = ? AND id = ?",
-                (tenant, key_id),
+                f"SELECT secret_hash, {_KEY_COLUMNS} FROM provisioning_keys"
+                " WHERE tenant = ? AND id = ?", (tenant, key_id),
             ).fetchone()
-        if not secrets.secret_matches(secret, bytes(row[0]) if row else None) or key_id is None:
+        if not secrets.secret_matches(secret, bytes(row[0]) if row else None) or row is None:
             return None
-        with self.store.transaction() as conn:
-            conn.execute("UPDATE provisioning_keys SET last_used_at = ? WHERE id = ?",
-                         (self._now(now), key_id))
-            return self._find_key(conn, tenant, key_id)
+        return _key(row[1:])
 
     # --- the provisioning service and issuers --------------------------------------------------
 

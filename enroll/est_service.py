@@ -86,6 +86,8 @@ class EstReply:
     tenant: str | None = None
     key_id: str | None = None
     serial: str | None = None
+    #: The issued certificate's subject, for the request's log line.
+    subject: str | None = None
 
 
 def _refusal(exc: EstError, tenant: str | None = None) -> EstReply:
@@ -244,10 +246,10 @@ class EstService:
         return parse_csr(est_wire.decode_base64_body(request.body, max_bytes=self.max_body_bytes))
 
     def _certificate_reply(self, tenant: Tenant, cert: x509.Certificate, key: KeyRecord | None,
-                           serial: str) -> EstReply:
+                           serial: str, subject: str | None = None) -> EstReply:
         return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only([cert])),
                         est_wire.PKCS7_CERTS_ONLY, (("Content-Transfer-Encoding", "base64"),),
-                        "ok", tenant.name, key.id if key else None, serial)
+                        "ok", tenant.name, key.id if key else None, serial, subject)
 
     def _pending_reply(self, tenant: Tenant, key: KeyRecord | None) -> EstReply:
         return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
@@ -272,9 +274,7 @@ class EstService:
             pending_id = pending.id
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
                                            pending_id=pending_id)
-        log.info("est_issued", tenant=tenant.name, key_id=key.id if key else None,
-                 serial=record.serial, subject=record.subject, sha256=record.sha256)
-        return self._certificate_reply(tenant, cert, key, record.serial)
+        return self._certificate_reply(tenant, cert, key, record.serial, record.subject)
 
     def _issued_again(self, tenant: Tenant, key: KeyRecord | None, serial: str, now: dt.datetime
                       ) -> EstReply:
@@ -298,9 +298,7 @@ class EstService:
         checked = check_csr(csr, profile)
         check_renewal(current, checked.common_name, now)
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
-        log.info("est_reissued", tenant=tenant.name, key_id=key.id if key else None,
-                 serial=record.serial, subject=record.subject)
-        return self._certificate_reply(tenant, cert, key, record.serial)
+        return self._certificate_reply(tenant, cert, key, record.serial, record.subject)
 
     def _serverkeygen(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                       current: x509.Certificate | None, now: dt.datetime, *, pkcs12: bool
@@ -335,9 +333,6 @@ class EstService:
         checked = CsrRequest(private_key.public_key(), key_type, common_name)
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
                                            pending_id=pending_id)
-        log.info("est_issued", tenant=tenant.name, key_id=key.id if key else None,
-                 serial=record.serial, subject=record.subject, sha256=record.sha256,
-                 server_key=True)
         if pkcs12:
             chain = self.issuance.trusted_issuer_certificates(tenant.name, now)[:1]
             bundle, used = pkcs12_bundle(private_key, cert, chain, password)
@@ -345,13 +340,14 @@ class EstService:
             if password is None:
                 headers += ((PKCS12_PASSWORD_HEADER, used.decode()),)
             return EstReply(200, est_wire.encode_base64_body(bundle), "application/pkcs12",
-                            headers, "ok", tenant.name, key.id if key else None, record.serial)
+                            headers, "ok", tenant.name, key.id if key else None, record.serial,
+                            record.subject)
         der = private_key.private_bytes(serialization.Encoding.DER,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
         content_type, body = est_wire.multipart_serverkeygen(der, est_wire.certs_only([cert]))
         return EstReply(200, body, content_type, (), "ok", tenant.name,
-                        key.id if key else None, record.serial)
+                        key.id if key else None, record.serial, record.subject)
 
     def _cacerts(self, tenant: Tenant, now: dt.datetime) -> EstReply:
         if not self.authority.service_enabled(tenant.name):

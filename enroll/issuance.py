@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,6 +92,19 @@ def _ts(when: dt.datetime) -> int:
     return int(when.timestamp())
 
 
+def _count_use(conn: sqlite3.Connection, key_id: str, now: dt.datetime, *, issued: bool) -> None:
+    """In the caller's transaction: the key is still active (it may have changed since the
+    caller authenticated it, in this process or another) and was used now; ``issued`` counts a
+    certificate. One statement on the usual path; the key is read only to say why it failed."""
+    done = conn.execute(
+        "UPDATE provisioning_keys SET last_used_at = ?, certificates_issued ="
+        " certificates_issued + ? WHERE id = ? AND state = 'active'",
+        (_ts(now), 1 if issued else 0, key_id))
+    if done.rowcount != 1:
+        row = conn.execute("SELECT state FROM provisioning_keys WHERE id = ?", (key_id,)).fetchone()
+        raise WrongKeyState(f"key {key_id} is {row[0] if row else 'gone'}")
+
+
 class Issuance:
     """Certificates and requests of every tenant. Wraps an ``Authority`` (and its store)."""
 
@@ -129,12 +143,7 @@ class Issuance:
         )
         with self.authority.store.transaction() as conn:
             if key is not None:
-                row = conn.execute("SELECT state FROM provisioning_keys WHERE id = ?",
-                                   (key.id,)).fetchone()
-                if row is None or row[0] != "active":  # changed since the caller looked
-                    raise WrongKeyState(f"key {key.id} is {row[0] if row else 'gone'}")
-                conn.execute("UPDATE provisioning_keys SET certificates_issued ="
-                             " certificates_issued + 1 WHERE id = ?", (key.id,))
+                _count_use(conn, key.id, now, issued=True)
             conn.execute(f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES"
                          " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attrs.astuple(record))
             if pending_id is not None:
@@ -241,6 +250,8 @@ class Issuance:
     def _submit(self, tenant: str, key: KeyRecord | None, csr_der: bytes, digest: str,
                 subject: str, operation: str, now: dt.datetime) -> PendingRequest:
         with self.authority.store.transaction() as conn:
+            if key is not None:
+                _count_use(conn, key.id, now, issued=False)
             row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests"
                                " WHERE tenant = ? AND request_digest = ?", (tenant, digest)).fetchone()
             if row is not None and operation == SERVERKEYGEN and PendingRequest(*row).state == "issued":

@@ -114,7 +114,7 @@ class EnrollListener:
         )
         log.info("est_request", conn_id=conn_id, peer=source, method=request.method,
                  path=request.path, status=reply.status, result=reply.result, tenant=reply.tenant,
-                 key_id=reply.key_id, serial=reply.serial,
+                 key_id=reply.key_id, serial=reply.serial, subject=reply.subject,
                  ms=round((time.monotonic() - started) * 1000, 1))
         if self.on_reply is not None:
             self.on_reply(reply)

@@ -111,7 +111,8 @@ def test_enrollment_issues_a_client_certificate_from_the_profile(env: Env) -> No
     assert (cert.not_valid_after_utc - NOW) == dt.timedelta(days=30)
     [record] = env.issuance.list_certificates("acme")
     assert record.serial == format(cert.serial_number, "x") and record.key_id == key_id_of(cert)
-    assert env.authority.get_key("acme", "Fleet").certificates_issued == 1
+    used = env.authority.get_key("acme", "Fleet")
+    assert used.certificates_issued == 1 and used.last_used_at == int(NOW.timestamp())
 
 
 def test_csr_asking_for_ca_true_extra_sans_and_ekus_gets_none_of_them(env: Env) -> None:
@@ -133,7 +134,8 @@ def test_csr_with_a_broken_signature_is_refused_and_nothing_is_stored(env: Env) 
     reply = env.call("simpleenroll", base64.encodebytes(bytes(der)))
     assert (reply.status, reply.result) == (400, "bad_csr_signature")
     assert env.issuance.list_certificates("acme") == []
-    assert env.authority.get_key("acme", "Fleet").certificates_issued == 0
+    key = env.authority.get_key("acme", "Fleet")
+    assert key.certificates_issued == 0 and key.last_used_at is None  # a refusal changes nothing
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -471,3 +473,17 @@ def test_one_approval_issues_once_even_when_two_processes_race(env: Env) -> None
         env.issuance.issue("other", request, profile=profile, key=key, now=NOW,
                            pending_id=pending.id)
     assert len(env.issuance.list_certificates("other")) == 1
+
+
+def test_a_key_suspended_after_authentication_issues_nothing(env: Env) -> None:
+    """The key is authenticated, then suspended (by another process) before the certificate is
+    recorded: the issuing transaction re-checks its state and stores nothing."""
+    key = env.authority.get_key("acme", "Fleet")
+    env.authority.suspend_key("acme", "Fleet", reason="paused", actor="admin")
+    request = CsrRequest(pki.generate_key().public_key(), "ec-p256", "agent-9")
+    with pytest.raises(WrongKeyState, match="suspended"):
+        env.issuance.issue("acme", request, profile=env.service.config.profiles["default"],
+                           key=key, now=NOW)
+    assert env.issuance.list_certificates("acme") == []
+    after = env.authority.get_key("acme", "Fleet")
+    assert after.certificates_issued == 0 and after.last_used_at is None
