@@ -45,9 +45,11 @@ connection cannot starve the others. A call that had to wait has yielded anyway.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
+import structlog
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -55,6 +57,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib
 
 from gateway.lightlock import LightLock
+from gateway.tls_tickets import disable_tls13_tickets
 
 T = TypeVar("T")
 
@@ -404,6 +407,14 @@ class OpenSSLStream(TLSStream):
         raise NotImplementedError("TLS has no half-close")
 
 
+@functools.cache
+def _warn_tickets_once() -> None:
+    structlog.get_logger("switch").warning(
+        "tls13_tickets_not_disabled",
+        detail="this cryptography build does not let Switch turn TLS 1.3 session tickets off; "
+               "OpenSSL sends stateful tickets that can never resume (no session cache)")
+
+
 def _describe(exc: SSL.Error) -> str:
     parts = []
     for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
@@ -432,7 +443,8 @@ def server_context(
     store; its subjects are sent as the acceptable CA names.
 
     Resumption is impossible: no stateless tickets (``OP_NO_TICKET``) and no session cache, so a
-    session set up under one SNI name can never skip the trust check of another.
+    session set up under one SNI name can never skip the trust check of another; and no TLS 1.3
+    tickets are sent at all (``gateway.tls_tickets``).
     """
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -441,6 +453,8 @@ def server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if not disable_tls13_tickets(ctx):
+        _warn_tickets_once()
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.use_certificate(chain[0])
     for extra in chain[1:]:

@@ -353,3 +353,48 @@ async def test_real_socket_with_a_stdlib_ssl_client(certs: Pki, tmp_path: Path) 
             assert b"from openssl" in result.stdout, result.stderr
             n.cancel_scope.cancel()
     assert seen == ["CN=agent", "CN=agent"]
+
+
+def test_tls13_tickets_are_turned_off_on_this_build() -> None:
+    from gateway.tls_tickets import disable_tls13_tickets
+
+    assert disable_tls13_tickets(SSL.Context(SSL.TLS_SERVER_METHOD))
+
+
+async def test_a_tls13_client_gets_no_session_ticket(certs: Pki, tmp_path: Path) -> None:
+    """No NewSessionTicket after a TLS 1.3 handshake: nothing to resume, and nothing arriving
+    while a threaded client starts writing (see gateway.tls_tickets)."""
+    sctx = server_context([certs.server, certs.root], certs.server_key, client_auth="required",
+                          trust=[certs.client_ca])  # type: ignore[arg-type]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        tls = tls_server(stream, sctx)
+        try:
+            await tls.send_all(await tls.receive_some())
+        finally:
+            await tls.aclose()
+
+    (tmp_path / "root.pem").write_bytes(pki.cert_pem(certs.root))
+    (tmp_path / "client.pem").write_bytes(pki.cert_pem(certs.client))
+    (tmp_path / "client.key").write_bytes(pki.key_pem(certs.client_key))
+
+    def client(port: int) -> tuple[str, bool]:
+        import socket
+
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping")
+            assert tls.recv(100) == b"ping"  # tickets, if any, arrived before this
+            session = tls.session
+            return str(tls.version()), bool(session is not None and session.has_ticket)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            listeners = await n.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            version, has_ticket = await trio.to_thread.run_sync(client, port)
+            n.cancel_scope.cancel()
+    assert version == "TLSv1.3" and not has_ticket
