@@ -292,6 +292,17 @@ def _host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _provisioning_secret(args: argparse.Namespace) -> str | None:
+    """The provisioning key from ``--key-file`` or ``$SWITCH_PROVISIONING_KEY`` (never argv)."""
+    if args.key_file:
+        try:
+            return Path(args.key_file).read_text().strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliExit(EXIT_USAGE, f"usage: cannot read --key-file {args.key_file}: "
+                                      f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return os.environ.get("SWITCH_PROVISIONING_KEY", "").strip() or None
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
@@ -299,11 +310,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from gateway.agent import Agent, AgentError, AgentSettings
     from gateway.est_client import EstClientError
 
-    secret = None
-    if args.key_file:
-        secret = Path(args.key_file).read_text().strip()
-    elif os.environ.get("SWITCH_PROVISIONING_KEY"):
-        secret = os.environ["SWITCH_PROVISIONING_KEY"].strip()
+    secret = _provisioning_secret(args)
     if args.ca_file is None and args.pin is None:
         raise CliExit(EXIT_USAGE, "usage: authenticate the server with --ca-file or --pin")
     settings = AgentSettings(
@@ -351,11 +358,7 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
     from gateway.loadtest import LoadSettings
     from gateway.serve import PID_FILE
 
-    secret = None
-    if args.key_file:
-        secret = Path(args.key_file).read_text().strip()
-    elif os.environ.get("SWITCH_PROVISIONING_KEY"):
-        secret = os.environ["SWITCH_PROVISIONING_KEY"].strip()
+    secret = _provisioning_secret(args)
     if not secret:
         raise CliExit(EXIT_USAGE, "usage: give the provisioning key with --key-file FILE or "
                                   "$SWITCH_PROVISIONING_KEY")

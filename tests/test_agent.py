@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
+import random
 import sys
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 from cryptography import x509
 
 from enroll import pki
-from gateway.agent import Agent, AgentError, AgentSettings
+from gateway.agent import (
+    Agent,
+    AgentError,
+    AgentSettings,
+    Credential,
+    ServerNotTrusted,
+    backoff_s,
+    open_session,
+)
 from gateway.est_client import spki_sha256
+from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.est_harness import HOST
-from tests.gateway_harness import Gateway, org_agent, provisioning_key, start_gateway
+from tests.gateway_harness import Echo, Gateway, org_agent, provisioning_key, start_gateway
+from tests.pkihelp import write_ca
 
 
-def _settings(gw: Gateway, directory: Path, **kw: object) -> AgentSettings:
+def _settings(gw: Gateway, directory: Path, **kw: Any) -> AgentSettings:
     base = AgentSettings(directory=directory, server_name=HOST,
                          gateway=("127.0.0.1", gw.ports["gateway"]),
                          enroll=("127.0.0.1", gw.ports["enroll"]), ca_file=gw.ca_file,
                          common_name="laptop-7", path="/agent")
-    import attrs
-
     return attrs.evolve(base, **kw)
 
 
@@ -76,14 +86,17 @@ async def test_agent_tries_its_certificates_in_turn_and_remembers_the_one_that_w
             for name, cred in (("a-wrong-tenant", wrong), ("b-right", right)):
                 (certs / f"{name}.pem").write_bytes(cred.cert.read_bytes())
                 (certs / f"{name}.key").write_bytes(cred.key.read_bytes())
-            agent = Agent(_settings(gw, agent_dir, enroll=None))
+            agent = Agent(_settings(gw, agent_dir, enroll=None, timeout_s=20.0))
             assert [c.name for c in agent.credentials()] == ["a-wrong-tenant", "b-right"]
-            assert await agent.once("hi") == "hi"
+            with trio.fail_after(10):  # a refusal is seen at once, not at the 20 s timeout
+                assert await agent.once("hi") == "hi"
+            assert gw.refusals("untrusted_issuer", "demo") == 1
             assert (agent_dir / "preferred").read_text().strip() == "b-right"
-            assert [c.name for c in agent.credentials()] == ["b-right", "a-wrong-tenant"]
-            refusals = gw.refusals("untrusted_issuer", "demo")
-            assert await agent.once("again") == "again"
-            assert gw.refusals("untrusted_issuer", "demo") == refusals  # went straight to it
+            # The next run (a new process in real life) goes straight to it.
+            again = Agent(_settings(gw, agent_dir, enroll=None))
+            assert [c.name for c in again.credentials()] == ["b-right", "a-wrong-tenant"]
+            assert await again.once("again") == "again"
+            assert gw.refusals("untrusted_issuer", "demo") == 1
             nursery.cancel_scope.cancel()
 
 
@@ -119,7 +132,260 @@ async def test_switch_agent_command_enrolls_and_answers_once(tmp_path: Path) -> 
                  "--key-file", str(key_file), "--name", "cli-agent", "--once", "ping"],
                 capture_stdout=True, capture_stderr=True, check=False)
             assert result.returncode == 0, result.stderr
-            assert result.stdout.decode().strip().endswith("ping")
+            assert result.stdout.decode() == "ping\n"
             nursery.cancel_scope.cancel()
-    assert pki  # noqa: B018 - keeps the import for readers
-    assert subprocess  # noqa: B018
+
+
+# --- sessions: what trio-websocket lets escape is contained --------------------------------------
+
+
+def _fake_agent(server: MisbehavingServer, directory: Path, **kw: Any) -> Agent:
+    cert, key = server.client_files()
+    certs = directory / "certs"
+    certs.mkdir(parents=True)
+    (certs / "fake.pem").write_bytes(cert.read_bytes())
+    pki.write_private(certs / "fake.key", key.read_bytes())
+    return Agent(attrs.evolve(AgentSettings(
+        directory=directory, server_name="localhost", gateway=("127.0.0.1", server.port),
+        ca_file=server.ca_file, timeout_s=10.0), **kw))
+
+
+async def test_a_server_ping_after_the_agents_close_is_just_a_closed_session(tmp_path: Path) -> None:
+    # trio-websocket #184: its reader answered the Ping with a Pong in LOCAL_CLOSING and the
+    # LocalProtocolError escaped into the nursery (it crashed a load test worker).
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = MisbehavingServer(tmp_path, after_close=PING_FRAME)
+            await server.start(nursery)
+            agent = _fake_agent(server, tmp_path / "agent")
+            assert await agent.once("hello") == "hello"
+            assert server.client_closes == [1000]
+            ctx = agent._ssl_context(agent.credentials()[0])
+            async with trio.open_nursery() as sessions:
+                ws, _ = await open_session(sessions, ctx, ("127.0.0.1", server.port), "localhost", "/")
+                await ws.aclose()
+            assert ws.pings_while_closing == 1 and ws.end_reason() == "closed_1000"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_protocol_error_in_the_reader_ends_that_session_only(tmp_path: Path) -> None:
+    # A message over the size limit after the client's Close: trio-websocket tries to send a
+    # 1009 Close in LOCAL_CLOSING, another LocalProtocolError from its reader task.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = MisbehavingServer(tmp_path, after_close=oversized_frame())
+            await server.start(nursery)
+            agent = _fake_agent(server, tmp_path / "agent")
+            ctx = agent._ssl_context(agent.credentials()[0])
+            async with trio.open_nursery() as sessions:
+                ws, _ = await open_session(sessions, ctx, ("127.0.0.1", server.port), "localhost", "/")
+                await ws.send_message("x")
+                assert await ws.get_message() == "x"
+                await ws.aclose()
+            assert ws.end_reason() == "protocol_error"
+            assert ws.protocol_error is not None and "LOCAL_CLOSING" in ws.protocol_error
+            assert await agent.once("still fine") == "still fine"
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_upgrade_the_gateway_refuses_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    # trio-websocket raises ConnectionRejected from its reader task, into the caller's nursery.
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            with trio.socket.socket() as unused:
+                await unused.bind(("127.0.0.1", 0))
+                closed_port = unused.getsockname()[1]
+            gw = await start_gateway(nursery, directory, echo=Echo(port=closed_port))
+            right = org_agent(directory, "demo-org-ca", "b-right", emails=["b@demo.switch.test"])
+            certs = tmp_path / "agent" / "certs"
+            certs.mkdir(parents=True)
+            (certs / "b-right.pem").write_bytes(right.cert.read_bytes())
+            pki.write_private(certs / "b-right.key", right.key.read_bytes())
+            agent = Agent(_settings(gw, tmp_path / "agent", enroll=None))
+            with pytest.raises(AgentError, match="HTTP 502"):
+                await agent.once("hi")
+            nursery.cancel_scope.cancel()
+
+
+# --- reconnecting -------------------------------------------------------------------------------
+
+
+class _Recording(random.Random):
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.caps: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.caps.append(b)
+        return b  # the longest wait, so the test sees each cap as a sleep
+
+
+def test_backoff_is_full_jitter_capped_and_never_overflows() -> None:
+    rng = _Recording()
+    assert [backoff_s(n, rng) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert backoff_s(100_000, rng) == 60  # an agent failing for weeks: no OverflowError
+    spread = {round(backoff_s(3), 3) for _ in range(200)}
+    assert len(spread) > 100 and all(0 <= s <= 4 for s in spread)
+
+
+async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    server = MisbehavingServer(tmp_path)  # only for a certificate and a CA
+    with trio.socket.socket() as unused:
+        await unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    agent = _fake_agent(server, tmp_path / "agent", gateway=("127.0.0.1", closed_port))
+    rng = _Recording()
+    with trio.move_on_after(200):
+        await agent.run_forever(rng=rng)
+    assert rng.caps[:8] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+async def test_only_a_session_that_held_resets_the_backoff(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    server = MisbehavingServer(tmp_path)
+    agent = _fake_agent(server, tmp_path / "agent")
+    held = iter([1.0, 1.0, 1.0, 120.0, 1.0])
+
+    async def hold(credentials: list[Credential]) -> str:
+        await trio.sleep(next(held))
+        return "closed_1011"
+
+    agent._hold = hold  # type: ignore[method-assign]
+    rng = _Recording()
+    await agent.run_forever(max_sessions=5, rng=rng)
+    # Sessions the upstream ends at once keep backing off; one held two minutes starts over.
+    assert rng.caps == [1, 2, 4, 1]
+
+
+# --- renewal, fallback, pinning, files ----------------------------------------------------------
+
+
+async def test_agent_renews_during_a_live_session_and_reconnects_with_the_new_certificate(
+        tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            secret = provisioning_key(gw)
+            await gw.synced()
+            agent_dir = tmp_path / "agent"
+            await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
+            cert_file = agent_dir / "certs/provisioned.pem"
+            first = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            # The window of the first certificate opens half a second into the session.
+            offset = first.not_valid_after_utc - dt.timedelta(days=7) - dt.datetime.now(dt.UTC) \
+                - dt.timedelta(seconds=0.5)
+
+            def clock() -> dt.datetime:
+                current = x509.load_pem_x509_certificate(cert_file.read_bytes())
+                shift = offset if current.serial_number == first.serial_number else dt.timedelta(0)
+                return dt.datetime.now(dt.UTC) + shift
+
+            agent = Agent(_settings(gw, agent_dir), clock=clock)
+            seen = len(gw.echo.requests)
+            async with trio.open_nursery() as running:
+                running.start_soon(agent.run_forever)
+                while len(gw.echo.requests) < seen + 2:  # noqa: ASYNC110 - polls the upstream
+                    await trio.sleep(0.02)
+                running.cancel_scope.cancel()
+            serials = [h["x-switch-cert-serial"] for _, h in gw.echo.requests[seen:seen + 2]]
+            second = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            assert second.serial_number != first.serial_number
+            assert int(serials[0], 16) == first.serial_number
+            assert int(serials[1], 16) == second.serial_number
+            assert agent.last_session_end == "renewed"
+            assert (agent_dir / "certs/provisioned.key").stat().st_mode & 0o777 == 0o600
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_server_outside_the_ca_file_is_refused_without_trying_other_certificates(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            other_ca = write_ca(tmp_path, "elsewhere", now=dt.datetime.now(dt.UTC))[2]
+            certs = tmp_path / "agent" / "certs"
+            certs.mkdir(parents=True)
+            for name in ("a", "b"):
+                cred = org_agent(directory, "demo-org-ca", name, emails=[f"{name}@demo.switch.test"])
+                (certs / f"{name}.pem").write_bytes(cred.cert.read_bytes())
+                pki.write_private(certs / f"{name}.key", cred.key.read_bytes())
+            agent = Agent(_settings(gw, tmp_path / "agent", enroll=None, ca_file=other_ca))
+            with pytest.raises(ServerNotTrusted, match="not trusted"):
+                await agent.once("never")
+            assert not (tmp_path / "agent" / "preferred").exists()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_wrong_pin_keeps_the_provisioning_key_from_the_server(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            secret = provisioning_key(gw)
+            await gw.synced()
+            agent = Agent(_settings(gw, tmp_path / "agent", ca_file=None, key_secret=secret,
+                                    pin_sha256="ab:" * 31 + "ab"))
+            with pytest.raises(AgentError, match="server_pin_mismatch"):
+                await agent.once("never")
+            authority = gw.authority()
+            try:
+                assert authority.get_key("demo", "Fleet").last_used_at is None
+            finally:
+                authority.close()
+            with pytest.raises(AgentError, match="64 hex digits"):
+                await Agent(_settings(gw, tmp_path / "a2", pin_sha256="sha256/abc")).once("x")
+            nursery.cancel_scope.cancel()
+
+
+async def test_unusable_certificates_are_skipped_and_an_expired_one_is_replaced_by_enrolling(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            agent_dir = tmp_path / "agent"
+            certs = agent_dir / "certs"
+            certs.mkdir(parents=True)
+            expired = org_agent(directory, "demo-org-ca", "old", emails=["o@demo.switch.test"],
+                                now=dt.datetime.now(dt.UTC) - dt.timedelta(days=60))
+            (certs / "old.pem").write_bytes(expired.cert.read_bytes())
+            (certs / "old.key").write_bytes(expired.key.read_bytes())
+            (certs / "old.key").chmod(0o644)
+            (certs / "junk.pem").write_text("not a certificate")
+            (certs / "junk.key").write_text("not a key")
+            agent = Agent(_settings(gw, agent_dir, enroll=None))
+            assert [c.name for c in agent.credentials()] == ["old"]
+            assert (certs / "old.key").stat().st_mode & 0o777 == 0o600  # tightened
+            with pytest.raises(AgentError, match="old: certificate_expired"):
+                await agent.once("x")
+            secret = provisioning_key(gw)
+            await gw.synced()
+            assert await Agent(_settings(gw, agent_dir, key_secret=secret)).once("y") == "y"
+            assert (agent_dir / "preferred").read_text().strip() == "provisioned"
+            nursery.cancel_scope.cancel()
+
+
+async def test_switch_agent_once_exit_codes_and_errors(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d")
+            key_file = tmp_path / "key"
+            key_file.write_text(provisioning_key(gw) + "\n")
+            await gw.synced()
+            base = [sys.executable, "-m", "gateway.cli", "agent", "--dir", str(tmp_path / "agent"),
+                    "--server-name", HOST, "--gateway", f"127.0.0.1:{gw.ports['gateway']}",
+                    "--enroll", f"127.0.0.1:{gw.ports['enroll']}", "--name", "cli-agent"]
+            wrong_pin = await trio.run_process(
+                [*base, "--pin", "00" * 32, "--key-file", str(key_file), "--once", "x"],
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert wrong_pin.returncode == 1 and wrong_pin.stdout == b""
+            assert b"agent_failed:" in wrong_pin.stderr and b"server_pin_mismatch" in wrong_pin.stderr
+            assert b"Traceback" not in wrong_pin.stderr
+            no_key = await trio.run_process(
+                [*base, "--ca-file", str(gw.ca_file), "--key-file", str(tmp_path / "missing"),
+                 "--once", "x"], capture_stdout=True, capture_stderr=True, check=False)
+            assert no_key.returncode == 2 and b"--key-file" in no_key.stderr
+            assert b"Traceback" not in no_key.stderr
+            nursery.cancel_scope.cancel()
