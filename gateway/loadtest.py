@@ -15,8 +15,15 @@ their progress over a queue:
    for the upstream's echo; the server's pings are answered by the WebSocket library. Sessions the
    server closes are counted with their close code and are not reopened: a load test reports what
    happened instead of hiding it.
-4. **report** — on ``stop`` the sessions close normally (1000) and each worker sends its raw
-   samples; the parent summarises them (``loadtest_report``).
+4. **report** — on ``stop`` the sessions close normally (1000; how each ended is counted) and
+   each worker sends its raw samples and its CPU time per phase; the parent summarises them
+   (``loadtest_report``). Sessions are opened by ``gateway.agent.open_session``, whose reader
+   task never raises into a worker's nursery: one session's trouble is counted, never a crash
+   of the worker and the sessions it holds.
+
+The load generator measures itself too: each worker's CPU time over each phase's wall time (its
+share of one core) and the machine's busy share, so that a report says whether the generator,
+not the server, set the pace.
 
 When the server runs on this machine (its pid file, or ``server_pids``), the parent reads its
 process tree's resident memory before the connect phase and during the hold, and its CPU time
@@ -39,7 +46,7 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +56,17 @@ import trio_websocket
 
 from enroll import pki
 from gateway import procstat
-from gateway.agent import AgentError, open_session
+from gateway.agent import SESSION_OPEN_ERRORS, AgentConnection, ServerNotTrusted, open_session
 from gateway.est_client import EstClient, EstClientError, EstServer, make_csr
 
 PROGRESS_INTERVAL_S = 0.25
 #: How long after the last session opened the server's memory is read (lets buffers settle).
 MEMORY_SETTLE_S = 2.0
+#: How long a session's close handshake may take at the end of the hold.
+CLOSE_TIMEOUT_S = 2.0
+#: A load generator process busier than this share of one core during a phase was (close to)
+#: the bottleneck of that phase.
+GENERATOR_SATURATED = 0.9
 
 
 @attrs.frozen
@@ -113,6 +125,13 @@ class _WorkerState:
     failures: Counter[str] = attrs.field(factory=Counter)
     #: Wall-clock times (``time.time()``) at which the server closed a session.
     closed_at: list[float] = attrs.field(factory=list)
+    #: How each session that opened ended, by who ended it and how (``load test: closed_1000``,
+    #: ``server: closed_1008``, ``load test: protocol_error``, ...).
+    closes: Counter[str] = attrs.field(factory=Counter)
+    #: Server Pings that arrived after a session's Close and were left unanswered.
+    pings_while_closing: int = 0
+    #: This process's CPU use per phase: phase -> (wall seconds, CPU seconds).
+    cpu: dict[str, tuple[float, float]] = attrs.field(factory=dict)
 
     def counts(self) -> tuple[int, int, int, int, int, int]:
         return (self.enrolled, self.enroll_failed, self.connected, self.connect_failed,
@@ -137,7 +156,7 @@ def classify(exc: BaseException) -> str:
         if isinstance(cause, ssl.SSLError):
             return classify(cause)
         return "refused"
-    if isinstance(exc, AgentError):
+    if isinstance(exc, ServerNotTrusted):
         return "server_pin_mismatch"
     if isinstance(exc, OSError):
         import errno
@@ -208,7 +227,9 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
 async def _session(settings: LoadSettings, agent: _Agent, state: _WorkerState,
                    stop: trio.Event, attempted: Callable[[], None]) -> None:
     """One agent's session: open it, exchange messages until ``stop``, close it.
-    ``attempted`` is called once the session is open or has failed to open."""
+    ``attempted`` is called once the session is open or has failed to open. Nothing a session
+    meets ends other sessions: every failure is counted by reason (``open_session`` keeps
+    trio-websocket's reader task from raising into this nursery)."""
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         try:
@@ -216,8 +237,7 @@ async def _session(settings: LoadSettings, agent: _Agent, state: _WorkerState,
                 ws, tls_s = await open_session(nursery, agent.context, settings.gateway,
                                                settings.server_name, settings.path,
                                                settings.pin_sha256)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, AgentError,
-                trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
+        except SESSION_OPEN_ERRORS as exc:
             state.connect_failed += 1
             state.failures[f"connect: {classify(exc)}"] += 1
             nursery.cancel_scope.cancel()
@@ -232,11 +252,12 @@ async def _session(settings: LoadSettings, agent: _Agent, state: _WorkerState,
             await _exchange(settings, ws, state, stop)
         finally:
             state.open -= 1
+            state.pings_while_closing += ws.pings_while_closing
             nursery.cancel_scope.cancel()
 
 
-async def _exchange(settings: LoadSettings, ws: trio_websocket.WebSocketConnection,
-                    state: _WorkerState, stop: trio.Event) -> None:
+async def _exchange(settings: LoadSettings, ws: AgentConnection, state: _WorkerState,
+                    stop: trio.Event) -> None:
     payload = secrets.token_bytes(settings.message_size)
     replied = trio.Event()
     closed_by_server = False
@@ -252,6 +273,7 @@ async def _exchange(settings: LoadSettings, ws: trio_websocket.WebSocketConnecti
                 closed_by_server = True
                 state.closed_at.append(time.time())
                 state.failures[f"session: {classify(exc)}"] += 1
+                state.closes[f"server: {ws.end_reason()}"] += 1
             replied.set()
             sessions.cancel_scope.cancel()
 
@@ -265,8 +287,8 @@ async def _exchange(settings: LoadSettings, ws: trio_websocket.WebSocketConnecti
             replied = trio.Event()
             sent = time.perf_counter()
             try:
-                await ws.send_message(payload)
                 with trio.fail_after(settings.timeout_s):
+                    await ws.send_message(payload)
                     await replied.wait()
             except trio.TooSlowError:
                 state.failures["message: timeout"] += 1
@@ -287,8 +309,11 @@ async def _exchange(settings: LoadSettings, ws: trio_websocket.WebSocketConnecti
             sessions.start_soon(writer)
         sessions.start_soon(until_stop)
     if not closed_by_server:
-        with trio.move_on_after(2):
+        how = "close_timeout"
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
             await ws.aclose(1000, "load test done")
+            how = ws.end_reason()
+        state.closes[f"load test: {how}"] += 1
 
 
 async def _wait_mp_event(event: multiprocessing.synchronize.Event, deadline_s: float) -> bool:
@@ -318,12 +343,26 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                 await _wait_mp_event(stop_event, float("inf"))
                 stop.set()
 
+            marks: dict[str, tuple[float, float]] = {}
+
+            def mark(phase: str, ending: str | None = None) -> None:
+                """Note the wall and CPU clocks as ``phase`` begins (and ``ending`` ends)."""
+                now = (time.monotonic(), time.process_time())
+                if ending is not None and ending in marks:
+                    wall, cpu = marks[ending]
+                    state.cpu[ending] = (now[0] - wall, now[1] - cpu)
+                marks[phase] = now
+
             nursery.start_soon(progress)
             nursery.start_soon(watch_stop)
             concurrency = max(1, round(settings.enroll_concurrency / workers))
+            queue.put(("phase", worker, "enrolling"))
+            mark("enroll")
             agents = await _enroll_all(settings, worker, share, concurrency, state, run_id, Path(tmp))
+            mark("wait", ending="enroll")
             queue.put(("phase", worker, "enrolled"))
             if await _wait_mp_event(go_connect, settings.phase_timeout_s) and not stop.is_set():
+                mark("connect")
                 all_attempted = trio.Event()
 
                 def attempted() -> None:
@@ -345,13 +384,18 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                     # Every attempt ends (opened or failed) within its timeout.
                     with trio.move_on_after(settings.timeout_s + 1):
                         await all_attempted.wait()
+                    mark("hold", ending="connect")
                     queue.put(("progress", worker, state.counts()))
                     queue.put(("phase", worker, "connected"))
                     await stop.wait()
+                    mark("close", ending="hold")
+                mark("done", ending="close")
             queue.put(("progress", worker, state.counts()))
             queue.put(("result", worker, {
                 "samples": state.samples, "failures": dict(state.failures),
-                "closed_at": state.closed_at, "counts": state.counts()}))
+                "closed_at": state.closed_at, "counts": state.counts(),
+                "closes": dict(state.closes), "pings_while_closing": state.pings_while_closing,
+                "cpu": state.cpu}))
             nursery.cancel_scope.cancel()
 
 
@@ -430,6 +474,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     phases: dict[str, float] = {}
     server: dict[str, Any] | None = None
     start = time.monotonic()
+    parent_cpu = time.process_time()
     for process in processes:
         process.start()
 
@@ -453,15 +498,23 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
             if progress is not None:
                 progress(phase, fleet, now)
 
+    machine: dict[str, tuple[int, int] | None] = {}
     try:
+        # Start-up (a fresh interpreter per worker) is not part of the enroll phase's rate.
+        pump(lambda: any("enrolling" in p for p in fleet.phases.values()) or fleet.all_reached("enrolled"),
+             settings.phase_timeout_s, "startup")
+        phases["startup_s"] = time.monotonic() - start
+        machine["enroll"] = _machine_cpu()
         pump(lambda: fleet.all_reached("enrolled"), settings.phase_timeout_s, "enroll")
-        phases["enroll_s"] = time.monotonic() - start
+        phases["enroll_s"] = time.monotonic() - start - phases["startup_s"]
         before = _server_sample(settings.server_pids) if settings.server_pids else None
         connect_start = time.monotonic()
+        machine["connect"] = _machine_cpu()
         go_connect.set()
         pump(lambda: fleet.all_reached("connected"), settings.phase_timeout_s, "connect")
         phases["connect_s"] = time.monotonic() - connect_start
         after_connect = _server_sample(settings.server_pids) if settings.server_pids else None
+        machine["hold"] = _machine_cpu()
         hold_start = time.monotonic()
         hold_end = hold_start + settings.hold_s
         sample_at = hold_start + min(MEMORY_SETTLE_S, settings.hold_s / 2)
@@ -478,6 +531,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
 
         pump(hold_over, max(0.0, hold_end - time.monotonic()) + settings.phase_timeout_s, "hold")
         phases["hold_s"] = time.monotonic() - hold_start
+        machine["end"] = _machine_cpu()
         connected_at_end = fleet.total(4)
         stop_event.set()
         pump(fleet.all_reported, settings.timeout_s + 30, "report")
@@ -494,22 +548,70 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
                 process.join(timeout=5)
     samples: dict[str, list[float]] = {}
     failures: Counter[str] = Counter()
+    closes: Counter[str] = Counter()
     closed_at: list[float] = []
+    pings_while_closing = 0
     for result in fleet.results.values():
         for kind, values in result["samples"].items():
             samples.setdefault(kind, []).extend(values)
         failures.update(result["failures"])
+        closes.update(result["closes"])
         closed_at.extend(result["closed_at"])
+        pings_while_closing += result["pings_while_closing"]
     for worker, why in fleet.crashed.items():
         failures[f"worker {worker} crashed: {why}"] += 1
     counts = {
         "agents": settings.agents, "enrolled": fleet.total(0), "connected": fleet.total(2),
         "connected_at_end": connected_at_end, "messages": fleet.total(5),
     }
+    generator = _generator_figures([r["cpu"] for r in fleet.results.values()], machine,
+                                   workers, time.process_time() - parent_cpu)
     report = build_report(settings=settings.public(), samples=samples, counts=counts,
-                          failures=failures, phases=phases, timeline=timeline, server=server)
+                          failures=failures, phases=phases, timeline=timeline, server=server,
+                          closes=closes, pings_while_closing=pings_while_closing,
+                          generator=generator)
     report["closed_by_server_at"] = sorted(closed_at)
     return report, samples
+
+
+def _machine_cpu() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine from ``/proc/stat``; None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user and nice
+    return total - idle, total
+
+
+def _generator_figures(per_worker: Sequence[Mapping[str, tuple[float, float]]],
+                       machine: Mapping[str, tuple[int, int] | None], processes: int,
+                       parent_cpu_s: float) -> dict[str, Any]:
+    """The load generator's own CPU use per phase, so that a reader can tell whether it (and
+    not the server) set the pace: each worker process's CPU time over the phase's wall time is
+    its share of one core (a process runs on one core at a time). ``machine_busy`` is the whole
+    machine's share of all its cores, which includes the server when it runs here."""
+    phases: dict[str, dict[str, float]] = {}
+    for phase in ("enroll", "connect", "hold"):
+        used = [cpu[phase] for cpu in per_worker if phase in cpu]
+        shares = [c / w for w, c in used if w > 0]
+        if not used or not shares:
+            continue
+        phases[phase] = {"cpu_s": round(sum(c for _, c in used), 3),
+                         "busiest_process_share": round(max(shares), 3),
+                         "mean_process_share": round(sum(shares) / len(shares), 3)}
+    busy: dict[str, float] = {}
+    order = ["enroll", "connect", "hold", "end"]
+    for phase, following in zip(order, order[1:], strict=False):
+        a, b = machine.get(phase), machine.get(following)
+        if a is not None and b is not None and b[1] > a[1]:
+            busy[phase] = round((b[0] - a[0]) / (b[1] - a[1]), 3)
+    return {
+        "processes": processes, "cpus": os.cpu_count(), "parent_cpu_s": round(parent_cpu_s, 3),
+        "phases": phases, "machine_busy": busy or None,
+        "saturated": [p for p, f in phases.items() if f["busiest_process_share"] >= GENERATOR_SATURATED],
+    }
 
 
 def _server_figures(before: tuple[list[int], int | None, float | None],

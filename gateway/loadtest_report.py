@@ -51,6 +51,8 @@ def build_report(
     *, settings: Mapping[str, Any], samples: Mapping[str, Sequence[float]],
     counts: Mapping[str, int], failures: Mapping[str, int], phases: Mapping[str, float],
     timeline: Sequence[tuple[float, int]], server: Mapping[str, Any] | None,
+    closes: Mapping[str, int] | None = None, pings_while_closing: int = 0,
+    generator: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as plain data (what ``--json`` writes)."""
     enroll_s = phases.get("enroll_s", 0.0)
@@ -70,7 +72,10 @@ def build_report(
         "latency": {kind: summarise(samples.get(kind, ())) for kind in KINDS},
         "failures": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
         "failures_total": sum(failures.values()),
+        "sessions_closed": dict(sorted((closes or {}).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "pings_while_closing": pings_while_closing,
         "server": dict(server) if server is not None else None,
+        "generator": dict(generator) if generator is not None else None,
         "timeline": [[round(t, 3), n] for t, n in timeline],
     }
 
@@ -107,6 +112,13 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             console.print(f"  {n:>7}  {reason}")
     else:
         console.print("failures: none")
+    closed = report.get("sessions_closed") or {}
+    if closed:
+        pings = report.get("pings_while_closing") or 0
+        console.print(f"sessions closed: {sum(closed.values())}"
+                      + (f" ({pings} server pings during a close left unanswered)" if pings else ""))
+        for how, n in closed.items():
+            console.print(f"  {n:>7}  {how}")
     server = report["server"]
     if server is not None:
         per = server.get("memory_per_session_kib")
@@ -116,6 +128,28 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
             f"RSS {_fmt(server.get('rss_before_kib'))} KiB before connecting, "
             f"{_fmt(server.get('rss_hold_kib'))} KiB holding {server.get('sessions_at_sample')} sessions"
             f" → {_fmt(per)} KiB per session; CPU {_fmt(cpu)} ms per handshake")
+    generator = report.get("generator")
+    if generator is not None:
+        print_generator(generator, console)
+
+
+def print_generator(generator: Mapping[str, Any], console: Console) -> None:
+    """The load generator's own CPU, and a warning for each phase it may have limited."""
+    phases = generator.get("phases") or {}
+    busy = generator.get("machine_busy") or {}
+    parts = []
+    for phase, figures in phases.items():
+        part = (f"{phase} {figures['busiest_process_share']:.0%} of a core (busiest of "
+                f"{generator['processes']})")
+        if phase in busy:
+            part += f", machine {busy[phase]:.0%} busy"
+        parts.append(part)
+    console.print("load generator CPU: " + ("; ".join(parts) if parts else "n/a"))
+    for phase in generator.get("saturated") or []:
+        console.print(f"[bold yellow]warning[/bold yellow]: a load generator process was "
+                      f"{phases[phase]['busiest_process_share']:.0%} busy in the {phase} phase: "
+                      "its rates show the generator's limit as much as the server's "
+                      "(more --processes, or a load generator on another machine)")
 
 
 def _fmt(value: object) -> str:
@@ -157,7 +191,7 @@ def write_png(report: Mapping[str, Any], samples: Mapping[str, Sequence[float]],
     right.set_title("connected agents over time")
     right.grid(True, alpha=0.3)
     phases = report["phases_s"]
-    marks = (("enroll_s", "connect"), ("connect_s", "hold"))
+    marks = (("startup_s", "enroll"), ("enroll_s", "connect"), ("connect_s", "hold"))
     at = 0.0
     for key, label in marks:
         if key in phases:

@@ -5,20 +5,36 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
+import trio
+from rich.console import Console
 
 from config.load import load_config
 from enroll.authority import Authority
-from gateway.loadtest import HoldContext, LoadSettings, _shares, classify, run_loadtest
-from gateway.loadtest_report import percentile, summarise
+from gateway.loadtest import (
+    HoldContext,
+    LoadSettings,
+    _Agent,
+    _generator_figures,
+    _session,
+    _shares,
+    _WorkerState,
+    classify,
+    run_loadtest,
+)
+from gateway.loadtest_report import build_report, percentile, print_report, summarise
+from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.est_harness import HOST, make_deployment
+from tests.gateway_harness import Echo, org_agent, start_gateway
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -36,7 +52,7 @@ class LocalSwitch:
     def ca_file(self) -> Path:
         return self.directory / "pki" / "dev-root-ca.pem"
 
-    def settings(self, agents: int, **changes: object) -> LoadSettings:
+    def settings(self, agents: int, **changes: Any) -> LoadSettings:
         base = LoadSettings(
             agents=agents, processes=2, gateway=("127.0.0.1", self.gateway),
             enroll=("127.0.0.1", self.enroll), server_name=HOST, key_secret=self.secret,
@@ -117,6 +133,16 @@ def test_a_thousand_agents_enroll_connect_hold_and_report(local_switch: LocalSwi
     assert server["pids"] == [local_switch.pid]
     assert server["sessions_at_sample"] == 1000
     assert server["memory_per_session_kib"] > 0 and server["cpu_ms_per_handshake"] > 0
+    assert report["sessions_closed"] == {"load test: closed_1000": 1000}
+    # The load generator's own CPU, per phase, so a reader can tell whether it set the pace.
+    generator = report["generator"]
+    assert generator["processes"] == 2
+    for phase in ("enroll", "connect", "hold"):
+        figures = generator["phases"][phase]
+        assert figures["cpu_s"] > 0 and 0 < figures["busiest_process_share"] <= 1.5
+    assert set(generator["machine_busy"]) == {"enroll", "connect", "hold"}
+    assert "load generator CPU: enroll" in result.stdout
+    assert report["phases_s"]["startup_s"] > 0  # not counted in the enroll phase's rate
     assert "secret" not in json.dumps(report["settings"]) and local_switch.secret not in report_file.read_text()
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "enrollments/s" in result.stdout and "message_rtt" in result.stdout
@@ -135,9 +161,11 @@ def test_a_wrong_provisioning_key_is_reported_by_reason_and_fails_the_run(
         [*CLI, "-c", str(local_switch.config_path), "loadtest", "--agents", "3",
          "--processes", "1", "--server-name", HOST, "--gateway", f"127.0.0.1:{local_switch.gateway}",
          "--enroll", f"127.0.0.1:{local_switch.enroll}", "--ca-file", str(local_switch.ca_file),
-         "--key-file", str(key_file), "--hold", "0s", "--no-server-stats", "--json", str(report_file),
-         "--quiet"], capture_output=True, text=True, timeout=300)
+         "--key-file", str(key_file), "--hold", "0s", "--no-server-stats", "--json", str(report_file)],
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
+    # The progress bar (on stderr, its last state when stderr is not a terminal).
+    assert re.search(r"enrolled .* 3/3 .*3 failed", result.stderr), result.stderr
     report = json.loads(report_file.read_text())
     assert report["enrolled"] == 0 and report["connected"] == 0
     assert report["failures"] == {"enroll: 401 bad_credentials": 3}, report["failures"]
@@ -190,10 +218,6 @@ def test_agents_are_shared_evenly_and_never_to_an_idle_process() -> None:
 
 
 def test_failures_have_short_stable_reasons() -> None:
-    import ssl
-
-    import trio
-
     from gateway.est_client import EstClientError
 
     assert classify(EstClientError(429, "too_many_failures", 30)) == "429 too_many_failures"
@@ -202,3 +226,93 @@ def test_failures_have_short_stable_reasons() -> None:
     broken = trio.BrokenResourceError("x")
     broken.__cause__ = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
     assert classify(broken).startswith("tls:")
+
+
+# --- one session: nothing it meets ends the others ---------------------------------------------
+
+
+def _one_session_settings(port: int, ca_file: Path, server_name: str) -> LoadSettings:
+    return LoadSettings(agents=1, gateway=("127.0.0.1", port), enroll=("127.0.0.1", 1),
+                        server_name=server_name, key_secret="unused", ca_file=ca_file,
+                        message_interval_s=0.05, timeout_s=10.0)
+
+
+async def _run_sessions(settings: LoadSettings, context: ssl.SSLContext, n: int) -> _WorkerState:
+    """``n`` sessions of one worker: open, exchange messages a moment, stop, close."""
+    state = _WorkerState()
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(_session, settings, _Agent(i, context), state, stop, lambda: None)
+        while state.connected + state.connect_failed < n:  # noqa: ASYNC110 - polls the sessions
+            await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        stop.set()
+    return state
+
+
+@pytest.mark.parametrize(("after_close", "how"), [
+    (PING_FRAME, "load test: closed_1000"),        # trio-websocket #184: crashed the worker
+    (oversized_frame(), "load test: protocol_error"),  # another LocalProtocolError in its reader
+])
+async def test_a_server_that_misbehaves_during_the_close_ends_only_those_sessions(
+        tmp_path: Path, after_close: bytes, how: str) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server = MisbehavingServer(tmp_path, after_close=after_close)
+            await server.start(nursery)
+            cert, key = server.client_files()
+            context = ssl.create_default_context(cafile=str(server.ca_file))
+            context.load_cert_chain(str(cert), str(key))
+            settings = _one_session_settings(server.port, server.ca_file, "localhost")
+            state = await _run_sessions(settings, context, 5)
+            assert (state.connected, state.open) == (5, 0)
+            assert state.messages >= 5 and dict(state.failures) == {}
+            assert dict(state.closes) == {how: 5}
+            assert state.pings_while_closing == (5 if after_close == PING_FRAME else 0)
+            assert server.client_closes == [1000] * 5
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_upgrade_is_a_connect_failure_by_reason(tmp_path: Path) -> None:
+    # trio-websocket raised the 502 from its reader task into the session's nursery.
+    directory = tmp_path / "d"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            with trio.socket.socket() as unused:
+                await unused.bind(("127.0.0.1", 0))
+                closed_port = unused.getsockname()[1]
+            gw = await start_gateway(nursery, directory, echo=Echo(port=closed_port))
+            agent = org_agent(directory, "demo-org-ca", "lt", emails=["lt@demo.switch.test"])
+            settings = _one_session_settings(gw.ports["gateway"], gw.ca_file, HOST)
+            state = await _run_sessions(settings, gw.ssl_context(agent), 3)
+            assert (state.connected, state.connect_failed) == (0, 3)
+            assert dict(state.failures) == {"connect: http_502": 3}
+            nursery.cancel_scope.cancel()
+
+
+# --- the load generator's own CPU --------------------------------------------------------------
+
+
+def test_the_generator_reports_its_cpu_and_warns_when_it_was_the_bottleneck() -> None:
+    per_worker = [{"enroll": (2.0, 1.96), "connect": (1.0, 0.5), "hold": (3.0, 0.06)},
+                  {"enroll": (2.0, 1.80), "connect": (1.0, 0.4), "hold": (3.0, 0.03)}]
+    machine = {"enroll": (1000, 10000), "connect": (1400, 10400), "hold": (1600, 10600),
+               "end": (1630, 11200)}
+    generator = _generator_figures(per_worker, machine, 2, 0.4)
+    assert generator["phases"]["enroll"] == {"cpu_s": 3.76, "busiest_process_share": 0.98,
+                                             "mean_process_share": 0.94}
+    assert generator["phases"]["connect"]["busiest_process_share"] == 0.5
+    assert generator["machine_busy"] == {"enroll": 1.0, "connect": 1.0, "hold": 0.05}
+    assert generator["saturated"] == ["enroll"]
+    report = build_report(settings={}, samples={}, counts={"agents": 2}, failures={},
+                          phases={"enroll_s": 2.0}, timeline=[], server=None,
+                          closes={"load test: closed_1000": 2}, pings_while_closing=1,
+                          generator=generator)
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "load generator CPU: enroll 98% of a core (busiest of 2), machine 100% busy" in text
+    assert "warning: a load generator process was 98% busy in the enroll phase" in text
+    assert "sessions closed: 2 (1 server pings during a close left unanswered)" in text
+    assert "        2  load test: closed_1000" in text
