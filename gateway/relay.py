@@ -6,26 +6,31 @@ write to either side by ``write_timeout_s``, closing by ``close_timeout_s``; liv
 every ``ping_interval_s`` (an agent that sends nothing, not even a pong, for ``idle_timeout_s`` is
 closed too).
 
-Theory of operation: the relay speaks WebSocket with ``wsproto``'s sans-I/O ``Connection`` on
-both sides, and HTTP with ``h11`` for the two opening handshakes; after the upgrade only the two
-``Connection`` objects, two streams and two tasks remain per session (one per direction), which
-is what lets one process hold tens of thousands of idle sessions. Frames are forwarded as they
-arrive, not reassembled: a message is relayed fragment by fragment (RFC 6455 5.4 lets an
-intermediary re-fragment when no extension is negotiated; none is), so memory per session stays
-bounded by one read, and a message is still limited to ``max_message_bytes`` in all. Each
+Theory of operation: HTTP is spoken with ``h11`` for the two opening handshakes; after them the
+relay forwards WebSocket frames as they are (``gateway.wsframes``): the agent's masked frames
+go to the upstream unchanged, the upstream's to the agent, with no decoding, unmasking or
+re-encoding of messages and no buffering of payloads. A ``FrameReader`` per direction finds the
+frame boundaries, enforces the protocol rules an intermediary must and ``max_message_bytes``
+(from each frame's header, before a byte of that frame moves), and hands over the two things the
+relay acts on: a Close, and the Pong answering its own liveness ping. Pings and other Pongs pass
+end to end. Per session only two streams, two small readers and two tasks remain (one per
+direction), which is what lets one process hold tens of thousands of idle sessions. Each
 direction awaits its write before reading again (back-pressure). Writes to one stream come from
-both tasks (relayed data from one, pongs and closes from the other) and are serialised by a lock.
+both tasks (relayed bytes from one, the relay's own pings and closes from the other) and are
+serialised by a lock; a frame of the relay's own is written only where the relayed bytes end at
+a frame boundary.
 
 The session is registered (``SessionRegistry.admit``) with its cancel scope as soon as the
 handshake is done, so an eviction reaches it while it waits for the upgrade or for the upstream
 too (the upgrade is then refused with ``403`` and the reason), not only once it relays.
 
-Timers cost a cancel scope each, so each direction uses one per chunk it reads: its deadline is
-the ping/idle deadline while the chunk is awaited (the agent's direction only; none upstream,
-and no scope at all while a direction with no timer idles), and is moved to ``write_timeout_s``
-ahead before each write the chunk causes. A scope that fires during a write means that side
-stopped reading: the session ends (``agent_write_timeout`` / ``upstream_write_timeout``), and a
-side whose write was cut off mid-way gets no close frame, since its stream is no longer whole.
+Timers: the agent's direction waits for data under a cancel scope whose deadline is the next
+ping or the idle limit (the upstream's direction, with no timer, waits under none); each write
+runs under its own ``write_timeout_s`` scope. The two are never one scope: a Trio scope stays
+cancelled once its deadline has passed, so data that arrives as the ping timer fires would have
+its write cut off and taken for a stall. A write that times out means that side stopped
+reading: the session ends (``agent_write_timeout`` / ``upstream_write_timeout``), and a side
+whose write was cut off mid-way gets no close frame, since its stream is no longer whole.
 
 - The ``Host`` of the upgrade must name the tenant SNI chose, else ``421 Misdirected Request``.
 - The upgrade is relayed to the tenant's ``upstream`` with the agent's path appended to the
@@ -36,7 +41,9 @@ side whose write was cut off mid-way gets no close frame, since its stream is no
 - Messages flow both ways, one at a time per direction (back-pressure: a slow reader slows its
   writer), each bounded by ``max_message_bytes`` (1009 on overflow). A close code on either side
   is passed to the other; an upstream that fails mid-session closes the agent with 1011
-  (reason ``upstream_failed``); an eviction closes it with 1008 and the reason; shutdown with 1001.
+  (reason ``upstream_failed``); an eviction closes it with 1008 and the reason; shutdown with 1001;
+  a side that breaks the protocol gets 1002 (1007 for a bad close reason) and the other side 1001
+  (the agent 1011 when it was the upstream).
   Relay metrics move as each message completes; the session's one log line comes at its end.
 """
 
@@ -57,27 +64,20 @@ import h11
 import structlog
 import trio
 from prometheus_client import Counter
-from wsproto import ConnectionType
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    Pong,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
 from config.model import GatewaySettings, SwitchConfig, Tenant
 from gateway.lightlock import LightLock
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
 from gateway.sessions import Session, SessionRegistry
+from gateway.wsframes import (
+    Close,
+    FrameReader,
+    Violation,
+    accept_token,
+    close_frame,
+    ping_frame,
+)
 
 log = structlog.get_logger("switch.gateway")
 
@@ -280,16 +280,17 @@ async def _refuse_upgrade(stream: trio.abc.Stream, http: h11.Connection | None, 
 
 
 async def _accept_upgrade(stream: trio.abc.Stream, http: h11.Connection, upgrade: Upgrade,
-                          subprotocol: str | None) -> Connection:
+                          subprotocol: str | None) -> bytes:
+    """Send the 101; return what the agent sent right after its request (frames already)."""
     headers = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
-               (b"sec-websocket-accept", generate_accept_token(upgrade.key))]
+               (b"sec-websocket-accept", accept_token(upgrade.key))]
     if subprotocol:
         headers.append((b"sec-websocket-protocol", subprotocol.encode("ascii")))
     data = http.send(h11.InformationalResponse(status_code=101, headers=headers,
                                                reason=b"Switching Protocols")) or b""
-    trailing, _ = http.trailing_data  # anything the agent sent right after its request
+    trailing, _ = http.trailing_data
     await stream.send_all(data)
-    return Connection(ConnectionType.SERVER, None, bytes(trailing))
+    return bytes(trailing)
 
 
 class UpstreamUnavailable(Exception):
@@ -333,12 +334,12 @@ class UpstreamTLS:
 
 async def _open_upstream(url: str, upgrade: Upgrade, extra_headers: list[tuple[bytes, bytes]],
                          upstream_ssl: ssl.SSLContext | None
-                         ) -> tuple[trio.abc.Stream, Connection, str | None]:
+                         ) -> tuple[trio.abc.Stream, bytes, str | None]:
     """Connect to the upstream and complete its WebSocket handshake (the caller sets the
-    deadline); returns the stream, the open ``Connection`` and the chosen subprotocol. Raises
-    ``UpstreamUnavailable`` with the reason: ``upstream_unavailable`` (cannot connect, closed,
-    broke the protocol, refused the upgrade), ``upstream_tls_error`` (its certificate did not
-    verify, or TLS failed)."""
+    deadline); returns the stream, what the upstream sent after its 101 (frames already) and the
+    chosen subprotocol. Raises ``UpstreamUnavailable`` with the reason: ``upstream_unavailable``
+    (cannot connect, closed, broke the protocol, refused the upgrade), ``upstream_tls_error`` (its
+    certificate did not verify, or TLS failed)."""
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "wss"
     host = parts.hostname or ""
@@ -358,40 +359,74 @@ async def _open_upstream(url: str, upgrade: Upgrade, extra_headers: list[tuple[b
                 cause = exc.__cause__
                 reason = "upstream_tls_error" if isinstance(cause, ssl.SSLError) else "upstream_unavailable"
                 raise UpstreamUnavailable(reason, f"{type(cause or exc).__name__}: {cause or exc}") from exc
-        handshake = H11Handshake(ConnectionType.CLIENT)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         default_port = port == (443 if secure else 80)
         host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
-        await stream.send_all(handshake.send(Request(
-            host=host_header, target=target, extra_headers=extra_headers,
-            subprotocols=upgrade.subprotocols)))
-        received = 0
+        key = base64.b64encode(os.urandom(16))
+        headers = [(b"host", host_header.encode("idna")), (b"upgrade", b"websocket"),
+                   (b"connection", b"Upgrade"), (b"sec-websocket-key", key),
+                   (b"sec-websocket-version", b"13")]
+        if upgrade.subprotocols:
+            headers.append((b"sec-websocket-protocol", ", ".join(upgrade.subprotocols).encode()))
+        http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HANDSHAKE_BYTES)
+        await stream.send_all(http.send(h11.Request(method=b"GET", target=target.encode(),
+                                                    headers=headers + extra_headers)) or b"")
         while True:
-            for event in handshake.events():
-                if isinstance(event, AcceptConnection):
-                    connection = handshake.connection
-                    assert connection is not None
-                    return stream, connection, event.subprotocol
-                if isinstance(event, RejectConnection):
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(RECV_BYTES)
+                if not data:
                     raise UpstreamUnavailable("upstream_unavailable",
-                                              f"the upstream answered {event.status_code}")
-            data = await stream.receive_some(RECV_BYTES)
-            received += len(data)
-            if received > MAX_HANDSHAKE_BYTES:
-                raise UpstreamUnavailable("upstream_unavailable", "the upstream's handshake is too large")
-            handshake.receive_data(bytes(data) if data else None)
-            if not data:
-                raise UpstreamUnavailable("upstream_unavailable", "the upstream closed during the handshake")
-    except (OSError, trio.BrokenResourceError, RemoteProtocolError, LocalProtocolError,
-            h11.LocalProtocolError, h11.RemoteProtocolError, ssl.SSLError) as exc:
-        # h11's LocalProtocolError: a header value h11 will not write (wsproto lets it through).
+                                              "the upstream closed during the handshake")
+                http.receive_data(bytes(data))
+            elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                subprotocol = _check_acceptance(event.headers, key, upgrade.subprotocols)
+                trailing, _ = http.trailing_data
+                return stream, bytes(trailing), subprotocol
+            elif isinstance(event, h11.Response):
+                raise UpstreamUnavailable("upstream_unavailable",
+                                          f"the upstream answered {event.status_code}")
+            elif not isinstance(event, h11.InformationalResponse):  # 100 and such: read on
+                raise UpstreamUnavailable("upstream_unavailable", "the upstream closed")
+    except (OSError, trio.BrokenResourceError, h11.LocalProtocolError, h11.RemoteProtocolError,
+            ssl.SSLError) as exc:
+        # h11's LocalProtocolError: a header value h11 will not write; RemoteProtocolError: the
+        # upstream's answer is not HTTP, or its head is over MAX_HANDSHAKE_BYTES.
         await trio.aclose_forcefully(stream)
         raise UpstreamUnavailable("upstream_unavailable", f"{type(exc).__name__}: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+def _check_acceptance(headers: Sequence[tuple[bytes, bytes]], key: bytes,
+                      offered: Sequence[str]) -> str | None:
+    """The upstream's 101 accepts our upgrade as RFC 6455 4.2.2 says (the accept token, no
+    extension since none was offered, a subprotocol only from those offered); returns the
+    subprotocol. Raises ``UpstreamUnavailable``."""
+    fields: dict[bytes, bytes] = {}
+    connection: set[bytes] = set()
+    for name, value in headers:
+        lower = bytes(name).lower()
+        if lower == b"connection":
+            connection.update(t.strip().lower() for t in bytes(value).split(b","))
+        else:
+            fields[lower] = bytes(value)
+    problem = None
+    if fields.get(b"upgrade", b"").lower() != b"websocket" or b"upgrade" not in connection:
+        problem = "its 101 is not a WebSocket upgrade"
+    elif fields.get(b"sec-websocket-accept") != accept_token(key):
+        problem = "its Sec-WebSocket-Accept is wrong"
+    elif b"sec-websocket-extensions" in fields:
+        problem = "it accepted an extension that was not offered"
+    subprotocol = fields.get(b"sec-websocket-protocol", b"").decode("ascii", "replace").strip() or None
+    if problem is None and subprotocol is not None and subprotocol not in offered:
+        problem = f"it chose a subprotocol that was not offered ({subprotocol!r})"
+    if problem is not None:
+        raise UpstreamUnavailable("upstream_unavailable", f"the upstream broke the handshake: {problem}")
+    return subprotocol
 
 
 def _upgrade_refused(metrics: Metrics, tenant: str, peer: str, refusal: UpgradeRefused) -> None:
@@ -434,7 +469,7 @@ async def run_session(
                 extra = forwarded_headers(upgrade.headers) + identity_headers(decision)
                 try:
                     with trio.fail_after(settings.upstream_connect_timeout_s):
-                        up_stream, up_ws, subprotocol = await _open_upstream(
+                        up_stream, up_trailing, subprotocol = await _open_upstream(
                             url, upgrade, extra, upstream_ssl)
                 except trio.TooSlowError as exc:
                     raise UpgradeRefused(502, "upstream_unavailable",
@@ -444,7 +479,8 @@ async def run_session(
                     raise UpgradeRefused(502, exc.reason, f"{url}: {exc}") from exc
                 try:
                     with trio.fail_after(settings.write_timeout_s):
-                        agent_ws = await _accept_upgrade(stream, http, upgrade, subprotocol)
+                        agent_trailing = await _accept_upgrade(stream, http, upgrade,
+                                                               subprotocol)
                 except trio.TooSlowError as exc:
                     raise UpgradeRefused(0, "agent_write_timeout") from exc
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -456,7 +492,9 @@ async def run_session(
             else:
                 del http, upgrade, extra, url  # a relaying session keeps only what it needs
                 relaying = True
-                return await _relay(_Side(stream, agent_ws), _Side(up_stream, up_ws), session,
+                limit = settings.max_message_bytes
+                return await _relay(_Side.agent(stream, limit, agent_trailing),
+                                    _Side.upstream(up_stream, limit, up_trailing), session,
                                     settings, metrics)
         if relaying:  # evicted while relaying: _relay closed both sides with the reason
             return session.close_reason or "evicted"
@@ -480,38 +518,77 @@ async def run_session(
 
 @attrs.define(eq=False)
 class _Side:
-    """One end of the relay: its stream, its WebSocket state and a lock over writes to it.
-    ``cut`` is set while a write is under way and stays set if it was cancelled part-way: the
-    stream then holds a partial frame (or TLS record) and must not be written to again."""
+    """One end of the relay: its stream, the reader of the frames it sends, and a lock over
+    writes to it. ``mask``: frames of the relay's own to this side are masked (it is the
+    upstream, a server). ``in_frame``: what was written to it so far ends inside a relayed frame,
+    so no frame of the relay's own may go in now. ``cut`` is set while a write is under way and
+    stays set if it was cancelled part-way: the stream then holds a partial frame (or TLS
+    record) and must not be written to again. ``pending``: what arrived with the opening
+    handshake, read before the stream."""
 
     stream: trio.abc.Stream
-    ws: Connection
+    reader: FrameReader
+    mask: bool
+    pending: bytes = b""
     lock: LightLock = attrs.field(factory=LightLock)
     cut: bool = False
+    in_frame: bool = False
+    close_received: bool = False
 
-    async def send(self, event: TextMessage | BytesMessage | Ping | Pong | CloseConnection) -> None:
+    @classmethod
+    def agent(cls, stream: trio.abc.Stream, max_message_bytes: int, pending: bytes = b"") -> _Side:
+        return cls(stream, FrameReader(masked=True, max_message_bytes=max_message_bytes),
+                   mask=False, pending=pending)
+
+    @classmethod
+    def upstream(cls, stream: trio.abc.Stream, max_message_bytes: int, pending: bytes = b""
+                 ) -> _Side:
+        return cls(stream, FrameReader(masked=False, max_message_bytes=max_message_bytes),
+                   mask=True, pending=pending)
+
+    async def write(self, data: bytes | bytearray | memoryview, *, in_frame: bool) -> None:
+        """Relayed bytes; ``in_frame``: they end inside a frame."""
         async with self.lock:
-            if self.cut:  # e.g. a ping that waited for the lock behind a write that timed out
+            if self.cut:  # a write before this one was cut off
                 raise trio.BrokenResourceError("an earlier write to this side was cut off")
-            data = self.ws.send(event)
             self.cut = True
             await self.stream.send_all(data)
             self.cut = False
+            self.in_frame = in_frame
+
+    async def inject(self, frame: bytes) -> bool:
+        """A frame of the relay's own (a ping, a close), between relayed frames only: False
+        when the relayed bytes end inside a frame now."""
+        async with self.lock:
+            if self.cut:  # e.g. a ping that waited for the lock behind a write that timed out
+                raise trio.BrokenResourceError("an earlier write to this side was cut off")
+            if self.in_frame:
+                return False
+            self.cut = True
+            await self.stream.send_all(frame)
+            self.cut = False
+            return True
 
 
 class _Ended(Exception):
     """One side ended the session: ``code``/``text`` as received (1006 when it vanished);
-    ``too_big`` when it broke the message size limit; ``stalled`` when it stopped reading (a
-    write to it made no progress for ``write_timeout_s``)."""
+    ``too_big`` when it broke the message size limit; ``protocol_error`` when it broke the
+    WebSocket protocol (``code`` is then the one it is owed); ``stalled`` when it stopped
+    reading (a write to it made no progress for ``write_timeout_s``)."""
 
     def __init__(self, agent_side: bool, code: int, text: str | None, too_big: bool = False,
-                 stalled: bool = False) -> None:
+                 stalled: bool = False, protocol_error: bool = False) -> None:
         super().__init__(code, text)
         self.agent_side = agent_side
         self.code = code
         self.text = text
         self.too_big = too_big
         self.stalled = stalled
+        self.protocol_error = protocol_error
+
+
+#: After a ping could not be sent (the agent's stream was inside a relayed frame): try again.
+PING_RETRY_S = 1.0
 
 
 async def _forward(src: _Side, dst: _Side, inbound: bool, settings: GatewaySettings,
@@ -521,87 +598,87 @@ async def _forward(src: _Side, dst: _Side, inbound: bool, settings: GatewaySetti
     (``inbound``) it also keeps the session alive: a ping when the agent has been silent for
     ``ping_interval_s``, and eviction when it stays silent (no pong) for another interval, or
     for ``idle_timeout_s``. Every write, to either side, must finish within ``write_timeout_s``
-    (see the module docstring for the one timer per chunk). The relay metrics are added to as
+    (one timer per chunk read: see the module docstring). The relay metrics are added to as
     each message completes (and for a message cut short, when the direction ends)."""
-    size = 0  # bytes of the message under way, relayed or not (the size limit)
-    unreported = 0  # bytes relayed and not yet added to bytes_metric
+    reader = src.reader
+    unreported = 0  # payload bytes relayed and not yet added to bytes_metric
     interval = settings.ping_interval_s if inbound else 0.0
     idle_limit = settings.idle_timeout_s if inbound else 0.0
     write_timeout = settings.write_timeout_s
     last_heard = trio.current_time()
-    pinged = False
-    writing: _Side | None = None
+    next_ping = last_heard + interval if interval > 0 else _INFINITY
+    pinged_at: float | None = None
     try:
         while True:
-            deadline = _INFINITY
-            if interval > 0:
-                deadline = last_heard + interval * (2 if pinged else 1)
+            deadline = next_ping if pinged_at is None else pinged_at + interval
             if idle_limit > 0:
                 deadline = min(deadline, last_heard + idle_limit)
             data: bytes | bytearray | None = None
-            if deadline == _INFINITY:  # no timer while waiting: no cancel scope per idle direction
+            if src.pending:
+                data, src.pending = src.pending, b""
+            elif deadline == _INFINITY:  # no timer: no cancel scope while this direction idles
                 data = await src.stream.receive_some(RECV_BYTES)
-            with trio.CancelScope(deadline=deadline) as timer:
-                if data is None:
+            else:
+                # The timer covers the wait only. A scope stays cancelled once its deadline has
+                # passed, so data that arrives as it passes must be relayed outside it.
+                with trio.CancelScope(deadline=deadline):
                     data = await src.stream.receive_some(RECV_BYTES)
-                if not data:
-                    raise _Ended(inbound, 1006, None)
-                last_heard = trio.current_time()
-                pinged = False
-                src.ws.receive_data(bytes(data))
-                for event in src.ws.events():
-                    if isinstance(event, Message):
-                        chunk = event.data
-                        n = len(chunk.encode("utf-8")) if isinstance(chunk, str) else len(chunk)
-                        size += n
-                        if size > settings.max_message_bytes:
-                            raise _Ended(inbound, CLOSE_TOO_BIG, "message_too_big", too_big=True)
-                        out: TextMessage | BytesMessage = (
-                            TextMessage(data=chunk, message_finished=event.message_finished)
-                            if isinstance(chunk, str) else
-                            BytesMessage(data=chunk, message_finished=event.message_finished))
-                        writing = dst
-                        timer.deadline = trio.current_time() + write_timeout
-                        await dst.send(out)
-                        writing = None
-                        unreported += n
-                        if inbound:
-                            counters.bytes_in += n
-                        else:
-                            counters.bytes_out += n
-                        if event.message_finished:
-                            size = 0
-                            if inbound:
-                                counters.messages_in += 1
-                            else:
-                                counters.messages_out += 1
-                            messages_metric.inc()
-                            bytes_metric.inc(unreported)
-                            unreported = 0
-                    elif isinstance(event, Ping):
-                        writing = src
-                        timer.deadline = trio.current_time() + write_timeout
-                        await src.send(event.response())
-                        writing = None
-                    elif isinstance(event, CloseConnection):
-                        raise _Ended(inbound, event.code, event.reason or None)
-                    # Pong: hearing anything already counted as a sign of life.
-            if not timer.cancelled_caught:
+            if data is None:  # the agent was silent until the deadline
+                now = trio.current_time()
+                if idle_limit > 0 and now >= last_heard + idle_limit:
+                    session.evict("idle_timeout")
+                    await trio.lowlevel.checkpoint()
+                if pinged_at is not None:  # and no answer for an interval
+                    session.evict("ping_timeout")
+                    await trio.lowlevel.checkpoint()
+                payload = os.urandom(4)
+                with trio.move_on_after(write_timeout) as ping_timer:
+                    sent = await src.inject(ping_frame(payload, mask=src.mask))
+                if ping_timer.cancelled_caught:
+                    raise _Ended(inbound, 1006, None, stalled=True)
+                if sent:
+                    reader.expect_pong = payload
+                    pinged_at = now
+                else:  # the agent's stream is inside a frame the upstream is still sending
+                    next_ping = now + min(interval, PING_RETRY_S)
                 continue
-            if writing is not None:  # that side stopped reading
-                raise _Ended((writing is src) == inbound, 1006, None, stalled=True)
-            # The agent was silent for too long.
-            if idle_limit > 0 and trio.current_time() >= last_heard + idle_limit:
-                session.evict("idle_timeout")
-                await trio.lowlevel.checkpoint()
-            if pinged:
-                session.evict("ping_timeout")
-                await trio.lowlevel.checkpoint()
-            pinged = True
-            with trio.move_on_after(write_timeout) as ping_timer:
-                await src.send(Ping(os.urandom(4)))
-            if ping_timer.cancelled_caught:
-                raise _Ended(inbound, 1006, None, stalled=True)
+            if not data:
+                raise _Ended(inbound, 1006, None)
+            if interval > 0 or idle_limit > 0:
+                last_heard = trio.current_time()
+                pinged_at = None
+                next_ping = last_heard + interval if interval > 0 else _INFINITY
+            payload_before, messages_before = reader.payload_bytes, reader.messages
+            items = reader.feed(data)
+            last = len(items) - 1
+            for index, item in enumerate(items):
+                if isinstance(item, Close):
+                    src.close_received = True
+                    raise _Ended(inbound, item.code, item.reason)
+                if isinstance(item, Violation):
+                    too_big = item.code == CLOSE_TOO_BIG
+                    raise _Ended(inbound, item.code, item.reason, too_big=too_big,
+                                 protocol_error=not too_big)
+                with trio.move_on_after(write_timeout) as write_timer:
+                    await dst.write(item, in_frame=reader.in_frame and index == last)
+                if write_timer.cancelled_caught:  # that side stopped reading
+                    raise _Ended(not inbound, 1006, None, stalled=True)
+            relayed = reader.payload_bytes - payload_before
+            if relayed:
+                unreported += relayed
+                if inbound:
+                    counters.bytes_in += relayed
+                else:
+                    counters.bytes_out += relayed
+            completed = reader.messages - messages_before
+            if completed:
+                if inbound:
+                    counters.messages_in += completed
+                else:
+                    counters.messages_out += completed
+                messages_metric.inc(completed)
+                bytes_metric.inc(unreported)
+                unreported = 0
     finally:
         if unreported:
             bytes_metric.inc(unreported)
@@ -610,20 +687,23 @@ async def _forward(src: _Side, dst: _Side, inbound: bool, settings: GatewaySetti
 async def _close_side(side: _Side, code: int, reason: str | None, close_timeout_s: float) -> None:
     """Finish one side's closing handshake: answer its close, or send ours and wait (bounded)
     for the answer. Never raises for a peer that is gone; writes nothing to a side whose last
-    write was cut off."""
-    if side.cut:
+    write was cut off or whose stream is inside a relayed frame (the stream is just closed)."""
+    if side.cut or side.in_frame:
         return
     with trio.move_on_after(close_timeout_s) as cs:
         cs.shield = True
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                                 trio.BusyResourceError, LocalProtocolError):
-            if side.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                await side.send(CloseConnection(code=code, reason=reason))
-            while side.ws.state is ConnectionState.LOCAL_CLOSING:
-                data = await side.stream.receive_some(RECV_BYTES)
-                side.ws.receive_data(bytes(data) if data else None)
-                for _ in side.ws.events():
-                    pass
+                                 trio.BusyResourceError):
+            await side.inject(close_frame(code, reason, mask=side.mask))
+            while not side.close_received:  # their answer; anything else they send is dropped
+                data = side.pending or await side.stream.receive_some(RECV_BYTES)
+                side.pending = b""
+                if not data:
+                    return
+                items = side.reader.feed(data)
+                if items and isinstance(items[-1], Violation):
+                    return  # no answer will make sense: just close
+                side.close_received = bool(items) and isinstance(items[-1], Close)
 
 
 def _passable(code: int) -> int:
@@ -662,7 +742,7 @@ async def _relay(agent: _Side, upstream: _Side, session: Session, settings: Gate
                                    metrics.relay_messages.labels(tenant, direction))
                 except _Ended as exc:
                     ended = ended or exc
-                except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     ended = ended or _Ended(inbound, 1006, None)
                 relay.cancel_scope.cancel()
 
@@ -687,10 +767,11 @@ async def _relay(agent: _Side, upstream: _Side, session: Session, settings: Gate
     return reason
 
 
-Close = tuple[int, str | None]
+CloseOwed = tuple[int, str | None]
 
 
-def _outcome(eviction: str | None, ended: _Ended | None) -> tuple[str, Close | None, Close | None]:
+def _outcome(eviction: str | None, ended: _Ended | None
+             ) -> tuple[str, CloseOwed | None, CloseOwed | None]:
     """Pure: the session's close reason and the close (code, reason) owed to the agent and to the
     upstream, from an eviction or from whichever side ended first."""
     if eviction is not None:
@@ -702,6 +783,11 @@ def _outcome(eviction: str | None, ended: _Ended | None) -> tuple[str, Close | N
         if ended.agent_side:
             return "agent_write_timeout", None, (CLOSE_GOING_AWAY, "agent_write_timeout")
         return "upstream_write_timeout", (CLOSE_UPSTREAM_FAILED, "upstream_write_timeout"), None
+    if ended.protocol_error:  # the side that broke the protocol is told so, with the code
+        owed = (ended.code, ended.text)
+        if ended.agent_side:
+            return "agent_protocol_error", owed, (CLOSE_GOING_AWAY, "agent_protocol_error")
+        return "upstream_protocol_error", (CLOSE_UPSTREAM_FAILED, "upstream_protocol_error"), owed
     # A side that vanished (1006) gets no close: nobody is there to answer it.
     vanished = ended.code == 1006
     if ended.agent_side:

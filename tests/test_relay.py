@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from wsproto import ConnectionType
 from wsproto.connection import Connection
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
 from config.model import GatewaySettings, IdentityRule, Tenant
 from gateway import relay
@@ -87,8 +87,8 @@ async def _start(nursery: trio.Nursery, settings: GatewaySettings, *,
         try:
             with session.cancel_scope:
                 rig.result.append(await relay._relay(
-                    relay._Side(gw_agent, Connection(ConnectionType.SERVER)),
-                    relay._Side(gw_up, Connection(ConnectionType.CLIENT)),
+                    relay._Side.agent(gw_agent, settings.max_message_bytes),
+                    relay._Side.upstream(gw_up, settings.max_message_bytes),
                     session, settings, metrics))
                 return
             rig.result.append(session.close_reason or "?")  # evicted: _relay ended by Cancelled
@@ -503,3 +503,101 @@ async def test_an_identity_h11_cannot_write_gets_a_502_instead_of_escaping() -> 
     assert (await _reply(agent)).startswith(b"HTTP/1.1 502 ")
     for listener in listeners:
         await listener.aclose()
+
+
+# --- frames forwarded as they are -----------------------------------------------------------
+
+
+async def test_pings_between_the_agent_and_its_upstream_pass_end_to_end(
+        autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, GatewaySettings(ping_interval_s=0, idle_timeout_s=0))
+        await rig.agent.send(Ping(b"from-agent"))
+        assert await rig.upstream.next_event(answer_pings=False) == Ping(b"from-agent")
+        await rig.upstream.send(Pong(b"from-agent"))
+        assert await rig.agent.next_event() == Pong(b"from-agent")
+        await rig.upstream.send(Ping(b"from-upstream"))
+        assert await rig.agent.next_event(answer_pings=False) == Ping(b"from-upstream")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_that_breaks_the_protocol_gets_1002_and_the_upstream_1001(
+        autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, GatewaySettings())
+        await rig.agent.send(TextMessage(data="fine"))
+        assert await rig.upstream.message() == "fine"
+        await rig.agent.stream.send_all(b"\x81\x01x")  # an unmasked frame from a client
+        closing = await rig.agent.next_event()
+        assert isinstance(closing, CloseConnection)
+        assert (closing.code, closing.reason) == (1002, "masking_wrong")
+        gone = await rig.upstream.next_event()
+        assert isinstance(gone, CloseConnection) and (gone.code, gone.reason) == (1001, "agent_protocol_error")
+        await rig.upstream.send(gone.response())
+    assert rig.result == ["agent_protocol_error"]
+
+
+async def test_no_ping_goes_into_the_middle_of_a_relayed_frame(autojump_clock: trio.abc.Clock) -> None:
+    """The upstream sends half of a frame and stalls past the ping interval: the gateway's ping
+    waits for the frame's end (the agent's parser would break on a ping inside it)."""
+    settings = GatewaySettings(ping_interval_s=10, idle_timeout_s=300, write_timeout_s=600)
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings)
+        whole = Connection(ConnectionType.SERVER).send(BytesMessage(data=b"z" * 1000))
+        await rig.upstream.stream.send_all(whole[:500])
+        with trio.move_on_after(35):  # three ping intervals; the agent keeps talking
+            while True:
+                await rig.agent.send(TextMessage(data="still here"))
+                await trio.sleep(5)
+        await rig.upstream.stream.send_all(whole[500:])
+        assert await rig.agent.message() == b"z" * 1000  # whole, not split by a ping
+        await trio.sleep(11)  # the agent is silent: now the ping comes, between frames
+        assert isinstance(await rig.agent.next_event(answer_pings=False), Ping)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_eviction_inside_a_relayed_frame_closes_the_agent_without_a_close_frame(
+        autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, GatewaySettings())
+        whole = Connection(ConnectionType.SERVER).send(BytesMessage(data=b"z" * 1000))
+        await rig.upstream.stream.send_all(whole[:500])
+        await trio.testing.wait_all_tasks_blocked()
+        [session] = list(rig.registry)
+        session.evict("key_revoked")
+        gone = await rig.upstream.next_event()
+        assert isinstance(gone, CloseConnection) and gone.reason == "agent_evicted"
+        # The upstream finishes its frame, then answers the close.
+        await rig.upstream.stream.send_all(whole[500:])
+        await rig.upstream.send(gone.response())
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.result == ["key_revoked"]
+        data = b""
+        with trio.move_on_after(1):
+            while True:
+                data += await rig.agent.stream.receive_some(65536)
+        # The half frame and nothing after it: a close frame there would corrupt the stream
+        # (the gateway's listener then closes the connection).
+        assert data == whole[:500]
+
+
+async def test_data_arriving_as_the_ping_timer_fires_is_relayed_not_taken_for_a_stall(
+        mock_clock: trio.testing.MockClock) -> None:
+    """The agent's message arrives just before the ping deadline but the gateway runs only after
+    it (a busy event loop): the timer has fired, and the write that relays the message must not
+    be cut off as a stall (a Trio scope stays cancelled once its deadline has passed)."""
+    import time
+
+    mock_clock.rate = 1.0  # real time, so that a blocked event loop lets deadlines pass
+    settings = GatewaySettings(ping_interval_s=0.2, idle_timeout_s=300, write_timeout_s=30,
+                               close_timeout_s=0.1)
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings)
+        for n in range(5):
+            await trio.sleep(0.18)
+            await rig.agent.send(TextMessage(data=f"m{n}"))  # the gateway's read is ready now...
+            time.sleep(0.05)  # ...but the loop is busy until its ping deadline has passed
+            with trio.fail_after(5):
+                assert await rig.upstream.message() == f"m{n}"
+        assert not rig.result and len(rig.registry) == 1
+        nursery.cancel_scope.cancel()
