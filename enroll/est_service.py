@@ -15,6 +15,11 @@ key is active (suspended and revoked keys are refused, and audited); the content
 the CSR parses, its signature verifies, its key type and subject fit the profile; then manual
 approval or issuance. Nothing is stored for a refused request: every parameter is checked before
 a pending request or a certificate is written.
+
+Every reply that carries an issued certificate also names, in ``Switch-Renew-Before``, the
+renew-before window in seconds of the profile that issued it (the key's own profile when it has
+one, else the tenant's): a Switch extension, so that agents renew when the operator's profile says
+without being configured to match it. Standard EST clients ignore an unknown header.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ log = structlog.get_logger("switch.enroll")
 
 PKCS10 = "application/pkcs10"
 PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
+#: The issuing profile's ``renew_before`` in whole seconds, on every reply with a certificate.
+RENEW_BEFORE_HEADER = "Switch-Renew-Before"
 
 
 @attrs.frozen
@@ -88,6 +95,10 @@ class EstReply:
     serial: str | None = None
     #: The issued certificate's subject, for the request's log line.
     subject: str | None = None
+
+
+def _renew_before(profile: Profile) -> tuple[str, str]:
+    return (RENEW_BEFORE_HEADER, str(int(profile.renew_before_s)))
 
 
 def _refusal(exc: EstError, tenant: str | None = None) -> EstReply:
@@ -246,9 +257,10 @@ class EstService:
         return parse_csr(est_wire.decode_base64_body(request.body, max_bytes=self.max_body_bytes))
 
     def _certificate_reply(self, tenant: Tenant, cert: x509.Certificate, key: KeyRecord | None,
-                           serial: str, subject: str | None = None) -> EstReply:
+                           profile: Profile, serial: str, subject: str | None = None) -> EstReply:
         return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only([cert])),
-                        est_wire.PKCS7_CERTS_ONLY, (("Content-Transfer-Encoding", "base64"),),
+                        est_wire.PKCS7_CERTS_ONLY,
+                        (("Content-Transfer-Encoding", "base64"), _renew_before(profile)),
                         "ok", tenant.name, key.id if key else None, serial, subject)
 
     def _pending_reply(self, tenant: Tenant, key: KeyRecord | None) -> EstReply:
@@ -270,14 +282,16 @@ class EstService:
             if pending.state == "rejected":
                 raise Forbidden("the request was rejected", reason="request_rejected")
             if pending.state == "issued" and pending.certificate_serial:
-                return self._issued_again(tenant, key, pending.certificate_serial, now)
+                return self._issued_again(tenant, key, profile, pending.certificate_serial,
+                                          now)
             pending_id = pending.id
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
                                            pending_id=pending_id)
-        return self._certificate_reply(tenant, cert, key, record.serial, record.subject)
+        return self._certificate_reply(tenant, cert, key, profile, record.serial,
+                                       record.subject)
 
-    def _issued_again(self, tenant: Tenant, key: KeyRecord | None, serial: str, now: dt.datetime
-                      ) -> EstReply:
+    def _issued_again(self, tenant: Tenant, key: KeyRecord | None, profile: Profile, serial: str,
+                      now: dt.datetime) -> EstReply:
         """An approved request repeated after its certificate was issued gets that certificate
         again, while it is good. Once it is revoked or expired, the same public key gets nothing
         more: the agent makes a new key pair, which is a new request (needing a new approval)."""
@@ -289,7 +303,7 @@ class EstService:
         if pki.validity_problem(cert, now) is not None:
             raise Forbidden(f"certificate {serial} of this request is not valid now",
                             reason="certificate_expired")
-        return self._certificate_reply(tenant, cert, key, record.serial)
+        return self._certificate_reply(tenant, cert, key, profile, record.serial)
 
     def _reenroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                   current: x509.Certificate, now: dt.datetime) -> EstReply:
@@ -298,7 +312,8 @@ class EstService:
         checked = check_csr(csr, profile)
         check_renewal(current, checked.common_name, now)
         cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
-        return self._certificate_reply(tenant, cert, key, record.serial, record.subject)
+        return self._certificate_reply(tenant, cert, key, profile, record.serial,
+                                       record.subject)
 
     def _serverkeygen(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                       current: x509.Certificate | None, now: dt.datetime, *, pkcs12: bool
@@ -336,7 +351,8 @@ class EstService:
         if pkcs12:
             chain = self.issuance.trusted_issuer_certificates(tenant.name, now)[:1]
             bundle, used = pkcs12_bundle(private_key, cert, chain, password)
-            headers: tuple[tuple[str, str], ...] = (("Content-Transfer-Encoding", "base64"),)
+            headers: tuple[tuple[str, str], ...] = (("Content-Transfer-Encoding", "base64"),
+                                                    _renew_before(profile))
             if password is None:
                 headers += ((PKCS12_PASSWORD_HEADER, used.decode()),)
             return EstReply(200, est_wire.encode_base64_body(bundle), "application/pkcs12",
@@ -346,7 +362,7 @@ class EstService:
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
         content_type, body = est_wire.multipart_serverkeygen(der, est_wire.certs_only([cert]))
-        return EstReply(200, body, content_type, (), "ok", tenant.name,
+        return EstReply(200, body, content_type, (_renew_before(profile),), "ok", tenant.name,
                         key.id if key else None, record.serial, record.subject)
 
     def _cacerts(self, tenant: Tenant, now: dt.datetime) -> EstReply:

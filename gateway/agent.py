@@ -1,12 +1,18 @@
 """``switch agent``: the reference endpoint agent.
 
 It keeps its credentials in a directory of its own (``certs/NAME.pem`` + ``NAME.key``, keys mode
-0600, and ``preferred``, the name of the certificate that last worked), and:
+0600; ``certs/NAME.json``, mode 0644, the renew-before window the enrollment port named with that
+certificate; and ``preferred``, the name of the certificate that last worked), and:
 
 1. enrolls over EST with a provisioning key when it has no certificate it can use (the key pair is
    made here and never leaves the machine);
 2. renews with ``simplereenroll`` once the renew-before window of its certificate opens, at start
-   or during a session (then it reconnects with the new certificate);
+   or during a session (then it reconnects with the new certificate). The window is
+   ``--renew-before`` when given, else the one the enrollment port named with the certificate
+   (``Switch-Renew-Before``: the issuing profile's ``renew_before``), else a third of the
+   certificate's lifetime (step-ca's default: ``step ca renew --daemon`` renews after two thirds);
+   never more than half the lifetime, so that a certificate cut short by its issuer's expiry is
+   not renewed as soon as it is issued;
 3. connects to the gateway, trying its certificates in turn, the one that worked last time first,
    and remembers the one that works (seed 000);
 4. holds the session, and reconnects with exponential back-off and full jitter when it drops;
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import random
 import ssl
 from collections.abc import Callable, Iterator
@@ -48,11 +55,24 @@ from cryptography.hazmat.primitives import serialization
 from wsproto.connection import ConnectionState
 
 from enroll import pki
-from gateway.est_client import EstClient, EstClientError, EstServer, make_csr, spki_sha256
+from gateway.est_client import (
+    EstClient,
+    EstClientError,
+    EstServer,
+    Issued,
+    make_csr,
+    spki_sha256,
+)
 
 log = structlog.get_logger("switch.agent")
 
 PREFERRED = "preferred"
+#: ``certs/NAME.json``: per-certificate state (the server's renew-before window), bound to the
+#: certificate by its serial, so that a file left from another certificate is never applied.
+STATE_SUFFIX = ".json"
+#: Without ``--renew-before`` or a window from the server (a certificate from before Switch told
+#: it, another EST server): renew when this share of the lifetime is left, as step-ca does.
+FALLBACK_RENEW_SHARE = 1 / 3
 #: Back-off: the n-th consecutive failure waits uniform(0, min(MAX_BACKOFF_S, BACKOFF_BASE_S * 2^n)).
 BACKOFF_BASE_S = 0.5
 MAX_BACKOFF_S = 60.0
@@ -91,7 +111,8 @@ class AgentSettings:
     key_secret: str | None = attrs.field(default=None, repr=False)
     common_name: str | None = None
     path: str = "/"
-    renew_before: dt.timedelta = dt.timedelta(days=7)
+    #: ``--renew-before``: overrides the window the enrollment port names (see ``renewal_window``).
+    renew_before: dt.timedelta | None = None
     key_type: str = "ec-p256"
     timeout_s: float = 20.0
 
@@ -102,6 +123,8 @@ class Credential:
     cert_file: Path
     key_file: Path
     cert: x509.Certificate = attrs.field(eq=False, repr=False)
+    #: The renew-before window the enrollment port named with this certificate, if it did.
+    renew_before: dt.timedelta | None = None
 
     def certificate(self) -> x509.Certificate:
         return self.cert
@@ -169,7 +192,8 @@ class Agent:
             if key_file.stat().st_mode & 0o077:
                 log.warning("key_file_tightened", file=str(key_file))
                 key_file.chmod(0o600)
-            found.append(Credential(cert_file.stem, cert_file, key_file, cert))
+            found.append(Credential(cert_file.stem, cert_file, key_file, cert,
+                                    self._stored_window(cert_file, cert)))
         preferred = self.preferred()
         return sorted(found, key=lambda c: c.name != preferred)
 
@@ -186,18 +210,52 @@ class Agent:
         tmp.write_text(credential.name + "\n")
         tmp.replace(target)
 
-    def _save(self, name: str, cert: x509.Certificate, key: pki.PrivateKey) -> Credential:
+    @staticmethod
+    def _stored_window(cert_file: Path, cert: x509.Certificate) -> dt.timedelta | None:
+        """The window in ``NAME.json`` when it was stored for this very certificate (same
+        serial); else ``None`` (no file: an older agent or a server that did not say)."""
+        state_file = cert_file.with_suffix(STATE_SUFFIX)
+        try:
+            state = json.loads(state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("credential_state_unreadable", credential=cert_file.stem, error=str(exc))
+            return None
+        if not isinstance(state, dict) or state.get("serial") != format(cert.serial_number, "x"):
+            return None  # another certificate's: a crash between the renames of _save
+        seconds = state.get("renew_before_s")
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+            log.warning("credential_state_unreadable", credential=cert_file.stem,
+                        error=f"renew_before_s is not a number of seconds: {seconds!r}")
+            return None
+        return dt.timedelta(seconds=seconds)
+
+    def _save(self, name: str, issued: Issued, key: pki.PrivateKey) -> Credential:
+        cert = issued.certificate
         self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_file, cert_file = self.certs_dir / f"{name}.key", self.certs_dir / f"{name}.pem"
-        # Both files are complete before either is replaced; a crash between the two renames
-        # leaves a pair whose key is not the certificate's, which credentials() skips.
+        state_file = cert_file.with_suffix(STATE_SUFFIX)
+        # Every file is complete before any is replaced; a crash between the renames leaves a
+        # pair whose key is not the certificate's, which credentials() skips, or a state file
+        # of the previous certificate, which its serial keeps from being applied.
         new_key = key_file.with_name(f"{key_file.name}.new")
         pki.write_private(new_key, pki.key_pem(key))
         tmp = cert_file.with_name(f".{cert_file.name}.tmp")
         tmp.write_bytes(pki.cert_pem(cert))
+        tmp_state = state_file.with_name(f".{state_file.name}.tmp")
+        if issued.renew_before is not None:
+            tmp_state.write_text(json.dumps({
+                "serial": format(cert.serial_number, "x"),
+                "renew_before_s": int(issued.renew_before.total_seconds())}) + "\n")
+            tmp_state.chmod(0o644)  # not a secret
         new_key.replace(key_file)
         tmp.replace(cert_file)
-        return Credential(name, cert_file, key_file, cert)
+        if issued.renew_before is not None:
+            tmp_state.replace(state_file)
+        else:
+            state_file.unlink(missing_ok=True)
+        return Credential(name, cert_file, key_file, cert, issued.renew_before)
 
     def _est(self, client_cert: Credential | None = None) -> EstClient:
         if self.settings.enroll is None:
@@ -216,16 +274,31 @@ class Agent:
                              "(--name) are needed to enroll")
         key = pki.generate_key(self.settings.key_type)
         async with self._est() as est:
-            cert = await est.simpleenroll(make_csr(common_name, key), self.settings.key_secret)
+            issued = await est.simpleenroll_issued(make_csr(common_name, key),
+                                                   self.settings.key_secret)
+        cert = issued.certificate
         log.info("enrolled", serial=format(cert.serial_number, "x"),
-                 not_after=cert.not_valid_after_utc.isoformat())
-        return self._save("provisioned", cert, key)
+                 not_after=cert.not_valid_after_utc.isoformat(),
+                 renew_before_s=_seconds(issued.renew_before))
+        return self._save("provisioned", issued, key)
 
-    def renewal_time(self, credential: Credential) -> dt.datetime:
-        """When the renew-before window opens (at most half the lifetime before expiry)."""
+    def renewal_window(self, credential: Credential) -> tuple[dt.timedelta, str]:
+        """How long before expiry to renew, and where that came from: ``--renew-before``
+        (``command_line``), else the window the enrollment port named with the certificate
+        (``server``), else a third of its lifetime (``lifetime``). At most half the lifetime."""
         cert = credential.cert
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-        return cert.not_valid_after_utc - min(self.settings.renew_before, lifetime / 2)
+        if self.settings.renew_before is not None:
+            window, source = self.settings.renew_before, "command_line"
+        elif credential.renew_before is not None:
+            window, source = credential.renew_before, "server"
+        else:
+            window, source = lifetime * FALLBACK_RENEW_SHARE, "lifetime"
+        return min(window, lifetime / 2), source
+
+    def renewal_time(self, credential: Credential) -> dt.datetime:
+        """When the renew-before window opens (``renewal_window`` before expiry)."""
+        return credential.cert.not_valid_after_utc - self.renewal_window(credential)[0]
 
     def renewal_due(self, credential: Credential) -> bool:
         return self.clock() >= self.renewal_time(credential)
@@ -236,10 +309,12 @@ class Agent:
         names = current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         key = pki.generate_key(self.settings.key_type)
         async with self._est(credential) as est:
-            cert = await est.simplereenroll(make_csr(str(names[0].value), key))
+            issued = await est.simplereenroll_issued(make_csr(str(names[0].value), key))
+        cert = issued.certificate
         log.info("renewed", credential=credential.name, old_serial=format(current.serial_number, "x"),
-                 serial=format(cert.serial_number, "x"), not_after=cert.not_valid_after_utc.isoformat())
-        return self._save(credential.name, cert, key)
+                 serial=format(cert.serial_number, "x"), not_after=cert.not_valid_after_utc.isoformat(),
+                 renew_before_s=_seconds(issued.renew_before))
+        return self._save(credential.name, issued, key)
 
     async def ensure_credentials(self) -> list[Credential]:
         """The certificates to try: each renewed first if its window is open (a failed renewal
@@ -394,8 +469,11 @@ class Agent:
         """During a session: renew when the window opens (retrying with back-off after a
         transport failure, an hour later after a refusal), then end the session so that the
         agent reconnects with the new certificate."""
-        wait = (self.renewal_time(credential) - self.clock()).total_seconds()
-        await trio.sleep(max(0.0, wait))
+        window, source = self.renewal_window(credential)
+        at = credential.cert.not_valid_after_utc - window
+        log.info("renewal_scheduled", credential=credential.name, at=at.isoformat(),
+                 renew_before_s=_seconds(window), source=source)
+        await trio.sleep(max(0.0, (at - self.clock()).total_seconds()))
         failures = 0
         while True:
             try:
@@ -411,6 +489,10 @@ class Agent:
         ws.ended_by = "renewed"
         with trio.move_on_after(self.settings.timeout_s):
             await ws.aclose(1000, "renewed")
+
+
+def _seconds(window: dt.timedelta | None) -> int | None:
+    return None if window is None else int(window.total_seconds())
 
 
 def explain_est_error(exc: EstClientError) -> str:

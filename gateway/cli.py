@@ -317,7 +317,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         directory=Path(args.dir), server_name=args.server_name, gateway=args.gateway,
         enroll=args.enroll, ca_file=Path(args.ca_file) if args.ca_file else None,
         pin_sha256=args.pin, key_secret=secret, common_name=args.name, path=args.path,
-        renew_before=dt.timedelta(seconds=parse_duration(args.renew_before)),
+        renew_before=(dt.timedelta(seconds=parse_duration(args.renew_before))
+                      if args.renew_before is not None else None),
     )
     agent = Agent(settings)
     try:
@@ -789,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(or $SWITCH_PROVISIONING_KEY); never pass the key itself as an argument")
     p.add_argument("--name", help="the common name to enroll with")
     p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
-    p.add_argument("--renew-before", default="7d", help="renew this long before expiry")
+    p.add_argument("--renew-before", help="renew this long before expiry (default: the window "
+                   "the enrollment port names, else a third of the certificate's lifetime)")
     p.add_argument("--once", metavar="MESSAGE", help="send one message, print the reply, exit")
 
     p = add(sub, "echo", cmd_echo,

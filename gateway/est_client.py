@@ -4,12 +4,19 @@ Trio, the standard ``ssl`` module (a client needs nothing more) and h11. One con
 alive across requests and reopened when the server closes it. The server is authenticated by a CA
 file and, optionally, pinned by the SHA-256 of its public key (seed 002: server pinning).
 Every wait is bounded by ``timeout_s``; every reply is bounded in size.
+
+A Switch names the renew-before window of the profile that issued a certificate in the reply's
+``Switch-Renew-Before`` header (seconds, a Switch extension); ``simpleenroll_issued`` and
+``simplereenroll_issued`` return it with the certificate, as ``None`` when the server did not
+say (another EST server, an older Switch) or said something that is not a number of seconds.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
+import re
 import ssl
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +33,9 @@ from cryptography.x509.oid import NameOID
 from enroll import pki
 
 MAX_REPLY_BYTES = 1 << 20
+#: Switch's extension header (lower case, as h11 gives names): the issuing profile's
+#: renew-before window in whole seconds.
+RENEW_BEFORE_HEADER = "switch-renew-before"
 
 
 class EstClientError(Exception):
@@ -69,6 +79,24 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+@attrs.frozen
+class Issued:
+    """A certificate from ``simpleenroll``/``simplereenroll`` and the renew-before window the
+    server named with it, or ``None`` when it did not."""
+
+    certificate: x509.Certificate
+    renew_before: dt.timedelta | None = None
+
+
+def renew_before_of(headers: dict[str, str]) -> dt.timedelta | None:
+    """The ``Switch-Renew-Before`` window of a reply: 1 to 10 ASCII digits (seconds), else
+    ``None`` (absent or malformed: the caller falls back to its own default)."""
+    value = headers.get(RENEW_BEFORE_HEADER, "").strip()
+    if not re.fullmatch(r"[0-9]{1,10}", value):
+        return None
+    return dt.timedelta(seconds=int(value))
 
 
 class EstClient:
@@ -187,7 +215,7 @@ class EstClient:
         return self._certs(reply)
 
     async def _enroll(self, op: str, csr: x509.CertificateSigningRequest,
-                      headers: dict[str, str]) -> x509.Certificate:
+                      headers: dict[str, str]) -> Issued:
         body = base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
         reply = await self.request("POST", op, body,
                                    {"Content-Type": "application/pkcs10", **headers})
@@ -195,17 +223,26 @@ class EstClient:
             retry = reply.headers.get("retry-after", "60")
             raise EstClientError(202, "pending_approval", int(retry) if retry.isdigit() else 60)
         self._raise_for(reply)
-        return self._certs(reply)[0]
+        return Issued(self._certs(reply)[0], renew_before_of(reply.headers))
 
-    async def simpleenroll(self, csr: x509.CertificateSigningRequest, secret: str
-                           ) -> x509.Certificate:
+    async def simpleenroll_issued(self, csr: x509.CertificateSigningRequest, secret: str
+                                  ) -> Issued:
         """Enroll with a provisioning key (sent as the HTTP Basic password)."""
         token = base64.b64encode(f"agent:{secret}".encode()).decode()
         return await self._enroll("simpleenroll", csr, {"Authorization": f"Basic {token}"})
 
-    async def simplereenroll(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+    async def simplereenroll_issued(self, csr: x509.CertificateSigningRequest) -> Issued:
         """Renew with the current certificate (this client's ``client_cert``)."""
         return await self._enroll("simplereenroll", csr, {})
+
+    async def simpleenroll(self, csr: x509.CertificateSigningRequest, secret: str
+                           ) -> x509.Certificate:
+        """``simpleenroll_issued``, the certificate alone."""
+        return (await self.simpleenroll_issued(csr, secret)).certificate
+
+    async def simplereenroll(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+        """``simplereenroll_issued``, the certificate alone."""
+        return (await self.simplereenroll_issued(csr)).certificate
 
     async def serverkeygen_pkcs12(self, csr: x509.CertificateSigningRequest, secret: str,
                                   password: str | None = None) -> tuple[bytes, str]:

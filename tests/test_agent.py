@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import sys
 from pathlib import Path
@@ -23,10 +24,17 @@ from gateway.agent import (
     backoff_s,
     open_session,
 )
-from gateway.est_client import spki_sha256
+from gateway.est_client import Issued, spki_sha256
 from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
-from tests.est_harness import HOST
-from tests.gateway_harness import Echo, Gateway, org_agent, provisioning_key, start_gateway
+from tests.est_harness import HOST, make_deployment
+from tests.gateway_harness import (
+    Echo,
+    Gateway,
+    add_acme_tenant,
+    org_agent,
+    provisioning_key,
+    start_gateway,
+)
 from tests.pkihelp import write_ca
 
 
@@ -134,6 +142,135 @@ async def test_switch_agent_command_enrolls_and_answers_once(tmp_path: Path) -> 
             assert result.returncode == 0, result.stderr
             assert result.stdout.decode() == "ping\n"
             nursery.cancel_scope.cancel()
+
+
+# --- the renew-before window the enrollment port names -------------------------------------------
+
+
+def _deployment_with_profile(directory: Path) -> None:
+    """A deployment with a profile ``wide`` (30 days, renew 12 days before expiry): a window
+    that neither the old 7-day default nor the fallback (a third of 30 days) would give."""
+    make_deployment(directory)
+    add_acme_tenant(directory)
+    path = directory / "switch.toml"
+    path.write_text(path.read_text() + '\n[profiles.wide]\nvalidity = "30d"\nrenew_before = "12d"\n')
+
+
+def _key_with_profile(gw: Gateway, profile: str) -> str:
+    authority = gw.authority()
+    try:
+        authority.enable_service("demo", actor="test")
+        return authority.generate_key("demo", "Wide", actor="test", profile=profile)[1]
+    finally:
+        authority.close()
+
+
+def _current(agent_dir: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
+
+
+def _state(agent_dir: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((agent_dir / "certs/provisioned.json").read_text())
+    return state
+
+
+async def test_agent_renews_when_the_window_the_server_named_opens(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    _deployment_with_profile(directory)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            secret = _key_with_profile(gw, "wide")
+            await gw.synced()
+            agent_dir = tmp_path / "agent"
+            await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
+            first = _current(agent_dir)
+            # Stored next to the certificate, bound to it by its serial; not a secret.
+            assert _state(agent_dir) == {"serial": format(first.serial_number, "x"),
+                                         "renew_before_s": 12 * 86400}
+            assert (agent_dir / "certs/provisioned.json").stat().st_mode & 0o777 == 0o644
+            [credential] = Agent(_settings(gw, agent_dir)).credentials()
+            assert credential.renew_before == dt.timedelta(days=12)
+
+            before = first.not_valid_after_utc - dt.timedelta(days=13)
+            assert await Agent(_settings(gw, agent_dir), clock=lambda: before).once("a") == "a"
+            assert _current(agent_dir).serial_number == first.serial_number  # not yet
+
+            inside = first.not_valid_after_utc - dt.timedelta(days=11)
+            assert await Agent(_settings(gw, agent_dir), clock=lambda: inside).once("b") == "b"
+            second = _current(agent_dir)
+            assert second.serial_number != first.serial_number
+            assert _state(agent_dir) == {"serial": format(second.serial_number, "x"),
+                                         "renew_before_s": 12 * 86400}
+            nursery.cancel_scope.cancel()
+
+
+async def test_renew_before_overrides_the_server_and_a_third_of_the_lifetime_is_the_fallback(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    _deployment_with_profile(directory)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, directory)
+            secret = _key_with_profile(gw, "wide")
+            await gw.synced()
+            agent_dir = tmp_path / "agent"
+            await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
+            first = _current(agent_dir)
+            inside = first.not_valid_after_utc - dt.timedelta(days=11)  # the server's window
+            overridden = Agent(_settings(gw, agent_dir, renew_before=dt.timedelta(days=1)),
+                               clock=lambda: inside)
+            assert await overridden.once("a") == "a"
+            assert _current(agent_dir).serial_number == first.serial_number
+
+            # A certificate from before the server said (or from a server that does not): a
+            # third of its 30 days, so not at 11 days before expiry, but at 9.
+            (agent_dir / "certs/provisioned.json").unlink()
+            assert await Agent(_settings(gw, agent_dir), clock=lambda: inside).once("b") == "b"
+            assert _current(agent_dir).serial_number == first.serial_number
+            later = first.not_valid_after_utc - dt.timedelta(days=9)
+            assert await Agent(_settings(gw, agent_dir), clock=lambda: later).once("c") == "c"
+            renewed = _current(agent_dir)
+            assert renewed.serial_number != first.serial_number
+            # The renewal's reply named the window again: it is stored for the new certificate.
+            assert _state(agent_dir)["serial"] == format(renewed.serial_number, "x")
+            nursery.cancel_scope.cancel()
+
+
+def test_renewal_window_sources_in_order_and_at_most_half_the_lifetime(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    key = pki.generate_key()
+    cert = pki.make_ca(pki.name("laptop-1"), key, now=now, validity=dt.timedelta(days=30))
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    settings = AgentSettings(directory=tmp_path, server_name=HOST, gateway=("127.0.0.1", 1))
+    agent = Agent(settings)
+    state_file = tmp_path / "certs/provisioned.json"
+
+    saved = agent._save("provisioned", Issued(cert, dt.timedelta(days=12)), key)
+    assert agent.renewal_window(saved) == (dt.timedelta(days=12), "server")
+    [loaded] = agent.credentials()
+    assert loaded.renew_before == dt.timedelta(days=12)
+    assert agent.renewal_time(loaded) == cert.not_valid_after_utc - dt.timedelta(days=12)
+    overriding = Agent(attrs.evolve(settings, renew_before=dt.timedelta(hours=6)))
+    assert overriding.renewal_window(loaded) == (dt.timedelta(hours=6), "command_line")
+
+    # A window over half the lifetime (a certificate cut short by its issuer) is halved, so a
+    # renewal never follows its issuance at once.
+    wide = agent._save("provisioned", Issued(cert, dt.timedelta(days=29)), key)
+    assert agent.renewal_window(wide) == (lifetime / 2, "server")
+
+    # No window from the server: the file goes, and a third of the lifetime applies.
+    plain = agent._save("provisioned", Issued(cert), key)
+    assert not state_file.exists()
+    assert agent.renewal_window(plain) == (lifetime / 3, "lifetime")
+
+    # A state file of another certificate, or one that does not parse, is not applied.
+    for text in (json.dumps({"serial": "abc", "renew_before_s": 3600}), "{not json",
+                 json.dumps({"serial": format(cert.serial_number, "x"), "renew_before_s": "1"})):
+        state_file.write_text(text)
+        [credential] = agent.credentials()
+        assert credential.renew_before is None
+        assert agent.renewal_window(credential) == (lifetime / 3, "lifetime")
 
 
 # --- sessions: what trio-websocket lets escape is contained --------------------------------------

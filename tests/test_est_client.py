@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -15,10 +16,18 @@ import pytest
 import trio
 from cryptography import x509
 
+from config.load import load_config
 from enroll import pki
 from enroll.authority import Authority
 from enroll.issuance import Issuance
-from gateway.est_client import EstClient, EstClientError, EstServer, make_csr, spki_sha256
+from gateway.est_client import (
+    EstClient,
+    EstClientError,
+    EstServer,
+    make_csr,
+    renew_before_of,
+    spki_sha256,
+)
 from tests.est_harness import HOST, enable_with_key, make_deployment, start
 
 
@@ -58,6 +67,54 @@ async def test_reference_client_enrolls_renews_and_pins_the_server(tmp_path: Pat
                     await wrong.simpleenroll(make_csr("agent-10", key), "swk_nope")
                 assert (info.value.status, info.value.reason) == (401, "bad_credentials")
             nursery.cancel_scope.cancel()
+
+
+async def test_reference_client_returns_the_renew_before_window_of_the_keys_profile(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    make_deployment(directory)
+    path = directory / "switch.toml"
+    path.write_text(path.read_text()
+                    + '\n[profiles.kiosk]\nvalidity = "2d"\nrenew_before = "90m"\n')
+    config = load_config(path)
+    fleet = enable_with_key(config)
+    kiosks = enable_with_key(config, "Kiosks", profile="kiosk")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            switch = await start(nursery, config, directory)
+            key = pki.generate_key()
+            async with EstClient(_server(directory, switch.enroll_port)) as client:
+                tenant_default = await client.simpleenroll_issued(
+                    make_csr("laptop-1", pki.generate_key()), fleet)
+                issued = await client.simpleenroll_issued(make_csr("kiosk-1", key), kiosks)
+            assert tenant_default.renew_before == dt.timedelta(days=7)
+            assert issued.renew_before == dt.timedelta(minutes=90)
+            cert = issued.certificate
+            # the kiosk profile's 2 days issued it (not_before is backdated a little for skew)
+            assert cert.not_valid_after_utc - cert.not_valid_before_utc < dt.timedelta(days=3)
+            cert_file, key_file = tmp_path / "c.pem", tmp_path / "c.key"
+            cert_file.write_bytes(pki.cert_pem(cert))
+            pki.write_private(key_file, pki.key_pem(key))
+            async with EstClient(_server(directory, switch.enroll_port),
+                                 client_cert=(cert_file, key_file)) as renewer:
+                renewed = await renewer.simplereenroll_issued(make_csr("kiosk-1", pki.generate_key()))
+            assert renewed.renew_before == dt.timedelta(minutes=90)
+            assert renewed.certificate.subject == cert.subject
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("headers", "window"), [
+    ({"switch-renew-before": "3600"}, dt.timedelta(hours=1)),
+    ({"switch-renew-before": " 0 "}, dt.timedelta(0)),
+    ({}, None),  # another EST server, an older Switch
+    ({"switch-renew-before": "-5"}, None),
+    ({"switch-renew-before": "1.5"}, None),
+    ({"switch-renew-before": "\u0663"}, None),  # a digit, but not an ASCII one
+    ({"switch-renew-before": "9" * 11}, None),  # beyond any certificate's lifetime
+])
+def test_a_missing_or_malformed_window_is_none(headers: dict[str, str],
+                                                window: dt.timedelta | None) -> None:
+    assert renew_before_of(headers) == window
 
 
 async def test_concurrent_enrollments_all_get_distinct_serials(tmp_path: Path) -> None:

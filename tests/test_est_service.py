@@ -19,7 +19,7 @@ from enroll import est_wire, pki
 from enroll.authority import Authority
 from enroll.csr import CsrRequest
 from enroll.errors import WrongKeyState
-from enroll.est_service import EstReply, EstRequest, EstService
+from enroll.est_service import RENEW_BEFORE_HEADER, EstReply, EstRequest, EstService
 from enroll.issuance import Issuance
 from enroll.policy import identity_uri, key_id_of
 
@@ -58,7 +58,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
         tls=ServerTLS(cert_file=tmp_path / "x", key_file=tmp_path / "y"),
         profiles={"default": Profile("default"),
                   "manual": Profile("manual", approval="manual"),
-                  "strict": Profile("strict", key_types=("ec-p384",), subject_pattern=r"dev-\d+")},
+                  "strict": Profile("strict", key_types=("ec-p384",), subject_pattern=r"dev-\d+"),
+                  "kiosk": Profile("kiosk", validity_s=86400, renew_before_s=3600),
+                  "gated": Profile("gated", approval="manual", renew_before_s=2 * 86400)},
         tenants={"acme": Tenant("acme", ("acme.test",)), "other": Tenant("other", ("other.test",))},
     )
     authority = Authority.open(config, clock=lambda: NOW)
@@ -487,3 +489,65 @@ def test_a_key_suspended_after_authentication_issues_nothing(env: Env) -> None:
     assert env.issuance.list_certificates("acme") == []
     after = env.authority.get_key("acme", "Fleet")
     assert after.certificates_issued == 0 and after.last_used_at is None
+
+
+# ------------------------------------------------------------- the renew-before window (Switch)
+
+def _window(reply: EstReply) -> str | None:
+    """The ``Switch-Renew-Before`` header of a reply, None without one."""
+    values = [v for h, v in reply.headers if h.lower() == RENEW_BEFORE_HEADER.lower()]
+    assert len(values) <= 1, reply.headers
+    return values[0] if values else None
+
+
+def test_every_reply_with_a_certificate_names_the_profiles_renew_before_window(env: Env) -> None:
+    week = str(7 * 86400)  # the default profile's renew_before
+    body, key = csr("laptop-1")
+    first = env.call("simpleenroll", body)
+    assert _window(first) == week
+    cert = issued(first)
+    renewal = env.call("simplereenroll", csr("laptop-1", key=key)[0], auth=None, chain=[cert])
+    assert renewal.status == 200 and _window(renewal) == week
+    for op in ("serverkeygen", "serverkeygen-pkcs12"):
+        by_key = env.call(op, csr("kiosk-1")[0])
+        by_cert = env.call(op, body, auth=None, chain=[cert])
+        assert (by_key.status, by_cert.status) == (200, 200), op
+        assert _window(by_key) == _window(by_cert) == week, op
+    # Refusals and certificate authority chains carry no window.
+    assert _window(env.call("simpleenroll", body, auth="Bearer swk_wrong")) is None
+    assert _window(env.call("cacerts", auth=None)) is None
+
+
+def test_the_window_is_the_issuing_keys_own_profile_when_it_has_one(env: Env) -> None:
+    _, env.secret = env.authority.generate_key("other", "Kiosks", actor="t", profile="kiosk")
+    body, key = csr("kiosk-1")
+    first = env.call("simpleenroll", body, sni="other.test")
+    assert _window(first) == "3600"
+    cert = issued(first)
+    assert cert.not_valid_after_utc - NOW == dt.timedelta(days=1)  # the kiosk profile issued it
+    # Renewals find the key (and so its profile) through the certificate's record.
+    renewal = env.call("simplereenroll", csr("kiosk-1", key=key)[0], auth=None, chain=[cert],
+                       sni="other.test")
+    assert renewal.status == 200 and _window(renewal) == "3600"
+    for op in ("serverkeygen", "serverkeygen-pkcs12"):
+        for reply in (env.call(op, body, sni="other.test"),
+                      env.call(op, body, auth=None, chain=[cert], sni="other.test")):
+            assert reply.status == 200 and _window(reply) == "3600", op
+    # The tenant's other keys keep the tenant's profile.
+    _, env.secret = env.authority.generate_key("other", "Laptops", actor="t")
+    assert _window(env.call("simpleenroll", csr("laptop-1")[0], sni="other.test")) == \
+        str(7 * 86400)
+
+
+def test_an_approved_request_repeated_gets_the_window_again_and_a_pending_one_none(
+        env: Env) -> None:
+    _, env.secret = env.authority.generate_key("other", "Gated", actor="t", profile="gated")
+    body, _ = csr("agent-5")
+    pending = env.call("simpleenroll", body, sni="other.test")
+    assert pending.status == 202 and _window(pending) is None
+    [request] = env.issuance.list_requests("other")
+    env.issuance.approve(request.id, actor="admin")
+    first = env.call("simpleenroll", body, sni="other.test")
+    again = env.call("simpleenroll", body, sni="other.test")
+    assert issued(again) == issued(first)
+    assert _window(first) == _window(again) == str(2 * 86400)
