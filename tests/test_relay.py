@@ -596,7 +596,7 @@ async def test_data_arriving_as_the_ping_timer_fires_is_relayed_not_taken_for_a_
         for n in range(5):
             await trio.sleep(0.18)
             await rig.agent.send(TextMessage(data=f"m{n}"))  # the gateway's read is ready now...
-            time.sleep(0.05)  # ...but the loop is busy until its ping deadline has passed
+            time.sleep(0.05)  # noqa: ASYNC251 - blocks the loop on purpose: the deadline passes
             with trio.fail_after(5):
                 assert await rig.upstream.message() == f"m{n}"
         assert not rig.result and len(rig.registry) == 1
