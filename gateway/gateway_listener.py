@@ -89,7 +89,7 @@ class GatewayListener:
             self._refuse(info.tenant, info.refusal or "not_admitted", peer, info.server_name)
             await trio.aclose_forcefully(tls)
             return
-        self.metrics.handshakes.labels(tenant.name, "ok").inc()
+        self.metrics.handshake(tenant.name, "ok")
         latest = self.current()  # the session is re-checked against the state in force now
         try:
             await relay.run_session(
@@ -107,7 +107,7 @@ class GatewayListener:
 
     def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None,
                 detail: str | None = None) -> None:
-        self.metrics.handshakes.labels(tenant or "-", "refused").inc()
+        self.metrics.handshake(tenant, "refused")
         self.metrics.refused(tenant, reason)
         log.info("handshake_refused", tenant=tenant, reason=reason, peer=peer, sni=sni,
                  **({"detail": detail[:200]} if detail else {}))

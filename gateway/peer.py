@@ -185,20 +185,24 @@ def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[s
     return candidate, "ok"
 
 
-def check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime) -> Decision:
+def check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime, *,
+               anchor_fingerprint: bytes | None = None) -> Decision:
     """Decide about a chain OpenSSL verified for ``tenant`` (leaf first, anchor last). A
-    certificate whose extensions do not parse is refused, never an exception."""
+    certificate whose extensions do not parse is refused, never an exception.
+    ``anchor_fingerprint``: the anchor's SHA-256 when the caller knows it already (the gateway
+    looks trust anchors up by their DER), saving its computation per handshake."""
     try:
-        return _check_peer(tenant, chain, now)
+        return _check_peer(tenant, chain, now, anchor_fingerprint)
     except ValueError:
         return _refuse(tenant, "malformed_certificate")
 
 
-def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime) -> Decision:
+def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime,
+                anchor_fingerprint: bytes | None) -> Decision:
     if not chain:
         return _refuse(tenant, "no_client_certificate")
     leaf, anchor = chain[0], chain[-1]
-    anchor_fp = fingerprint(anchor)
+    anchor_fp = anchor_fingerprint or fingerprint(anchor)
     sha = leaf.fingerprint(hashes.SHA256()).hex()
     serial = format(leaf.serial_number, "x")
     common = {"sha256": sha, "serial": serial, "anchor": anchor_fp}

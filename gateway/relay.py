@@ -53,11 +53,13 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 import os
 import re
 import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 
 import attrs
 import h11
@@ -255,28 +257,28 @@ async def _read_upgrade(stream: trio.abc.Stream, http: h11.Connection | None = N
         raise UpgradeRefused(400, "bad_request")  # ConnectionClosed before a request
 
 
-async def _refuse_upgrade(stream: trio.abc.Stream, http: h11.Connection | None, status: int,
-                          reason: str, close_timeout_s: float) -> None:
-    """Answer the upgrade with ``status`` and the reason; the agent may already be gone."""
+async def _refuse_upgrade(stream: trio.abc.Stream, status: int, reason: str,
+                          close_timeout_s: float) -> None:
+    """Answer the upgrade with ``status`` and the reason, then the connection closes (whether
+    or not the request was read whole: RFC 9112 9.6). The agent may already be gone."""
     if status == 0:
-        return
-    body = f"{status} {reason}\n".encode()
-    http = http if http is not None and http.our_state is h11.SEND_RESPONSE else None
-    try:
-        if http is not None:
-            data = http.send(h11.Response(status_code=status, headers=[
-                (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close")])) or b""
-            data += http.send(h11.Data(data=body)) or b""
-            data += http.send(h11.EndOfMessage()) or b""
-        else:  # the request is not (completely) read: answer early, then close (RFC 9112 9.6)
-            data = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
-    except h11.LocalProtocolError:
         return
     with trio.move_on_after(close_timeout_s), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-        await stream.send_all(data)
+        await stream.send_all(refusal_response(status, reason))
+
+
+@functools.lru_cache(maxsize=256)
+def refusal_response(status: int, reason: str) -> bytes:
+    """The whole HTTP/1.1 reply refusing an upgrade: the standard reason phrase, and the stable
+    reason code in the body (a few dozen such replies exist; each is made once)."""
+    body = f"{status} {reason}\n".encode()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 async def _accept_upgrade(stream: trio.abc.Stream, http: h11.Connection, upgrade: Upgrade,
@@ -488,7 +490,7 @@ async def run_session(
             except UpgradeRefused as exc:
                 refusal = exc
                 _upgrade_refused(metrics, tenant.name, peer, exc)  # counted before it is sent
-                await _refuse_upgrade(stream, http, exc.status, exc.reason, settings.close_timeout_s)
+                await _refuse_upgrade(stream, exc.status, exc.reason, settings.close_timeout_s)
             else:
                 del http, upgrade, extra, url  # a relaying session keeps only what it needs
                 relaying = True
@@ -503,7 +505,7 @@ async def run_session(
             reason = session.close_reason or "evicted"
             refusal = UpgradeRefused(503 if reason == "shutdown" else 403, reason)
             _upgrade_refused(metrics, tenant.name, peer, refusal)
-            await _refuse_upgrade(stream, http, refusal.status, reason, settings.close_timeout_s)
+            await _refuse_upgrade(stream, refusal.status, reason, settings.close_timeout_s)
         return refusal.reason
     finally:
         registry.remove(session)

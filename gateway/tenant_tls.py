@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from config.model import SwitchConfig
@@ -87,6 +88,9 @@ class TrustState:
     contexts: Mapping[str, SSL.Context]
     entry: SSL.Context
     clock: Callable[[], dt.datetime]
+    #: Every tenant's trust anchors by their DER: (SHA-256, certificate). The verify callback
+    #: finds the anchor OpenSSL chained to here instead of converting and hashing it each time.
+    anchors: Mapping[bytes, tuple[bytes, x509.Certificate]] = attrs.field(factory=dict)
 
     def tenant_name_for(self, server_name: str | None) -> str | None:
         tenant = self.config.tenant_for_hostname(server_name)
@@ -129,8 +133,13 @@ class TrustState:
             info.chain[depth] = cert
             if depth != 0:
                 return True
-            chain = [info.chain[d].to_cryptography() for d in sorted(info.chain)]
-            decision = check_peer(trust, chain, self.clock())
+            depths = sorted(info.chain)
+            chain = [info.chain[d].to_cryptography() for d in depths[:-1]]
+            top = info.chain[depths[-1]]
+            known = self.anchors.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, top))
+            chain.append(known[1] if known else top.to_cryptography())
+            decision = check_peer(trust, chain, self.clock(),
+                                  anchor_fingerprint=known[0] if known else None)
             info.decision = decision
             if not decision.allowed:
                 info.refusal = decision.reason
@@ -168,7 +177,9 @@ def build_trust_state(
                                       *tenants[config.default_tenant].provisioning_issuers.values()])
     else:
         entry = server_context(chain, key, client_auth="required")
-    state = TrustState(config, view.generation, tenants, contexts, entry, clock)
+    anchors = {c.public_bytes(Encoding.DER): (fp, c) for t in tenants.values()
+               for fp, c in (*t.organisation_cas.items(), *t.provisioning_issuers.items())}
+    state = TrustState(config, view.generation, tenants, contexts, entry, clock, anchors)
     entry.set_tlsext_servername_callback(state._on_server_name)
     entry.set_verify(VERIFY_REQUIRED, state.verify)
     return state
