@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 import structlog
@@ -45,7 +45,7 @@ from enroll.csr import (
     requested_common_name,
     verify_proof_of_possession,
 )
-from enroll.errors import AuthorityError
+from enroll.errors import AuthorityError, StoreError
 from enroll.est_errors import (
     BadRequest,
     EstError,
@@ -101,13 +101,14 @@ def _renew_before(profile: Profile) -> tuple[str, str]:
     return (RENEW_BEFORE_HEADER, str(int(profile.renew_before_s)))
 
 
-def _refusal(exc: EstError, tenant: str | None = None) -> EstReply:
+def _refusal(exc: EstError, tenant: str | None = None, *, status: int | None = None) -> EstReply:
     headers: list[tuple[str, str]] = []
     if exc.retry_after is not None:
         headers.append(("Retry-After", str(exc.retry_after)))
     if exc.status == 401:
         headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
-    return EstReply(exc.status, f"{exc.status} {exc.reason}\n".encode(),
+    code = status or exc.status
+    return EstReply(code, f"{code} {exc.reason}\n".encode(),
                     "text/plain; charset=utf-8", tuple(headers), exc.reason, tenant)
 
 
@@ -121,6 +122,30 @@ class EstService:
         self.limiter = limiter if limiter is not None else FailureLimiter()
         self.approval_retry_after_s = approval_retry_after_s
         self.max_body_bytes = config.enroll.max_body_bytes
+
+    def handle_batch(self, batch: Sequence[tuple[EstRequest, dt.datetime, float]]
+                     ) -> list[EstReply]:
+        """Requests handled in turn, each as ``handle`` does, with one commit for them all (the
+        store's group commit: one fsync however many certificates the batch issued). A request
+        that fails unexpectedly gets 500 and its changes are rolled back without touching the
+        others'; if the commit fails, nothing of the batch was stored and every request gets
+        503 ``store_unavailable``. The replies may be sent only once this has returned."""
+        replies: list[EstReply] = []
+        try:
+            with self.authority.store.batch():
+                for request, now, monotonic in batch:
+                    try:
+                        with self.authority.store.transaction():  # this request's savepoint
+                            replies.append(self.handle(request, now, monotonic))
+                    except Exception:  # noqa: BLE001 - one request must not fail the others
+                        log.exception("est_request_failed", path=request.path, source=request.source)
+                        replies.append(_refusal(Unavailable("internal error", reason="internal_error"),
+                                                status=500))
+        except StoreError as exc:
+            log.error("est_batch_not_stored", requests=len(batch), error=exc.message)
+            return [_refusal(Unavailable("the store could not record this request",
+                                         reason="store_unavailable"))] * len(batch)
+        return replies
 
     def handle(self, request: EstRequest, now: dt.datetime, monotonic: float) -> EstReply:
         tenant: Tenant | None = None

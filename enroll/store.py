@@ -153,6 +153,8 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        #: Inside ``batch``: None until its first transaction began the real one.
+        self._batch: list[int] | None = None
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -213,8 +215,36 @@ class Store:
                 conn.execute(f"PRAGMA user_version = {index + 1}")
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every ``transaction`` inside is a savepoint of one real transaction,
+        begun by the first of them (a batch that only reads takes no lock) and committed, with
+        one fsync, when the batch ends. Each savepoint still commits or rolls back on its own
+        terms; but nothing is durable before the batch commits, so the caller must not act on
+        any of them (send a certificate) before this returns. If the commit fails, every change
+        of the batch is lost and ``StoreError`` is raised."""
+        if self._batch is not None:
+            raise RuntimeError("store batches do not nest")
+        self._batch = []
+        try:
+            yield
+        except BaseException:
+            if self._batch:
+                self._rollback()
+            raise
+        else:
+            if self._batch:
+                self._commit()
+        finally:
+            self._batch = None
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error
+        (inside ``batch``: a savepoint, released or rolled back to)."""
+        if self._batch is not None:
+            with self._savepoint() as conn:
+                yield conn
+            return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -227,6 +257,35 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+        self._commit()
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        assert self._batch is not None
+        if not self._batch:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"the store is unavailable: {exc}") from exc
+        elif not self.conn.in_transaction:
+            # SQLite rolled the whole batch back on its own (disk full, I/O error): go on and
+            # these statements would commit one by one, outside the batch.
+            raise StoreError("the store rolled back this batch (see the error before this one)")
+        name = f"s{len(self._batch)}"
+        self._batch.append(0)
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield self.conn
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"the store could not be written: {exc}") from exc
+            raise
+        self.conn.execute(f"RELEASE {name}")
+
+    def _commit(self) -> None:
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:

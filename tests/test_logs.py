@@ -92,7 +92,7 @@ async def test_a_crashed_request_handler_logs_its_traceback_without_the_requests
                  f"https://{HOST}:{port}/.well-known/est/serverkeygen-pkcs12"],
                 capture_stdout=True, check=False)
             assert reply.stdout.endswith(b"internal_error\n|500"), reply
-            while "enroll_connection_failed" not in log.read_text():  # noqa: ASYNC110
+            while "est_request_failed" not in log.read_text():  # noqa: ASYNC110
                 await trio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
@@ -108,10 +108,10 @@ async def test_a_crashed_request_handler_logs_its_traceback_without_the_requests
     if log_format == "logfmt":
         assert all(re.match(r"timestamp=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z level=\w+ event=\w+",
                             line) for line in lines), text
-        [crash] = [line for line in lines if "event=enroll_connection_failed" in line]
+        [crash] = [line for line in lines if "event=est_request_failed" in line]
         assert "level=error" in crash and 'exception="Traceback' in crash
     elif log_format == "json":
         events = [json.loads(line) for line in lines]
-        [crash] = [e for e in events if e["event"] == "enroll_connection_failed"]
+        [crash] = [e for e in events if e["event"] == "est_request_failed"]
         assert crash["level"] == "error" and crash["timestamp"].endswith("Z")
         assert crash["exception"].startswith("Traceback")

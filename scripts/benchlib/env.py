@@ -175,7 +175,9 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 19000; }}
 http {{
-    access_log off;
+    # One line per request, as nginx ships (Switch writes one per connection too: its
+    # `session` or `upgrade_refused` event); nginx(access_log=False) turns it off.
+    {access_log}
     client_body_temp_path {dir}/tmp;
     proxy_temp_path {dir}/tmp;
     fastcgi_temp_path {dir}/tmp;
@@ -213,15 +215,17 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(deploy: Deployment, workers: int, log_dir: Path) -> Iterator[tuple[Server, int]]:
+def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool = True
+          ) -> Iterator[tuple[Server, int]]:
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (scripts/bench installs it from Debian)")
     directory = log_dir / f"nginx-w{workers}"
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = directory / "nginx.conf"
+    log_line = f"access_log {directory}/access.log combined;" if access_log else "access_log off;"
     conf.write_text(NGINX_CONF.format(workers=workers, dir=directory, port=port, host=HOST,
-                                      pki=deploy.pki, echo=deploy.echo))
+                                      pki=deploy.pki, echo=deploy.echo, access_log=log_line))
     with running(["nginx", "-c", str(conf), "-p", str(directory)], directory / "stdout.log",
                  lambda: _port_open(port), "nginx") as server:
         yield server, port

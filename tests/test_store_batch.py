@@ -1,0 +1,179 @@
+"""Group commit: the store's batches of savepoints on real SQLite files, the EST service's batch
+entry point, and the enroll listener's batcher."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from enroll.errors import StoreError
+from enroll.est_service import EstReply, EstRequest
+from enroll.store import Store
+from gateway.enroll_listener import Batcher
+from tests.test_est_service import NOW, Env, csr, env  # noqa: F401 - the fixture
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store.open(tmp_path / "s" / "switch.db")
+    s.conn.execute("CREATE TABLE t (v INTEGER)")
+    return s
+
+
+def _values(path: Path) -> list[int]:
+    """What another connection (another process) sees: committed rows only."""
+    other = sqlite3.connect(path)
+    try:
+        return sorted(v for (v,) in other.execute("SELECT v FROM t"))
+    finally:
+        other.close()
+
+
+def test_a_batch_commits_its_transactions_together_and_a_failed_one_alone_rolls_back(
+        store: Store) -> None:
+    with store.batch():
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ZeroDivisionError), store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (2)")
+            raise ZeroDivisionError
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (3)")
+        assert _values(store.path) == []  # nothing is durable before the batch commits
+    assert _values(store.path) == [1, 3]
+
+
+def test_a_batch_that_only_reads_takes_no_lock(store: Store) -> None:
+    with store.batch():
+        store.conn.execute("SELECT count(*) FROM t").fetchone()
+        other = sqlite3.connect(store.path, timeout=0)
+        other.execute("BEGIN IMMEDIATE")  # would fail at once if the batch held the lock
+        other.execute("ROLLBACK")
+        other.close()
+    assert not store.conn.in_transaction
+
+
+def test_an_error_out_of_the_batch_rolls_everything_back(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.batch():
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError
+    assert _values(store.path) == [] and not store.conn.in_transaction
+
+
+def test_batches_do_not_nest(store: Store) -> None:
+    with store.batch(), pytest.raises(RuntimeError), store.batch():
+        pass
+
+
+def test_an_sqlite_error_in_a_savepoint_is_a_store_error_and_the_batch_goes_on(store: Store) -> None:
+    with store.batch():
+        with pytest.raises(StoreError), store.transaction() as conn:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (7)")
+    assert _values(store.path) == [7]
+
+
+# --- the EST service ---------------------------------------------------------------------------
+
+
+def _enroll_request(env: Env, cn: str) -> EstRequest:
+    body, _ = csr(cn)
+    return EstRequest("POST", "/.well-known/est/simpleenroll", {
+        "content-type": b"application/pkcs10",
+        "authorization": b"Basic " + base64.b64encode(f"agent:{env.secret}".encode())},
+        body, "acme.test", None, "10.0.0.1")
+
+
+def test_a_batch_issues_each_certificate_with_one_commit(env: Env) -> None:  # noqa: F811
+    commits = []
+    original = env.authority.store._commit
+    env.authority.store._commit = lambda: (commits.append(1), original())[1]  # type: ignore[method-assign]
+    batch = [(_enroll_request(env, f"agent-{i}"), NOW, float(i)) for i in range(5)]
+    replies = env.service.handle_batch(batch)
+    assert [r.status for r in replies] == [200] * 5
+    assert len({r.serial for r in replies}) == 5
+    assert len(env.issuance.list_certificates("acme")) == 5
+    assert commits == [1]
+
+
+def test_a_request_that_fails_unexpectedly_gets_500_and_the_others_are_issued(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    real = env.service.handle
+
+    def handle(request: EstRequest, now: object, monotonic: float) -> EstReply:
+        reply = real(request, now, monotonic)  # type: ignore[arg-type]
+        if request.body == doomed.body:
+            raise KeyError("a bug")  # after its certificate was recorded in its savepoint
+        return reply
+
+    monkeypatch.setattr(env.service, "handle", handle)
+    good, doomed = _enroll_request(env, "good"), _enroll_request(env, "doomed")
+    replies = env.service.handle_batch([(good, NOW, 1.0), (doomed, NOW, 2.0)])
+    assert [(r.status, r.result) for r in replies] == [(200, "ok"), (500, "internal_error")]
+    [record] = env.issuance.list_certificates("acme")  # the doomed one's was rolled back
+    assert record.serial == replies[0].serial
+    assert env.authority.get_key("acme", "Fleet").certificates_issued == 1
+
+
+def test_when_the_commit_fails_every_request_of_the_batch_gets_503_and_nothing_is_stored(
+        env: Env) -> None:  # noqa: F811
+    def fail() -> None:
+        env.authority.store._rollback()
+        raise StoreError("disk full")
+
+    env.authority.store._commit = fail  # type: ignore[method-assign]
+    replies = env.service.handle_batch([(_enroll_request(env, f"a{i}"), NOW, float(i)) for i in range(3)])
+    assert {(r.status, r.result) for r in replies} == {(503, "store_unavailable")}
+    assert env.issuance.list_certificates("acme") == []
+
+
+# --- the listener's batcher --------------------------------------------------------------------
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def handle_batch(self, batch: list[tuple[EstRequest, object, float]]) -> list[EstReply]:
+        self.batches.append(len(batch))
+        return [EstReply(200, request.body) for request, _, _ in batch]
+
+
+def _request(n: int) -> EstRequest:
+    return EstRequest("GET", "/.well-known/est/cacerts", {}, str(n).encode(), None, None, "x")
+
+
+async def test_requests_waiting_together_go_to_the_service_together() -> None:
+    service = _Service()
+    batcher = Batcher(lambda: service, trio.CapacityLimiter(1), max_batch=8)  # type: ignore[arg-type, return-value]
+    replies: dict[int, bytes] = {}
+
+    async def one(n: int) -> None:
+        replies[n] = (await batcher.submit(_request(n))).body
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batcher.run)
+        async with trio.open_nursery() as clients:
+            for n in range(20):
+                clients.start_soon(one, n)
+        nursery.cancel_scope.cancel()
+    assert replies == {n: str(n).encode() for n in range(20)}
+    assert sum(service.batches) == 20 and max(service.batches) <= 8 and len(service.batches) < 20
+
+
+async def test_requests_left_when_the_batcher_stops_get_503() -> None:
+    service = _Service()
+    batcher = Batcher(lambda: service, trio.CapacityLimiter(1))  # type: ignore[arg-type, return-value]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await batcher.run()
+    assert (await batcher.submit(_request(1))).status == 503
