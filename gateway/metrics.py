@@ -56,5 +56,8 @@ class Metrics:
     def refused(self, tenant: str | None, reason: str) -> None:
         self._child(self.refusals, tenant or "-", reason).inc()
 
+    def evicted(self, tenant: str, reason: str) -> None:
+        self._child(self.evictions, tenant, reason).inc()
+
     def handshake(self, tenant: str | None, result: str) -> None:
         self._child(self.handshakes, tenant or "-", result).inc()
