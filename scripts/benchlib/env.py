@@ -118,9 +118,10 @@ class Server:
 
 @contextlib.contextmanager
 def running(args: list[str], log: Path, ready: object, what: str, *,
-            pid_file: Path | None = None) -> Iterator[Server]:
+            pid_file: Path | None = None, cwd: Path | None = None) -> Iterator[Server]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=cwd)
     try:
         wait_until(lambda: proc.poll() is None and ready(), 60, what)  # type: ignore[operator]
         root = proc.pid
@@ -228,6 +229,17 @@ def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool =
                                       pki=deploy.pki, echo=deploy.echo, access_log=log_line))
     with running(["nginx", "-c", str(conf), "-p", str(directory)], directory / "stdout.log",
                  lambda: _port_open(port), "nginx") as server:
+        yield server, port
+
+
+@contextlib.contextmanager
+def bare_tls(deploy: Deployment, log_dir: Path) -> Iterator[tuple[Server, int]]:
+    """``scripts/benchlib/bare_tls.py``: Switch's TLS layer with nothing of Switch around it."""
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    with running([sys.executable, "-m", "scripts.benchlib.bare_tls", str(port), str(deploy.pki)],
+                 log_dir / "bare-tls.log", lambda: _port_open(port), "bare-tls",
+                 cwd=root) as server:
         yield server, port
 
 

@@ -91,7 +91,7 @@ def handshakes(deploy: env.Deployment, opts: Options) -> list[Row]:
     rows: list[Row] = []
     cores = os.cpu_count() or 1
     for workers in sorted({1, cores}):
-        s_runs, n_runs, quiet_runs = [], [], []
+        s_runs, n_runs, quiet_runs, bare_runs = [], [], [], []
         for _ in range(rounds):
             with env.echo(deploy, opts.work), env.switch(deploy, workers, opts.work) as sw:
                 s_runs.append(_handshakes(sw, deploy.gateway, deploy.pki, seconds, clients,
@@ -101,6 +101,8 @@ def handshakes(deploy: env.Deployment, opts: Options) -> list[Row]:
             if workers == 1:
                 with env.nginx(deploy, workers, opts.work, access_log=False) as (ng, port):
                     quiet_runs.append(_handshakes(ng, port, deploy.pki, seconds, clients, None))
+                with env.bare_tls(deploy, opts.work) as (bare, port):
+                    bare_runs.append(_handshakes(bare, port, deploy.pki, seconds, clients, None))
         s, n = _median_run(s_runs), _median_run(n_runs)
         quiet = (f"; nginx without its access log: {_median_run(quiet_runs)['ms_per_hs']:.2f} ms"
                  if quiet_runs else "")
@@ -116,6 +118,14 @@ def handshakes(deploy: env.Deployment, opts: Options) -> list[Row]:
             f"{s['generator_util']:.0%} / {n['generator_util']:.0%}"
             + (f"; Switch's metrics counted {s['server_counted']:.0f} verified handshakes for "
                f"the generator's {s['handshakes']:.0f}" if workers == 1 else "") + quiet))
+        if bare_runs:
+            b = _median_run(bare_runs)
+            rows.append(Row(
+                "(a) the same, bare Trio + pyOpenSSL server (Switch's TLS layer, no Switch)",
+                f"{b['ms_per_hs']:.2f} ms", f"{n['ms_per_hs']:.2f} ms (nginx)",
+                _ratio(b["ms_per_hs"], n["ms_per_hs"]), "", None,
+                "the floor of this stack: handshake, read, 426, close; no SNI routing, peer "
+                "check, session or log line (scripts/benchlib/bare_tls.py)"))
         rows.append(Row(
             f"(a) full mTLS handshakes per second, {label}",
             f"{s['per_s']:.0f}/s", f"{n['per_s']:.0f}/s (nginx)", _ratio(s["per_s"], n["per_s"]),
