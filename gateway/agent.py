@@ -524,6 +524,8 @@ class AgentConnection(trio_websocket.WebSocketConnection):
         self.pings_while_closing = 0
         #: set by this side's code for an end it chose (``renewed``)
         self.ended_by: str | None = None
+        #: this side's Close got no answer: the connection dropped (or could not carry it) first
+        self.close_unanswered = False
         self.accepted = False
         self.reader_done = trio.Event()
 
@@ -536,6 +538,13 @@ class AgentConnection(trio_websocket.WebSocketConnection):
             self.pings_while_closing += 1
             return
         await super()._handle_ping_event(event)
+
+    async def _abort_web_socket(self) -> None:
+        # trio-websocket keeps the code of the Close this side sent (1000) when the connection
+        # then drops before the peer's Close arrives: the close handshake did not happen.
+        if self._wsproto.state is ConnectionState.LOCAL_CLOSING:
+            self.close_unanswered = True
+        await super()._abort_web_socket()
 
     async def run_reader(self) -> None:
         """trio-websocket's reader task, contained: a refused upgrade is kept for open_session,
@@ -556,11 +565,13 @@ class AgentConnection(trio_websocket.WebSocketConnection):
     def end_reason(self) -> str:
         """How the session ended, for logs and the load test's counts: ``protocol_error``,
         what this side chose (``renewed``), else ``closed_<code>`` (1006: the connection
-        dropped without a close)."""
+        dropped without a close, or before the peer answered this side's Close)."""
         if self.protocol_error is not None:
             return "protocol_error"
         if self.ended_by is not None:
             return self.ended_by
+        if self.close_unanswered:
+            return "closed_1006"
         reason = self.closed
         return f"closed_{reason.code if reason else 1006}"
 

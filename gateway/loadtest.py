@@ -286,9 +286,15 @@ async def _exchange(settings: LoadSettings, ws: AgentConnection, state: _WorkerS
             delay = settings.message_interval_s * random.uniform(0.9, 1.1)
             replied = trio.Event()
             sent = time.perf_counter()
+            deadline = trio.current_time() + settings.timeout_s
             try:
-                with trio.fail_after(settings.timeout_s):
+                # The send is shielded from ``stop`` and from the reader ending the exchange: a
+                # send cut short leaves the TLS stream broken (trio's SSLStream cannot resume a
+                # write), so the session could no longer send its Close and would just drop.
+                # It keeps its own deadline.
+                with trio.fail_at(deadline, shield=True):
                     await ws.send_message(payload)
+                with trio.fail_at(deadline):
                     await replied.wait()
             except trio.TooSlowError:
                 state.failures["message: timeout"] += 1

@@ -1,6 +1,7 @@
 """A WebSocket server over TLS that misbehaves on purpose, for the agent's and the load test's
-session handling: it echoes messages, and when the client sends its Close it first sends what
-``after_close`` holds (raw frames: a Ping, an oversized message), then the close reply."""
+session handling: it echoes messages (unless ``echo`` is off), and when the client sends its Close
+it first sends what ``after_close`` holds (raw frames: a Ping, an oversized message), then the
+close reply (unless ``reply_to_close`` is off: then it drops the connection)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,12 @@ def oversized_frame(size: int = (1 << 20) + 1) -> bytes:
 class MisbehavingServer:
     directory: Path
     after_close: bytes = PING_FRAME
+    echo: bool = True
+    reply_to_close: bool = True
     port: int = 0
     client_closes: list[int] = attrs.field(factory=list)
+    #: set when the first part of a client's message arrives
+    message_started: trio.Event = attrs.field(factory=trio.Event)
     ca_file: Path = attrs.field(init=False)
     _context: ssl.SSLContext = attrs.field(init=False)
 
@@ -79,11 +84,14 @@ class MisbehavingServer:
                     if isinstance(event, Request):
                         await stream.send_all(conn.send(AcceptConnection()))
                     elif isinstance(event, TextMessage | BytesMessage):
-                        await stream.send_all(conn.send(event))
+                        self.message_started.set()
+                        if self.echo:
+                            await stream.send_all(conn.send(event))
                     elif isinstance(event, CloseConnection):
                         self.client_closes.append(event.code)
                         await stream.send_all(self.after_close)
-                        await stream.send_all(conn.send(event.response()))
+                        if self.reply_to_close:
+                            await stream.send_all(conn.send(event.response()))
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
