@@ -85,11 +85,11 @@ def test_an_sqlite_error_in_a_savepoint_is_a_store_error_and_the_batch_goes_on(s
 # --- the EST service ---------------------------------------------------------------------------
 
 
-def _enroll_request(env: Env, cn: str) -> EstRequest:
+def _enroll_request(rig: Env, cn: str) -> EstRequest:
     body, _ = csr(cn)
     return EstRequest("POST", "/.well-known/est/simpleenroll", {
         "content-type": b"application/pkcs10",
-        "authorization": b"Basic " + base64.b64encode(f"agent:{env.secret}".encode())},
+        "authorization": b"Basic " + base64.b64encode(f"agent:{rig.secret}".encode())},
         body, "acme.test", None, "10.0.0.1")
 
 
