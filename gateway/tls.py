@@ -73,13 +73,66 @@ MAX_UNYIELDED = 8
 
 
 class TLSStream(trio.abc.Stream):
-    """What both transports share: the handshake's results, read from the ``SSL.Connection``."""
+    """What both transports share: the Stream methods, over one primitive each transport
+    provides (``_call``: run an OpenSSL call, waiting for I/O as it asks), and the handshake's
+    results, read from the ``SSL.Connection``."""
 
-    transport: trio.abc.Stream
-    connection: SSL.Connection
+    def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
+        self.transport = transport
+        self.connection = connection
+        self._handshake_lock = LightLock()
+        self._handshake_done = False
+        self._sending = False
+        self._receiving = False
+        self._closed = False
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        raise NotImplementedError
+
+    async def _send_some(self, chunk: memoryview) -> int:
+        """Hand OpenSSL (part of) ``chunk``; the bytes it took."""
+        raise NotImplementedError
 
     async def do_handshake(self) -> None:
-        raise NotImplementedError
+        """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
+        if self._handshake_done:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        async with self._handshake_lock:
+            if not self._handshake_done:
+                await self._call(self.connection.do_handshake)
+                self._handshake_done = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            await self.do_handshake()
+            view = memoryview(data)
+            if not view:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            sent = 0
+            while sent < len(view):
+                sent += await self._send_some(view[sent:sent + WRITE_CHUNK])
+        finally:
+            self._sending = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            await self.do_handshake()
+            try:
+                return await self._call(self.connection.recv, max_bytes or READ_CHUNK)
+            except SSL.ZeroReturnError:
+                return b""
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
+        raise NotImplementedError("TLS has no half-close")
 
     @property
     def server_name(self) -> str | None:
@@ -149,16 +202,10 @@ class SocketTLSStream(TLSStream):
     """TLS run by OpenSSL on the socket's descriptor (see the module docstring)."""
 
     def __init__(self, transport: trio.SocketStream, connection: SSL.Connection) -> None:
-        self.transport = transport
-        self.connection = connection
+        super().__init__(transport, connection)
         self._socket = transport.socket
         self._readable = LightLock()
         self._writable = LightLock()
-        self._handshake_lock = LightLock()
-        self._handshake_done = False
-        self._sending = False
-        self._receiving = False
-        self._closed = False
         self._unyielded = 0
 
     async def _wait(self, lock: LightLock, wait: Callable[[trio.socket.SocketType], Awaitable[None]]
@@ -169,7 +216,7 @@ class SocketTLSStream(TLSStream):
         async with lock:
             await wait(self._socket)
 
-    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
         waited = False
         while True:
             if self._closed:
@@ -207,47 +254,12 @@ class SocketTLSStream(TLSStream):
             await trio.lowlevel.checkpoint_if_cancelled()
         return result
 
-    async def do_handshake(self) -> None:
-        """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
-        if self._handshake_done:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return
-        async with self._handshake_lock:
-            if not self._handshake_done:
-                await self._io(self.connection.do_handshake)
-                self._handshake_done = True
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
-            await self.do_handshake()
-            view = memoryview(data)
-            if not view:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            sent = 0
-            while sent < len(view):
-                # Partial writes are on (pyOpenSSL's default): ``send`` says how much it took.
-                sent += await self._io(self.connection.send, view[sent:sent + WRITE_CHUNK])
-        finally:
-            self._sending = False
+    async def _send_some(self, chunk: memoryview) -> int:
+        # Partial writes are on (pyOpenSSL's default): ``send`` says how much it took.
+        return await self._call(self.connection.send, chunk)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(self._writable, trio.lowlevel.wait_writable)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
-            await self.do_handshake()
-            try:
-                return await self._io(self.connection.recv, max_bytes or READ_CHUNK)
-            except SSL.ZeroReturnError:
-                return b""
-        finally:
-            self._receiving = False
 
     async def aclose(self) -> None:
         """Send close_notify if the socket takes it now (best effort), close the socket."""
@@ -262,24 +274,15 @@ class SocketTLSStream(TLSStream):
             self._closed = True
             await self.transport.aclose()
 
-    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
-        raise NotImplementedError("TLS has no half-close")
-
 
 class OpenSSLStream(TLSStream):
     """TLS over memory BIOs on any Trio stream (see the module docstring)."""
 
     def __init__(self, transport: trio.abc.Stream, connection: SSL.Connection) -> None:
-        self.transport = transport
-        self.connection = connection
+        super().__init__(transport, connection)
         self._send_lock = LightLock()
         self._recv_lock = LightLock()
         self._fill_generation = 0
-        self._handshake_done = False
-        self._handshake_lock = LightLock()
-        self._sending = False
-        self._receiving = False
-        self._closed = False
 
     @classmethod
     def server(cls, transport: trio.abc.Stream, context: SSL.Context) -> OpenSSLStream:
@@ -324,14 +327,14 @@ class OpenSSLStream(TLSStream):
                 self.connection.bio_shutdown()
             self._fill_generation += 1
 
-    async def _retry(self, fn: Callable[..., T], *args: object) -> T:
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._closed:
             raise trio.ClosedResourceError("the TLS stream is closed")
         while True:
             try:
                 result = fn(*args)
             except SSL.WantReadError:
-                pass  # wait below, outside the except block (see SocketTLSStream._io)
+                pass  # wait below, outside the except block (see SocketTLSStream._call)
             except SSL.ZeroReturnError:
                 raise
             except SSL.Error as exc:
@@ -347,47 +350,13 @@ class OpenSSLStream(TLSStream):
 
     # --- the Stream interface ------------------------------------------------------------------
 
-    async def do_handshake(self) -> None:
-        """Run the handshake (idempotent; also run implicitly by the first send or receive)."""
-        if self._handshake_done:
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._handshake_lock:
-            if not self._handshake_done:
-                await self._retry(self.connection.do_handshake)
-                self._handshake_done = True
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
-            await self.do_handshake()
-            view = memoryview(data)
-            if not view:
-                await trio.lowlevel.checkpoint()
-            for start in range(0, len(view), WRITE_CHUNK):
-                chunk = bytes(view[start:start + WRITE_CHUNK])
-                await self._retry(self.connection.sendall, chunk)
-        finally:
-            self._sending = False
+    async def _send_some(self, chunk: memoryview) -> int:
+        await self._call(self.connection.sendall, bytes(chunk))
+        return len(chunk)
 
     async def wait_send_all_might_not_block(self) -> None:
         async with self._send_lock:
             await self.transport.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
-            await self.do_handshake()
-            try:
-                return await self._retry(self.connection.recv, max_bytes or READ_CHUNK)
-            except SSL.ZeroReturnError:
-                return b""
-        finally:
-            self._receiving = False
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, briefly) and close the transport."""
@@ -402,9 +371,6 @@ class OpenSSLStream(TLSStream):
         finally:
             self._closed = True
             await self.transport.aclose()
-
-    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
-        raise NotImplementedError("TLS has no half-close")
 
 
 @functools.cache
