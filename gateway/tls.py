@@ -131,6 +131,25 @@ class TLSStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
+    async def aclose(self) -> None:
+        """Send close_notify (best effort, never waiting long) and close the transport. On a
+        socket OpenSSL writes it at once if the socket takes it; over memory BIOs it is flushed
+        for up to a second."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if self._handshake_done:
+                with contextlib.suppress(SSL.Error):
+                    self.connection.shutdown()
+                await self._close_notify_sent()
+        finally:
+            self._closed = True
+            await self.transport.aclose()
+
+    async def _close_notify_sent(self) -> None:
+        """After ``shutdown``: move the close_notify out if the transport needs it moved."""
+
     async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
         raise NotImplementedError("TLS has no half-close")
 
@@ -261,18 +280,6 @@ class SocketTLSStream(TLSStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(self._writable, trio.lowlevel.wait_writable)
 
-    async def aclose(self) -> None:
-        """Send close_notify if the socket takes it now (best effort), close the socket."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            if self._handshake_done:
-                with contextlib.suppress(SSL.Error):
-                    self.connection.shutdown()
-        finally:
-            self._closed = True
-            await self.transport.aclose()
 
 
 class OpenSSLStream(TLSStream):
@@ -358,19 +365,8 @@ class OpenSSLStream(TLSStream):
         async with self._send_lock:
             await self.transport.wait_send_all_might_not_block()
 
-    async def aclose(self) -> None:
-        """Send close_notify (best effort, briefly) and close the transport."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            if self._handshake_done:
-                with contextlib.suppress(SSL.Error):
-                    self.connection.shutdown()
-                await self._flush_quietly()
-        finally:
-            self._closed = True
-            await self.transport.aclose()
+    async def _close_notify_sent(self) -> None:
+        await self._flush_quietly()
 
 
 @functools.cache
