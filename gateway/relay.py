@@ -518,6 +518,17 @@ async def run_session(
                     await up_stream.aclose()
 
 
+async def _cancelled_before_writing() -> None:
+    """Raise ``Cancelled`` now if it is due, while nothing of the write has gone out: then the
+    stream is whole and ``_Side.cut`` need not be set. ``send_all`` of the gateway's streams
+    (``SocketTLSStream``, trio's ``SocketStream``) has no schedule point before its first bytes
+    go out, so after this check a cancellation can only come once they have. The race this
+    closes: the agent's Close arrives while the upstream's last message is being relayed to it;
+    ending the relay cancelled that write before it began, the side was taken for cut, and the
+    agent's Close went unanswered (1006 instead of 1000, at the end of a load test's hold)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
 @attrs.define(eq=False)
 class _Side:
     """One end of the relay: its stream, the reader of the frames it sends, and a lock over
@@ -553,6 +564,7 @@ class _Side:
         async with self.lock:
             if self.cut:  # a write before this one was cut off
                 raise trio.BrokenResourceError("an earlier write to this side was cut off")
+            await _cancelled_before_writing()
             self.cut = True
             await self.stream.send_all(data)
             self.cut = False
@@ -566,6 +578,7 @@ class _Side:
                 raise trio.BrokenResourceError("an earlier write to this side was cut off")
             if self.in_frame:
                 return False
+            await _cancelled_before_writing()
             self.cut = True
             await self.stream.send_all(frame)
             self.cut = False

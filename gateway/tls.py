@@ -38,8 +38,10 @@ after sending any alert OpenSSL queued so the peer learns why. A clean ``close_n
 
 Schedule points: the socket stream does not yield on every call that completes at once (a trio
 socket yields twice per send or receive, which is most of a handshake's Python cost); it checks
-for cancellation every time and yields every ``MAX_UNYIELDED`` calls in a row, so a busy
-connection cannot starve the others. A call that had to wait has yielded anyway.
+for cancellation before every call and yields every ``MAX_UNYIELDED`` calls in a row, so a busy
+connection cannot starve the others. A call that had to wait has yielded anyway. As with trio's
+own sockets, a call that raises ``Cancelled`` had no effect: once OpenSSL has read or written,
+the call returns (its yield is cancel-shielded).
 """
 
 from __future__ import annotations
@@ -236,6 +238,12 @@ class SocketTLSStream(TLSStream):
             await wait(self._socket)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        # Trio's rule: a call that raises Cancelled had no effect. So cancellation is checked
+        # before OpenSSL is called, never after a call that completed (bytes read or written):
+        # that call returns what it did, and its periodic yield is cancel-shielded. A Cancelled
+        # raised after the call dropped the bytes it had read, or reported bytes that had gone
+        # out as not sent (the relay then took a whole stream for one cut off mid-frame).
+        await trio.lowlevel.checkpoint_if_cancelled()
         waited = False
         while True:
             if self._closed:
@@ -268,9 +276,7 @@ class SocketTLSStream(TLSStream):
         self._unyielded += 1
         if self._unyielded >= MAX_UNYIELDED:
             self._unyielded = 0
-            await trio.lowlevel.checkpoint()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return result
 
     async def _send_some(self, chunk: memoryview) -> int:
