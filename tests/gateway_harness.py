@@ -19,7 +19,7 @@ from config.load import load_config
 from config.model import SwitchConfig
 from enroll import pki
 from enroll.authority import Authority
-from gateway.est_client import EstClient, EstServer, make_csr
+from gateway.client.est_client import EstClient, EstServer, make_csr
 from gateway.serve import Switch
 from tests.est_harness import HOST, make_deployment
 

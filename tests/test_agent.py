@@ -15,7 +15,7 @@ import trio
 from cryptography import x509
 
 from enroll import pki
-from gateway.agent import (
+from gateway.client.agent import (
     Agent,
     AgentError,
     AgentSettings,
@@ -24,7 +24,7 @@ from gateway.agent import (
     backoff_s,
     open_session,
 )
-from gateway.est_client import Issued, spki_sha256
+from gateway.client.est_client import Issued, spki_sha256
 from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import (

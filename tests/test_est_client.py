@@ -20,7 +20,7 @@ from config.load import load_config
 from enroll import pki
 from enroll.authority import Authority
 from enroll.issuance import Issuance
-from gateway.est_client import (
+from gateway.client.est_client import (
     EstClient,
     EstClientError,
     EstServer,

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from enroll import pki
-from gateway.est_client import EstClient, EstServer, make_csr
+from gateway.client.est_client import EstClient, EstServer, make_csr
 from gateway.tls import OpenSSLStream, client_context
 from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import (

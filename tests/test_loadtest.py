@@ -20,7 +20,7 @@ from rich.console import Console
 
 from config.load import load_config
 from enroll.authority import Authority
-from gateway.loadtest import (
+from gateway.client.loadtest import (
     HoldContext,
     LoadSettings,
     _Agent,
@@ -31,7 +31,7 @@ from gateway.loadtest import (
     classify,
     run_loadtest,
 )
-from gateway.loadtest_report import build_report, percentile, print_report, summarise
+from gateway.client.loadtest_report import build_report, percentile, print_report, summarise
 from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import Echo, org_agent, start_gateway
@@ -218,7 +218,7 @@ def test_agents_are_shared_evenly_and_never_to_an_idle_process() -> None:
 
 
 def test_failures_have_short_stable_reasons() -> None:
-    from gateway.est_client import EstClientError
+    from gateway.client.est_client import EstClientError
 
     assert classify(EstClientError(429, "too_many_failures", 30)) == "429 too_many_failures"
     assert classify(trio.TooSlowError()) == "timeout"

@@ -19,7 +19,7 @@ import trio
 
 from enroll import pki
 from enroll.authority import Authority
-from gateway.est_client import EstClient, EstServer, make_csr
+from gateway.client.est_client import EstClient, EstServer, make_csr
 from tests.est_harness import HOST, make_deployment
 from tests.gateway_harness import Agent, Echo, Gateway, write_agent
 from tests.test_gateway_revocation import LiveAgent

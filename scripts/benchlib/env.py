@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from gateway import procstat
+from gateway.client import procstat
 
 SWITCH = [sys.executable, "-m", "gateway.cli"]
 HOST = "demo.switch.test"

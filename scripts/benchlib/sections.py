@@ -185,7 +185,7 @@ def _enroll_worker(deploy: dict[str, Any], csrs: list[bytes], concurrency: int,
     import trio
     from cryptography import x509
 
-    from gateway.est_client import EstClient, EstServer
+    from gateway.client.est_client import EstClient, EstServer
 
     async def run() -> None:
         server = EstServer("127.0.0.1", deploy["enroll"], env.HOST, ca_file=Path(deploy["ca"]))
@@ -215,7 +215,7 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
     from cryptography.hazmat.primitives import serialization
 
     from enroll import pki
-    from gateway.est_client import make_csr
+    from gateway.client.est_client import make_csr
 
     total = 1000 if opts.quick else 4000
     processes, concurrency = 2, 8
@@ -267,7 +267,7 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
 
 def _loadtest(deploy: env.Deployment, port: int, agents: int, pids: tuple[int, ...], hold: float,
               **changes: Any) -> dict[str, Any]:
-    from gateway.loadtest import LoadSettings, run_loadtest
+    from gateway.client.loadtest import LoadSettings, run_loadtest
 
     during_hold = changes.pop("during_hold", None)
     settings = attrs.evolve(LoadSettings(

@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from wsproto.connection import ConnectionState
 
 from enroll import pki
-from gateway.est_client import (
+from gateway.client.est_client import (
     EstClient,
     EstClientError,
     EstServer,

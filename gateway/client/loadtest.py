@@ -17,7 +17,7 @@ their progress over a queue:
    happened instead of hiding it.
 4. **report** — on ``stop`` the sessions close normally (1000; how each ended is counted) and
    each worker sends its raw samples and its CPU time per phase; the parent summarises them
-   (``loadtest_report``). Sessions are opened by ``gateway.agent.open_session``, whose reader
+   (``loadtest_report``). Sessions are opened by ``gateway.client.agent.open_session``, whose reader
    task never raises into a worker's nursery: one session's trouble is counted, never a crash
    of the worker and the sessions it holds.
 
@@ -55,9 +55,14 @@ import trio
 import trio_websocket
 
 from enroll import pki
-from gateway import procstat
-from gateway.agent import SESSION_OPEN_ERRORS, AgentConnection, ServerNotTrusted, open_session
-from gateway.est_client import EstClient, EstClientError, EstServer, make_csr
+from gateway.client import procstat
+from gateway.client.agent import (
+    SESSION_OPEN_ERRORS,
+    AgentConnection,
+    ServerNotTrusted,
+    open_session,
+)
+from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
 
 PROGRESS_INTERVAL_S = 0.25
 #: How long after the last session opened the server's memory is read (lets buffers settle).
@@ -464,7 +469,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     """Run the load test; returns the report (``loadtest_report.build_report``) and the raw
     latency samples (for the chart). ``during_hold`` runs once, in this process, after the
     server's memory was read in the hold phase (a bench revokes a key there)."""
-    from gateway.loadtest_report import build_report
+    from gateway.client.loadtest_report import build_report
 
     if settings.agents < 1:
         raise ValueError("at least one agent")

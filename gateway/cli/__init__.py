@@ -307,8 +307,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
     from config.durations import parse_duration
-    from gateway.agent import Agent, AgentError, AgentSettings
-    from gateway.est_client import EstClientError
+    from gateway.client.agent import Agent, AgentError, AgentSettings
+    from gateway.client.est_client import EstClientError
 
     secret = _provisioning_secret(args)
     if args.ca_file is None and args.pin is None:
@@ -336,7 +336,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     import trio
 
-    from gateway.echo import serve_echo
+    from gateway.client.echo import serve_echo
 
     host, port = args.listen
 
@@ -354,9 +354,9 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
     """LoadSettings from the options, filling what is missing from the local config (listen
     addresses, the tenant's first hostname, the server certificate's public-key pin, the pid)."""
     from config.durations import parse_duration
-    from gateway import procstat
-    from gateway.est_client import spki_sha256
-    from gateway.loadtest import LoadSettings
+    from gateway.client import procstat
+    from gateway.client.est_client import spki_sha256
+    from gateway.client.loadtest import LoadSettings
     from gateway.serve import PID_FILE
 
     secret = _provisioning_secret(args)
@@ -411,8 +411,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from gateway import loadtest_report
-    from gateway.loadtest import run_loadtest
+    from gateway.client import loadtest_report
+    from gateway.client.loadtest import run_loadtest
 
     if args.png:
         try:
