@@ -10,6 +10,7 @@ import pytest
 
 from config.model import Profile, ServerTLS, SwitchConfig, Tenant
 from enroll.authority import Authority
+from tests.support.est_service import Env, make_env
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -34,3 +35,9 @@ def authority(switch_config: SwitchConfig) -> Iterator[Authority]:
     auth = Authority.open(switch_config, clock=lambda: NOW)
     yield auth
     auth.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """The EST service on a real SQLite store, with tenants acme and other enabled and a key."""
+    yield from make_env(tmp_path)

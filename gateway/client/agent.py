@@ -511,7 +511,7 @@ class AgentConnection(trio_websocket.WebSocketConnection):
     """A client ``WebSocketConnection`` whose reader task cannot take its nursery down (see the
     module's theory of operation). Relies on trio-websocket internals (``_reader_task``,
     ``_open_handshake``, ``_wsproto``, ``_stream``, ``_abort_web_socket`` and two event handlers,
-    as of 0.12); tests/test_agent.py exercises each path against the installed version."""
+    as of 0.12); tests/integration/test_agent.py exercises each path against the installed version."""
 
     def __init__(self, stream: trio.abc.Stream, host: str, path: str) -> None:
         super().__init__(stream, wsproto.WSConnection(wsproto.ConnectionType.CLIENT),

@@ -27,7 +27,7 @@ from gateway.peer import TenantTrust, check_peer, fingerprint
 
 #: Vendored from ../shared/testdata (C2SP x509-limbo, Apache-2.0; see tests/data/x509-limbo/README.md)
 #: so that a clean clone runs every vector wherever it is checked out.
-LIMBO = Path(__file__).resolve().parent / "data" / "x509-limbo" / "limbo.json"
+LIMBO = Path(__file__).resolve().parent.parent / "data" / "x509-limbo" / "limbo.json"
 APPLICABLE_PREFIXES = ("crl::", "pathlen::", "rfc5280::validity::", "rfc5280::aki::",
                        "rfc5280::ski::", "rfc5280::serial::", "rfc5280::eku::", "webpki::eku::",
                        "webpki::aki::", "rfc5280::pc::", "pathological::", "cve::", "invalid::",

@@ -14,8 +14,8 @@ from websockets.exceptions import InvalidStatus
 
 from config.errors import ConfigError
 from config.load import load_config
-from tests.est_harness import HOST, make_deployment
-from tests.gateway_harness import (
+from tests.support.est import HOST, make_deployment
+from tests.support.gateway import (
     ACME_HOST,
     Agent,
     Echo,
@@ -24,7 +24,7 @@ from tests.gateway_harness import (
     org_agent,
     start_gateway,
 )
-from tests.pkihelp import write_ca, write_server
+from tests.support.pki import write_ca, write_server
 
 
 def _upgrade_status(gw: Gateway, agent: Agent, host: str) -> int | str:

@@ -22,8 +22,8 @@ from websockets.sync.client import ClientConnection, connect
 from enroll import pki
 from gateway.client.est_client import EstClient, EstServer, make_csr
 from gateway.tls import OpenSSLStream, client_context
-from tests.est_harness import HOST, make_deployment
-from tests.gateway_harness import (
+from tests.support.est import HOST, make_deployment
+from tests.support.gateway import (
     ACME_HOST,
     Agent,
     Echo,

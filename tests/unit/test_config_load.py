@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from config.errors import ConfigError, Problem, format_problems
 from config.load import load_config
 from enroll import pki
-from tests.pkihelp import NOW, write_ca, write_server
+from tests.support.pki import NOW, write_ca, write_server
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from gateway.client.agent import (
     open_session,
 )
 from gateway.client.est_client import Issued, spki_sha256
-from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
-from tests.est_harness import HOST, make_deployment
-from tests.gateway_harness import (
+from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
+from tests.support.est import HOST, make_deployment
+from tests.support.gateway import (
     Echo,
     Gateway,
     add_acme_tenant,
@@ -35,7 +35,7 @@ from tests.gateway_harness import (
     provisioning_key,
     start_gateway,
 )
-from tests.pkihelp import write_ca
+from tests.support.pki import write_ca
 
 
 def _settings(gw: Gateway, directory: Path, **kw: Any) -> AgentSettings:

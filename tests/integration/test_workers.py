@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,22 +19,9 @@ import trio
 from enroll import pki
 from enroll.authority import Authority
 from gateway.client.est_client import EstClient, EstServer, make_csr
-from tests.est_harness import HOST, make_deployment
-from tests.gateway_harness import Agent, Echo, Gateway, write_agent
-from tests.test_gateway_revocation import LiveAgent
-
-
-def _log_ports(text: str) -> dict[str, int]:
-    return {name: int(port) for port, name in re.findall(
-        r"address=127\.0\.0\.1:(\d+) listener=(\w+)", text)}
-
-
-def _worker_pids(text: str) -> dict[int, int]:
-    pids: dict[int, int] = {}
-    for match in re.finditer(r"worker_started\s+(.*)", text):
-        fields = dict(re.findall(r"(\w+)=(\d+)", match.group(1)))
-        pids[int(fields["worker"])] = int(fields["pid"])
-    return pids
+from tests.support.est import HOST, make_deployment
+from tests.support.gateway import Agent, Echo, Gateway, LiveAgent, write_agent
+from tests.support.processes import log_ports, worker_pids
 
 
 def _holders(port: int, pids: set[int]) -> set[int]:
@@ -78,11 +64,11 @@ async def test_workers_share_the_ports_enforce_revocation_everywhere_and_restart
                 [sys.executable, "-m", "gateway.cli", "-c", str(path), "serve", "--workers", "2"],
                 stdout=log.open("wb"), stderr=subprocess.STDOUT)
             try:
-                while len(_worker_pids(log.read_text())) < 2 or \
+                while len(worker_pids(log.read_text())) < 2 or \
                         log.read_text().count("listener=gateway") < 3:  # noqa: ASYNC110
                     await trio.sleep(0.05)
-                ports = _log_ports(log.read_text())
-                pids = _worker_pids(log.read_text())
+                ports = log_ports(log.read_text())
+                pids = worker_pids(log.read_text())
                 key = pki.generate_key()
                 async with EstClient(EstServer("127.0.0.1", ports["enroll"], HOST,
                                                ca_file=directory / "pki/dev-root-ca.pem")) as est:
@@ -107,10 +93,10 @@ async def test_workers_share_the_ports_enforce_revocation_everywhere_and_restart
                 assert all(live.close_code == 1008 for live in sessions)
 
                 os.kill(pids[1], signal.SIGKILL)  # a worker dies: it is restarted, and logged
-                while _worker_pids(log.read_text()).get(1) == pids[1]:  # noqa: ASYNC110
+                while worker_pids(log.read_text()).get(1) == pids[1]:  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 assert "worker_exited" in log.read_text()
-                new_pid = _worker_pids(log.read_text())[1]
+                new_pid = worker_pids(log.read_text())[1]
                 proc.send_signal(signal.SIGTERM)  # reaches every worker; all drain and stop
                 with trio.fail_after(30):
                     assert await proc.wait() == 0
@@ -157,8 +143,8 @@ async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Pat
     async def kill_and_wait_for_restart(pid: int) -> int:
         before = started(1)
         os.kill(pid, signal.SIGKILL)
-        await _wait_for(lambda: _worker_pids(log.read_text())[1] != pid and started(1) != before)
-        return _worker_pids(log.read_text())[1]
+        await _wait_for(lambda: worker_pids(log.read_text())[1] != pid and started(1) != before)
+        return worker_pids(log.read_text())[1]
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -176,8 +162,8 @@ async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Pat
                 stdout=log.open("wb"), stderr=subprocess.STDOUT)
             try:
                 await _wait_for(lambda: started(0) and started(1))
-                ports = _log_ports(log.read_text())
-                pids = _worker_pids(log.read_text())
+                ports = log_ports(log.read_text())
+                pids = worker_pids(log.read_text())
                 gw = Gateway(None, config, directory, echo, ports)  # type: ignore[arg-type]
                 demo = Agent(directory / "pki/demo-agent.pem", directory / "pki/demo-agent.key", [])
 
@@ -207,7 +193,7 @@ async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Pat
                     copy.unlink()
                 os.kill(again, signal.SIGKILL)
                 await _wait_for(lambda: "worker_restart_config_invalid" in log.read_text())
-                assert _worker_pids(log.read_text())[1] == again  # not started
+                assert worker_pids(log.read_text())[1] == again  # not started
                 held = [await trio.to_thread.run_sync(LiveAgent, gw, demo) for _ in range(2)]
 
                 # 4. SIGHUP with the edit in place applies it to every worker: the sessions the
@@ -219,7 +205,7 @@ async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Pat
                     assert live.close_code == 1008
                 await _wait_for(lambda: (_status(state, 0) or {}).get("generation") == 2
                                 and (_status(state, 1) or {}).get("generation") == 2)
-                assert _worker_pids(log.read_text())[1] != again
+                assert worker_pids(log.read_text())[1] != again
                 proc.send_signal(signal.SIGTERM)
                 with trio.fail_after(30):
                     assert await proc.wait() == 0

@@ -32,9 +32,9 @@ from gateway.client.loadtest import (
     run_loadtest,
 )
 from gateway.client.loadtest_report import build_report, percentile, print_report, summarise
-from tests.agent_harness import PING_FRAME, MisbehavingServer, oversized_frame
-from tests.est_harness import HOST, make_deployment
-from tests.gateway_harness import Echo, org_agent, start_gateway
+from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
+from tests.support.est import HOST, make_deployment
+from tests.support.gateway import Echo, org_agent, start_gateway
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 

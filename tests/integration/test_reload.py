@@ -26,18 +26,18 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from config.load import load_config
 from enroll import pki
 from enroll.bootstrap import init_deployment
-from tests.est_harness import make_deployment
-from tests.gateway_harness import (
+from tests.support.est import make_deployment
+from tests.support.gateway import (
     ACME_HOST,
     Agent,
     Echo,
     Gateway,
+    LiveAgent,
     add_acme_tenant,
     org_agent,
     provisioning_key,
     start_gateway,
 )
-from tests.test_gateway_revocation import LiveAgent
 
 
 def _acme_section(directory: Path) -> str:
@@ -480,7 +480,7 @@ async def test_metrics_show_the_config_generation_and_the_last_reload(tmp_path: 
 async def test_a_sighup_to_switch_serve_adds_a_tenant_and_leaves_other_sessions_alone(
         tmp_path: Path) -> None:
     """A real `switch serve` (a supervisor and two workers), a real SIGHUP."""
-    from tests.test_workers import _log_ports
+    from tests.support.processes import log_ports
 
     directory = tmp_path / "d"
     make_deployment(directory)
@@ -515,7 +515,7 @@ async def test_a_sighup_to_switch_serve_adds_a_tenant_and_leaves_other_sessions_
                 while generations() != [1, 1]:  # noqa: ASYNC110 - the workers' status files
                     await trio.sleep(0.05)
                 loaded = load_config(config)
-                gw = Gateway(None, loaded, directory, echo, _log_ports(log.read_text()))  # type: ignore[arg-type]
+                gw = Gateway(None, loaded, directory, echo, log_ports(log.read_text()))  # type: ignore[arg-type]
                 demo = await _hold(gw, Agent(directory / "pki/demo-agent.pem",
                                              directory / "pki/demo-agent.key", []))
                 acme = org_agent(directory, "acme-org-ca", "acme-agent", emails=["a@acme.test"])

@@ -14,7 +14,7 @@ from config.check import check_config
 from config.errors import ConfigError, Problem, format_problems
 from config.load import load_config
 from config.model import AdminSettings, Listener, SwitchConfig
-from tests.pkihelp import NOW, write_ca, write_server
+from tests.support.pki import NOW, write_ca, write_server
 
 CONFIG = """
 state_dir = "state"

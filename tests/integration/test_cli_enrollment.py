@@ -21,7 +21,7 @@ from enroll import pki
 from enroll.authority import Authority
 from enroll.est_service import EstRequest, EstService
 from enroll.issuance import Issuance
-from tests.est_harness import enable_with_key, make_deployment, start
+from tests.support.est import enable_with_key, make_deployment, start
 
 
 def _switch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

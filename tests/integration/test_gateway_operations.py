@@ -13,8 +13,8 @@ from pathlib import Path
 import trio
 from websockets.exceptions import ConnectionClosed
 
-from tests.est_harness import make_deployment
-from tests.gateway_harness import Agent, Echo, Gateway, add_acme_tenant, start_gateway
+from tests.support.est import make_deployment
+from tests.support.gateway import Agent, Echo, Gateway, add_acme_tenant, start_gateway
 
 
 def _wait_for_ports(log: Path, proc: trio.Process | subprocess.Popen[bytes]) -> dict[str, int]:

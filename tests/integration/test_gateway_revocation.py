@@ -8,44 +8,24 @@ import functools
 import ssl
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import WebSocketException
 
-from tests.est_harness import HOST
-from tests.gateway_harness import Agent, Echo, Gateway, provisioning_key, start_gateway
+from tests.support.est import HOST
+from tests.support.gateway import (
+    Agent,
+    Echo,
+    Gateway,
+    LiveAgent,
+    provisioning_key,
+    start_gateway,
+)
 
 VERSIONS = pytest.mark.parametrize("tls", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
                                    ids=["tls1.2", "tls1.3"])
-
-
-class LiveAgent:
-    """A `websockets` agent holding a session open in a thread until the server closes it."""
-
-    def __init__(self, gw: Gateway, agent: Agent, tls: ssl.TLSVersion | None = None) -> None:
-        self.ws = gw.connect(agent, max_version=tls)
-        self.ws.send("hello")
-        assert self.ws.recv(timeout=10) == "hello"
-        self.closed = threading.Event()
-        self.close_code: int | None = None
-        self.thread = threading.Thread(target=self._wait, daemon=True)
-        self.thread.start()
-
-    def _wait(self) -> None:
-        try:
-            while True:
-                self.ws.recv()
-        except ConnectionClosed as exc:
-            self.close_code = exc.rcvd.code if exc.rcvd else None
-        finally:
-            self.closed.set()
-
-    def still_works(self) -> bool:
-        self.ws.send("ping?")
-        return not self.closed.is_set()
 
 
 async def _closed_within(live: LiveAgent, seconds: float) -> float:

@@ -19,7 +19,7 @@ from enroll.issuance import Issuance
 from enroll.issuers import load_issuer_key
 from enroll.policy import key_id_of
 from gateway import serve
-from tests.est_harness import (
+from tests.support.est import (
     RunningSwitch,
     documented_script,
     enable_with_key,

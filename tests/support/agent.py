@@ -17,7 +17,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from enroll import pki
-from tests.pkihelp import write_ca, write_server
+from tests.support.pki import write_ca, write_server
 
 #: A server Ping (unmasked, as a server sends it).
 PING_FRAME = b"\x89\x04ping"

@@ -28,7 +28,7 @@ from gateway.client.est_client import (
     renew_before_of,
     spki_sha256,
 )
-from tests.est_harness import HOST, enable_with_key, make_deployment, start
+from tests.support.est import HOST, enable_with_key, make_deployment, start
 
 
 def _server(switch_dir: Path, port: int, pin: str | None = None, ca: bool = True) -> EstServer:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from gateway import logs
-from tests.est_harness import HOST, enable_with_key, make_deployment
+from tests.support.est import HOST, enable_with_key, make_deployment
 
 SECRET_PASSWORD = "hunter2-do-not-log-me"
 

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import attrs
 import trio
 import trio_websocket
 from cryptography import x509
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from config.load import load_config
@@ -21,7 +23,7 @@ from enroll import pki
 from enroll.authority import Authority
 from gateway.client.est_client import EstClient, EstServer, make_csr
 from gateway.serve import Switch
-from tests.est_harness import HOST, make_deployment
+from tests.support.est import HOST, make_deployment
 
 ACME_HOST = "acme.switch.test"
 NOW = dt.datetime.now(dt.UTC)
@@ -207,3 +209,29 @@ def provisioning_key(gw: Gateway, name: str = "Fleet") -> str:
         return authority.generate_key("demo", name, actor="test")[1]
     finally:
         authority.close()
+
+
+class LiveAgent:
+    """A `websockets` agent holding a session open in a thread until the server closes it."""
+
+    def __init__(self, gw: Gateway, agent: Agent, tls: ssl.TLSVersion | None = None) -> None:
+        self.ws = gw.connect(agent, max_version=tls)
+        self.ws.send("hello")
+        assert self.ws.recv(timeout=10) == "hello"
+        self.closed = threading.Event()
+        self.close_code: int | None = None
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
+
+    def _wait(self) -> None:
+        try:
+            while True:
+                self.ws.recv()
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            self.closed.set()
+
+    def still_works(self) -> bool:
+        self.ws.send("ping?")
+        return not self.closed.is_set()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from tests.est_harness import make_deployment
+from tests.support.est import make_deployment
 
 
 def _free_port() -> int:
@@ -22,7 +22,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker_pids(text: str) -> dict[int, int]:
+def worker_pids(text: str) -> dict[int, int]:
     pids: dict[int, int] = {}
     for line in text.splitlines():
         if "worker_started" in line:
@@ -44,15 +44,15 @@ async def test_two_workers_with_a_fixed_admin_port_all_stay_up(tmp_path: Path) -
         stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         with trio.fail_after(60):
-            while len(_worker_pids(log.read_text())) < 2 or \
+            while len(worker_pids(log.read_text())) < 2 or \
                     log.read_text().count("listener=gateway") < 3:  # noqa: ASYNC110 - a child's log
                 assert proc.returncode is None, log.read_text()
                 await trio.sleep(0.05)
-            pids = _worker_pids(log.read_text())
+            pids = worker_pids(log.read_text())
             await trio.sleep(3)  # a worker that binds the admin port itself dies within this
             text = log.read_text()
             assert "worker_exited" not in text and "Address already in use" not in text, text
-            assert _worker_pids(text) == pids  # none was restarted
+            assert worker_pids(text) == pids  # none was restarted
             for pid in pids.values():
                 os.kill(pid, 0)  # alive
             # The admin port is served (by worker 0, the one handed its socket), once.

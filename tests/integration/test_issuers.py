@@ -19,7 +19,7 @@ from enroll.authority import Authority
 from enroll.errors import NoIssuer, StoreError
 from enroll.issuers import load_issuer_key
 from enroll.store import SCHEMA_VERSION, Store
-from tests.conftest import NOW
+from tests.support.est_service import NOW
 
 
 def test_first_enable_creates_a_p256_issuer_with_a_private_key_file(

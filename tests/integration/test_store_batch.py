@@ -15,7 +15,7 @@ from enroll.errors import StoreError
 from enroll.est_service import EstReply, EstRequest
 from enroll.store import Store
 from gateway.enroll_listener import Batcher
-from tests.test_est_service import NOW, Env, csr, env  # noqa: F401 - the fixture
+from tests.support.est_service import NOW, Env, csr
 
 # --- the store ---------------------------------------------------------------------------------
 

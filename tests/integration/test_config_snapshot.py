@@ -9,7 +9,7 @@ import pytest
 
 from config import snapshot
 from config.errors import ConfigError
-from tests.est_harness import make_deployment
+from tests.support.est import make_deployment
 
 
 def test_a_snapshot_holds_every_file_the_config_names_and_ignores_later_edits(tmp_path: Path) -> None:

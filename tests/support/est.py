@@ -96,7 +96,7 @@ def pkcs7_to_pem(b64_body: bytes, directory: Path, name: str) -> Path:
 
 
 #: The guide an agent author follows; its ``sh`` blocks are run as they are by the tests.
-ENROLLMENT_GUIDE = Path(__file__).resolve().parent.parent / "docs" / "enrollment.md"
+ENROLLMENT_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "enrollment.md"
 
 
 def documented_script(port: int, secret: str, guide: Path = ENROLLMENT_GUIDE) -> str:
