@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID
 
 from config.model import Profile
-from enroll.est_errors import BadCsr, BadCsrSignature, KeyTypeNotAllowed, SubjectNotAllowed
+from enroll.errors import BadCsr, BadCsrSignature, KeyTypeNotAllowed, SubjectNotAllowed
 
 #: Far above any real CSR (an RSA-4096 CSR is about 1.7 KB of DER).
 MAX_CSR_BYTES = 16 * 1024

@@ -45,18 +45,30 @@ from enroll.csr import (
     requested_common_name,
     verify_proof_of_possession,
 )
-from enroll.errors import AuthorityError, StoreError
-from enroll.est_errors import (
-    BadRequest,
-    EstError,
-    Forbidden,
-    NotFound,
+from enroll.errors import (
+    BadCredentials,
+    CertificateExpired,
+    CertificateRequired,
+    CertificateRevoked,
+    CertificateUnknown,
+    CertificateUntrusted,
+    CredentialsRequired,
+    EnrollError,
+    InternalError,
+    KeyRevoked,
+    KeySuspended,
+    MalformedCredentials,
+    RateLimited,
+    RequestRejected,
+    ServiceDisabled,
+    StoreError,
+    StoreUnavailable,
     SubjectNotAllowed,
-    TooManyRequests,
-    Unauthorized,
-    Unavailable,
+    TenantMismatch,
+    UnknownTenant,
     UnsupportedMediaType,
 )
+from enroll.est_status import http_status
 from enroll.issuance import Issuance
 from enroll.keys import KeyRecord, KeyState
 from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
@@ -101,14 +113,16 @@ def _renew_before(profile: Profile) -> tuple[str, str]:
     return (RENEW_BEFORE_HEADER, str(int(profile.renew_before_s)))
 
 
-def _refusal(exc: EstError, tenant: str | None = None, *, status: int | None = None) -> EstReply:
+def _refusal(exc: EnrollError, tenant: str | None = None) -> EstReply:
+    """The reply refusing a request: the status from ``est_status``'s table and a body naming
+    only the reason code (the message stays in local logs)."""
+    status = http_status(exc)
     headers: list[tuple[str, str]] = []
-    if exc.retry_after is not None:
+    if isinstance(exc, RateLimited):
         headers.append(("Retry-After", str(exc.retry_after)))
-    if exc.status == 401:
+    if status == 401:
         headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
-    code = status or exc.status
-    return EstReply(code, f"{code} {exc.reason}\n".encode(),
+    return EstReply(status, f"{status} {exc.reason}\n".encode(),
                     "text/plain; charset=utf-8", tuple(headers), exc.reason, tenant)
 
 
@@ -139,12 +153,11 @@ class EstService:
                             replies.append(self.handle(request, now, monotonic))
                     except Exception:  # noqa: BLE001 - one request must not fail the others
                         log.exception("est_request_failed", path=request.path, source=request.source)
-                        replies.append(_refusal(Unavailable("internal error", reason="internal_error"),
-                                                status=500))
+                        replies.append(_refusal(InternalError("internal error")))
         except StoreError as exc:
             log.error("est_batch_not_stored", requests=len(batch), error=exc.message)
-            return [_refusal(Unavailable("the store could not record this request",
-                                         reason="store_unavailable"))] * len(batch)
+            return [_refusal(StoreUnavailable("the store could not record this request"))
+                    ] * len(batch)
         return replies
 
     def handle(self, request: EstRequest, now: dt.datetime, monotonic: float) -> EstReply:
@@ -158,7 +171,7 @@ class EstService:
             if op == "csrattrs":
                 return self._csrattrs(tenant)
             if not self.authority.service_enabled(tenant.name):
-                raise Forbidden("the provisioning service is disabled", reason="service_disabled")
+                raise ServiceDisabled("the provisioning service is disabled")
             key: KeyRecord | None
             if op == "simpleenroll":
                 key = self._key_from_secret(request, tenant, now, monotonic)
@@ -169,12 +182,11 @@ class EstService:
             holder, key = self._authenticate_any(request, tenant, now, monotonic, op)
             return self._serverkeygen(request, tenant, key, holder, now,
                                       pkcs12=op == "serverkeygen-pkcs12")
-        except EstError as exc:
-            return _refusal(exc, tenant.name if tenant else None)
-        except AuthorityError as exc:
-            log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
-            return _refusal(Unavailable(exc.message, reason=exc.reason),
-                            tenant.name if tenant else None)
+        except EnrollError as exc:
+            reply = _refusal(exc, tenant.name if tenant else None)
+            if reply.status >= 500:  # Switch's side: a store problem or a change made meanwhile
+                log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
+            return reply
 
     # --- tenant and authentication -------------------------------------------------------------
 
@@ -186,34 +198,31 @@ class EstService:
         if label is not None:
             tenant = self.config.tenants.get(label)
             if tenant is None:
-                raise NotFound(f"unknown tenant label {label!r}", reason="unknown_tenant")
+                raise UnknownTenant(f"unknown tenant label {label!r}")
             if by_sni is not None and by_sni is not tenant:
-                raise BadRequest(f"SNI names tenant {by_sni.name}, the path {label}",
-                                 reason="tenant_mismatch")
+                raise TenantMismatch(f"SNI names tenant {by_sni.name}, the path {label}")
             return tenant
         tenant = by_sni or self.config.tenant_for_hostname(server_name)
         if tenant is None:
-            raise NotFound("no tenant for this SNI name and no label in the path",
-                           reason="unknown_tenant")
+            raise UnknownTenant("no tenant for this SNI name and no label in the path")
         return tenant
 
     def _key_from_secret(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
                          monotonic: float) -> KeyRecord:
         wait = self.limiter.retry_after(request.source, monotonic)
         if wait is not None:
-            raise TooManyRequests("too many failed attempts from this source", retry_after=wait)
+            raise RateLimited("too many failed attempts from this source", retry_after=wait)
         try:
             secret = est_wire.parse_authorization(request.headers.get("authorization"))
-        except Unauthorized:
+        except MalformedCredentials:
             self._failed(request, tenant, monotonic)
             raise
         if secret is None:
-            raise Unauthorized("a provisioning key is required (HTTP Basic password or Bearer)",
-                               reason="credentials_required")
+            raise CredentialsRequired("a provisioning key is required (HTTP Basic password or Bearer)")
         key = self.authority.authenticate_key(tenant.name, secret, now=now)
         if key is None:
             self._failed(request, tenant, monotonic)
-            raise Unauthorized("wrong provisioning key", reason="bad_credentials")
+            raise BadCredentials("wrong provisioning key")
         self._require_active(key, tenant, request, "simpleenroll", now)
         return key
 
@@ -226,36 +235,33 @@ class EstService:
                         now: dt.datetime) -> None:
         if key.state is KeyState.ACTIVE:
             return
-        reason = "key_revoked" if key.state is KeyState.REVOKED else "key_suspended"
+        refusal = KeyRevoked if key.state is KeyState.REVOKED else KeySuspended
         with self.authority.store.transaction() as conn:
             audit.append(conn, ts=int(now.timestamp()), actor=f"est:{request.source}",
                          tenant=tenant.name, action="enrollment.refused", target=key.id,
-                         reason=reason, details={"operation": op})
-        raise Forbidden(f"provisioning key {key.id} is {key.state.value}", reason=reason)
+                         reason=refusal.reason, details={"operation": op})
+        raise refusal(f"provisioning key {key.id} is {key.state.value}")
 
     def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
                               op: str) -> tuple[x509.Certificate, KeyRecord | None]:
         """Re-enrollment: the client's current certificate, issued by this tenant's provisioning
         issuers, valid now, not revoked, and its key neither suspended nor revoked."""
         if not request.client_cert_der:
-            raise Unauthorized("re-enrollment needs the current certificate (TLS client auth)",
-                               reason="certificate_required")
+            raise CertificateRequired("re-enrollment needs the current certificate (TLS client auth)")
         try:
             leaf = x509.load_der_x509_certificate(request.client_cert_der)
         except ValueError as exc:
-            raise Forbidden(f"the client certificate does not parse: {exc}",
-                            reason="certificate_untrusted") from exc
+            raise CertificateUntrusted(f"the client certificate does not parse: {exc}") from exc
         issuers = self.issuance.trusted_issuer_certificates(tenant.name, now)
         if not any(_directly_issued_by(leaf, issuer) for issuer in issuers):
-            raise Forbidden("the certificate is not from this tenant's provisioning CA",
-                            reason="certificate_untrusted")
+            raise CertificateUntrusted("the certificate is not from this tenant's provisioning CA")
         if pki.validity_problem(leaf, now) is not None:
-            raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
+            raise CertificateExpired("the current certificate is not valid now")
         record = self.issuance.find(tenant.name, leaf)
         if record is None:
-            raise Forbidden("Switch has no record of this certificate", reason="certificate_unknown")
+            raise CertificateUnknown("Switch has no record of this certificate")
         if record.state == "revoked":
-            raise Forbidden("the current certificate is revoked", reason="certificate_revoked")
+            raise CertificateRevoked("the current certificate is revoked")
         key = self.authority.get_key(tenant.name, record.key_id) if record.key_id else None
         if key is not None:
             self._require_active(key, tenant, request, op, now)
@@ -278,7 +284,7 @@ class EstService:
     def _csr(self, request: EstRequest) -> x509.CertificateSigningRequest:
         content_type = request.headers.get("content-type", b"").split(b";")[0].strip().lower()
         if content_type != PKCS10.encode():
-            raise UnsupportedMediaType(f"expected {PKCS10}", reason="unsupported_media_type")
+            raise UnsupportedMediaType(f"expected {PKCS10}")
         return parse_csr(est_wire.decode_base64_body(request.body, max_bytes=self.max_body_bytes))
 
     def _certificate_reply(self, tenant: Tenant, cert: x509.Certificate, key: KeyRecord | None,
@@ -305,7 +311,7 @@ class EstService:
             if pending.state == "pending":
                 return self._pending_reply(tenant, key)
             if pending.state == "rejected":
-                raise Forbidden("the request was rejected", reason="request_rejected")
+                raise RequestRejected("the request was rejected")
             if pending.state == "issued" and pending.certificate_serial:
                 return self._issued_again(tenant, key, profile, pending.certificate_serial,
                                           now)
@@ -322,12 +328,10 @@ class EstService:
         more: the agent makes a new key pair, which is a new request (needing a new approval)."""
         record = self.issuance.certificate(tenant.name, serial)
         if record is None or record.state == "revoked":
-            raise Forbidden(f"certificate {serial} of this request is revoked",
-                            reason="certificate_revoked")
+            raise CertificateRevoked(f"certificate {serial} of this request is revoked")
         cert = record.certificate()
         if pki.validity_problem(cert, now) is not None:
-            raise Forbidden(f"certificate {serial} of this request is not valid now",
-                            reason="certificate_expired")
+            raise CertificateExpired(f"certificate {serial} of this request is not valid now")
         return self._certificate_reply(tenant, cert, key, profile, record.serial)
 
     def _reenroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
@@ -366,7 +370,7 @@ class EstService:
             if pending.state == "pending":
                 return self._pending_reply(tenant, key)
             if pending.state == "rejected":
-                raise Forbidden("the request was rejected", reason="request_rejected")
+                raise RequestRejected("the request was rejected")
             pending_id = pending.id  # approved: this repeat gets the one key pair it allows
         key_type = profile.key_types[0]
         private_key = pki.generate_key(key_type)
@@ -392,7 +396,7 @@ class EstService:
 
     def _cacerts(self, tenant: Tenant, now: dt.datetime) -> EstReply:
         if not self.authority.service_enabled(tenant.name):
-            raise Forbidden("the provisioning service is disabled", reason="service_disabled")
+            raise ServiceDisabled("the provisioning service is disabled")
         certs = self.issuance.trusted_issuer_certificates(tenant.name, now)
         return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only(certs)),
                         est_wire.PKCS7_CERTS_ONLY_GENERIC, (("Content-Transfer-Encoding", "base64"),),

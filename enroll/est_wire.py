@@ -19,7 +19,13 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from enroll.est_errors import BadBase64, BodyTooLarge, MethodNotAllowed, NotFound, Unauthorized
+from enroll.errors import (
+    BadBase64,
+    BodyTooLarge,
+    MalformedCredentials,
+    MethodNotAllowed,
+    UnknownPath,
+)
 
 PREFIX = "/.well-known/est/"
 OPERATIONS = {
@@ -50,16 +56,16 @@ def parse_est_path(method: str, path: str) -> EstRoute:
     """``/.well-known/est/<op>`` or ``/.well-known/est/<label>/<op>``; the query is ignored."""
     path = path.split("?", 1)[0]
     if not path.startswith(PREFIX):
-        raise NotFound(f"not an EST path: {path[:100]!r}")
+        raise UnknownPath(f"not an EST path: {path[:100]!r}")
     parts = path[len(PREFIX):].split("/")
     if len(parts) == 1:
         label, op = None, parts[0]
     elif len(parts) == 2 and LABEL.fullmatch(parts[0]):
         label, op = parts
     else:
-        raise NotFound(f"not an EST path: {path[:100]!r}")
+        raise UnknownPath(f"not an EST path: {path[:100]!r}")
     if op not in OPERATIONS:
-        raise NotFound(f"unknown EST operation {op[:40]!r}")
+        raise UnknownPath(f"unknown EST operation {op[:40]!r}")
     if method != OPERATIONS[op]:
         raise MethodNotAllowed(f"{op} takes {OPERATIONS[op]}, not {method[:10]}")
     return EstRoute(label, op)
@@ -97,28 +103,28 @@ def certs_only(certs: list[x509.Certificate]) -> bytes:
 
 def parse_authorization(header: bytes | None) -> str | None:
     """The provisioning-key secret from ``Authorization``: the password of HTTP Basic (the user
-    name is ignored) or a Bearer token. None when there is no header; Unauthorized when it is
-    malformed or too long."""
+    name is ignored) or a Bearer token. None when there is no header; refused when it is
+    malformed or too long (``MalformedCredentials``)."""
     if header is None:
         return None
     if len(header) > MAX_AUTHORIZATION_BYTES:
-        raise Unauthorized("Authorization header too long")
+        raise MalformedCredentials("Authorization header too long")
     scheme, _, value = header.strip().partition(b" ")
     value = value.strip()
     if scheme.lower() == b"bearer" and value:
         if not _TOKEN68.fullmatch(value):
-            raise Unauthorized("malformed Bearer token")
+            raise MalformedCredentials("malformed Bearer token")
         return value.decode("ascii")
     if scheme.lower() == b"basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, ValueError) as exc:
-            raise Unauthorized("malformed Basic credentials") from exc
+            raise MalformedCredentials("malformed Basic credentials") from exc
         _, sep, password = decoded.partition(":")
         if not sep or not password:
-            raise Unauthorized("Basic credentials without a password")
+            raise MalformedCredentials("Basic credentials without a password")
         return password
-    raise Unauthorized("unsupported Authorization scheme")
+    raise MalformedCredentials("unsupported Authorization scheme")
 
 
 #: One element of CsrAttrs (RFC 7030 4.5.2, ``AttrOrOID``): a bare OID, or an attribute as its

@@ -32,7 +32,7 @@ from enroll import audit, pki
 from enroll.audit import Action
 from enroll.authority import Authority
 from enroll.csr import CsrRequest
-from enroll.errors import AuthorityError, ReasonRequired, UnknownCertificate, WrongKeyState
+from enroll.errors import ReasonRequired, UnknownCertificate, UnknownRequest, WrongKeyState
 from enroll.issuers import IssuerRecord, load_issuer_key
 from enroll.keys import MAX_REASON_CHARS, KeyRecord
 from enroll.policy import build_certificate
@@ -44,11 +44,6 @@ _REQUEST_COLUMNS = ("id, tenant, key_id, request_digest, subject, state, created
                     "decided_by, reason, certificate_serial, operation")
 SIMPLEENROLL = "simpleenroll"
 SERVERKEYGEN = "serverkeygen"
-
-
-class UnknownRequest(AuthorityError):
-    reason = "unknown_request"
-    exit_code = 3
 
 
 @attrs.frozen

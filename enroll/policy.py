@@ -26,7 +26,13 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from config.model import Profile
 from enroll import pki
 from enroll.csr import CsrRequest
-from enroll.est_errors import BadRequest, Forbidden, SubjectNotAllowed
+from enroll.errors import (
+    BadPassword,
+    CertificateExpired,
+    EmptyPassword,
+    IssuerExpired,
+    SubjectNotAllowed,
+)
 
 #: Switch's provisioning-key binding. An OID under 2.25 (ITU-T X.667: an OID derived from a UUID,
 #: which needs no registration) so it can never collide with anyone else's.
@@ -75,7 +81,7 @@ def build_certificate(
     issuer_cert, _ = issuer
     not_after = min(now + dt.timedelta(seconds=profile.validity_s), issuer_cert.not_valid_after_utc)
     if not_after <= now:
-        raise BadRequest("the issuer has expired; renew it with `switch ca renew`", reason="issuer_expired")
+        raise IssuerExpired("the issuer has expired; renew it with `switch ca renew`")
     subject = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, tenant),
         x509.NameAttribute(NameOID.COMMON_NAME, request.common_name),
@@ -105,7 +111,7 @@ def check_renewal(current: x509.Certificate, common_name: str, now: dt.datetime)
     TLS client auth): that certificate is within its validity and the request asks for the same
     common name, so a certificate for one CN can never obtain another's."""
     if pki.validity_problem(current, now) is not None:
-        raise Forbidden("the current certificate is not valid now", reason="certificate_expired")
+        raise CertificateExpired("the current certificate is not valid now")
     if common_name_of(current) != common_name:
         raise SubjectNotAllowed("a request authenticated by a certificate must ask for that "
                                 "certificate's CN")
@@ -120,9 +126,9 @@ def check_pkcs12_password(password: bytes | None) -> None:
     unencrypted private key never leaves the server), and so is one over
     ``MAX_PKCS12_PASSWORD_BYTES``. Called before anything is issued or stored."""
     if password is not None and not password:
-        raise BadRequest("an empty PKCS#12 password is not allowed", reason="empty_password")
+        raise EmptyPassword("an empty PKCS#12 password is not allowed")
     if password is not None and len(password) > MAX_PKCS12_PASSWORD_BYTES:
-        raise BadRequest("the PKCS#12 password is too long", reason="bad_password")
+        raise BadPassword("the PKCS#12 password is too long")
 
 
 def pkcs12_bundle(

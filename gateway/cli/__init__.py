@@ -41,7 +41,8 @@ from config.errors import ConfigError
 from config.load import load_config
 from config.model import SwitchConfig
 from enroll.authority import Authority
-from enroll.errors import AuthorityError
+from enroll.errors import EnrollError
+from gateway.cli.exits import exit_code
 from gateway.logs import FORMAT_ENV, FORMATS
 from gateway.logs import configure as configure_logging
 
@@ -946,8 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except CliExit as exc:
         _fail(exc.code, exc.message)
-    except AuthorityError as exc:
-        _fail(exc.exit_code, f"{exc.reason}: {exc.message}")
+    except EnrollError as exc:
+        _fail(exit_code(exc.reason), f"{exc.reason}: {exc.message}")
     except BrokenPipeError:
         return EXIT_OK
     return code

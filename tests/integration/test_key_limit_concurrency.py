@@ -16,7 +16,7 @@ import pytest
 
 from config.model import SwitchConfig
 from enroll.authority import Authority
-from enroll.errors import AuthorityError
+from enroll.errors import EnrollError
 from enroll.keys import MAX_LIVE_KEYS
 
 WORKERS = 10
@@ -42,7 +42,7 @@ def _generate(
                 barrier.wait(timeout=JOIN_TIMEOUT_S)
             try:
                 authority.generate_key("acme", f"Key {index}", actor=f"worker-{index}")
-            except AuthorityError as exc:
+            except EnrollError as exc:
                 results.put((index, exc.reason))
             else:
                 results.put((index, "ok"))

@@ -1,5 +1,5 @@
 """EST wire formats (RFC 7030, RFC 8951): paths, base64 bodies, Authorization, PKCS#7, csrattrs,
-the serverkeygen multipart reply, and the EST error hierarchy. Pure functions, no I/O but openssl."""
+the serverkeygen multipart reply, and the HTTP status of each refusal. Pure functions, no I/O but openssl."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from enroll import est_errors, est_wire, pki
+from enroll import errors, est_wire, pki
 from enroll.csr import csr_attributes
-from enroll.est_errors import (
+from enroll.errors import (
     BadBase64,
     BodyTooLarge,
-    EstError,
-    Forbidden,
+    EnrollError,
+    MalformedCredentials,
     MethodNotAllowed,
-    NotFound,
-    Unauthorized,
+    UnknownPath,
+    error_classes,
 )
+from enroll.est_status import http_status
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -62,21 +63,21 @@ def test_est_paths_are_parsed(method: str, path: str, label: str | None, op: str
     assert est_wire.parse_est_path(method, path) == est_wire.EstRoute(label, op)
 
 
-PATH_FAILURES: list[tuple[str, str, str, type[EstError]]] = [
-    ("fail/not-est", "GET", "/cacerts", NotFound),
-    ("fail/prefix-only", "GET", "/.well-known/est/", NotFound),
-    ("fail/prefix-without-slash", "GET", "/.well-known/est", NotFound),
-    ("fail/unknown-op", "POST", "/.well-known/est/fullcmc", NotFound),
-    ("fail/trailing-slash", "GET", "/.well-known/est/cacerts/", NotFound),
-    ("fail/label-trailing-slash", "GET", "/.well-known/est/acme/cacerts/", NotFound),
-    ("fail/empty-label", "GET", "/.well-known/est//cacerts", NotFound),
-    ("fail/uppercase-label", "GET", "/.well-known/est/Acme/cacerts", NotFound),
-    ("fail/label-starts-with-dash", "GET", "/.well-known/est/-acme/cacerts", NotFound),
-    ("fail/label-64-chars", "GET", f"/.well-known/est/{'a' * 64}/cacerts", NotFound),
-    ("fail/label-dot-dot", "GET", "/.well-known/est/../cacerts", NotFound),
-    ("fail/percent-encoded", "GET", "/.well-known/est/ac%6De/cacerts", NotFound),
-    ("fail/two-labels", "GET", "/.well-known/est/acme/eu/cacerts", NotFound),
-    ("fail/op-case", "GET", "/.well-known/est/CACERTS", NotFound),
+PATH_FAILURES: list[tuple[str, str, str, type[EnrollError]]] = [
+    ("fail/not-est", "GET", "/cacerts", UnknownPath),
+    ("fail/prefix-only", "GET", "/.well-known/est/", UnknownPath),
+    ("fail/prefix-without-slash", "GET", "/.well-known/est", UnknownPath),
+    ("fail/unknown-op", "POST", "/.well-known/est/fullcmc", UnknownPath),
+    ("fail/trailing-slash", "GET", "/.well-known/est/cacerts/", UnknownPath),
+    ("fail/label-trailing-slash", "GET", "/.well-known/est/acme/cacerts/", UnknownPath),
+    ("fail/empty-label", "GET", "/.well-known/est//cacerts", UnknownPath),
+    ("fail/uppercase-label", "GET", "/.well-known/est/Acme/cacerts", UnknownPath),
+    ("fail/label-starts-with-dash", "GET", "/.well-known/est/-acme/cacerts", UnknownPath),
+    ("fail/label-64-chars", "GET", f"/.well-known/est/{'a' * 64}/cacerts", UnknownPath),
+    ("fail/label-dot-dot", "GET", "/.well-known/est/../cacerts", UnknownPath),
+    ("fail/percent-encoded", "GET", "/.well-known/est/ac%6De/cacerts", UnknownPath),
+    ("fail/two-labels", "GET", "/.well-known/est/acme/eu/cacerts", UnknownPath),
+    ("fail/op-case", "GET", "/.well-known/est/CACERTS", UnknownPath),
     ("fail/get-simpleenroll", "GET", "/.well-known/est/simpleenroll", MethodNotAllowed),
     ("fail/post-cacerts", "POST", "/.well-known/est/acme/cacerts", MethodNotAllowed),
     ("fail/put-serverkeygen", "PUT", "/.well-known/est/serverkeygen", MethodNotAllowed),
@@ -85,7 +86,7 @@ PATH_FAILURES: list[tuple[str, str, str, type[EstError]]] = [
 
 @pytest.mark.parametrize(("method", "path", "error"), [c[1:] for c in PATH_FAILURES],
                          ids=[c[0] for c in PATH_FAILURES])
-def test_other_paths_are_refused(method: str, path: str, error: type[EstError]) -> None:
+def test_other_paths_are_refused(method: str, path: str, error: type[EnrollError]) -> None:
     with pytest.raises(error):
         est_wire.parse_est_path(method, path)
 
@@ -135,7 +136,7 @@ GARBAGE = [
 def test_garbage_base64_is_refused(body: bytes) -> None:
     with pytest.raises(BadBase64) as info:
         est_wire.decode_base64_body(body, max_bytes=65536)
-    assert (info.value.status, info.value.reason) == (400, "bad_base64")
+    assert (http_status(info.value), info.value.reason) == (400, "bad_base64")
 
 
 def test_oversized_body_is_refused_before_decoding() -> None:
@@ -143,7 +144,7 @@ def test_oversized_body_is_refused_before_decoding() -> None:
     assert est_wire.decode_base64_body(body, max_bytes=len(body)) == b"\x00" * 3000
     with pytest.raises(BodyTooLarge) as info:
         est_wire.decode_base64_body(body, max_bytes=len(body) - 1)
-    assert (info.value.status, info.value.reason) == (413, "body_too_large")
+    assert (http_status(info.value), info.value.reason) == (413, "body_too_large")
 
 
 def test_encoded_body_has_64_character_lf_lines_that_gnu_base64_decodes() -> None:
@@ -204,9 +205,9 @@ AUTH_FAILURES = [
 
 @pytest.mark.parametrize("header", [c[1] for c in AUTH_FAILURES], ids=[c[0] for c in AUTH_FAILURES])
 def test_malformed_authorization_is_unauthorized(header: bytes) -> None:
-    with pytest.raises(Unauthorized) as info:
+    with pytest.raises(MalformedCredentials) as info:
         est_wire.parse_authorization(header)
-    assert (info.value.status, info.value.reason) == (401, "unauthorized")
+    assert (http_status(info.value), info.value.reason) == (401, "unauthorized")
 
 
 # ----------------------------------------------------------------------------- certs-only PKCS#7
@@ -352,33 +353,53 @@ def test_serverkeygen_reply_is_multipart_with_key_and_certificate() -> None:
 # ------------------------------------------------------------------------------------- errors
 
 ERRORS = [
-    (est_errors.BadBase64, 400, "bad_base64"),
-    (est_errors.BadCsr, 400, "bad_csr"),
-    (est_errors.BadCsrSignature, 400, "bad_csr_signature"),
-    (est_errors.KeyTypeNotAllowed, 400, "key_type_not_allowed"),
-    (est_errors.SubjectNotAllowed, 400, "subject_not_allowed"),
-    (est_errors.Unauthorized, 401, "unauthorized"),
-    (est_errors.Forbidden, 403, "forbidden"),
-    (est_errors.NotFound, 404, "not_found"),
-    (est_errors.MethodNotAllowed, 405, "method_not_allowed"),
-    (est_errors.RequestTimeout, 408, "request_timeout"),
-    (est_errors.BodyTooLarge, 413, "body_too_large"),
-    (est_errors.UnsupportedMediaType, 415, "unsupported_media_type"),
-    (est_errors.TooManyRequests, 429, "rate_limited"),
+    (errors.BadBase64, 400, "bad_base64"),
+    (errors.BadCsr, 400, "bad_csr"),
+    (errors.BadCsrSignature, 400, "bad_csr_signature"),
+    (errors.KeyTypeNotAllowed, 400, "key_type_not_allowed"),
+    (errors.SubjectNotAllowed, 400, "subject_not_allowed"),
+    (errors.TenantMismatch, 400, "tenant_mismatch"),
+    (errors.EmptyPassword, 400, "empty_password"),
+    (errors.BadPassword, 400, "bad_password"),
+    (errors.IssuerExpired, 400, "issuer_expired"),
+    (errors.MalformedCredentials, 401, "unauthorized"),
+    (errors.CredentialsRequired, 401, "credentials_required"),
+    (errors.BadCredentials, 401, "bad_credentials"),
+    (errors.CertificateRequired, 401, "certificate_required"),
+    (errors.CertificateUntrusted, 403, "certificate_untrusted"),
+    (errors.CertificateExpired, 403, "certificate_expired"),
+    (errors.CertificateUnknown, 403, "certificate_unknown"),
+    (errors.RequestRejected, 403, "request_rejected"),
+    (errors.UnknownPath, 404, "not_found"),
+    (errors.UnknownTenant, 404, "unknown_tenant"),
+    (errors.MethodNotAllowed, 405, "method_not_allowed"),
+    (errors.BodyTooLarge, 413, "body_too_large"),
+    (errors.UnsupportedMediaType, 415, "unsupported_media_type"),
+    (errors.InternalError, 500, "internal_error"),
+    (errors.StoreUnavailable, 503, "store_unavailable"),
+    (errors.StoreError, 503, "store_error"),
+    (errors.WrongKeyState, 503, "wrong_key_state"),
+    (errors.NoIssuer, 503, "no_issuer"),
+    (errors.UnknownKey, 503, "unknown_key"),
 ]
 
 
 @pytest.mark.parametrize(("cls", "status", "reason"), ERRORS, ids=[e[2] for e in ERRORS])
 def test_every_est_error_has_a_status_and_a_stable_reason(
-        cls: type[EstError], status: int, reason: str) -> None:
+        cls: type[EnrollError], status: int, reason: str) -> None:
     error = cls("local detail")
-    assert isinstance(error, EstError)
-    assert (error.status, error.reason, error.message) == (status, reason, "local detail")
+    assert isinstance(error, EnrollError)
+    assert (http_status(error), error.reason, error.message) == (status, reason, "local detail")
 
 
-@pytest.mark.parametrize("reason", ["key_suspended", "key_revoked", "service_disabled",
-                                    "certificate_revoked"])
-def test_forbidden_says_which_rule_refused(reason: str) -> None:
-    error = Forbidden("detail", reason=reason)
-    assert (error.status, error.reason) == (403, reason)
-    assert Forbidden("other").reason == "forbidden"  # the override is per instance
+def test_rate_limiting_is_429_and_says_when_to_retry() -> None:
+    error = errors.RateLimited("local detail", retry_after=17)
+    assert (http_status(error), error.reason, error.retry_after) == (429, "rate_limited", 17)
+
+
+@pytest.mark.parametrize("cls", [errors.KeySuspended, errors.KeyRevoked, errors.ServiceDisabled,
+                                 errors.CertificateRevoked], ids=lambda c: c.reason)
+def test_forbidden_says_which_rule_refused(cls: type[EnrollError]) -> None:
+    error = cls("detail")
+    assert (http_status(error), error.reason) == (403, cls.reason)
+    assert error_classes()[cls.reason] is cls  # one class per reason: the code is the class's

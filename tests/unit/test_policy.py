@@ -17,7 +17,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from config.model import Profile
 from enroll import pki
 from enroll.csr import CsrRequest, check_csr
-from enroll.est_errors import BadRequest, EstError, Forbidden, SubjectNotAllowed
+from enroll.errors import (
+    BadPassword,
+    CertificateExpired,
+    EmptyPassword,
+    IssuerExpired,
+    SubjectNotAllowed,
+)
+from enroll.est_status import http_status
 from enroll.policy import (
     KEY_BINDING_OID,
     build_certificate,
@@ -146,9 +153,9 @@ def test_notafter_never_exceeds_issuer(issuer: Issuer) -> None:
 
 
 def test_expired_issuer_issues_nothing(issuer: Issuer) -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(IssuerExpired) as info:
         issue(issuer, now=issuer[0].not_valid_after_utc)
-    assert info.value.reason == "issuer_expired"
+    assert (http_status(info.value), info.value.reason) == (400, "issuer_expired")
 
 
 def test_serial_is_random_and_positive_unless_given(issuer: Issuer) -> None:
@@ -251,9 +258,9 @@ def test_renewal_asking_for_another_cn_is_refused(issuer: Issuer) -> None:
 ], ids=["just-after", "after", "before"])
 def test_renewal_with_a_certificate_not_valid_now_is_forbidden(issuer: Issuer, when: dt.datetime) -> None:
     current = issue(issuer)
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(CertificateExpired) as info:
         check_renewal(current, request_for(pki.generate_key()).common_name, when)
-    assert (info.value.status, info.value.reason) == (403, "certificate_expired")
+    assert (http_status(info.value), info.value.reason) == (403, "certificate_expired")
 
 
 # ----------------------------------------------------------------------------------------- PKCS#12
@@ -267,16 +274,17 @@ def bundle_parts(issuer: Issuer) -> tuple[ec.EllipticCurvePrivateKey, x509.Certi
 def test_pkcs12_empty_password_refused(
         issuer: Issuer, bundle_parts: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> None:
     key, cert = bundle_parts
-    with pytest.raises(EstError) as info:
+    with pytest.raises(EmptyPassword) as info:
         pkcs12_bundle(key, cert, [issuer[0]], b"")
-    assert (info.value.status, info.value.reason) == (400, "empty_password")
+    assert (http_status(info.value), info.value.reason) == (400, "empty_password")
 
 
 def test_pkcs12_overlong_password_refused(
         issuer: Issuer, bundle_parts: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> None:
     key, cert = bundle_parts
-    with pytest.raises(EstError):
+    with pytest.raises(BadPassword) as info:
         pkcs12_bundle(key, cert, [issuer[0]], b"p" * 1025)
+    assert (http_status(info.value), info.value.reason) == (400, "bad_password")
 
 
 def test_pkcs12_random_password_opens_the_file(
