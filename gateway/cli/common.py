@@ -1,0 +1,44 @@
+"""What every command shares: the defaults of ``-c`` and ``--actor``, the clock, and the
+configuration loaded from ``-c`` (one that does not load stops the command: ``config_invalid``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import os
+from pathlib import Path
+
+from config.check import format_problems
+from config.errors import ConfigError
+from config.load import load_config
+from config.model import SwitchConfig
+from gateway.cli.exits import CliExit
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def default_config() -> str:
+    return os.environ.get("SWITCH_CONFIG", "switch.toml")
+
+
+def default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
+def config_invalid(path: object, exc: ConfigError, note: str = "") -> CliExit:
+    """The refusal of a command whose configuration does not load (exit 5)."""
+    return CliExit("config_invalid", f"{path} does not load{note}:\n{format_problems(exc.problems)}")
+
+
+def load(args: argparse.Namespace) -> SwitchConfig:
+    path = Path(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise config_invalid(path, exc) from exc
