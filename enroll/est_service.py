@@ -218,7 +218,8 @@ class EstService:
             self._failed(request, tenant, monotonic)
             raise
         if secret is None:
-            raise CredentialsRequired("a provisioning key is required (HTTP Basic password or Bearer)")
+            raise CredentialsRequired(
+                "a provisioning key is required (HTTP Basic password or Bearer)")
         key = self.authority.authenticate_key(tenant.name, secret, now=now)
         if key is None:
             self._failed(request, tenant, monotonic)
@@ -247,7 +248,8 @@ class EstService:
         """Re-enrollment: the client's current certificate, issued by this tenant's provisioning
         issuers, valid now, not revoked, and its key neither suspended nor revoked."""
         if not request.client_cert_der:
-            raise CertificateRequired("re-enrollment needs the current certificate (TLS client auth)")
+            raise CertificateRequired(
+                "re-enrollment needs the current certificate (TLS client auth)")
         try:
             leaf = x509.load_der_x509_certificate(request.client_cert_der)
         except ValueError as exc:

@@ -33,7 +33,8 @@ def default_actor() -> str:
 
 def config_invalid(path: object, exc: ConfigError, note: str = "") -> CliExit:
     """The refusal of a command whose configuration does not load (exit 5)."""
-    return CliExit("config_invalid", f"{path} does not load{note}:\n{format_problems(exc.problems)}")
+    return CliExit("config_invalid",
+                   f"{path} does not load{note}:\n{format_problems(exc.problems)}")
 
 
 def load(args: argparse.Namespace) -> SwitchConfig:

@@ -1,5 +1,6 @@
 """EST wire formats (RFC 7030, RFC 8951): paths, base64 bodies, Authorization, PKCS#7, csrattrs,
-the serverkeygen multipart reply, and the HTTP status of each refusal. Pure functions, no I/O but openssl."""
+the serverkeygen multipart reply, and the HTTP status of each refusal. Pure functions, no I/O
+but openssl."""
 
 from __future__ import annotations
 
