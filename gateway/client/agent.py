@@ -54,7 +54,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from wsproto.connection import ConnectionState
 
-from enroll import pki
+from gateway.client import pki
 from gateway.client.est_client import (
     EstClient,
     EstClientError,

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from enroll import pki
+from gateway.client import pki
 
 MAX_REPLY_BYTES = 1 << 20
 #: Switch's extension header (lower case, as h11 gives names): the issuing profile's

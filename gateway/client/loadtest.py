@@ -54,8 +54,7 @@ import attrs
 import trio
 import trio_websocket
 
-from enroll import pki
-from gateway.client import procstat
+from gateway.client import pki, procstat
 from gateway.client.agent import (
     SESSION_OPEN_ERRORS,
     AgentConnection,
