@@ -17,7 +17,7 @@ their progress over a queue:
    happened instead of hiding it.
 4. **report** — on ``stop`` the sessions close normally (1000; how each ended is counted) and
    each worker sends its raw samples and its CPU time per phase; the parent summarises them
-   (``loadtest_report``). Sessions are opened by ``gateway.client.agent.open_session``, whose reader
+   (``loadtest_report``). Sessions are opened by ``gateway.client.session.open_session``, whose reader
    task never raises into a worker's nursery: one session's trouble is counted, never a crash
    of the worker and the sessions it holds.
 
@@ -55,13 +55,9 @@ import trio
 import trio_websocket
 
 from gateway.client import pki, procstat
-from gateway.client.agent import (
-    SESSION_OPEN_ERRORS,
-    AgentConnection,
-    ServerNotTrusted,
-    open_session,
-)
+from gateway.client.agent_settings import ServerNotTrusted
 from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
+from gateway.client.session import SESSION_OPEN_ERRORS, AgentConnection, open_session
 
 PROGRESS_INTERVAL_S = 0.25
 #: How long after the last session opened the server's memory is read (lets buffers settle).

@@ -15,16 +15,12 @@ import trio
 from cryptography import x509
 
 from enroll import pki
-from gateway.client.agent import (
-    Agent,
-    AgentError,
-    AgentSettings,
-    Credential,
-    ServerNotTrusted,
-    backoff_s,
-    open_session,
-)
+from gateway.client.agent import Agent
+from gateway.client.agent_settings import AgentError, AgentSettings, ServerNotTrusted
+from gateway.client.backoff import backoff_s
+from gateway.client.credentials import Credential
 from gateway.client.est_client import Issued, spki_sha256
+from gateway.client.session import open_session
 from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import (
@@ -246,7 +242,7 @@ def test_renewal_window_sources_in_order_and_at_most_half_the_lifetime(tmp_path:
     agent = Agent(settings)
     state_file = tmp_path / "certs/provisioned.json"
 
-    saved = agent._save("provisioned", Issued(cert, dt.timedelta(days=12)), key)
+    saved = agent.store.save("provisioned", Issued(cert, dt.timedelta(days=12)), key)
     assert agent.renewal_window(saved) == (dt.timedelta(days=12), "server")
     [loaded] = agent.credentials()
     assert loaded.renew_before == dt.timedelta(days=12)
@@ -256,11 +252,11 @@ def test_renewal_window_sources_in_order_and_at_most_half_the_lifetime(tmp_path:
 
     # A window over half the lifetime (a certificate cut short by its issuer) is halved, so a
     # renewal never follows its issuance at once.
-    wide = agent._save("provisioned", Issued(cert, dt.timedelta(days=29)), key)
+    wide = agent.store.save("provisioned", Issued(cert, dt.timedelta(days=29)), key)
     assert agent.renewal_window(wide) == (lifetime / 2, "server")
 
     # No window from the server: the file goes, and a third of the lifetime applies.
-    plain = agent._save("provisioned", Issued(cert), key)
+    plain = agent.store.save("provisioned", Issued(cert), key)
     assert not state_file.exists()
     assert agent.renewal_window(plain) == (lifetime / 3, "lifetime")
 
