@@ -20,18 +20,10 @@ from rich.console import Console
 
 from config.load import load_config
 from enroll.authority import Authority
-from gateway.client.loadtest import (
-    HoldContext,
-    LoadSettings,
-    _Agent,
-    _generator_figures,
-    _session,
-    _shares,
-    _WorkerState,
-    classify,
-    run_loadtest,
-)
+from gateway.client.loadtest import HoldContext, _generator_figures, _shares, run_loadtest
 from gateway.client.loadtest_report import build_report, percentile, print_report, summarise
+from gateway.client.loadtest_settings import LoadSettings
+from gateway.client.loadtest_worker import SimulatedAgent, WorkerState, classify, run_session
 from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import Echo, org_agent, start_gateway
@@ -237,13 +229,13 @@ def _one_session_settings(port: int, ca_file: Path, server_name: str) -> LoadSet
                         message_interval_s=0.05, timeout_s=10.0)
 
 
-async def _run_sessions(settings: LoadSettings, context: ssl.SSLContext, n: int) -> _WorkerState:
+async def _run_sessions(settings: LoadSettings, context: ssl.SSLContext, n: int) -> WorkerState:
     """``n`` sessions of one worker: open, exchange messages a moment, stop, close."""
-    state = _WorkerState()
+    state = WorkerState()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         for i in range(n):
-            nursery.start_soon(_session, settings, _Agent(i, context), state, stop, lambda: None)
+            nursery.start_soon(run_session, settings, SimulatedAgent(i, context), state, stop, lambda: None)
         while state.connected + state.connect_failed < n:  # noqa: ASYNC110 - polls the sessions
             await trio.sleep(0.01)
         await trio.sleep(0.2)
@@ -288,9 +280,9 @@ async def test_a_stop_during_a_message_send_lets_the_send_finish_and_the_session
             # Far more than the socket buffers hold: the send is still going when stop comes.
             settings = attrs.evolve(_one_session_settings(server.port, server.ca_file, "localhost"),
                                     message_size=32 << 20, message_interval_s=1e-6)
-            state, stop = _WorkerState(), trio.Event()
+            state, stop = WorkerState(), trio.Event()
             async with trio.open_nursery() as sessions:
-                sessions.start_soon(_session, settings, _Agent(0, context), state, stop, lambda: None)
+                sessions.start_soon(run_session, settings, SimulatedAgent(0, context), state, stop, lambda: None)
                 await server.message_started.wait()
                 stop.set()
             assert dict(state.closes) == {"load test: closed_1000": 1}
