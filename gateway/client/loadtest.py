@@ -44,7 +44,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -147,23 +146,23 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
             if progress is not None:
                 progress(phase, fleet, now)
 
-    machine: dict[str, tuple[int, int] | None] = {}
+    machine: dict[str, tuple[float, float] | None] = {}
     try:
         # Start-up (a fresh interpreter per worker) is not part of the enroll phase's rate.
         pump(lambda: any("enrolling" in p for p in fleet.phases.values()) or fleet.all_reached("enrolled"),
              settings.phase_timeout_s, "startup")
         phases["startup_s"] = time.monotonic() - start
-        machine["enroll"] = _machine_cpu()
+        machine["enroll"] = procstat.machine_cpu()
         pump(lambda: fleet.all_reached("enrolled"), settings.phase_timeout_s, "enroll")
         phases["enroll_s"] = time.monotonic() - start - phases["startup_s"]
         before = _server_sample(settings.server_pids) if settings.server_pids else None
         connect_start = time.monotonic()
-        machine["connect"] = _machine_cpu()
+        machine["connect"] = procstat.machine_cpu()
         go_connect.set()
         pump(lambda: fleet.all_reached("connected"), settings.phase_timeout_s, "connect")
         phases["connect_s"] = time.monotonic() - connect_start
         after_connect = _server_sample(settings.server_pids) if settings.server_pids else None
-        machine["hold"] = _machine_cpu()
+        machine["hold"] = procstat.machine_cpu()
         hold_start = time.monotonic()
         hold_end = hold_start + settings.hold_s
         sample_at = hold_start + min(MEMORY_SETTLE_S, settings.hold_s / 2)
@@ -180,7 +179,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
 
         pump(hold_over, max(0.0, hold_end - time.monotonic()) + settings.phase_timeout_s, "hold")
         phases["hold_s"] = time.monotonic() - hold_start
-        machine["end"] = _machine_cpu()
+        machine["end"] = procstat.machine_cpu()
         connected_at_end = fleet.total(4)
         stop_event.set()
         pump(fleet.all_reported, settings.timeout_s + 30, "report")
@@ -223,19 +222,8 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     return report, samples
 
 
-def _machine_cpu() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole machine from ``/proc/stat``; None off Linux."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already inside user and nice
-    return total - idle, total
-
-
 def _generator_figures(per_worker: Sequence[Mapping[str, tuple[float, float]]],
-                       machine: Mapping[str, tuple[int, int] | None], processes: int,
+                       machine: Mapping[str, tuple[float, float] | None], processes: int,
                        parent_cpu_s: float) -> dict[str, Any]:
     """The load generator's own CPU use per phase, so that a reader can tell whether it (and
     not the server) set the pace: each worker process's CPU time over the phase's wall time is

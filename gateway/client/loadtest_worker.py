@@ -108,13 +108,10 @@ def _client_context(settings: LoadSettings, cert_pem: bytes, key_pem: bytes, scr
         ctx.minimum_version = ctx.maximum_version = version
     # The ssl module loads a client certificate only from a file: write it (mode 0600, in memory
     # where /dev/shm exists), load it, delete it.
-    fd, name = tempfile.mkstemp(dir=scratch, suffix=".pem")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(cert_pem + key_pem)
-        ctx.load_cert_chain(name)
-    finally:
-        os.unlink(name)
+    with tempfile.NamedTemporaryFile(dir=scratch, suffix=".pem") as f:
+        f.write(cert_pem + key_pem)
+        f.flush()
+        ctx.load_cert_chain(f.name)
     return ctx
 
 
@@ -126,8 +123,7 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
     agents: list[SimulatedAgent] = []
 
     async def slot() -> None:
-        client = EstClient(server, timeout_s=settings.timeout_s)
-        try:
+        async with EstClient(server, timeout_s=settings.timeout_s) as client:
             for index in todo:
                 key = pki.generate_key(settings.key_type)
                 csr = make_csr(f"lt-{run_id}-{worker}-{index}", key)
@@ -139,15 +135,12 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
                         ssl.SSLError) as exc:
                     state.enroll_failed += 1
                     state.failures[f"enroll: {classify(exc)}"] += 1
-                    await client.aclose()
-                    client = EstClient(server, timeout_s=settings.timeout_s)
+                    await client.aclose()  # the next request starts on a new connection
                     continue
                 state.samples["enroll"].append(time.perf_counter() - started)
                 state.enrolled += 1
                 agents.append(SimulatedAgent(index, _client_context(
                     settings, pki.cert_pem(cert), pki.key_pem(key), scratch)))
-        finally:
-            await client.aclose()
 
     async with trio.open_nursery() as nursery:
         for _ in range(max(1, min(concurrency, share))):
