@@ -35,7 +35,7 @@ from gateway.client.agent_settings import (
     ServerNotTrusted,
     normalise_pin,
 )
-from gateway.client.backoff import MAX_BACKOFF_S, backoff_s
+from gateway.client.backoff import Reconnects, backoff_s
 from gateway.client.credentials import Credential, CredentialStore
 from gateway.client.enrollment import Enrollment, explain_est_error, whole_seconds
 from gateway.client.est_client import EstClientError
@@ -52,9 +52,6 @@ __all__ = ["Agent", "AgentError", "AgentSettings", "GatewayUnreachable", "Server
 
 log = structlog.get_logger("switch.agent")
 
-#: A session held at least this long resets the back-off; one the gateway or the upstream ends at
-#: once counts as a failure, so that it cannot turn into a reconnect loop at the shortest delay.
-STABLE_SESSION_S = MAX_BACKOFF_S
 #: Retry-After from the enrollment port is obeyed up to this long.
 MAX_RETRY_AFTER_S = 3600.0
 #: A renewal the server refused (not a transport failure or 5xx/429) is tried again this much later
@@ -179,21 +176,22 @@ class Agent:
 
     async def run_forever(self, *, max_sessions: int | None = None,
                           rng: random.Random | None = None) -> None:
-        """Hold a session; when it ends or cannot be opened, wait ``backoff_s(failures)`` (at
-        least the enrollment port's Retry-After) and try again. ``failures`` counts the attempts
-        since the last session held ``STABLE_SESSION_S``."""
+        """Hold a session; when it ends or cannot be opened, wait the back-off of
+        ``gateway.client.backoff.Reconnects`` (full jitter; at least the enrollment port's
+        Retry-After) and try again. Its failures count the attempts since the last session held
+        ``STABLE_SESSION_S`` (a minute)."""
         self.check_settings()
-        failures = 0
+        reconnects = Reconnects(rng)
         sessions = 0
         while True:
             at_least = 0.0
+            held: float | None = None
             try:
                 credentials = await self.ensure_credentials()
                 started = trio.current_time()
                 end = await self._hold(credentials)
                 sessions += 1
                 held = trio.current_time() - started
-                failures = 0 if held >= STABLE_SESSION_S else failures
                 log.info("session_closed", reason=end, held_s=round(held, 3))
             except EstClientError as exc:
                 log.warning("agent_retry", error=explain_est_error(exc))
@@ -202,8 +200,8 @@ class Agent:
                 log.warning("agent_retry", error=str(exc))
             if max_sessions is not None and sessions >= max_sessions:
                 return
-            failures += 1
-            await trio.sleep(max(backoff_s(failures, rng), at_least))
+            delay = reconnects.after_failure() if held is None else reconnects.after_session(held)
+            await trio.sleep(max(delay, at_least))
 
     async def _hold(self, credentials: list[Credential]) -> str:
         """One session, until it ends; how it ended."""

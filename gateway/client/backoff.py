@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import random
 
+import attrs
+
 BACKOFF_BASE_S = 0.5
 MAX_BACKOFF_S = 60.0
+#: A session held at least this long resets the back-off; one the gateway or the upstream ends at
+#: once counts as a failure, so that it cannot turn into a reconnect loop at the shortest delay.
+STABLE_SESSION_S = MAX_BACKOFF_S
 #: The exponent stops growing here (0.5 s * 2^16 is far above the cap): an agent that fails for
 #: days must not overflow a float.
 _MAX_EXPONENT = 16
@@ -29,3 +34,25 @@ def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     [0, ``backoff_cap_s(failures)``] (full jitter). ``rng`` defaults to the ``random`` module,
     which each process seeds from the operating system."""
     return (rng or random).uniform(0, backoff_cap_s(failures))
+
+
+@attrs.define
+class Reconnects:
+    """The back-off of one agent's reconnect loop: ``failures`` counts the attempts since the last
+    session that held ``STABLE_SESSION_S``. The reference agent and each of the load generator's
+    simulated agents keep one."""
+
+    rng: random.Random | None = None
+    failures: int = 0
+
+    def after_session(self, held_s: float) -> float:
+        """The wait after a session that was open ``held_s`` seconds ended (the server closed it,
+        the connection dropped): at least one failure, so the first wait is random too."""
+        if held_s >= STABLE_SESSION_S:
+            self.failures = 0
+        return self.after_failure()
+
+    def after_failure(self) -> float:
+        """The wait after an attempt that did not open a session."""
+        self.failures += 1
+        return backoff_s(self.failures, self.rng)

@@ -16,7 +16,8 @@ their progress over a queue:
 3. **hold** — every session sends a message every ``message_interval_s`` (with jitter) and waits
    for the upstream's echo; the server's pings are answered by the WebSocket library. Sessions the
    server closes are counted with their close code and are not reopened: a load test reports what
-   happened instead of hiding it.
+   happened instead of hiding it. With ``reconnect`` (reconnection storms) they are reopened with
+   the reference agent's jittered back-off, and counted again when they are.
 4. **report** — on ``stop`` the sessions close normally (1000; how each ended is counted) and
    each worker sends its raw samples and its CPU time per phase; the parent summarises them
    (``loadtest_report``). What a worker does is in ``loadtest_worker``: one session's trouble
@@ -49,6 +50,7 @@ from typing import Any
 import attrs
 
 from gateway.client import procstat
+from gateway.client.loadtest_report import build_report, reconnect_figures
 from gateway.client.loadtest_settings import LoadSettings
 from gateway.client.loadtest_worker import worker_main
 
@@ -67,7 +69,7 @@ class _Fleet:
     """What the parent knows of its workers."""
 
     shares: list[int]
-    counts: dict[int, tuple[int, int, int, int, int, int]] = attrs.field(factory=dict)
+    counts: dict[int, tuple[int, ...]] = attrs.field(factory=dict)
     phases: dict[int, set[str]] = attrs.field(factory=dict)
     results: dict[int, dict[str, Any]] = attrs.field(factory=dict)
     crashed: dict[int, str] = attrs.field(factory=dict)
@@ -105,8 +107,6 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     """Run the load test; returns the report (``loadtest_report.build_report``) and the raw
     latency samples (for the chart). ``during_hold`` runs once, in this process, after the
     server's memory was read in the hold phase (a bench revokes a key there)."""
-    from gateway.client.loadtest_report import build_report
-
     if settings.agents < 1:
         raise ValueError("at least one agent")
     ctx = multiprocessing.get_context("spawn")
@@ -199,6 +199,8 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     closes: Counter[str] = Counter()
     closed_at: list[float] = []
     pings_while_closing = 0
+    reconnect_failures: Counter[str] = Counter()
+    reconnected_at: list[float] = []
     for result in fleet.results.values():
         for kind, values in result["samples"].items():
             samples.setdefault(kind, []).extend(values)
@@ -206,6 +208,8 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
         closes.update(result["closes"])
         closed_at.extend(result["closed_at"])
         pings_while_closing += result["pings_while_closing"]
+        reconnect_failures.update(result["reconnect_failures"])
+        reconnected_at.extend(result["reconnected_at"])
     for worker, why in fleet.crashed.items():
         failures[f"worker {worker} crashed: {why}"] += 1
     counts = {
@@ -219,6 +223,10 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
                           closes=closes, pings_while_closing=pings_while_closing,
                           generator=generator)
     report["closed_by_server_at"] = sorted(closed_at)
+    if settings.reconnect:
+        report["reconnects"] = reconnect_figures(fleet.total(6), reconnect_failures,
+                                                 samples.get("reconnect", []))
+        report["reconnected_at"] = sorted(reconnected_at)
     return report, samples
 
 

@@ -37,6 +37,10 @@ class LoadSettings:
     phase_timeout_s: float = 900.0
     #: End the hold early once the server has closed every session (for revocation benches).
     until_all_closed: bool = False
+    #: Open a session the server ended (or that failed to open) again, with the reference
+    #: agent's jittered back-off, until the hold ends (for reconnection storms); off: a closed
+    #: session stays closed and is only counted.
+    reconnect: bool = False
 
     def public(self) -> dict[str, Any]:
         """The settings for the report (never the provisioning key)."""

@@ -32,6 +32,7 @@ import trio_websocket
 
 from gateway.client import pki
 from gateway.client.agent_settings import ServerNotTrusted
+from gateway.client.backoff import Reconnects
 from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
 from gateway.client.loadtest_settings import LoadSettings
 from gateway.client.session import SESSION_OPEN_ERRORS, AgentConnection, open_session
@@ -65,10 +66,16 @@ class WorkerState:
     pings_while_closing: int = 0
     #: This process's CPU use per phase: phase -> (wall seconds, CPU seconds).
     cpu: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+    #: With ``reconnect``: sessions opened again after the server ended them, the attempts that
+    #: did not open (by reason: ``reconnect: ECONNREFUSED``, ...), and the wall-clock times
+    #: (``time.time()``) at which sessions were open again.
+    reconnected: int = 0
+    reconnect_failures: Counter[str] = attrs.field(factory=Counter)
+    reconnected_at: list[float] = attrs.field(factory=list)
 
-    def counts(self) -> tuple[int, int, int, int, int, int]:
+    def counts(self) -> tuple[int, int, int, int, int, int, int]:
         return (self.enrolled, self.enroll_failed, self.connected, self.connect_failed,
-                self.open, self.messages)
+                self.open, self.messages, self.reconnected)
 
 
 def classify(exc: BaseException) -> str:
@@ -149,11 +156,41 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
 
 
 async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: WorkerState,
-                   stop: trio.Event, attempted: Callable[[], None]) -> None:
-    """One agent's session: open it, exchange messages until ``stop``, close it.
-    ``attempted`` is called once the session is open or has failed to open. Nothing a session
+                      stop: trio.Event, attempted: Callable[[], None],
+                      rng: random.Random | None = None) -> None:
+    """One agent: open its session, exchange messages until ``stop``, close it. ``attempted``
+    is called once the first attempt has opened the session or failed to. Nothing a session
     meets ends other sessions: every failure is counted by reason (``open_session`` keeps
-    trio-websocket's reader task from raising into this nursery)."""
+    trio-websocket's reader task from raising into this nursery).
+
+    Without ``settings.reconnect`` a session the server ends is not opened again (the report says
+    what happened). With it, the agent behaves as the reference agent does: a session that ended
+    or could not be opened before ``stop`` is tried again after the back-off of
+    ``gateway.client.backoff.Reconnects`` (full jitter, the first wait random too), so a fleet
+    the server dropped at once comes back spread out; the time from losing the session to having
+    it again is sampled as ``reconnect``."""
+    reconnects = Reconnects(rng)
+    held = await _attempt(settings, agent, state, stop, attempted)
+    down_since = time.perf_counter()
+    while settings.reconnect and not stop.is_set():
+        delay = reconnects.after_failure() if held is None else reconnects.after_session(held)
+        with trio.move_on_after(delay):
+            await stop.wait()
+        if stop.is_set():
+            return
+        held = await _attempt(settings, agent, state, stop, None, down_since)
+        if held is not None:
+            down_since = time.perf_counter()
+
+
+async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerState,
+                   stop: trio.Event, attempted: Callable[[], None] | None,
+                   down_since: float | None = None) -> float | None:
+    """Open the session and hold it until ``stop`` or the server ends it; the seconds it was
+    open, or None when it did not open. ``attempted`` is given for the first attempt (counted as
+    ``connected``/``connect_failed``), ``down_since`` for the following ones (``reconnected``,
+    ``reconnect_failures``)."""
+    first = down_since is None
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         try:
@@ -162,22 +199,34 @@ async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: Work
                                                settings.server_name, settings.path,
                                                settings.pin_sha256)
         except SESSION_OPEN_ERRORS as exc:
-            state.connect_failed += 1
-            state.failures[f"connect: {classify(exc)}"] += 1
+            if first:
+                state.connect_failed += 1
+                state.failures[f"connect: {classify(exc)}"] += 1
+            else:
+                state.reconnect_failures[f"reconnect: {classify(exc)}"] += 1
             nursery.cancel_scope.cancel()
-            attempted()
-            return
-        state.samples["handshake"].append(tls_s)
-        state.samples["session"].append(time.perf_counter() - started)
-        state.connected += 1
+            if attempted is not None:
+                attempted()
+            return None
+        opened = time.perf_counter()
+        if down_since is None:
+            state.samples["handshake"].append(tls_s)
+            state.samples["session"].append(opened - started)
+            state.connected += 1
+        else:
+            state.samples.setdefault("reconnect", []).append(opened - down_since)
+            state.reconnected_at.append(time.time())
+            state.reconnected += 1
         state.open += 1
-        attempted()
+        if attempted is not None:
+            attempted()
         try:
             await _exchange(settings, ws, state, stop)
         finally:
             state.open -= 1
             state.pings_while_closing += ws.pings_while_closing
             nursery.cancel_scope.cancel()
+        return time.perf_counter() - opened
 
 
 async def _exchange(settings: LoadSettings, ws: AgentConnection, state: WorkerState,
@@ -328,7 +377,8 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                 "samples": state.samples, "failures": dict(state.failures),
                 "closed_at": state.closed_at, "counts": state.counts(),
                 "closes": dict(state.closes), "pings_while_closing": state.pings_while_closing,
-                "cpu": state.cpu}))
+                "cpu": state.cpu, "reconnect_failures": dict(state.reconnect_failures),
+                "reconnected_at": state.reconnected_at}))
             nursery.cancel_scope.cancel()
 
 

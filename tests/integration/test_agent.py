@@ -17,7 +17,6 @@ from cryptography import x509
 from enroll import pki
 from gateway.client.agent import Agent
 from gateway.client.agent_settings import AgentError, AgentSettings, ServerNotTrusted
-from gateway.client.backoff import backoff_s
 from gateway.client.credentials import Credential
 from gateway.client.est_client import Issued, spki_sha256
 from gateway.client.session import open_session
@@ -352,14 +351,6 @@ class _Recording(random.Random):
     def uniform(self, a: float, b: float) -> float:
         self.caps.append(b)
         return b  # the longest wait, so the test sees each cap as a sleep
-
-
-def test_backoff_is_full_jitter_capped_and_never_overflows() -> None:
-    rng = _Recording()
-    assert [backoff_s(n, rng) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
-    assert backoff_s(100_000, rng) == 60  # an agent failing for weeks: no OverflowError
-    spread = {round(backoff_s(3), 3) for _ in range(200)}
-    assert len(spread) > 100 and all(0 <= s <= 4 for s in spread)
 
 
 async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(

@@ -1,7 +1,8 @@
 """A WebSocket server over TLS that misbehaves on purpose, for the agent's and the load test's
 session handling: it echoes messages (unless ``echo`` is off), and when the client sends its Close
 it first sends what ``after_close`` holds (raw frames: a Ping, an oversized message), then the
-close reply (unless ``reply_to_close`` is off: then it drops the connection)."""
+close reply (unless ``reply_to_close`` is off: then it drops the connection). With ``close_first``
+it closes the first sessions itself, as a restarting server does."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from enroll import pki
@@ -34,7 +36,11 @@ class MisbehavingServer:
     after_close: bytes = PING_FRAME
     echo: bool = True
     reply_to_close: bool = True
+    #: The first this many sessions are closed by the server (1012, as a restart does) as soon
+    #: as their upgrade is accepted.
+    close_first: int = 0
     port: int = 0
+    accepted: int = 0
     client_closes: list[int] = attrs.field(factory=list)
     #: set when the first part of a client's message arrives
     message_started: trio.Event = attrs.field(factory=trio.Event)
@@ -83,11 +89,16 @@ class MisbehavingServer:
                 for event in conn.events():
                     if isinstance(event, Request):
                         await stream.send_all(conn.send(AcceptConnection()))
+                        self.accepted += 1
+                        if self.accepted <= self.close_first:
+                            await stream.send_all(conn.send(CloseConnection(1012, "restart")))
                     elif isinstance(event, TextMessage | BytesMessage):
                         self.message_started.set()
                         if self.echo:
                             await stream.send_all(conn.send(event))
                     elif isinstance(event, CloseConnection):
+                        if conn.state is ConnectionState.CLOSED:
+                            return  # the client's answer to this server's Close
                         self.client_closes.append(event.code)
                         await stream.send_all(self.after_close)
                         if self.reply_to_close:
