@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from gateway.client.agent_settings import AgentError, AgentSettings, ServerNotTr
 from gateway.client.credentials import Credential
 from gateway.client.est_client import Issued, spki_sha256
 from gateway.client.session import open_session
-from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
+from tests.support.agent import PING_FRAME, MisbehavingServer, RecordingRandom, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import (
     Echo,
@@ -343,16 +342,6 @@ async def test_an_upgrade_the_gateway_refuses_is_a_clear_error_not_a_crash(tmp_p
 # --- reconnecting -------------------------------------------------------------------------------
 
 
-class _Recording(random.Random):
-    def __init__(self) -> None:
-        super().__init__(7)
-        self.caps: list[float] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.caps.append(b)
-        return b  # the longest wait, so the test sees each cap as a sleep
-
-
 async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     server = MisbehavingServer(tmp_path)  # only for a certificate and a CA
@@ -360,7 +349,7 @@ async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(
         await unused.bind(("127.0.0.1", 0))
         closed_port = unused.getsockname()[1]
     agent = _fake_agent(server, tmp_path / "agent", gateway=("127.0.0.1", closed_port))
-    rng = _Recording()
+    rng = RecordingRandom()
     with trio.move_on_after(200):
         await agent.run_forever(rng=rng)
     assert rng.caps[:8] == [1, 2, 4, 8, 16, 32, 60, 60]
@@ -377,7 +366,7 @@ async def test_only_a_session_that_held_resets_the_backoff(
         return "closed_1011"
 
     agent._hold = hold  # type: ignore[method-assign]
-    rng = _Recording()
+    rng = RecordingRandom()
     await agent.run_forever(max_sessions=5, rng=rng)
     # Sessions the upstream ends at once keep backing off; one held two minutes starts over.
     assert rng.caps == [1, 2, 4, 1]

@@ -260,9 +260,7 @@ async def test_a_server_that_misbehaves_during_the_close_ends_only_those_session
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=after_close)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             settings = _one_session_settings(server.port, server.ca_file, "localhost")
             state = await _run_sessions(settings, context, 5)
             assert (state.connected, state.open) == (5, 0)
@@ -281,9 +279,7 @@ async def test_a_stop_during_a_message_send_lets_the_send_finish_and_the_session
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=b"", echo=False)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             # Far more than the socket buffers hold: the send is still going when stop comes.
             settings = attrs.evolve(_one_session_settings(server.port, server.ca_file, "localhost"),
                                     message_size=32 << 20, message_interval_s=1e-6)
@@ -302,9 +298,7 @@ async def test_a_close_the_server_never_answers_is_counted_as_dropped(tmp_path: 
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=b"", reply_to_close=False)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             settings = _one_session_settings(server.port, server.ca_file, "localhost")
             state = await _run_sessions(settings, context, 2)
             assert server.client_closes == [1000, 1000]
@@ -330,9 +324,7 @@ async def _storm(tmp_path: Path, n: int, reconnect: bool, rng: random.Random | N
     async with trio.open_nursery() as nursery:
         server = MisbehavingServer(tmp_path, close_first=n)
         await server.start(nursery)
-        cert, key = server.client_files()
-        context = ssl.create_default_context(cafile=str(server.ca_file))
-        context.load_cert_chain(str(cert), str(key))
+        context = server.client_context()
         settings = attrs.evolve(_one_session_settings(server.port, server.ca_file, "localhost"),
                                 message_interval_s=0, reconnect=reconnect)
         state, stop = WorkerState(), trio.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import random
 import ssl
 import struct
 from pathlib import Path
@@ -20,6 +21,20 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Requ
 
 from enroll import pki
 from tests.support.pki import write_ca, write_server
+
+
+class RecordingRandom(random.Random):
+    """For back-off tests: records the upper end of each ``uniform`` draw (the back-off's cap)
+    and returns it, so that each cap is the wait."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.caps: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.caps.append(b)
+        return b
+
 
 #: A server Ping (unmasked, as a server sends it).
 PING_FRAME = b"\x89\x04ping"
@@ -70,6 +85,13 @@ class MisbehavingServer:
         cert_file.write_bytes(pki.cert_pem(cert))
         pki.write_private(key_file, pki.key_pem(key))
         return cert_file, key_file
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this server and sends ``client_files()``."""
+        cert, key = self.client_files()
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(cert), str(key))
+        return context
 
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle, 0,

@@ -16,20 +16,11 @@ from gateway.client.backoff import (
     backoff_cap_s,
     backoff_s,
 )
-
-
-class _Recording(random.Random):
-    def __init__(self) -> None:
-        super().__init__(7)
-        self.caps: list[float] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.caps.append(b)
-        return b  # the longest wait, so the test sees each cap as a sleep
+from tests.support.agent import RecordingRandom
 
 
 def test_backoff_is_full_jitter_capped_and_never_overflows() -> None:
-    rng = _Recording()
+    rng = RecordingRandom()
     assert [backoff_s(n, rng) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     assert backoff_s(100_000, rng) == 60  # an agent failing for weeks: no OverflowError
     spread = {round(backoff_s(3), 3) for _ in range(200)}
@@ -63,7 +54,7 @@ def test_the_first_wait_after_a_server_close_is_random_and_at_most_a_second() ->
 
 
 def test_failed_attempts_widen_the_interval_until_a_session_holds() -> None:
-    rng = _Recording()
+    rng = RecordingRandom()
     reconnects = Reconnects(rng)
     reconnects.after_session(held_s=STABLE_SESSION_S)       # the gateway restarted
     for _ in range(8):
