@@ -7,7 +7,8 @@ Every simulated agent makes its own key pair and enrolls over EST (keep-alive co
 client context, nothing is kept on disk. Sessions are opened by
 ``gateway.client.session.open_session``, whose reader task never raises into this process's
 nursery: one session's trouble is counted by reason, never a crash of the worker and the sessions
-it holds.
+it holds. With ``reconnect`` a session the server ends is opened again with the reference agent's
+back-off (``gateway.client.backoff``).
 """
 
 from __future__ import annotations
