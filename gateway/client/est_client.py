@@ -19,7 +19,6 @@ import hashlib
 import re
 import ssl
 from pathlib import Path
-from types import TracebackType
 
 import attrs
 import h11
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from enroll import pki
+from gateway.client import pki
 
 MAX_REPLY_BYTES = 1 << 20
 #: Switch's extension header (lower case, as h11 gives names): the issuing profile's
@@ -99,7 +98,7 @@ def renew_before_of(headers: dict[str, str]) -> dt.timedelta | None:
     return dt.timedelta(seconds=int(value))
 
 
-class EstClient:
+class EstClient(trio.abc.AsyncResource):
     def __init__(self, server: EstServer, *, timeout_s: float = 30.0,
                  client_cert: tuple[Path, Path] | None = None) -> None:
         self.server = server
@@ -115,14 +114,9 @@ class EstClient:
         self._stream: trio.SSLStream[trio.SocketStream] | None = None
         self._h11: h11.Connection | None = None
 
-    async def __aenter__(self) -> EstClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
+        """Close the kept-alive connection (``async with`` does it on leaving: a
+        ``trio.abc.AsyncResource``). The client stays usable: the next request reconnects."""
         if self._stream is not None:
             stream, self._stream = self._stream, None
             with trio.move_on_after(1):

@@ -80,6 +80,16 @@ def build_report(
     }
 
 
+def reconnect_figures(reopened: int, failures: Mapping[str, int],
+                      time_to_reopen: Sequence[float]) -> dict[str, Any]:
+    """With ``reconnect``: sessions opened again after the server ended them, the attempts that
+    did not open by reason, and the time from losing a session to having it again (back-off
+    included)."""
+    return {"reopened": reopened,
+            "failed_attempts": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "time_to_reopen": summarise(time_to_reopen)}
+
+
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -119,6 +129,15 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
                       + (f" ({pings} server pings during a close left unanswered)" if pings else ""))
         for how, n in closed.items():
             console.print(f"  {n:>7}  {how}")
+    reconnects = report.get("reconnects")
+    if reconnects is not None:
+        back = reconnects["time_to_reopen"]
+        console.print(f"sessions reopened: {reconnects['reopened']}"
+                      + (f" (time to reopen p50 {back['p50_ms'] / 1000:.1f}s, p99 "
+                         f"{back['p99_ms'] / 1000:.1f}s, max {back['max_ms'] / 1000:.1f}s)"
+                         if back else ""))
+        for reason, n in reconnects["failed_attempts"].items():
+            console.print(f"  {n:>7}  {reason}")
     server = report["server"]
     if server is not None:
         per = server.get("memory_per_session_kib")

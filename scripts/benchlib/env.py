@@ -1,5 +1,5 @@
 """The bench's one PKI and its processes: a Switch deployment, nginx with the same certificates,
-the echo upstream, and the server CPU and memory read from /proc."""
+the echo upstream, and the server CPU and memory (gateway/client/procstat.py, with psutil)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ class Deployment:
 
 @attrs.define
 class Server:
-    """A server process tree (Switch or nginx) and its /proc figures."""
+    """A server process tree (Switch or nginx) and its CPU and memory figures."""
 
     name: str
     proc: subprocess.Popen[bytes]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,12 @@ import trio
 from cryptography import x509
 
 from enroll import pki
-from gateway.client.agent import (
-    Agent,
-    AgentError,
-    AgentSettings,
-    Credential,
-    ServerNotTrusted,
-    backoff_s,
-    open_session,
-)
+from gateway.client.agent import Agent
+from gateway.client.agent_settings import AgentError, AgentSettings, ServerNotTrusted
+from gateway.client.credentials import Credential
 from gateway.client.est_client import Issued, spki_sha256
-from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
+from gateway.client.session import open_session
+from tests.support.agent import PING_FRAME, MisbehavingServer, RecordingRandom, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import (
     Echo,
@@ -246,7 +240,7 @@ def test_renewal_window_sources_in_order_and_at_most_half_the_lifetime(tmp_path:
     agent = Agent(settings)
     state_file = tmp_path / "certs/provisioned.json"
 
-    saved = agent._save("provisioned", Issued(cert, dt.timedelta(days=12)), key)
+    saved = agent.store.save("provisioned", Issued(cert, dt.timedelta(days=12)), key)
     assert agent.renewal_window(saved) == (dt.timedelta(days=12), "server")
     [loaded] = agent.credentials()
     assert loaded.renew_before == dt.timedelta(days=12)
@@ -256,11 +250,11 @@ def test_renewal_window_sources_in_order_and_at_most_half_the_lifetime(tmp_path:
 
     # A window over half the lifetime (a certificate cut short by its issuer) is halved, so a
     # renewal never follows its issuance at once.
-    wide = agent._save("provisioned", Issued(cert, dt.timedelta(days=29)), key)
+    wide = agent.store.save("provisioned", Issued(cert, dt.timedelta(days=29)), key)
     assert agent.renewal_window(wide) == (lifetime / 2, "server")
 
     # No window from the server: the file goes, and a third of the lifetime applies.
-    plain = agent._save("provisioned", Issued(cert), key)
+    plain = agent.store.save("provisioned", Issued(cert), key)
     assert not state_file.exists()
     assert agent.renewal_window(plain) == (lifetime / 3, "lifetime")
 
@@ -348,24 +342,6 @@ async def test_an_upgrade_the_gateway_refuses_is_a_clear_error_not_a_crash(tmp_p
 # --- reconnecting -------------------------------------------------------------------------------
 
 
-class _Recording(random.Random):
-    def __init__(self) -> None:
-        super().__init__(7)
-        self.caps: list[float] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.caps.append(b)
-        return b  # the longest wait, so the test sees each cap as a sleep
-
-
-def test_backoff_is_full_jitter_capped_and_never_overflows() -> None:
-    rng = _Recording()
-    assert [backoff_s(n, rng) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
-    assert backoff_s(100_000, rng) == 60  # an agent failing for weeks: no OverflowError
-    spread = {round(backoff_s(3), 3) for _ in range(200)}
-    assert len(spread) > 100 and all(0 <= s <= 4 for s in spread)
-
-
 async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     server = MisbehavingServer(tmp_path)  # only for a certificate and a CA
@@ -373,7 +349,7 @@ async def test_reconnects_back_off_exponentially_while_the_gateway_is_down(
         await unused.bind(("127.0.0.1", 0))
         closed_port = unused.getsockname()[1]
     agent = _fake_agent(server, tmp_path / "agent", gateway=("127.0.0.1", closed_port))
-    rng = _Recording()
+    rng = RecordingRandom()
     with trio.move_on_after(200):
         await agent.run_forever(rng=rng)
     assert rng.caps[:8] == [1, 2, 4, 8, 16, 32, 60, 60]
@@ -390,7 +366,7 @@ async def test_only_a_session_that_held_resets_the_backoff(
         return "closed_1011"
 
     agent._hold = hold  # type: ignore[method-assign]
-    rng = _Recording()
+    rng = RecordingRandom()
     await agent.run_forever(max_sessions=5, rng=rng)
     # Sessions the upstream ends at once keep backing off; one held two minutes starts over.
     assert rng.caps == [1, 2, 4, 1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import ssl
 import subprocess
@@ -20,18 +21,16 @@ from rich.console import Console
 
 from config.load import load_config
 from enroll.authority import Authority
-from gateway.client.loadtest import (
-    HoldContext,
-    LoadSettings,
-    _Agent,
-    _generator_figures,
-    _session,
-    _shares,
-    _WorkerState,
-    classify,
-    run_loadtest,
+from gateway.client.loadtest import HoldContext, _generator_figures, _shares, run_loadtest
+from gateway.client.loadtest_report import (
+    build_report,
+    percentile,
+    print_report,
+    reconnect_figures,
+    summarise,
 )
-from gateway.client.loadtest_report import build_report, percentile, print_report, summarise
+from gateway.client.loadtest_settings import LoadSettings
+from gateway.client.loadtest_worker import SimulatedAgent, WorkerState, classify, run_session
 from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import Echo, org_agent, start_gateway
@@ -237,13 +236,13 @@ def _one_session_settings(port: int, ca_file: Path, server_name: str) -> LoadSet
                         message_interval_s=0.05, timeout_s=10.0)
 
 
-async def _run_sessions(settings: LoadSettings, context: ssl.SSLContext, n: int) -> _WorkerState:
+async def _run_sessions(settings: LoadSettings, context: ssl.SSLContext, n: int) -> WorkerState:
     """``n`` sessions of one worker: open, exchange messages a moment, stop, close."""
-    state = _WorkerState()
+    state = WorkerState()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         for i in range(n):
-            nursery.start_soon(_session, settings, _Agent(i, context), state, stop, lambda: None)
+            nursery.start_soon(run_session, settings, SimulatedAgent(i, context), state, stop, lambda: None)
         while state.connected + state.connect_failed < n:  # noqa: ASYNC110 - polls the sessions
             await trio.sleep(0.01)
         await trio.sleep(0.2)
@@ -261,9 +260,7 @@ async def test_a_server_that_misbehaves_during_the_close_ends_only_those_session
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=after_close)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             settings = _one_session_settings(server.port, server.ca_file, "localhost")
             state = await _run_sessions(settings, context, 5)
             assert (state.connected, state.open) == (5, 0)
@@ -282,15 +279,13 @@ async def test_a_stop_during_a_message_send_lets_the_send_finish_and_the_session
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=b"", echo=False)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             # Far more than the socket buffers hold: the send is still going when stop comes.
             settings = attrs.evolve(_one_session_settings(server.port, server.ca_file, "localhost"),
                                     message_size=32 << 20, message_interval_s=1e-6)
-            state, stop = _WorkerState(), trio.Event()
+            state, stop = WorkerState(), trio.Event()
             async with trio.open_nursery() as sessions:
-                sessions.start_soon(_session, settings, _Agent(0, context), state, stop, lambda: None)
+                sessions.start_soon(run_session, settings, SimulatedAgent(0, context), state, stop, lambda: None)
                 await server.message_started.wait()
                 stop.set()
             assert dict(state.closes) == {"load test: closed_1000": 1}
@@ -303,14 +298,69 @@ async def test_a_close_the_server_never_answers_is_counted_as_dropped(tmp_path: 
         async with trio.open_nursery() as nursery:
             server = MisbehavingServer(tmp_path, after_close=b"", reply_to_close=False)
             await server.start(nursery)
-            cert, key = server.client_files()
-            context = ssl.create_default_context(cafile=str(server.ca_file))
-            context.load_cert_chain(str(cert), str(key))
+            context = server.client_context()
             settings = _one_session_settings(server.port, server.ca_file, "localhost")
             state = await _run_sessions(settings, context, 2)
             assert server.client_closes == [1000, 1000]
             assert dict(state.closes) == {"load test: closed_1006": 2}
             nursery.cancel_scope.cancel()
+
+
+class _ShortWaits(random.Random):
+    """Records each back-off drawn (its interval) and waits a tenth of the longest."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.intervals: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.intervals.append((a, b))
+        return b / 10
+
+
+async def _storm(tmp_path: Path, n: int, reconnect: bool, rng: random.Random | None
+                 ) -> tuple[WorkerState, MisbehavingServer]:
+    """``n`` sessions that the server closes (1012) as soon as they open, as a restart does."""
+    async with trio.open_nursery() as nursery:
+        server = MisbehavingServer(tmp_path, close_first=n)
+        await server.start(nursery)
+        context = server.client_context()
+        settings = attrs.evolve(_one_session_settings(server.port, server.ca_file, "localhost"),
+                                message_interval_s=0, reconnect=reconnect)
+        state, stop = WorkerState(), trio.Event()
+        async with trio.open_nursery() as sessions:
+            for i in range(n):
+                sessions.start_soon(run_session, settings, SimulatedAgent(i, context), state,
+                                    stop, lambda: None, rng)
+            while sum(state.closes.values()) < n or (reconnect and state.open < n):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            stop.set()
+        nursery.cancel_scope.cancel()
+    return state, server
+
+
+async def test_with_reconnect_the_sessions_a_restart_closed_come_back_after_a_jittered_wait(
+        tmp_path: Path) -> None:
+    rng = _ShortWaits()
+    with trio.fail_after(60):
+        state, server = await _storm(tmp_path, 5, reconnect=True, rng=rng)
+    assert (state.connected, state.reconnected, state.open) == (5, 5, 0)
+    assert state.closes == {"server: closed_1012": 5, "load test: closed_1000": 5}
+    assert server.client_closes == [1000] * 5
+    # Each first wait after the server's close is drawn from the whole of [0, 1 s]: full
+    # jitter, so agents the server dropped together do not come back together.
+    assert rng.intervals == [(0, 1.0)] * 5
+    assert len(state.samples["reconnect"]) == 5 and len(state.reconnected_at) == 5
+    assert dict(state.reconnect_failures) == {}
+
+
+async def test_without_reconnect_a_session_the_server_closed_stays_closed(tmp_path: Path) -> None:
+    rng = _ShortWaits()
+    with trio.fail_after(60):
+        state, server = await _storm(tmp_path, 3, reconnect=False, rng=rng)
+    assert (state.connected, state.reconnected, state.open) == (3, 0, 0)
+    assert state.closes == {"server: closed_1012": 3}
+    assert server.accepted == 3 and rng.intervals == []
 
 
 async def test_a_refused_upgrade_is_a_connect_failure_by_reason(tmp_path: Path) -> None:
@@ -355,3 +405,18 @@ def test_the_generator_reports_its_cpu_and_warns_when_it_was_the_bottleneck() ->
     assert "warning: a load generator process was 98% busy in the enroll phase" in text
     assert "sessions closed: 2 (1 server pings during a close left unanswered)" in text
     assert "        2  load test: closed_1000" in text
+
+
+def test_a_reconnecting_run_reports_sessions_reopened_failed_attempts_and_time_to_come_back() -> None:
+    report = build_report(settings={}, samples={}, counts={"agents": 3}, failures={},
+                          phases={}, timeline=[], server=None)
+    report["reconnects"] = reconnect_figures(3, {"reconnect: ECONNREFUSED": 4,
+                                                 "reconnect: timeout": 1}, [0.4, 1.5, 2.5])
+    assert report["reconnects"]["time_to_reopen"]["p50_ms"] == 1500.0
+    assert list(report["reconnects"]["failed_attempts"]) == ["reconnect: ECONNREFUSED",
+                                                             "reconnect: timeout"]
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert "sessions reopened: 3 (time to reopen p50 1.5s, p99 2.5s, max 2.5s)" in text
+    assert "        4  reconnect: ECONNREFUSED" in text

@@ -1,12 +1,14 @@
 """A WebSocket server over TLS that misbehaves on purpose, for the agent's and the load test's
 session handling: it echoes messages (unless ``echo`` is off), and when the client sends its Close
 it first sends what ``after_close`` holds (raw frames: a Ping, an oversized message), then the
-close reply (unless ``reply_to_close`` is off: then it drops the connection)."""
+close reply (unless ``reply_to_close`` is off: then it drops the connection). With ``close_first``
+it closes the first sessions itself, as a restarting server does."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import random
 import ssl
 import struct
 from pathlib import Path
@@ -14,10 +16,25 @@ from pathlib import Path
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from enroll import pki
 from tests.support.pki import write_ca, write_server
+
+
+class RecordingRandom(random.Random):
+    """For back-off tests: records the upper end of each ``uniform`` draw (the back-off's cap)
+    and returns it, so that each cap is the wait."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.caps: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.caps.append(b)
+        return b
+
 
 #: A server Ping (unmasked, as a server sends it).
 PING_FRAME = b"\x89\x04ping"
@@ -34,7 +51,11 @@ class MisbehavingServer:
     after_close: bytes = PING_FRAME
     echo: bool = True
     reply_to_close: bool = True
+    #: The first this many sessions are closed by the server (1012, as a restart does) as soon
+    #: as their upgrade is accepted.
+    close_first: int = 0
     port: int = 0
+    accepted: int = 0
     client_closes: list[int] = attrs.field(factory=list)
     #: set when the first part of a client's message arrives
     message_started: trio.Event = attrs.field(factory=trio.Event)
@@ -65,6 +86,13 @@ class MisbehavingServer:
         pki.write_private(key_file, pki.key_pem(key))
         return cert_file, key_file
 
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this server and sends ``client_files()``."""
+        cert, key = self.client_files()
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(cert), str(key))
+        return context
+
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, self._handle, 0,
                                                           host="127.0.0.1"))
@@ -83,11 +111,16 @@ class MisbehavingServer:
                 for event in conn.events():
                     if isinstance(event, Request):
                         await stream.send_all(conn.send(AcceptConnection()))
+                        self.accepted += 1
+                        if self.accepted <= self.close_first:
+                            await stream.send_all(conn.send(CloseConnection(1012, "restart")))
                     elif isinstance(event, TextMessage | BytesMessage):
                         self.message_started.set()
                         if self.echo:
                             await stream.send_all(conn.send(event))
                     elif isinstance(event, CloseConnection):
+                        if conn.state is ConnectionState.CLOSED:
+                            return  # the client's answer to this server's Close
                         self.client_closes.append(event.code)
                         await stream.send_all(self.after_close)
                         if self.reply_to_close:
