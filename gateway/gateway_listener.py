@@ -94,7 +94,7 @@ class GatewayListener:
         try:
             await relay.run_session(
                 tls, decision, tenant, sni=info.server_name,
-                default_tenant=state.config.default_tenant, settings=settings,
+                config=state.config, settings=settings,
                 registry=self.registry, metrics=self.metrics, peer=peer,
                 trust=latest.tenants, now=latest.clock(),
                 upstream_ssl=self.upstream_tls.context(state.config, tenant))

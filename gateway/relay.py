@@ -165,19 +165,17 @@ def upstream_url(base: str, target: str) -> str:
         (parts.scheme, parts.netloc, parts.path.rstrip("/") + path, joined_query, ""))
 
 
-def host_matches(host: bytes | None, tenant: Tenant, sni: str | None, default_tenant: str | None
+def host_matches(host: bytes | None, tenant: Tenant, sni: str | None, config: SwitchConfig
                  ) -> bool:
+    """Whether the upgrade's ``Host`` names ``tenant``, the tenant SNI chose (looked up as SNI
+    names are: ``SwitchConfig.tenant_for_name``, a port allowed). No ``Host``: no."""
     if host is None:
         return False
-    name = host.decode("ascii", "replace").strip().lower()
-    if name.startswith("["):
-        name = name[1:].partition("]")[0]
-    else:
-        name = name.rpartition(":")[0] if name.count(":") == 1 else name
-    if name.rstrip(".") in tenant.hostnames:
+    named = config.tenant_for_name(host, port_allowed=True)
+    if named is not None and named.name == tenant.name:
         return True
     # An agent that sent no SNI was given the default tenant; any Host is its business.
-    return sni is None and default_tenant == tenant.name
+    return sni is None and config.default_tenant == tenant.name
 
 
 @attrs.frozen
@@ -441,14 +439,15 @@ def _upgrade_refused(metrics: Metrics, tenant: str, peer: str, refusal: UpgradeR
 
 async def run_session(
     stream: trio.abc.Stream, decision: Decision, tenant: Tenant, *, sni: str | None,
-    default_tenant: str | None, settings: GatewaySettings, registry: SessionRegistry,
+    config: SwitchConfig, settings: GatewaySettings, registry: SessionRegistry,
     metrics: Metrics, peer: str, trust: Mapping[str, TenantTrust], now: dt.datetime,
     upstream_ssl: ssl.SSLContext | None = None,
 ) -> str:
     """Serve one admitted agent until either side closes; returns the close reason.
 
-    ``trust`` is the trust state in force now and ``now`` the time: the session registers at
-    once and is re-checked against them (``SessionRegistry.admit``)."""
+    ``config`` is the configuration the handshake ran under (its tenants and default tenant for
+    the ``Host`` check); ``trust`` is the trust state in force now and ``now`` the time: the
+    session registers at once and is re-checked against them (``SessionRegistry.admit``)."""
     session = Session(decision, trio.CancelScope(), peer)
     registry.admit(session, trust, now)
     http = new_request_reader()
@@ -463,7 +462,7 @@ async def run_session(
                         upgrade = await _read_upgrade(stream, http)
                 except trio.TooSlowError as exc:
                     raise UpgradeRefused(0, "upgrade_timeout") from exc
-                if not host_matches(upgrade.host, tenant, sni, default_tenant):
+                if not host_matches(upgrade.host, tenant, sni, config):
                     raise UpgradeRefused(421, "host_mismatch")
                 if not tenant.upstream:
                     raise UpgradeRefused(502, "no_upstream")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import pytest
@@ -17,7 +18,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
-from config.model import GatewaySettings, IdentityRule, Tenant
+from config.model import GatewaySettings, IdentityRule, ServerTLS, SwitchConfig, Tenant
 from gateway import relay
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
@@ -399,6 +400,8 @@ ISSUER = b"i" * 32
 ADMITTED = Decision(True, "ok", "demo", "provisioned", "laptop-1", "pk_1", "1f", "ab" * 32,
                     ISSUER, NOW + dt.timedelta(days=1))
 TENANT = Tenant("demo", ("demo.switch.test",), upstream="ws://127.0.0.1:9/")
+CONFIG = SwitchConfig(Path("/s/switch.toml"), Path("/s/state"), ServerTLS(),
+                      tenants={"demo": TENANT, "acme": Tenant("acme", ("acme.switch.test",))})
 UPGRADE = (b"GET /agent HTTP/1.1\r\nHost: demo.switch.test\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
@@ -426,7 +429,7 @@ async def _session(stream: trio.abc.Stream, registry: SessionRegistry, metrics: 
                    settings: GatewaySettings | None = None) -> str:
     try:
         return await relay.run_session(
-            stream, decision, tenant, sni="demo.switch.test", default_tenant=None,
+            stream, decision, tenant, sni="demo.switch.test", config=CONFIG,
             settings=settings or GatewaySettings(), registry=registry, metrics=metrics,
             peer="10.0.0.7:4711", trust=_trust() if trust is None else trust, now=NOW)
     finally:
@@ -601,3 +604,20 @@ async def test_data_arriving_as_the_ping_timer_fires_is_relayed_not_taken_for_a_
                 assert await rig.upstream.message() == f"m{n}"
         assert not rig.result and len(rig.registry) == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("host", "sni", "default", "matches"), [
+    (b"demo.switch.test", "demo.switch.test", None, True),
+    (b"Demo.Switch.Test.:4000", "demo.switch.test", None, True),  # case, dot and port
+    (b"acme.switch.test", "demo.switch.test", None, False),  # another tenant's name
+    (b"nobody.example", "demo.switch.test", None, False),
+    (b"demo.switch.test:x", "demo.switch.test", None, False),  # malformed
+    (None, "demo.switch.test", None, False),
+    (b"anything.example", None, "demo", True),  # no SNI: the default tenant takes any Host
+    (b"anything.example", None, None, False),
+    (None, None, "demo", False),
+])
+def test_the_host_must_name_the_tenant_sni_chose(host: bytes | None, sni: str | None,
+                                                  default: str | None, matches: bool) -> None:
+    config = attrs.evolve(CONFIG, default_tenant=default)
+    assert relay.host_matches(host, TENANT, sni, config) is matches
