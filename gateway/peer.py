@@ -309,14 +309,3 @@ def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.dateti
     if decision.not_after is not None and now.replace(microsecond=0) > decision.not_after:  # as validity_problem
         return "certificate_expired"
     return None
-
-
-def x509_error_reason(errnum: int) -> str:
-    """A stable reason code for an OpenSSL verification error (X509_V_ERR_*)."""
-    return {
-        2: "untrusted_issuer", 9: "certificate_not_yet_valid", 10: "certificate_expired",
-        18: "untrusted_issuer", 19: "untrusted_issuer", 20: "untrusted_issuer",
-        21: "untrusted_issuer", 7: "bad_signature", 24: "invalid_ca", 25: "path_too_long",
-        26: "no_client_auth", 23: "certificate_revoked", 3: "crl_unavailable",
-        12: "crl_expired",
-    }.get(errnum, f"verify_error_{errnum}")
