@@ -20,7 +20,6 @@ import collections
 import contextlib
 import datetime as dt
 import functools
-import json
 import os
 import signal
 import socket
@@ -45,10 +44,13 @@ from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
 from enroll.ratelimit import FailureLimiter
 from enroll.trust_view import read_trust_view
+from gateway import runfiles
 from gateway.admin import AdminListener
 from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
 from gateway.metrics import Metrics
+from gateway.runfiles import PID_FILE as PID_FILE  # re-exported for gateway.cli
+from gateway.runfiles import RELOAD_STATUS_GLOB as RELOAD_STATUS_GLOB  # re-exported for gateway.cli
 from gateway.sessions import Session, SessionRegistry
 from gateway.tenant_tls import (
     OrganisationMaterial,
@@ -64,16 +66,7 @@ Ts = TypeVarTuple("Ts")
 
 #: How often the store's change generation is read: revocations take effect within this.
 WATCH_INTERVAL_S = 0.1
-#: In the state directory: the serving process's pid, and the result of its last reload.
-PID_FILE = "switch.pid"
-RELOAD_STATUS = "last-reload.json"
-#: Every process that serves (the single one, or each worker) records its last reload result in
-#: a file of its own matching this pattern; ``switch reload`` waits for all of them.
-RELOAD_STATUS_GLOB = "last-reload*.json"
-
-
-def reload_status_name(worker: int | None) -> str:
-    return RELOAD_STATUS if worker is None else f"last-reload-{worker}.json"
+#: The trust state is rebuilt this often even when the store did not change (time alone expires).
 REBUILD_INTERVAL_S = 60.0
 
 
@@ -158,7 +151,7 @@ class Switch:
         self.reload_config = reload_config
         self.sockets = dict(sockets or {})
         self.write_pid = write_pid
-        self.status_name = reload_status_name(worker)
+        self.status_name = runfiles.reload_status_name(worker)
         self.worker = worker
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
@@ -281,10 +274,8 @@ class Switch:
         return result
 
     def _write_reload_status(self) -> None:
-        path = self.config.state_dir / self.status_name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(attrs.asdict(self.last_reload), indent=2))
-        tmp.replace(path)
+        runfiles.write_reload_status(self.config.state_dir, self.status_name,
+                                     attrs.asdict(self.last_reload))
 
     async def ready(self) -> tuple[bool, str]:
         try:
@@ -309,7 +300,7 @@ class Switch:
             # every process whose status file exists.
             self._write_reload_status()
             if self.write_pid:
-                self._write_pid()
+                runfiles.write_pid(cfg.state_dir)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:
                     if cfg.gateway.listen.enabled:
@@ -351,11 +342,8 @@ class Switch:
         finally:
             if self.write_pid:
                 with contextlib.suppress(OSError):
-                    (cfg.state_dir / PID_FILE).unlink()
+                    (cfg.state_dir / runfiles.PID_FILE).unlink()
             self.authority.close()
-
-    def _write_pid(self) -> None:
-        (self.config.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
 
 
 def _log_evictions(evicted: list[Session]) -> None:
