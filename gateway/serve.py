@@ -58,7 +58,7 @@ from gateway.tenant_tls import (
     build_trust_state,
     load_organisation_material,
 )
-from gateway.tls import server_context
+from gateway.tls_context import server_context
 
 log = structlog.get_logger("switch")
 T = TypeVar("T")

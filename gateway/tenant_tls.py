@@ -35,7 +35,8 @@ from config.model import SwitchConfig
 from config.tls_material import PrivateKey, crl_signer, load_ca_certificates, load_crl
 from enroll.trust_view import TrustView
 from gateway.peer import Decision, TenantTrust, check_peer, fingerprint
-from gateway.tls import new_connection, server_context
+from gateway.tls import new_connection
+from gateway.tls_context import server_context
 from gateway.tls_refusals import x509_error_reason
 
 VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT

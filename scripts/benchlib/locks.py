@@ -33,7 +33,8 @@ import trio
 from enroll import pki
 from gateway.lightlock import LightLock
 from gateway.relay.pump import Side
-from gateway.tls import TLSStream, server_context, tls_server
+from gateway.tls import TLSStream, tls_server
+from gateway.tls_context import server_context
 from gateway.wsframes import frame
 
 KINDS: dict[str, Callable[[], Any]] = {

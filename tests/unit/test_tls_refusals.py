@@ -12,7 +12,8 @@ import trio.testing
 from OpenSSL import SSL
 
 from enroll import pki
-from gateway.tls import OpenSSLStream, client_context, server_context
+from gateway.tls import OpenSSLStream
+from gateway.tls_context import client_context, server_context
 from gateway.tls_refusals import (
     SSL_REASONS,
     X509_V_OK,
