@@ -1,4 +1,5 @@
-"""``switch serve``: one process, one Trio event loop, three listeners.
+"""One serving process (``switch serve``, or one of its workers): its listeners, its trust state
+and the store watcher that keeps it current, reload, and graceful shutdown.
 
 Theory of operation: ``Switch.run`` opens the store, builds the trust state (config + store), and
 starts the gateway, enroll and admin listeners and the store watcher. Connections run in a nursery
