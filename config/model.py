@@ -13,6 +13,8 @@ from typing import Literal
 
 import attrs
 
+from config.hostnames import host_key
+
 #: Key types a profile may allow, as written in config.
 KEY_TYPES: tuple[str, ...] = ("ec-p256", "ec-p384", "ec-p521", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 
@@ -139,18 +141,39 @@ class SwitchConfig:
     #: Validity of a tenant's provisioning issuer.
     issuer_validity_s: int = 5 * 365 * 86400
 
-    def tenant_for_hostname(self, hostname: str | None) -> Tenant | None:
-        """The tenant whose ``hostnames`` contains ``hostname`` (case-insensitive), else the
-        ``default_tenant``, else None: the caller must refuse (fail closed)."""
-        if hostname:
-            wanted = hostname.rstrip(".").lower()
-            for tenant in self.tenants.values():
-                if wanted in (h.lower() for h in tenant.hostnames):
-                    return tenant
-        if self.default_tenant is not None:
+    #: Every tenant's hostnames (as ``host_key`` writes them) -> the tenant: built once per
+    #: configuration, so a lookup per handshake or request is one dictionary access.
+    _by_hostname: Mapping[str, Tenant] = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda self: _hostname_map(self.tenants), takes_self=True))
+
+    def tenant_for_name(self, name: str | bytes | None, *, port_allowed: bool = False
+                        ) -> Tenant | None:
+        """The tenant whose ``hostnames`` holds ``name`` once normalised (``host_key``: case,
+        trailing dot, IPv6 brackets, and a ``:port`` when ``port_allowed``), else None; never
+        the default tenant. A malformed or empty name names no tenant."""
+        key = host_key(name, port_allowed=port_allowed)
+        return None if key is None else self._by_hostname.get(key)
+
+    def tenant_for_hostname(self, hostname: str | bytes | None) -> Tenant | None:
+        """The tenant an SNI name chooses: ``tenant_for_name``, else the ``default_tenant``,
+        else None: the caller must refuse (fail closed)."""
+        tenant = self.tenant_for_name(hostname)
+        if tenant is None and self.default_tenant is not None:
             return self.tenants.get(self.default_tenant)
-        return None
+        return tenant
 
     def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile:
         """The profile for ``tenant``, or the per-key ``override`` when one is set."""
         return self.profiles[override or tenant.profile]
+
+
+def _hostname_map(tenants: Mapping[str, Tenant]) -> dict[str, Tenant]:
+    """Hostname -> tenant; a name listed twice (which ``config.load`` refuses) goes to the first."""
+    found: dict[str, Tenant] = {}
+    for tenant in tenants.values():
+        for hostname in tenant.hostnames:
+            key = host_key(hostname)
+            if key is not None:
+                found.setdefault(key, tenant)
+    return found

@@ -6,7 +6,8 @@ state current at accept time; its verify callback has already refused (as a TLS 
 certificate ``gateway.peer`` says no to, so after the handshake only the WebSocket upgrade remains.
 The session registers then, and is re-checked against the trust state current at that moment
 (``gateway.relay.run_session``), so a change made during the handshake is not missed.
-Every refusal is counted by tenant and reason and logged once.
+Every refusal is counted by tenant and reason and logged once; a failed handshake's reason is
+the callbacks' own decision, else what OpenSSL's codes say (``gateway.tls_refusals``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from gateway.metrics import Metrics
 from gateway.sessions import SessionRegistry
 from gateway.tenant_tls import HandshakeInfo, TrustState
 from gateway.tls import socket_of, stream_for
+from gateway.tls_refusals import handshake_reason, verify_result
 
 log = structlog.get_logger("switch.gateway")
-
-
 
 
 class GatewayListener:
@@ -73,10 +73,11 @@ class GatewayListener:
             with trio.fail_after(settings.handshake_timeout_s):
                 await tls.do_handshake()
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Switch's own decision first (the SNI or verify callback's), then OpenSSL's codes.
             if isinstance(exc, trio.TooSlowError):
                 reason = "handshake_timeout"
             else:
-                reason = info.refusal or _handshake_reason(exc)
+                reason = info.refusal or handshake_reason(exc.__cause__, verify_result(conn))
             self._refuse(info.tenant, reason, peer, info.server_name,
                          None if info.refusal else str(exc.__cause__ or exc))
             await trio.aclose_forcefully(stream)
@@ -94,7 +95,7 @@ class GatewayListener:
         try:
             await relay.run_session(
                 tls, decision, tenant, sni=info.server_name,
-                default_tenant=state.config.default_tenant, settings=settings,
+                config=state.config, settings=settings,
                 registry=self.registry, metrics=self.metrics, peer=peer,
                 trust=latest.tenants, now=latest.clock(),
                 upstream_ssl=self.upstream_tls.context(state.config, tenant))
@@ -111,16 +112,3 @@ class GatewayListener:
         self.metrics.refused(tenant, reason)
         log.info("handshake_refused", tenant=tenant, reason=reason, peer=peer, sni=sni,
                  **({"detail": detail[:200]} if detail else {}))
-
-
-def _handshake_reason(exc: BaseException) -> str:
-    text = str(exc.__cause__ or exc).lower()
-    if "peer did not return a certificate" in text or "no certificate" in text:
-        return "no_client_certificate"
-    if "unexpected eof" in text or "eof" in text:
-        return "handshake_aborted"
-    if "wrong version" in text or "http request" in text or "unknown protocol" in text:
-        return "not_tls"
-    if "no shared cipher" in text or "unsupported protocol" in text or "version" in text:
-        return "tls_version_or_cipher"
-    return "handshake_failed"

@@ -10,10 +10,11 @@ while the provisioning service is on, the tenant's provisioning issuers) and the
 2. the leaf is not a CA, is inside its validity at ``now``, and allows clientAuth when it has an
    EKU extension;
 3. provisioned: it carries the provisioning-key binding, its key is not revoked (suspended is
-   fine) and the certificate itself is not revoked;
-4. organisation: the leaf is not on a configured CRL of its issuer, no CRL of a CA in its chain
-   is past its ``nextUpdate`` (a stale list can no longer say what was revoked: ``crl_expired``),
-   and the tenant's identity rule holds (default: exactly one RFC 822 SAN, matching an allow
+   fine) and the certificate itself is not revoked (``revocation_reason``, which the re-check of
+   live sessions, ``still_allowed``, asks too);
+4. organisation: no certificate of the chain is on a configured CRL of its issuer
+   (``revocation_reason``), no CRL of a CA in its chain is past its ``nextUpdate`` (a stale list
+   can no longer say what was revoked: ``crl_expired``), and the tenant's identity rule holds (default: exactly one RFC 822 SAN, matching an allow
    pattern when there are any);
 5. the identity (whatever the source) is printable text: a control character (CR, LF, NUL, ...)
    or another non-printable one would forge a header line upstream or a log line, so it is
@@ -221,10 +222,9 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
         key_id = key_id_of(leaf)
         if key_id is None:
             return _refuse(tenant, "key_binding_missing", trust=source, **common)
-        if key_id in tenant.revoked_keys:
-            return _refuse(tenant, "key_revoked", trust=source, key_id=key_id, **common)
-        if sha in tenant.revoked_certificates:
-            return _refuse(tenant, "certificate_revoked", trust=source, key_id=key_id, **common)
+        revoked = revocation_reason(tenant, source, key_id, sha, anchor_fp, ())
+        if revoked is not None:
+            return _refuse(tenant, revoked, trust=source, key_id=key_id, **common)
         names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         identity = str(names[0].value) if len(names) == 1 else leaf.subject.rfc4514_string()
         if not identity_is_printable(identity):
@@ -233,8 +233,9 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
                         leaf.not_valid_after_utc)
     # Organisation certificates: CRLs of any CA in the chain, then the identity rule.
     chain_serials = tuple((child.issuer, child.serial_number) for child in chain[:-1])
-    if _on_crl(tenant, chain_serials):
-        return _refuse(tenant, "certificate_revoked", trust=source, **common)
+    revoked = revocation_reason(tenant, source, None, sha, anchor_fp, chain_serials)
+    if revoked is not None:
+        return _refuse(tenant, revoked, trust=source, **common)
     if _stale_crl(tenant, chain_serials, now):
         return _refuse(tenant, "crl_expired", trust=source, **common)
     org_identity, reason = organisation_identity(leaf, tenant.identity)
@@ -263,36 +264,48 @@ def _stale_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int
     return False
 
 
+def revocation_reason(tenant: TenantTrust, trust: TrustSource, key_id: str | None,
+                      sha256: str | None, anchor: bytes,
+                      chain_serials: Sequence[tuple[x509.Name, int]]) -> str | None:
+    """Why ``tenant``'s trust state no longer covers a certificate, or None: the one home of the
+    revocation rules, asked by the handshake check (``check_peer``) and by the re-check of live
+    sessions (``still_allowed``), so the two can never disagree.
+
+    Provisioned (``key_id``, ``sha256``: the leaf's key binding and fingerprint): the issuer
+    (``anchor``) is still trusted (``provisioning_disabled`` when the service is off,
+    ``issuer_untrusted`` when that issuer alone went), its key is not revoked (``key_revoked``;
+    a suspended key is not) and the certificate is not (``certificate_revoked``). Organisation:
+    the CA is still configured (``ca_removed``) and no certificate of the chain below it
+    (``chain_serials``: issuer and serial) is on a configured CRL (``certificate_revoked``).
+    ``check_peer`` chose ``trust`` by finding ``anchor``, so the anchor rules speak only to live
+    sessions."""
+    if trust == "provisioned":
+        if anchor not in tenant.provisioning_issuers:
+            return "provisioning_disabled" if not tenant.provisioning_issuers else "issuer_untrusted"
+        if key_id in tenant.revoked_keys:
+            return "key_revoked"
+        if sha256 in tenant.revoked_certificates:
+            return "certificate_revoked"
+        return None
+    if anchor not in tenant.organisation_cas:
+        return "ca_removed"
+    if _on_crl(tenant, chain_serials):
+        return "certificate_revoked"
+    return None
+
+
 def still_allowed(decision: Decision, tenant: TenantTrust | None, now: dt.datetime) -> str | None:
     """For a live session admitted by ``decision``: None if it may stay under the new trust
-    state, else the reason it must close."""
+    state, else the reason it must close (``revocation_reason``, then the leaf's expiry)."""
     if tenant is None:
         return "tenant_removed"
     if decision.anchor is None:
         return "trust_changed"
-    if decision.trust == "provisioned":
-        if decision.anchor not in tenant.provisioning_issuers:
-            return "provisioning_disabled" if not tenant.provisioning_issuers else "issuer_untrusted"
-        if decision.key_id in tenant.revoked_keys:
-            return "key_revoked"
-        if decision.sha256 in tenant.revoked_certificates:
-            return "certificate_revoked"
-    else:
-        if decision.anchor not in tenant.organisation_cas:
-            return "ca_removed"
-        if _on_crl(tenant, decision.chain_serials):
-            return "certificate_revoked"
+    trust: TrustSource = "provisioned" if decision.trust == "provisioned" else "organisation"
+    revoked = revocation_reason(tenant, trust, decision.key_id, decision.sha256, decision.anchor,
+                                decision.chain_serials)
+    if revoked is not None:
+        return revoked
     if decision.not_after is not None and now.replace(microsecond=0) > decision.not_after:  # as validity_problem
         return "certificate_expired"
     return None
-
-
-def x509_error_reason(errnum: int) -> str:
-    """A stable reason code for an OpenSSL verification error (X509_V_ERR_*)."""
-    return {
-        2: "untrusted_issuer", 9: "certificate_not_yet_valid", 10: "certificate_expired",
-        18: "untrusted_issuer", 19: "untrusted_issuer", 20: "untrusted_issuer",
-        21: "untrusted_issuer", 7: "bad_signature", 24: "invalid_ca", 25: "path_too_long",
-        26: "no_client_auth", 23: "certificate_revoked", 3: "crl_unavailable",
-        12: "crl_expired",
-    }.get(errnum, f"verify_error_{errnum}")

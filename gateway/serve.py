@@ -1,4 +1,5 @@
-"""``switch serve``: one process, one Trio event loop, three listeners.
+"""One serving process (``switch serve``, or one of its workers): its listeners, its trust state
+and the store watcher that keeps it current, reload, and graceful shutdown.
 
 Theory of operation: ``Switch.run`` opens the store, builds the trust state (config + store), and
 starts the gateway, enroll and admin listeners and the store watcher. Connections run in a nursery
@@ -20,7 +21,6 @@ import collections
 import contextlib
 import datetime as dt
 import functools
-import json
 import os
 import signal
 import socket
@@ -45,6 +45,7 @@ from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
 from enroll.ratelimit import FailureLimiter
 from enroll.trust_view import read_trust_view
+from gateway import runfiles
 from gateway.admin import AdminListener
 from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
@@ -56,7 +57,7 @@ from gateway.tenant_tls import (
     build_trust_state,
     load_organisation_material,
 )
-from gateway.tls import server_context
+from gateway.tls_context import server_context
 
 log = structlog.get_logger("switch")
 T = TypeVar("T")
@@ -64,16 +65,7 @@ Ts = TypeVarTuple("Ts")
 
 #: How often the store's change generation is read: revocations take effect within this.
 WATCH_INTERVAL_S = 0.1
-#: In the state directory: the serving process's pid, and the result of its last reload.
-PID_FILE = "switch.pid"
-RELOAD_STATUS = "last-reload.json"
-#: Every process that serves (the single one, or each worker) records its last reload result in
-#: a file of its own matching this pattern; ``switch reload`` waits for all of them.
-RELOAD_STATUS_GLOB = "last-reload*.json"
-
-
-def reload_status_name(worker: int | None) -> str:
-    return RELOAD_STATUS if worker is None else f"last-reload-{worker}.json"
+#: The trust state is rebuilt this often even when the store did not change (time alone expires).
 REBUILD_INTERVAL_S = 60.0
 
 
@@ -158,7 +150,7 @@ class Switch:
         self.reload_config = reload_config
         self.sockets = dict(sockets or {})
         self.write_pid = write_pid
-        self.status_name = reload_status_name(worker)
+        self.status_name = runfiles.reload_status_name(worker)
         self.worker = worker
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
@@ -281,10 +273,8 @@ class Switch:
         return result
 
     def _write_reload_status(self) -> None:
-        path = self.config.state_dir / self.status_name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(attrs.asdict(self.last_reload), indent=2))
-        tmp.replace(path)
+        runfiles.write_reload_status(self.config.state_dir, self.status_name,
+                                     attrs.asdict(self.last_reload))
 
     async def ready(self) -> tuple[bool, str]:
         try:
@@ -309,7 +299,7 @@ class Switch:
             # every process whose status file exists.
             self._write_reload_status()
             if self.write_pid:
-                self._write_pid()
+                runfiles.write_pid(cfg.state_dir)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:
                     if cfg.gateway.listen.enabled:
@@ -351,11 +341,8 @@ class Switch:
         finally:
             if self.write_pid:
                 with contextlib.suppress(OSError):
-                    (cfg.state_dir / PID_FILE).unlink()
+                    (cfg.state_dir / runfiles.PID_FILE).unlink()
             self.authority.close()
-
-    def _write_pid(self) -> None:
-        (self.config.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
 
 
 def _log_evictions(evicted: list[Session]) -> None:

@@ -34,8 +34,10 @@ from OpenSSL import SSL, crypto
 from config.model import SwitchConfig
 from config.tls_material import PrivateKey, crl_signer, load_ca_certificates, load_crl
 from enroll.trust_view import TrustView
-from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, x509_error_reason
-from gateway.tls import new_connection, server_context
+from gateway.peer import Decision, TenantTrust, check_peer, fingerprint
+from gateway.tls import new_connection
+from gateway.tls_context import server_context
+from gateway.tls_refusals import x509_error_reason
 
 VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
@@ -92,7 +94,8 @@ class TrustState:
     #: finds the anchor OpenSSL chained to here instead of converting and hashing it each time.
     anchors: Mapping[bytes, tuple[bytes, x509.Certificate]] = attrs.field(factory=dict)
 
-    def tenant_name_for(self, server_name: str | None) -> str | None:
+    def tenant_name_for(self, server_name: str | bytes | None) -> str | None:
+        """The tenant an SNI name chooses (``SwitchConfig.tenant_for_hostname``), or None."""
         tenant = self.config.tenant_for_hostname(server_name)
         return tenant.name if tenant is not None else None
 
@@ -107,8 +110,8 @@ class TrustState:
     def _on_server_name(self, conn: SSL.Connection) -> None:
         info: HandshakeInfo = conn.get_app_data()
         raw = conn.get_servername()
-        info.server_name = raw.decode("ascii", "replace").lower() if raw else None
-        tenant = self.tenant_name_for(info.server_name)
+        info.server_name = raw.decode("ascii", "replace").lower() if raw else None  # for logs
+        tenant = self.tenant_name_for(raw)
         info.tenant = tenant
         if tenant is None:
             info.refusal = "unknown_server_name" if info.server_name else "no_server_name"

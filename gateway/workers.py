@@ -40,7 +40,7 @@ from config import snapshot
 from config.errors import ConfigError
 from config.model import SwitchConfig
 from gateway.listening import format_address, open_listening_sockets
-from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
+from gateway.runfiles import RELOAD_STATUS_GLOB, write_pid
 
 log = structlog.get_logger("switch.supervisor")
 
@@ -184,8 +184,7 @@ class Supervisor:
         for stale in self.config.state_dir.glob(RELOAD_STATUS_GLOB):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        pid_file = self.config.state_dir / PID_FILE
-        pid_file.write_text(f"{os.getpid()}\n")
+        pid_file = write_pid(self.config.state_dir)
         settings = self.config.gateway
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -30,8 +30,6 @@ so far end inside a frame: the relay must not inject a frame of its own into tha
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 
 import attrs
@@ -51,8 +49,6 @@ CLOSE_NO_CODE = 1005
 #: Close codes a peer may not send (RFC 6455 7.4.1; 1012-1014 are registered since).
 _FORBIDDEN_CODES = frozenset({1004, 1005, 1006, 1015})
 _MAX_CONTROL_PAYLOAD = 125
-#: RFC 6455 1.3: appended to the client's key to make the server's Sec-WebSocket-Accept.
-_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 @attrs.frozen
@@ -277,8 +273,3 @@ def close_frame(code: int, reason: str | None, *, mask: bool) -> bytes:
 
 def ping_frame(payload: bytes, *, mask: bool) -> bytes:
     return frame(OP_PING, payload, mask=mask)
-
-
-def accept_token(key: bytes) -> bytes:
-    """The ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key``."""
-    return base64.b64encode(hashlib.sha1(key.strip() + _ACCEPT_GUID).digest())  # noqa: S324 - RFC 6455

@@ -5,7 +5,8 @@ per second, Switch's gateway vs nginx ``ssl_verify_client on``, one worker each 
 each; (b) idle relayed sessions held and server memory per session, Switch vs nginx; (c) EST
 certificates per second vs a bare ``cryptography`` CSR-to-certificate loop (and ``openssl speed``
 for context); (d) ``switch keys revoke`` to the last of 1,000 dependent sessions closed; (e) relay
-throughput on one session per core, vs nginx ``proxy_pass``. Prints a markdown table with the
+throughput on one session per core, vs nginx ``proxy_pass``; (f) ``gateway.lightlock.LightLock``
+against trio's locks on the relay's write path (CPU per write, memory). Prints a markdown table with the
 machine it ran on and writes it to ``--out``.
 """
 

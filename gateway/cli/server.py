@@ -102,7 +102,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from gateway.serve import PID_FILE, RELOAD_STATUS_GLOB
+    from gateway.runfiles import PID_FILE, RELOAD_STATUS_GLOB
 
     try:
         cfg = load_config(Path(args.config))

@@ -91,7 +91,7 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
     from gateway.client import procstat
     from gateway.client.est_client import spki_sha256
     from gateway.client.loadtest import LoadSettings
-    from gateway.serve import PID_FILE
+    from gateway.runfiles import PID_FILE
 
     secret = _provisioning_secret(args)
     if not secret:

@@ -15,7 +15,8 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.tls import server_context, tls_server
+from gateway.tls import tls_server
+from gateway.tls_context import server_context
 
 REPLY = b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 

@@ -390,6 +390,17 @@ def relay(deploy: env.Deployment, opts: Options) -> list[Row]:
         "the client and the echo upstream on the same 2 cores")]
 
 
+# --- (f) LightLock against trio's locks on the relay's write path ------------------------------
+
+
+def locks(deploy: env.Deployment, opts: Options) -> list[Row]:
+    """In this process: no server, no deployment (``scripts/benchlib/locks.py``)."""
+    from scripts.benchlib import locks as bench_locks
+
+    return [Row(measure, light, lock, ratio, note=note)
+            for measure, light, lock, ratio, note in bench_locks.rows(opts.quick)]
+
+
 SECTIONS: dict[str, Callable[[env.Deployment, Options], list[Row]]] = {
-    "a": handshakes, "b": idle, "c": est, "d": revoke, "e": relay,
+    "a": handshakes, "b": idle, "c": est, "d": revoke, "e": relay, "f": locks,
 }

@@ -21,7 +21,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from enroll import pki
 from gateway.client.est_client import EstClient, EstServer, make_csr
-from gateway.tls import OpenSSLStream, client_context
+from gateway.tls import OpenSSLStream
+from gateway.tls_context import client_context
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import (
     ACME_HOST,

@@ -14,15 +14,8 @@ import trio.testing
 from OpenSSL import SSL
 
 from enroll import pki
-from gateway.tls import (
-    OpenSSLStream,
-    SocketTLSStream,
-    TLSStream,
-    client_context,
-    server_context,
-    tls_client,
-    tls_server,
-)
+from gateway.tls import OpenSSLStream, SocketTLSStream, TLSStream, tls_client, tls_server
+from gateway.tls_context import client_context, server_context
 
 NOW = dt.datetime.now(dt.UTC)
 YEAR = dt.timedelta(days=365)

@@ -18,7 +18,14 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from config.model import IdentityRule
 from enroll import pki
 from enroll.policy import key_binding_extension
-from gateway.peer import TenantTrust, allow_matches, check_peer, fingerprint, still_allowed
+from gateway.peer import (
+    TenantTrust,
+    allow_matches,
+    check_peer,
+    fingerprint,
+    revocation_reason,
+    still_allowed,
+)
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -31,6 +38,7 @@ class Pki:
     provisioning: Issuer
     other_tenants_provisioning: Issuer
     intermediate: Issuer  # under the provisioning issuer: provisioned chains have no intermediate
+    org_intermediate: Issuer  # under the organisation CA
 
 
 @functools.cache
@@ -40,9 +48,9 @@ def _pki() -> Pki:
         return pki.make_ca(pki.name(name), key, now=NOW - DAY, validity=365 * DAY,
                            issuer=issuer, path_length=None), key
 
-    provisioning = ca("demo provisioning CA")
-    return Pki(ca("demo organisation CA"), provisioning, ca("acme provisioning CA"),
-               ca("an intermediate", provisioning))
+    provisioning, org = ca("demo provisioning CA"), ca("demo organisation CA")
+    return Pki(org, provisioning, ca("acme provisioning CA"), ca("an intermediate", provisioning),
+               ca("an organisation intermediate", org))
 
 
 def _leaf(issuer: Issuer, subject: x509.Name | str = "agent", *, emails: Sequence[str] = (),
@@ -214,3 +222,81 @@ def test_the_table_covers_every_reason_check_peer_returns() -> None:
 def test_allow_patterns_are_globs_whose_wildcards_never_match_control_characters(
         candidate: str, patterns: list[str], matches: bool) -> None:
     assert allow_matches(candidate, patterns) is matches
+
+
+#: Revocations, as (chain, the tenant's trust state once they are made): what a live session
+#: re-check and a new handshake both decide from ``revocation_reason``.
+Revocation = Callable[[Pki, list[x509.Certificate]], TenantTrust]
+
+
+def _org_via_intermediate(p: Pki) -> list[x509.Certificate]:
+    return [_leaf(p.org_intermediate, emails=["a@example.com"]), p.org_intermediate[0], p.org[0]]
+
+
+REVOCATIONS: dict[str, tuple[Callable[[Pki], list[x509.Certificate]], Revocation]] = {
+    "provisioned/key-revoked": (_prov(), lambda p, chain: _tenant(
+        p, revoked_keys=frozenset({"pk_1"}))),
+    "provisioned/certificate-revoked": (_prov(), lambda p, chain: _tenant(
+        p, revoked_certificates=frozenset({pki.sha256_fingerprint(chain[0])}))),
+    "provisioned/another-key-revoked": (_prov(), lambda p, chain: _tenant(
+        p, revoked_keys=frozenset({"pk_2"}))),
+    "provisioned/another-certificate-revoked": (_prov(), lambda p, chain: _tenant(
+        p, revoked_certificates=frozenset({"00" * 32}))),
+    "organisation/leaf-on-the-crl": (_org(emails=["a@example.com"]), lambda p, chain: _tenant(
+        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number})})),
+    "organisation/intermediate-on-the-crl": (_org_via_intermediate, lambda p, chain: _tenant(
+        p, revoked_serials={p.org[0].subject: frozenset({chain[1].serial_number})})),
+    "organisation/leaf-on-the-intermediates-crl": (_org_via_intermediate, lambda p, chain: _tenant(
+        p, revoked_serials={p.org_intermediate[0].subject: frozenset({chain[0].serial_number})})),
+    "organisation/another-serial-on-the-crl": (_org(emails=["a@example.com"]), lambda p, chain:
+        _tenant(p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number + 1})})),
+}
+
+
+@pytest.mark.parametrize(("chain", "revoked"), list(REVOCATIONS.values()), ids=list(REVOCATIONS))
+def test_the_handshake_check_and_the_live_recheck_agree_on_every_revocation(
+        chain: Callable[[Pki], list[x509.Certificate]], revoked: Revocation) -> None:
+    p = _pki()
+    certs = chain(p)
+    admitted = check_peer(_tenant(p), certs, NOW)
+    assert admitted.allowed, admitted.reason
+    after = revoked(p, certs)
+    live = still_allowed(admitted, after, NOW)
+    handshake = check_peer(after, certs, NOW)
+    assert (live or "ok") == handshake.reason
+    assert live == revocation_reason(after, admitted.trust or "organisation", admitted.key_id,
+                                     admitted.sha256, admitted.anchor or b"",
+                                     admitted.chain_serials)
+
+
+def test_the_revocation_cases_cover_both_sources_and_both_outcomes() -> None:
+    p = _pki()
+    reasons = set()
+    for chain, revoked in REVOCATIONS.values():
+        certs = chain(p)
+        reasons.add(check_peer(revoked(p, certs), certs, NOW).reason)
+    assert reasons == {"ok", "key_revoked", "certificate_revoked"}
+
+
+@pytest.mark.parametrize(("chain", "off", "live_reason"), [
+    (_prov(), {"provisioning_issuers": {}}, "provisioning_disabled"),
+    (_org(emails=["a@example.com"]), {"organisation_cas": {}}, "ca_removed"),
+])
+def test_a_trust_source_turned_off_closes_live_sessions_and_refuses_new_handshakes(
+        chain: Callable[[Pki], list[x509.Certificate]], off: dict[str, object],
+        live_reason: str) -> None:
+    p = _pki()
+    certs = chain(p)
+    admitted = check_peer(_tenant(p), certs, NOW)
+    after = _tenant(p, **off)
+    assert still_allowed(admitted, after, NOW) == live_reason
+    assert check_peer(after, certs, NOW).reason == "issuer_not_tenant"
+
+
+def test_a_provisioning_issuer_removed_alone_is_named_as_such() -> None:
+    p = _pki()
+    certs = _prov()(p)
+    admitted = check_peer(_tenant(p), certs, NOW)
+    other = {fingerprint(p.other_tenants_provisioning[0]): p.other_tenants_provisioning[0]}
+    assert still_allowed(admitted, _tenant(p, provisioning_issuers=other), NOW) == \
+        "issuer_untrusted"

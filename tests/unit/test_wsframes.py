@@ -9,7 +9,6 @@ import pytest
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.utilities import generate_accept_token
 
 from gateway.wsframes import (
     OP_PING,
@@ -17,7 +16,6 @@ from gateway.wsframes import (
     Close,
     FrameReader,
     Violation,
-    accept_token,
     close_frame,
     frame,
     ping_frame,
@@ -194,8 +192,3 @@ def test_a_close_reason_is_cut_at_a_character_boundary_to_fit() -> None:
     [event] = read_back(data, ConnectionType.CLIENT)
     assert isinstance(event, CloseConnection) and event.code == 1008
     assert event.reason == "é" * 61  # 122 bytes: 2 for the code, 123 at most for the reason
-
-
-def test_the_accept_token_is_rfc_6455s() -> None:
-    assert accept_token(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-    assert accept_token(b"x3JJHMbDL1EzLkh9GBhXDw==") == generate_accept_token(b"x3JJHMbDL1EzLkh9GBhXDw==")

@@ -1,11 +1,10 @@
-"""The relay over memory streams, with Trio's autojump clock: fragments, size limits, liveness
-(pings, idle timeout), write deadlines, back-pressure, close codes, a vanishing upstream, metrics
-and the log line; and the session's opening (registration, evictions, refusals). Both peers are plain wsproto
-connections driven by the test, so every frame the gateway sends is seen."""
+"""The frame pump over memory streams, with Trio's autojump clock: fragments, size limits,
+liveness (pings, idle timeout), write deadlines, back-pressure, close codes, a vanishing
+upstream, metrics and the log line. Both peers are plain wsproto connections driven by the
+test, so every frame the gateway sends is seen."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 
 import attrs
@@ -17,10 +16,11 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
-from config.model import GatewaySettings, IdentityRule, Tenant
-from gateway import relay
+from config.model import GatewaySettings
 from gateway.metrics import Metrics
-from gateway.peer import Decision, TenantTrust
+from gateway.peer import Decision
+from gateway.relay import pump
+from gateway.relay import session as relay_session
 from gateway.sessions import Session, SessionRegistry
 
 DECISION = Decision(True, "ok", "demo", trust="provisioned", identity="urn:switch:demo:a1")
@@ -86,9 +86,9 @@ async def _start(nursery: trio.Nursery, settings: GatewaySettings, *,
         registry.add(session)
         try:
             with session.cancel_scope:
-                rig.result.append(await relay._relay(
-                    relay._Side.agent(gw_agent, settings.max_message_bytes),
-                    relay._Side.upstream(gw_up, settings.max_message_bytes),
+                rig.result.append(await relay_session._relay(
+                    pump.Side.agent(gw_agent, settings.max_message_bytes),
+                    pump.Side.upstream(gw_up, settings.max_message_bytes),
                     session, settings, metrics))
                 return
             rig.result.append(session.close_reason or "?")  # evicted: _relay ended by Cancelled
@@ -201,77 +201,13 @@ async def test_an_upstream_close_code_reaches_the_agent(autojump_clock: trio.abc
 
 
 def test_outcomes_are_decided_by_the_first_side_to_end() -> None:
-    assert relay._outcome("revoked_key", None) == ("revoked_key", (1008, "revoked_key"), (1001, "agent_evicted"))
-    assert relay._outcome("shutdown", None)[1] == (1001, "shutdown")
-    vanished = relay._outcome(None, relay._Ended(True, 1006, None))
+    assert pump.outcome("revoked_key", None) == ("revoked_key", (1008, "revoked_key"), (1001, "agent_evicted"))
+    assert pump.outcome("shutdown", None)[1] == (1001, "shutdown")
+    vanished = pump.outcome(None, pump.Ended(True, 1006, None))
     assert vanished == ("agent_closed_1006", None, (1000, None))
-    assert relay._outcome(None, relay._Ended(False, 1006, None)) == \
+    assert pump.outcome(None, pump.Ended(False, 1006, None)) == \
         ("upstream_failed", (1011, "upstream_failed"), None)
-    assert relay._outcome(None, relay._Ended(False, 1005, None))[2] == (1000, None)
-
-
-@pytest.mark.parametrize(("raw", "status", "reason"), [
-    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 405, "not_an_upgrade"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 426, "not_an_upgrade"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-     b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-     426, "unsupported_websocket_version"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n", 400, "bad_websocket_key"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 40000 + b"\r\n\r\n", 431, "bad_request"),
-    (b"\x16\x03\x01 not http at all\r\n\r\n", 400, "bad_request"),
-])
-async def test_bad_upgrades_are_refused_with_a_status(raw: bytes, status: int, reason: str) -> None:
-    gw, client = trio.testing.memory_stream_pair()
-    await client.send_all(raw)
-    with pytest.raises(relay.UpgradeRefused) as refused:
-        await relay._read_upgrade(gw)
-    assert (refused.value.status, refused.value.reason) == (status, reason)
-
-
-# --- identity headers and the upstream URL ------------------------------------------------------
-
-
-def test_agent_sent_identity_headers_are_dropped_however_spelled() -> None:
-    sent = [(b"X-Switch-Identity", b"admin"), (b"x-switch-identity", b"admin"),
-            (b"X-SWITCH-TRUST", b"organisation"), (b"x_switch_identity", b"admin"),
-            (b"X_Switch_Key_Id", b"pk_x"), (b"x-switch_trust", b"organisation"),
-            (b"X-Switch-Tenant", b"acme"), (b"X-Switch-Tenant", b"other"),
-            (b"sec_websocket_key", b"c3B5"), (b"X-Custom", b"kept"), (b"x_custom2", b"kept")]
-    decision = Decision(True, "ok", "demo", trust="provisioned", identity="laptop-1",
-                        key_id="pk_1", serial="1f", sha256="ab" * 32)
-    out = relay.forwarded_headers(sent) + relay.identity_headers(decision)
-    normal = [name.lower().replace(b"_", b"-") for name, _ in out]
-    real = [b"x-switch-tenant", b"x-switch-identity", b"x-switch-trust", b"x-switch-key-id",
-            b"x-switch-cert-serial", b"x-switch-cert-sha256"]
-    assert [n for n in normal if n.startswith(b"x-switch-")] == real  # each once, ours
-    assert dict(out)[b"X-Switch-Identity"] == b"laptop-1"
-    assert (b"X-Custom", b"kept") in out and (b"x_custom2", b"kept") in out
-    assert b"sec-websocket-key" not in normal
-
-
-@pytest.mark.parametrize(("base", "target", "expected"), [
-    ("ws://u:8080/agents", "/v1/stream?x=1", "ws://u:8080/agents/v1/stream?x=1"),
-    ("ws://u:8080/agents/", "/v1", "ws://u:8080/agents/v1"),
-    ("ws://u:8080", "/v1?x=1", "ws://u:8080/v1?x=1"),
-    ("ws://u:8080/", "/", "ws://u:8080/"),
-    ("wss://u/agents?token=abc", "/v1?x=1", "wss://u/agents/v1?token=abc&x=1"),
-    ("wss://u/agents?token=abc", "/v1", "wss://u/agents/v1?token=abc"),
-    ("ws://u/a", "/b%20c/..d/.e?q=../x", "ws://u/a/b%20c/..d/.e?q=../x"),
-])
-def test_the_agents_path_joins_the_upstreams_and_both_queries_are_kept(
-        base: str, target: str, expected: str) -> None:
-    assert relay.upstream_url(base, target) == expected
-
-
-@pytest.mark.parametrize("target", [
-    "/../x", "/a/../../x", "/..", "/./x", "/a/.", "/%2e%2e/x", "/%2E%2e/x", "/%252e%252e/x",
-    "/..%2fx", "/..\\x", "/a%5c..%5cx", "x/y", "http://evil.example/x", "*", "/a#frag",
-])
-def test_a_path_that_could_climb_out_of_the_upstreams_base_is_refused(target: str) -> None:
-    with pytest.raises(relay.UpgradeRefused) as refused:
-        relay.upstream_url("ws://u:8080/agents", target)
-    assert (refused.value.status, refused.value.reason) == (400, "bad_path")
+    assert pump.outcome(None, pump.Ended(False, 1005, None))[2] == (1000, None)
 
 
 # --- a stalled peer, back-pressure, metrics and the session's log line ------------------------
@@ -392,119 +328,6 @@ async def test_relay_metrics_move_with_each_message_and_the_session_logs_one_lin
     assert line["log_level"] == "info"
 
 
-# --- run_session: the opening phase --------------------------------------------------------------
-
-NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
-ISSUER = b"i" * 32
-ADMITTED = Decision(True, "ok", "demo", "provisioned", "laptop-1", "pk_1", "1f", "ab" * 32,
-                    ISSUER, NOW + dt.timedelta(days=1))
-TENANT = Tenant("demo", ("demo.switch.test",), upstream="ws://127.0.0.1:9/")
-UPGRADE = (b"GET /agent HTTP/1.1\r\nHost: demo.switch.test\r\nUpgrade: websocket\r\n"
-           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-
-
-def _trust(**kw: object) -> dict[str, TenantTrust]:
-    trust = TenantTrust(name="demo", identity=IdentityRule(), organisation_cas={},
-                        provisioning_issuers={ISSUER: None},  # type: ignore[dict-item]
-                        revoked_serials={}, revoked_keys=frozenset(),
-                        revoked_certificates=frozenset())
-    return {"demo": attrs.evolve(trust, **kw)}
-
-
-async def _reply(stream: trio.abc.Stream) -> bytes:
-    """Everything the gateway sends before it closes."""
-    received = b""
-    while chunk := await stream.receive_some(65536):
-        received += chunk
-    return received
-
-
-async def _session(stream: trio.abc.Stream, registry: SessionRegistry, metrics: Metrics, *,
-                   decision: Decision = ADMITTED, tenant: Tenant = TENANT,
-                   trust: dict[str, TenantTrust] | None = None,
-                   settings: GatewaySettings | None = None) -> str:
-    try:
-        return await relay.run_session(
-            stream, decision, tenant, sni="demo.switch.test", default_tenant=None,
-            settings=settings or GatewaySettings(), registry=registry, metrics=metrics,
-            peer="10.0.0.7:4711", trust=_trust() if trust is None else trust, now=NOW)
-    finally:
-        await stream.aclose()
-
-
-async def test_a_key_revoked_while_the_handshake_ran_is_refused_at_registration(
-        autojump_clock: trio.abc.Clock) -> None:
-    evicted: list[str] = []
-    registry, metrics = SessionRegistry(on_evict=lambda s, r: evicted.append(r)), Metrics()
-    gw, agent = trio.testing.memory_stream_pair()
-    await agent.send_all(UPGRADE)
-    result = await _session(gw, registry, metrics, trust=_trust(revoked_keys=frozenset({"pk_1"})))
-    assert result == "key_revoked" and evicted == ["key_revoked"]
-    assert (await _reply(agent)).startswith(b"HTTP/1.1 403 ")
-    assert metrics.registry.get_sample_value(
-        "switch_refusals_total", {"tenant": "demo", "reason": "key_revoked"}) == 1
-    assert len(registry) == 0
-
-
-async def test_an_eviction_while_the_upgrade_is_awaited_refuses_it_at_once(
-        autojump_clock: trio.abc.Clock) -> None:
-    registry, metrics = SessionRegistry(), Metrics()
-    gw, agent = trio.testing.memory_stream_pair()
-    results: list[str] = []
-    async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            results.append(await _session(gw, registry, metrics))
-
-        nursery.start_soon(serve)
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(registry) == 1  # registered before any byte of the upgrade
-        start = trio.current_time()
-        registry.reevaluate(_trust(revoked_keys=frozenset({"pk_1"})), NOW)
-        reply = await _reply(agent)
-        assert trio.current_time() - start < 0.1
-    assert reply.startswith(b"HTTP/1.1 403 ") and reply.endswith(b"403 key_revoked\n")
-    assert results == ["key_revoked"]
-
-
-async def test_upgrade_refusals_are_counted_and_logged_once_with_tenant_reason_and_peer(
-        autojump_clock: trio.abc.Clock) -> None:
-    registry, metrics = SessionRegistry(), Metrics()
-    gw, agent = trio.testing.memory_stream_pair()
-    await agent.send_all(UPGRADE.replace(b"Host: demo.switch.test", b"Host: acme.switch.test"))
-    with structlog.testing.capture_logs() as logs:
-        assert await _session(gw, registry, metrics) == "host_mismatch"
-    assert (await _reply(agent)).startswith(b"HTTP/1.1 421 ")
-    assert [entry for entry in logs if entry["event"] == "upgrade_refused"] == [
-        {"event": "upgrade_refused", "log_level": "info", "tenant": "demo",
-         "reason": "host_mismatch", "peer": "10.0.0.7:4711", "status": 421}]
-    gw, agent = trio.testing.memory_stream_pair()
-    await agent.send_all(UPGRADE.replace(b"GET /agent", b"GET /../admin"))
-    with structlog.testing.capture_logs() as logs:
-        assert await _session(gw, registry, metrics) == "bad_path"
-    assert (await _reply(agent)).startswith(b"HTTP/1.1 400 ")
-    assert [(e["reason"], e["status"]) for e in logs] == [("bad_path", 400)]
-
-
-async def test_an_identity_h11_cannot_write_gets_a_502_instead_of_escaping() -> None:
-    """Defence in depth: ``check_peer`` refuses such an identity, but if one got through, the
-    upstream request fails as an unusable upstream, not as an exception out of the session."""
-    registry, metrics = SessionRegistry(), Metrics()
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    tenant = attrs.evolve(TENANT, upstream=f"ws://127.0.0.1:{port}/")
-    gw, agent = trio.testing.memory_stream_pair()
-    await agent.send_all(UPGRADE)
-    with trio.fail_after(10):
-        result = await _session(gw, registry, metrics, tenant=tenant,
-                                decision=attrs.evolve(ADMITTED, identity="a\r\nX-Evil: 1"))
-    assert result == "upstream_unavailable"
-    assert (await _reply(agent)).startswith(b"HTTP/1.1 502 ")
-    for listener in listeners:
-        await listener.aclose()
-
-
 # --- frames forwarded as they are -----------------------------------------------------------
 
 
@@ -601,3 +424,4 @@ async def test_data_arriving_as_the_ping_timer_fires_is_relayed_not_taken_for_a_
                 assert await rig.upstream.message() == f"m{n}"
         assert not rig.result and len(rig.registry) == 1
         nursery.cancel_scope.cancel()
+

@@ -1,0 +1,316 @@
+"""The frame pump of a relaying session: one direction's loop (``forward``), the writes to each
+side under its lock (``Side``), liveness pings, and the closing handshake owed to each side when
+the session ends (``outcome``, ``close_side``).
+
+Theory of operation: after the two opening handshakes the relay forwards WebSocket frames as
+they are (``gateway.wsframes``): the agent's masked frames go to the upstream unchanged, the
+upstream's to the agent, with no decoding, unmasking or re-encoding of messages and no
+buffering of payloads. A ``FrameReader`` per direction finds the frame boundaries, enforces the
+protocol rules an intermediary must and ``max_message_bytes`` (from each frame's header, before
+a byte of that frame moves), and hands over the two things the relay acts on: a Close, and the
+Pong answering its own liveness ping. Pings and other Pongs pass end to end. Per session only
+two streams, two small readers and two tasks remain (one per direction), which is what lets one
+process hold tens of thousands of idle sessions. Each direction awaits its write before reading
+again (back-pressure). Writes to one stream come from both tasks (relayed bytes from one, the
+relay's own pings and closes from the other) and are serialised by a lock; a frame of the
+relay's own is written only where the relayed bytes end at a frame boundary.
+
+Timers: the agent's direction waits for data under a cancel scope whose deadline is the next
+ping (every ``ping_interval_s``) or the idle limit (``idle_timeout_s``); the upstream's
+direction, with no timer, waits under none. Each write runs under its own ``write_timeout_s``
+scope. The two are never one scope: a Trio scope stays cancelled once its deadline has passed,
+so data that arrives as the ping timer fires would have its write cut off and taken for a
+stall. A write that times out means that side stopped reading: the session ends
+(``agent_write_timeout`` / ``upstream_write_timeout``), and a side whose write was cut off
+mid-way gets no close frame, since its stream is no longer whole.
+
+Closing: a close code on either side is passed to the other; an upstream that fails
+mid-session closes the agent with 1011 (reason ``upstream_failed``); an eviction closes it with
+1008 and the reason; shutdown with 1001; a message over ``max_message_bytes`` gets 1009; a side
+that breaks the protocol gets 1002 (1007 for a bad close reason) and the other side 1001 (the
+agent 1011 when it was the upstream). Closing waits at most ``close_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import attrs
+import trio
+from prometheus_client import Counter
+
+from config.model import GatewaySettings
+from gateway.lightlock import LightLock
+from gateway.relay.upgrade import RECV_BYTES
+from gateway.sessions import Session
+from gateway.wsframes import Close, FrameReader, Violation, close_frame, ping_frame
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+#: 1014 ("bad gateway") would be the precise code, but wsproto-based clients (trio-websocket,
+#: the reference agent) refuse it as reserved; 1011 is understood everywhere.
+CLOSE_UPSTREAM_FAILED = 1011
+
+_INFINITY = float("inf")
+
+
+@attrs.define(eq=False)
+class Counters:
+    """What one session relayed, for its log line."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+async def _cancelled_before_writing() -> None:
+    """Raise ``Cancelled`` now if it is due, while nothing of the write has gone out: then the
+    stream is whole and ``Side.cut`` need not be set. ``send_all`` of the gateway's streams
+    (``SocketTLSStream``, trio's ``SocketStream``) has no schedule point before its first bytes
+    go out, so after this check a cancellation can only come once they have. The race this
+    closes: the agent's Close arrives while the upstream's last message is being relayed to it;
+    ending the relay cancelled that write before it began, the side was taken for cut, and the
+    agent's Close went unanswered (1006 instead of 1000, at the end of a load test's hold)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
+@attrs.define(eq=False)
+class Side:
+    """One end of the relay: its stream, the reader of the frames it sends, and a lock over
+    writes to it. ``mask``: frames of the relay's own to this side are masked (it is the
+    upstream, a server). ``in_frame``: what was written to it so far ends inside a relayed frame,
+    so no frame of the relay's own may go in now. ``cut`` is set while a write is under way and
+    stays set if it was cancelled part-way: the stream then holds a partial frame (or TLS
+    record) and must not be written to again. ``pending``: what arrived with the opening
+    handshake, read before the stream."""
+
+    stream: trio.abc.Stream
+    reader: FrameReader
+    mask: bool
+    pending: bytes = b""
+    lock: LightLock = attrs.field(factory=LightLock)
+    cut: bool = False
+    in_frame: bool = False
+    close_received: bool = False
+
+    @classmethod
+    def agent(cls, stream: trio.abc.Stream, max_message_bytes: int, pending: bytes = b"") -> Side:
+        return cls(stream, FrameReader(masked=True, max_message_bytes=max_message_bytes),
+                   mask=False, pending=pending)
+
+    @classmethod
+    def upstream(cls, stream: trio.abc.Stream, max_message_bytes: int, pending: bytes = b""
+                 ) -> Side:
+        return cls(stream, FrameReader(masked=False, max_message_bytes=max_message_bytes),
+                   mask=True, pending=pending)
+
+    async def write(self, data: bytes | bytearray | memoryview, *, in_frame: bool) -> None:
+        """Relayed bytes; ``in_frame``: they end inside a frame."""
+        async with self.lock:
+            if self.cut:  # a write before this one was cut off
+                raise trio.BrokenResourceError("an earlier write to this side was cut off")
+            await _cancelled_before_writing()
+            self.cut = True
+            await self.stream.send_all(data)
+            self.cut = False
+            self.in_frame = in_frame
+
+    async def inject(self, frame: bytes) -> bool:
+        """A frame of the relay's own (a ping, a close), between relayed frames only: False
+        when the relayed bytes end inside a frame now."""
+        async with self.lock:
+            if self.cut:  # e.g. a ping that waited for the lock behind a write that timed out
+                raise trio.BrokenResourceError("an earlier write to this side was cut off")
+            if self.in_frame:
+                return False
+            await _cancelled_before_writing()
+            self.cut = True
+            await self.stream.send_all(frame)
+            self.cut = False
+            return True
+
+
+class Ended(Exception):
+    """One side ended the session: ``code``/``text`` as received (1006 when it vanished);
+    ``too_big`` when it broke the message size limit; ``protocol_error`` when it broke the
+    WebSocket protocol (``code`` is then the one it is owed); ``stalled`` when it stopped
+    reading (a write to it made no progress for ``write_timeout_s``)."""
+
+    def __init__(self, agent_side: bool, code: int, text: str | None, too_big: bool = False,
+                 stalled: bool = False, protocol_error: bool = False) -> None:
+        super().__init__(code, text)
+        self.agent_side = agent_side
+        self.code = code
+        self.text = text
+        self.too_big = too_big
+        self.stalled = stalled
+        self.protocol_error = protocol_error
+
+
+#: After a ping could not be sent (the agent's stream was inside a relayed frame): try again.
+PING_RETRY_S = 1.0
+
+
+async def forward(src: Side, dst: Side, inbound: bool, settings: GatewaySettings,
+                   counters: Counters, session: Session, bytes_metric: Counter,
+                   messages_metric: Counter) -> None:
+    """Relay ``src`` to ``dst`` until ``src`` ends (raises ``Ended``). On the agent's side
+    (``inbound``) it also keeps the session alive: a ping when the agent has been silent for
+    ``ping_interval_s``, and eviction when it stays silent (no pong) for another interval, or
+    for ``idle_timeout_s``. Every write, to either side, must finish within ``write_timeout_s``
+    (one timer per chunk read: see the module docstring). The relay metrics are added to as
+    each message completes (and for a message cut short, when the direction ends)."""
+    reader = src.reader
+    unreported = 0  # payload bytes relayed and not yet added to bytes_metric
+    interval = settings.ping_interval_s if inbound else 0.0
+    idle_limit = settings.idle_timeout_s if inbound else 0.0
+    write_timeout = settings.write_timeout_s
+    last_heard = trio.current_time()
+    next_ping = last_heard + interval if interval > 0 else _INFINITY
+    pinged_at: float | None = None
+    try:
+        while True:
+            deadline = next_ping if pinged_at is None else pinged_at + interval
+            if idle_limit > 0:
+                deadline = min(deadline, last_heard + idle_limit)
+            data: bytes | bytearray | None = None
+            if src.pending:
+                data, src.pending = src.pending, b""
+            elif deadline == _INFINITY:  # no timer: no cancel scope while this direction idles
+                data = await src.stream.receive_some(RECV_BYTES)
+            else:
+                # The timer covers the wait only. A scope stays cancelled once its deadline has
+                # passed, so data that arrives as it passes must be relayed outside it.
+                with trio.CancelScope(deadline=deadline):
+                    data = await src.stream.receive_some(RECV_BYTES)
+            if data is None:  # the agent was silent until the deadline
+                now = trio.current_time()
+                if idle_limit > 0 and now >= last_heard + idle_limit:
+                    session.evict("idle_timeout")
+                    await trio.lowlevel.checkpoint()
+                if pinged_at is not None:  # and no answer for an interval
+                    session.evict("ping_timeout")
+                    await trio.lowlevel.checkpoint()
+                payload = os.urandom(4)
+                with trio.move_on_after(write_timeout) as ping_timer:
+                    sent = await src.inject(ping_frame(payload, mask=src.mask))
+                if ping_timer.cancelled_caught:
+                    raise Ended(inbound, 1006, None, stalled=True)
+                if sent:
+                    reader.expect_pong = payload
+                    pinged_at = now
+                else:  # the agent's stream is inside a frame the upstream is still sending
+                    next_ping = now + min(interval, PING_RETRY_S)
+                continue
+            if not data:
+                raise Ended(inbound, 1006, None)
+            if interval > 0 or idle_limit > 0:
+                last_heard = trio.current_time()
+                pinged_at = None
+                next_ping = last_heard + interval if interval > 0 else _INFINITY
+            payload_before, messages_before = reader.payload_bytes, reader.messages
+            items = reader.feed(data)
+            last = len(items) - 1
+            for index, item in enumerate(items):
+                if isinstance(item, Close):
+                    src.close_received = True
+                    raise Ended(inbound, item.code, item.reason)
+                if isinstance(item, Violation):
+                    too_big = item.code == CLOSE_TOO_BIG
+                    raise Ended(inbound, item.code, item.reason, too_big=too_big,
+                                 protocol_error=not too_big)
+                with trio.move_on_after(write_timeout) as write_timer:
+                    await dst.write(item, in_frame=reader.in_frame and index == last)
+                if write_timer.cancelled_caught:  # that side stopped reading
+                    raise Ended(not inbound, 1006, None, stalled=True)
+            relayed = reader.payload_bytes - payload_before
+            if relayed:
+                unreported += relayed
+                if inbound:
+                    counters.bytes_in += relayed
+                else:
+                    counters.bytes_out += relayed
+            completed = reader.messages - messages_before
+            if completed:
+                if inbound:
+                    counters.messages_in += completed
+                else:
+                    counters.messages_out += completed
+                messages_metric.inc(completed)
+                bytes_metric.inc(unreported)
+                unreported = 0
+    finally:
+        if unreported:
+            bytes_metric.inc(unreported)
+
+
+async def close_side(side: Side, code: int, reason: str | None, close_timeout_s: float) -> None:
+    """Finish one side's closing handshake: answer its close, or send ours and wait (bounded)
+    for the answer. Never raises for a peer that is gone; writes nothing to a side whose last
+    write was cut off or whose stream is inside a relayed frame (the stream is just closed)."""
+    if side.cut or side.in_frame:
+        return
+    with trio.move_on_after(close_timeout_s) as cs:
+        cs.shield = True
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                 trio.BusyResourceError):
+            await side.inject(close_frame(code, reason, mask=side.mask))
+            while not side.close_received:  # their answer; anything else they send is dropped
+                data = side.pending or await side.stream.receive_some(RECV_BYTES)
+                side.pending = b""
+                if not data:
+                    return
+                items = side.reader.feed(data)
+                if items and isinstance(items[-1], Violation):
+                    return  # no answer will make sense: just close
+                side.close_received = bool(items) and isinstance(items[-1], Close)
+
+
+def _passable(code: int) -> int:
+    """A received close code that may be sent on (1005, 1006 and 1015 never go on the wire)."""
+    return CLOSE_NORMAL if code in (1005, 1006, 1015) or not 1000 <= code <= 4999 else code
+
+
+CloseOwed = tuple[int, str | None]
+
+
+def outcome(eviction: str | None, ended: Ended | None
+             ) -> tuple[str, CloseOwed | None, CloseOwed | None]:
+    """Pure: the session's close reason and the close (code, reason) owed to the agent and to the
+    upstream, from an eviction or from whichever side ended first."""
+    if eviction is not None:
+        code = CLOSE_GOING_AWAY if eviction == "shutdown" else CLOSE_POLICY
+        return eviction, (code, eviction), (CLOSE_GOING_AWAY, "agent_evicted")
+    if ended is None:  # cannot happen: a relay ends only through one of the two
+        return "closed", (CLOSE_INTERNAL, None), (CLOSE_GOING_AWAY, None)
+    if ended.stalled:  # the stalled side is not reading: it gets no close frame
+        if ended.agent_side:
+            return "agent_write_timeout", None, (CLOSE_GOING_AWAY, "agent_write_timeout")
+        return "upstream_write_timeout", (CLOSE_UPSTREAM_FAILED, "upstream_write_timeout"), None
+    if ended.protocol_error:  # the side that broke the protocol is told so, with the code
+        owed = (ended.code, ended.text)
+        if ended.agent_side:
+            return "agent_protocol_error", owed, (CLOSE_GOING_AWAY, "agent_protocol_error")
+        return "upstream_protocol_error", (CLOSE_UPSTREAM_FAILED, "upstream_protocol_error"), owed
+    # A side that vanished (1006) gets no close: nobody is there to answer it.
+    vanished = ended.code == 1006
+    if ended.agent_side:
+        if ended.too_big:
+            return "agent_message_too_big", (CLOSE_TOO_BIG, "message_too_big"), \
+                (CLOSE_GOING_AWAY, "agent_message_too_big")
+        return f"agent_closed_{ended.code}", \
+            None if vanished else (_passable(ended.code), ended.text), \
+            (_passable(ended.code), ended.text)
+    if ended.too_big:
+        return "upstream_message_too_big", (CLOSE_UPSTREAM_FAILED, "upstream_message_too_big"), \
+            (CLOSE_TOO_BIG, "message_too_big")
+    if ended.code in (1005, 1006, 1015):
+        return "upstream_failed", (CLOSE_UPSTREAM_FAILED, "upstream_failed"), \
+            None if vanished else (CLOSE_NORMAL, None)
+    return f"upstream_closed_{ended.code}", (_passable(ended.code), ended.text), \
+        (_passable(ended.code), ended.text)
