@@ -81,3 +81,30 @@ class StoreError(AuthorityError):
 
     reason = "store_error"
     exit_code = 4
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (the database is down, its connection was lost, no pooled
+    connection came within the timeout). Nothing was changed; the caller may try again later."""
+
+    reason = "store_unavailable"
+
+
+class UnknownOperator(AuthorityError):
+    reason = "unknown_operator"
+    exit_code = 3
+
+
+class InvalidOperator(AuthorityError):
+    """An operator's name, role or tenant list breaks a rule (``enroll.operators``)."""
+
+    reason = "invalid_operator"
+
+
+class OperatorNameTaken(AuthorityError):
+    reason = "operator_name_taken"
+
+
+class UnknownRequest(AuthorityError):
+    reason = "unknown_request"
+    exit_code = 3

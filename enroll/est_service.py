@@ -6,8 +6,8 @@ client presented (accepted by TLS whatever it is: it is judged here, per tenant)
 by the operations that use it (re-enrollment, serverkeygen without a provisioning key): OpenSSL
 accepts encodings that cryptography's strict DER parser refuses (a BOOLEAN TRUE as 0x01), and such
 a certificate is refused there as ``certificate_untrusted`` (fail closed), never a crash, and
-never a concern of the requests that do not use it. ``handle`` is synchronous (the store is
-SQLite) and runs in a worker thread; ``now`` and a monotonic time for rate limiting are passed in.
+never a concern of the requests that do not use it. ``handle`` is synchronous (the store's calls block) and runs in a worker thread; ``now`` is
+passed in (the wrong-key rate limit counts in it, shared by every host through the store).
 
 Order of checks for ``simpleenroll``: route and tenant; the provisioning service is on; the source
 is not rate limited; the provisioning key authenticates (a failure counts against the source); the
@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from config.model import Profile, SwitchConfig, Tenant
-from enroll import audit, est_wire, pki
+from enroll import est_wire, pki
+from enroll.audit import Action
 from enroll.csr import (
     CsrRequest,
     check_csr,
@@ -60,7 +61,7 @@ from enroll.est_errors import (
 from enroll.issuance import Issuance
 from enroll.keys import KeyRecord, KeyState
 from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
-from enroll.ratelimit import FailureLimiter
+from enroll.ratelimit import Limiter, SharedFailureLimiter
 
 log = structlog.get_logger("switch.enroll")
 
@@ -114,12 +115,13 @@ def _refusal(exc: EstError, tenant: str | None = None, *, status: int | None = N
 
 class EstService:
     def __init__(self, config: SwitchConfig, issuance: Issuance,
-                 limiter: FailureLimiter | None = None, *, approval_retry_after_s: int = 60) -> None:
+                 limiter: Limiter | None = None, *, approval_retry_after_s: int = 60) -> None:
         self.config = config
         self.issuance = issuance
         self.authority = issuance.authority
         # Not `limiter or ...`: a FailureLimiter has a length, and an empty one is falsy.
-        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.limiter = (limiter if limiter is not None
+                        else SharedFailureLimiter(issuance.authority.store))
         self.approval_retry_after_s = approval_retry_after_s
         self.max_body_bytes = config.enroll.max_body_bytes
 
@@ -199,27 +201,28 @@ class EstService:
 
     def _key_from_secret(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
                          monotonic: float) -> KeyRecord:
-        wait = self.limiter.retry_after(request.source, monotonic)
+        del monotonic  # failures are counted in wall-clock time: every host shares the count
+        wait = self.limiter.retry_after(request.source, now.timestamp())
         if wait is not None:
             raise TooManyRequests("too many failed attempts from this source", retry_after=wait)
         try:
             secret = est_wire.parse_authorization(request.headers.get("authorization"))
         except Unauthorized:
-            self._failed(request, tenant, monotonic)
+            self._failed(request, tenant, now)
             raise
         if secret is None:
             raise Unauthorized("a provisioning key is required (HTTP Basic password or Bearer)",
                                reason="credentials_required")
         key = self.authority.authenticate_key(tenant.name, secret, now=now)
         if key is None:
-            self._failed(request, tenant, monotonic)
+            self._failed(request, tenant, now)
             raise Unauthorized("wrong provisioning key", reason="bad_credentials")
         self._require_active(key, tenant, request, "simpleenroll", now)
         return key
 
-    def _failed(self, request: EstRequest, tenant: Tenant, monotonic: float) -> None:
-        self.limiter.record_failure(request.source, monotonic)
-        if self.limiter.retry_after(request.source, monotonic) is not None:
+    def _failed(self, request: EstRequest, tenant: Tenant, now: dt.datetime) -> None:
+        self.limiter.record_failure(request.source, now.timestamp())
+        if self.limiter.retry_after(request.source, now.timestamp()) is not None:
             log.warning("est_source_locked_out", source=request.source, tenant=tenant.name)
 
     def _require_active(self, key: KeyRecord, tenant: Tenant, request: EstRequest, op: str,
@@ -227,10 +230,10 @@ class EstService:
         if key.state is KeyState.ACTIVE:
             return
         reason = "key_revoked" if key.state is KeyState.REVOKED else "key_suspended"
-        with self.authority.store.transaction() as conn:
-            audit.append(conn, ts=int(now.timestamp()), actor=f"est:{request.source}",
-                         tenant=tenant.name, action="enrollment.refused", target=key.id,
-                         reason=reason, details={"operation": op})
+        self.authority.store.append_audit(
+            ts=int(now.timestamp()), actor=f"est:{request.source}", tenant=tenant.name,
+            action=Action.ENROLLMENT_REFUSED, target=key.id, reason=reason,
+            details={"operation": op})
         raise Forbidden(f"provisioning key {key.id} is {key.state.value}", reason=reason)
 
     def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
