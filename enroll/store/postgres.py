@@ -164,7 +164,9 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
         return cursor
 
     def _begin_write(self, conn: Any) -> None:
-        pass  # psycopg begins the transaction with the first statement
+        # Begins the transaction (psycopg sends BEGIN before it) and says which isolation the
+        # locking rules above rely on, whatever the server's default_transaction_isolation.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
     def _begin_read(self, conn: Any, snapshot: bool) -> None:
         if snapshot:
