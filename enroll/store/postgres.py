@@ -101,18 +101,19 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
     _prune_failures_sql = ("DELETE FROM auth_failures WHERE id IN (SELECT id FROM auth_failures"
                            f" WHERE at < ? LIMIT {PRUNE_BATCH} FOR UPDATE SKIP LOCKED)")
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, conninfo: str, passphrase: bytes
-                 ) -> None:
+    def __init__(self, pool: psycopg_pool.ConnectionPool, conninfo: str, passphrase: bytes,
+                 pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
         super().__init__()
         self._pool = pool
+        self._pool_timeout_s = pool_timeout_s
         self._conninfo = conninfo
         self._passphrase = passphrase
         self._where = describe_url(conninfo)
 
     @classmethod
     def open(cls, url: str, *, password: str | None = None, passphrase: bytes,
-             passphrase_source: str = "the passphrase", pool_size: int = POOL_SIZE
-             ) -> PostgresStore:
+             passphrase_source: str = "the passphrase", pool_size: int = POOL_SIZE,
+             pool_timeout_s: float = POOL_TIMEOUT_S) -> PostgresStore:
         """Connect, migrate the schema (one host at a time), check the passphrase, open the pool.
         ``StoreUnavailable`` when the server cannot be reached, ``StoreError`` otherwise."""
         if not passphrase:
@@ -129,7 +130,7 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
             error = _translate(exc)
             raise type(error)(f"cannot open the store {where}: {error.message}") from exc
         pool = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=pool_size, open=False, timeout=POOL_TIMEOUT_S,
+            conninfo, min_size=1, max_size=pool_size, open=False, timeout=pool_timeout_s,
             check=psycopg_pool.ConnectionPool.check_connection, name="switch-store")
         try:
             pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -137,10 +138,10 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
             pool.close()
             raise StoreUnavailable(f"cannot open the store {where}: no connection within "
                                    f"{CONNECT_TIMEOUT_S} s") from exc
-        return cls(pool, conninfo, passphrase)
+        return cls(pool, conninfo, passphrase, pool_timeout_s)
 
     def close(self) -> None:
-        self._pool.close(timeout=POOL_TIMEOUT_S)
+        self._pool.close(timeout=self._pool_timeout_s)
 
     def describe(self) -> str:
         return self._where
@@ -154,7 +155,7 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
     # --- engine hooks --------------------------------------------------------------------------
 
     def _acquire(self) -> psycopg.Connection[Any]:
-        return self._pool.getconn(timeout=POOL_TIMEOUT_S)
+        return self._pool.getconn(timeout=self._pool_timeout_s)
 
     def _release(self, conn: Any) -> None:
         self._pool.putconn(conn)
