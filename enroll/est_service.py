@@ -46,7 +46,7 @@ from enroll.csr import (
     requested_common_name,
     verify_proof_of_possession,
 )
-from enroll.errors import AuthorityError, StoreError
+from enroll.errors import AuthorityError, StoreError, StoreUnavailable
 from enroll.est_errors import (
     BadRequest,
     EstError,
@@ -130,8 +130,8 @@ class EstService:
         """Requests handled in turn, each as ``handle`` does, with one commit for them all (the
         store's group commit: one fsync however many certificates the batch issued). A request
         that fails unexpectedly gets 500 and its changes are rolled back without touching the
-        others'; if the commit fails, nothing of the batch was stored and every request gets
-        503 ``store_unavailable``. The replies may be sent only once this has returned."""
+        others'; if the commit fails or the store cannot be reached, nothing of the batch was
+        stored and every request gets 503 ``store_unavailable``. The replies may be sent only once this has returned."""
         replies: list[EstReply] = []
         try:
             with self.authority.store.batch():
@@ -139,6 +139,8 @@ class EstService:
                     try:
                         with self.authority.store.transaction():  # this request's savepoint
                             replies.append(self.handle(request, now, monotonic))
+                    except StoreUnavailable:
+                        raise  # nothing of the batch can be stored: every request gets 503
                     except Exception:  # noqa: BLE001 - one request must not fail the others
                         log.exception("est_request_failed", path=request.path, source=request.source)
                         replies.append(_refusal(Unavailable("internal error", reason="internal_error"),

@@ -93,6 +93,11 @@ class PostgresServer:
             row = conn.execute(query, args).fetchone()
         return int(row[0]) if row else 0
 
+    def terminate_pids(self, pids: list[int]) -> None:
+        with self.admin() as conn:
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
     def listeners(self, dbname: str) -> list[int]:
         """The backends of ``dbname`` that wait for notifications (their pids)."""
         with self.admin() as conn:
