@@ -69,6 +69,8 @@ PKCS10 = "application/pkcs10"
 PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
 #: The issuing profile's ``renew_before`` in whole seconds, on every reply with a certificate.
 RENEW_BEFORE_HEADER = "Switch-Renew-Before"
+#: ``Retry-After`` on a 503 for a store that could not be read or written.
+STORE_RETRY_AFTER_S = 5
 
 
 @attrs.frozen
@@ -148,7 +150,8 @@ class EstService:
         except StoreError as exc:
             log.error("est_batch_not_stored", requests=len(batch), error=exc.message)
             return [_refusal(Unavailable("the store could not record this request",
-                                         reason="store_unavailable"))] * len(batch)
+                                         reason="store_unavailable",
+                                         retry_after=STORE_RETRY_AFTER_S))] * len(batch)
         return replies
 
     def handle(self, request: EstRequest, now: dt.datetime, monotonic: float) -> EstReply:
@@ -177,7 +180,8 @@ class EstService:
             return _refusal(exc, tenant.name if tenant else None)
         except AuthorityError as exc:
             log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
-            return _refusal(Unavailable(exc.message, reason=exc.reason),
+            wait = STORE_RETRY_AFTER_S if isinstance(exc, StoreError) else None
+            return _refusal(Unavailable(exc.message, reason=exc.reason, retry_after=wait),
                             tenant.name if tenant else None)
 
     # --- tenant and authentication -------------------------------------------------------------
