@@ -118,8 +118,9 @@ class FileSource:
     By default, where they are. ``copies`` (original absolute path -> copy) makes the loader read
     every file, the config file itself and the tenant files included, from a snapshot instead
     (``config.snapshot``): the model then names the copies, except ``SwitchConfig.path``,
-    ``Tenant.source``, ``state_dir`` and ``tenants_dir``, which keep naming the originals. A file
-    the snapshot does not hold is a problem, never read from its original place.
+    ``Tenant.source``, ``state_dir``, ``tenants_dir`` and the ``[store]`` files (read once, when a
+    process starts, like the store itself), which keep naming the originals. Any other file the
+    snapshot does not hold is a problem, never read from its original place.
     """
 
     copies: Mapping[Path, Path] | None = None
@@ -353,11 +354,12 @@ def _read_tls(root: _Table) -> ServerTLS:
 
 
 def _store_file(t: _Table, name: str, required: bool = False) -> Path | None:
-    """A secret file of ``[store]``: it must hold something (one trailing newline ignored)."""
+    """A secret file of ``[store]``: it must hold something (one trailing newline ignored).
+    Like ``state_dir``, read where it is, never from a snapshot: the store is opened once, when
+    a process starts (a worker too), and ``[store]`` takes effect only on a restart."""
     path = t.path(name, required=required)
     if path is None:
         return None
-    path = t.located(name, path)
     try:
         if not tls_material.read_password_file(path):
             t.error(name, f"{path} is empty")

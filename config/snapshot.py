@@ -3,8 +3,7 @@
 Theory of operation: the supervisor owns the configuration its workers run, as nginx's master
 does. At start, and on every SIGHUP before it forwards the signal, it loads the configuration
 from disk and copies every file it names (the config file, tenant files, the server certificate,
-key or keystore and its password file, organisation CAs and CRLs, upstream CAs, the store's
-password and passphrase files) into a new
+key or keystore and its password file, organisation CAs and CRLs, upstream CAs) into a new
 snapshot directory under ``STATE_DIR/config-snapshots/``, then loads the copies (``FileSource``)
 to prove they hold a whole, valid configuration. ``current.json`` there names the last good
 snapshot, its generation and the result of the last attempt.
@@ -53,9 +52,7 @@ def referenced_files(config: SwitchConfig) -> list[Path]:
                if p is not None),
              *(p for t in config.tenants.values() for p in (*t.organisation_cas,
                                                              *t.organisation_crls)),
-             *(t.upstream_ca for t in config.tenants.values() if t.upstream_ca is not None),
-             *(p for p in (config.store.password_file, config.store.issuer_key_passphrase_file)
-               if p is not None)]
+             *(t.upstream_ca for t in config.tenants.values() if t.upstream_ca is not None)]
     return list(dict.fromkeys(files))
 
 

@@ -5,22 +5,33 @@ while the poll covers the gap, and a lost database keeps the last trust state in
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 
+from config.load import load_config
+from enroll import pki
 from enroll.authority import Authority
-from tests.support.est import make_deployment
+from gateway.client.est_client import EstClient, EstServer, make_csr
+from tests.support.est import HOST, make_deployment
 from tests.support.gateway import (
+    Echo,
     Gateway,
     LiveAgent,
     add_acme_tenant,
     provisioning_key,
     start_gateway,
+    write_agent,
 )
 from tests.support.postgres import PASSPHRASE, PASSWORD, PostgresServer
+from tests.support.processes import connection_holders, log_ports, worker_pids
 
 #: Bounds on things that happen at once; the tests check that they happen, not how fast.
 WAIT_S = 15.0
@@ -172,4 +183,71 @@ async def test_a_lost_database_keeps_the_last_trust_state_and_refuses_enrollment
             assert (await _readyz(gw))[0] == 200
             await gw.enroll(secret, "laptop-2", tmp_path)
             assert await trio.to_thread.run_sync(again.still_works)
+            nursery.cancel_scope.cancel()
+
+
+
+@pytest.mark.slow
+async def test_workers_on_postgresql_enforce_a_revocation_in_every_worker_and_reload_cleanly(
+        tmp_path: Path, postgres: PostgresServer, database: str) -> None:
+    directory = _deployment(tmp_path / "d", postgres, database)
+    path = directory / "switch.toml"
+    echo = Echo()
+    log = tmp_path / "serve.log"
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(trio_websocket.serve_websocket, echo.handler,
+                                         "127.0.0.1", 0, None)
+            echo.port = server.port
+            path.write_text(path.read_text().replace(
+                'upstream = "ws://127.0.0.1:8080/"', f'upstream = "ws://127.0.0.1:{echo.port}/"'))
+            config = load_config(path)
+            authority = Authority.open(config)
+            authority.enable_service("demo", actor="t")
+            _, secret = authority.generate_key("demo", "Fleet", actor="t")
+            authority.close()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway.cli", "-c", str(path), "serve", "--workers", "2"],
+                stdout=log.open("wb"), stderr=subprocess.STDOUT)
+            try:
+                while len(worker_pids(log.read_text())) < 2 or \
+                        log.read_text().count("listener=gateway") < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                ports, pids = log_ports(log.read_text()), worker_pids(log.read_text())
+                key = pki.generate_key()
+                async with EstClient(EstServer("127.0.0.1", ports["enroll"], HOST,
+                                               ca_file=directory / "pki/dev-root-ca.pem")) as est:
+                    cert = await est.simpleenroll(make_csr("laptop-1", key), secret)
+                agent = write_agent(tmp_path, "laptop-1", cert, key)
+                gw = Gateway(None, config, directory, echo, ports)  # type: ignore[arg-type]
+                sessions: list[LiveAgent] = []
+                for _ in range(40):  # until both workers hold sessions of this agent
+                    sessions.append(await trio.to_thread.run_sync(LiveAgent, gw, agent))
+                    if len(connection_holders(ports["gateway"], set(pids.values()))) == 2:
+                        break
+                assert connection_holders(ports["gateway"], set(pids.values())) == \
+                    set(pids.values())
+                result = await trio.run_process(
+                    [sys.executable, "-m", "gateway.cli", "-c", str(path), "keys", "revoke", "demo",
+                     "Fleet", "--reason", "leaked", "--confirm", "Fleet"], capture_stdout=True)
+                assert result.returncode == 0
+                for live in sessions:
+                    await _closed(live)
+                assert all(live.close_code == 1008 for live in sessions)
+                # A reload from the supervisor's snapshot: [store] unchanged, nothing to restart.
+                before = {w: (directory / "state" / f"last-reload-{w}.json").stat().st_mtime_ns
+                          for w in pids}
+                proc.send_signal(signal.SIGHUP)
+                with trio.fail_after(WAIT_S):
+                    while any((directory / "state" / f"last-reload-{w}.json").stat()  # noqa: ASYNC110
+                              .st_mtime_ns == before[w] for w in pids):
+                        await trio.sleep(0.05)
+                for worker in pids:
+                    status = json.loads((directory / "state" /
+                                         f"last-reload-{worker}.json").read_text())
+                    assert status["ok"] and status["restart_needed"] == [], status
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(30):
+                    await proc.wait()
             nursery.cancel_scope.cancel()
