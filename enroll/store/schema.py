@@ -136,6 +136,13 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
+#: Every table both engines hold, parents before the tables whose foreign keys name them: the
+#: order in which a copy from one store to another moves them (``store_meta`` and
+#: ``switch_schema`` are PostgreSQL's own and are not copied).
+TABLES: tuple[str, ...] = (
+    "tenant_state", "provisioning_keys", "issuers", "certificates", "pending_requests",
+    "audit_log", "audit_head", "changes", "operators", "auth_failures",
+)
 
 POSTGRES_BASELINE_VERSION = 3
 POSTGRES_BASELINE = """

@@ -441,3 +441,20 @@ def test_the_schema_is_current_and_reopening_changes_nothing(
     again = open_stores()
     assert again.schema_version() == SCHEMA_VERSION
     assert len(again.audit_page(AuditQuery()).entries) == 1
+
+
+def test_both_engines_hold_the_tables_a_copy_moves(store_config: SwitchConfig,
+                                                   store: Store) -> None:
+    from enroll.store.schema import TABLES
+
+    if store.engine == "sqlite":
+        raw = sqlite3.connect(store_config.state_dir / "switch.db")
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        raw.close()
+    else:
+        from tests.support.postgres import PASSWORD
+
+        with psycopg.connect(store_config.store.url or "", password=PASSWORD) as conn:
+            names = {r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert set(TABLES) <= names

@@ -195,3 +195,21 @@ def test_open_store_reads_the_password_and_passphrase_files(
     (tmp_path / "kek.pass").write_text("another one\n")
     with pytest.raises(StoreError, match=f"passphrase in {tmp_path / 'kek.pass'}"):
         open_store(config)
+
+
+def test_both_engines_have_the_same_columns_in_every_table(database: Database, pg: Store,
+                                                           tmp_path: Path) -> None:
+    import sqlite3
+
+    from enroll.store import open_sqlite
+    from enroll.store.schema import TABLES
+
+    open_sqlite(tmp_path / "switch.db").close()
+    raw = sqlite3.connect(tmp_path / "switch.db")
+    lite = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in TABLES}
+    raw.close()
+    with psycopg.connect(database.url, password=PASSWORD) as conn:
+        rows = conn.execute("SELECT table_name, column_name FROM information_schema.columns"
+                            " WHERE table_schema = 'public' ORDER BY ordinal_position").fetchall()
+    postgres = {t: [c for table, c in rows if table == t] for t in TABLES}
+    assert {t: sorted(c) for t, c in postgres.items()} == {t: sorted(c) for t, c in lite.items()}
