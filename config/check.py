@@ -143,14 +143,44 @@ def _tenant_problems(cfg: SwitchConfig, tenant: Tenant, now: dt.datetime) -> lis
     return problems
 
 
+#: A passphrase shorter than this is reported: it is what keeps issuer keys in the database
+#: unreadable to anyone holding a copy of the database.
+MIN_PASSPHRASE_CHARS = 16
+
+
+def _store_problems(cfg: SwitchConfig) -> list[Problem]:
+    store, main = cfg.store, cfg.path
+    problems: list[Problem] = []
+    for field in ("password_file", "issuer_key_passphrase_file"):
+        path = getattr(store, field)
+        if _loose_permissions(path):
+            problems.append(Problem(main, f"store.{field}", f"{path} is readable by other "
+                                    "users: chmod 600 it", "warning"))
+    passphrase = store.issuer_key_passphrase_file
+    if passphrase is not None and store.url is None:
+        problems.append(Problem(main, "store.issuer_key_passphrase_file", "unused: with SQLite "
+                                "issuer keys are files in state_dir", "warning"))
+    elif passphrase is not None:
+        try:
+            length = len(tls_material.read_password_file(passphrase))
+        except ValueError:
+            length = MIN_PASSPHRASE_CHARS  # the loader reported it
+        if length < MIN_PASSPHRASE_CHARS:
+            problems.append(Problem(main, "store.issuer_key_passphrase_file", f"the passphrase "
+                                    f"has {length} characters; use at least "
+                                    f"{MIN_PASSPHRASE_CHARS} (random)", "warning"))
+    return problems
+
+
 def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     """Warnings (and errors, such as an expired certificate) about a loaded configuration:
 
     - the admin listener (no TLS, no authentication) enabled off loopback;
     - the server certificate chain or an organisation CA expired (error) or expiring within
       ``EXPIRY_WARNING`` (warning); RSA keys under ``MIN_RSA_BITS``;
-    - a tenant hostname the server certificate does not name; secret files or the state
-      directory readable by other users; a CRL past its next update;
+    - a tenant hostname the server certificate does not name; secret files (the store's too) or
+      the state directory readable by other users; a CRL past its next update;
+    - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
       enabled gateway with no tenants.
     """
@@ -162,6 +192,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "other hosts; it has no TLS and no authentication: keep it on loopback",
                                 "warning"))
     problems += _server_problems(cfg, now)
+    problems += _store_problems(cfg)
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "
                                 "holds issuer private keys: chmod 700 it", "warning"))

@@ -43,6 +43,13 @@ everywhere. The keys, with their defaults::
     listen = "127.0.0.1:9090"
     enabled = true
 
+    [store]                             # absent: SQLite in state_dir (switch.db)
+    url = "postgresql://switch@db.example:5432/switch"   # PostgreSQL, shared by every host;
+                                        #   a password in the URL is refused: use password_file
+    password_file = "secrets/pg.pass"   # optional; one trailing newline is ignored
+    issuer_key_passphrase_file = "secrets/issuer-keys.pass"   # required with url: seals the
+                                        #   issuers' private keys in the database
+
     [profiles.NAME]                     # certificate templates; "default" exists even unwritten
     validity = "30d"                    #  -> validity_s
     renew_before = "7d"                 #  -> renew_before_s, shorter than validity
@@ -92,6 +99,7 @@ from config.model import (
     Listener,
     Profile,
     ServerTLS,
+    StoreSettings,
     SwitchConfig,
     Tenant,
 )
@@ -110,8 +118,9 @@ class FileSource:
     By default, where they are. ``copies`` (original absolute path -> copy) makes the loader read
     every file, the config file itself and the tenant files included, from a snapshot instead
     (``config.snapshot``): the model then names the copies, except ``SwitchConfig.path``,
-    ``Tenant.source``, ``state_dir`` and ``tenants_dir``, which keep naming the originals. A file
-    the snapshot does not hold is a problem, never read from its original place.
+    ``Tenant.source``, ``state_dir``, ``tenants_dir`` and the ``[store]`` files (read once, when a
+    process starts, like the store itself), which keep naming the originals. Any other file the
+    snapshot does not hold is a problem, never read from its original place.
     """
 
     copies: Mapping[Path, Path] | None = None
@@ -344,6 +353,44 @@ def _read_tls(root: _Table) -> ServerTLS:
     return tls
 
 
+def _store_file(t: _Table, name: str, required: bool = False) -> Path | None:
+    """A secret file of ``[store]``: it must hold something (one trailing newline ignored).
+    Like ``state_dir``, read where it is, never from a snapshot: the store is opened once, when
+    a process starts (a worker too), and ``[store]`` takes effect only on a restart."""
+    path = t.path(name, required=required)
+    if path is None:
+        return None
+    try:
+        if not tls_material.read_password_file(path):
+            t.error(name, f"{path} is empty")
+    except ValueError as exc:
+        t.error(name, str(exc))
+    return path
+
+
+def _read_store(root: _Table) -> StoreSettings:
+    """``[store]``: absent, SQLite in ``state_dir``; with ``url``, PostgreSQL."""
+    t = root.table("store")
+    if t is None:
+        return StoreSettings()
+    url = t.string("url")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            t.error("url", f"must be a postgresql:// URL, not {url!r} (leave [store] out for "
+                    "SQLite in state_dir)")
+        elif parts.password is not None or "password=" in parts.query:
+            t.error("url", "must not hold a password (it would show wherever the URL does): put "
+                    "it in [store] password_file")
+            url = None
+    password_file = _store_file(t, "password_file")
+    passphrase_file = _store_file(t, "issuer_key_passphrase_file", required=url is not None)
+    if url is None and password_file is not None:
+        t.error("password_file", "is for a PostgreSQL store: set [store] url too")
+    t.finish()
+    return StoreSettings(url, password_file, passphrase_file)
+
+
 def _read_profile(t: _Table, name: str) -> Profile:
     d = Profile(name)
     validity = t.duration("validity", float(d.validity_s))
@@ -514,6 +561,7 @@ def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfi
         issuer_validity = 5 * 365 * 86400.0
     tls = _read_tls(root)
     gateway, enroll, admin = _read_gateway(root), _read_enroll(root), _read_admin(root)
+    store = _read_store(root)
 
     profiles: dict[str, Profile] = {"default": Profile("default")}
     ptable = root.table("profiles")
@@ -570,7 +618,7 @@ def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfi
     # settings in it even when the configuration does not load.
     partial = None if state_dir is None else SwitchConfig(
         path=path, state_dir=state_dir, tls=tls, gateway=gateway, enroll=enroll, admin=admin,
-        profiles=profiles, tenants=tenants,
+        store=store, profiles=profiles, tenants=tenants,
         default_tenant=default_tenant if default_tenant in tenants else None,
         tenants_dir=tenants_dir, issuer_key_type=issuer_key_type,  # type: ignore[arg-type]
         issuer_validity_s=int(issuer_validity),

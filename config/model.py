@@ -78,6 +78,23 @@ class ServerTLS:
 
 
 @attrs.frozen
+class StoreSettings:
+    """Where the state lives. No ``url``: SQLite in ``state_dir`` (the default). A
+    ``postgresql://`` URL (never with a password in it): PostgreSQL, shared by every host that
+    names it, with the password in ``password_file`` (optional: the server may trust the host
+    or use a client certificate) and the passphrase that seals issuer keys in
+    ``issuer_key_passphrase_file`` (required with PostgreSQL)."""
+
+    url: str | None = None
+    password_file: Path | None = None
+    issuer_key_passphrase_file: Path | None = None
+
+    @property
+    def engine(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+
+@attrs.frozen
 class IdentityRule:
     """How an organisation certificate names its agent.
 
@@ -132,6 +149,7 @@ class SwitchConfig:
     gateway: GatewaySettings = GatewaySettings()
     enroll: EnrollSettings = EnrollSettings()
     admin: AdminSettings = AdminSettings()
+    store: StoreSettings = StoreSettings()
     profiles: Mapping[str, Profile] = attrs.field(factory=dict)
     tenants: Mapping[str, Tenant] = attrs.field(factory=dict)
     default_tenant: str | None = None

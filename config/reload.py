@@ -18,6 +18,7 @@ from config.model import SwitchConfig
 #: (config key, how to read it): settings a running process only picks up when restarted.
 RESTART_ONLY: tuple[tuple[str, Callable[[SwitchConfig], object]], ...] = (
     ("state_dir", lambda c: c.state_dir),
+    ("store", lambda c: (c.store.url, c.store.password_file, c.store.issuer_key_passphrase_file)),
     ("gateway.listen", lambda c: (c.gateway.listen.host, c.gateway.listen.port)),
     ("gateway.enabled", lambda c: c.gateway.listen.enabled),
     ("gateway.drain_timeout", lambda c: c.gateway.drain_timeout_s),

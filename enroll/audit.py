@@ -2,10 +2,10 @@
 
 Theory of operation: entry *n* stores ``hash_n = SHA-256(canonical JSON of its fields, its
 sequence number n and hash_{n-1})``, with 64 zeros before the first entry. The store keeps the
-rows by sequence number (``seq`` is the SQLite rowid), so the sequence number *is* an entry's
-position, and the head row (last sequence number and hash) is updated in the same transaction as
-each append. SQLite triggers refuse UPDATE and DELETE on the log, so nothing in Switch can change
-history by mistake; the chain is what detects deliberate tampering by someone with write access to
+rows by sequence number, so the sequence number *is* an entry's position, and the head row (last
+sequence number and hash) is updated in the same transaction as each append (``enroll.store``,
+which also orders concurrent appends). Database triggers refuse UPDATE and DELETE on the log, so
+nothing in Switch can change history by mistake; the chain is what detects deliberate tampering by someone with write access to
 the file. ``verify`` is pure over rows and names the entry at fault:
 
 - an edited entry whose hash was left alone: its content does not match its hash;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,6 +47,13 @@ class Action:
     CERTIFICATE_REVOKED = "certificate.revoked"
     REQUEST_APPROVED = "request.approved"
     REQUEST_REJECTED = "request.rejected"
+    ENROLLMENT_REFUSED = "enrollment.refused"
+    OPERATOR_CREATED = "operator.created"
+    OPERATOR_ROLE_SET = "operator.role_set"
+    OPERATOR_TENANTS_SET = "operator.tenants_set"
+    OPERATOR_TOKEN_REPLACED = "operator.token_replaced"
+    OPERATOR_PASSWORD_SET = "operator.password_set"
+    OPERATOR_REMOVED = "operator.removed"
 
 
 @attrs.frozen
@@ -85,26 +91,6 @@ def entry_hash(
         sort_keys=True, separators=(",", ":"), ensure_ascii=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def append(
-    conn: sqlite3.Connection, *, ts: int, actor: str, tenant: str | None, action: str,
-    target: str | None = None, reason: str | None = None, details: Mapping[str, Any] | None = None,
-) -> AuditEntry:
-    """Append one entry inside the caller's (already open) transaction."""
-    head = conn.execute("SELECT last_seq, last_hash FROM audit_head").fetchone()
-    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    details = dict(details or {})
-    digest = entry_hash(seq=seq, ts=ts, actor=actor, tenant=tenant, action=action, target=target,
-                        reason=reason, details=details, prev_hash=prev)
-    conn.execute(
-        "INSERT INTO audit_log (seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, ts, actor, tenant, action, target, reason,
-         json.dumps(details, sort_keys=True), prev, digest),
-    )
-    conn.execute("UPDATE audit_head SET last_seq = ?, last_hash = ?", (seq, digest))
-    return AuditEntry(seq, ts, actor, tenant, action, target, reason, details, prev, digest)
 
 
 def entry_from_row(row: tuple[Any, ...]) -> AuditEntry:

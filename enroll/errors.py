@@ -122,8 +122,10 @@ class StoreError(EnrollError):
     reason = "store_error"
 
 
-class StoreUnavailable(EnrollError):
-    """A batch of enrollment requests could not be committed: none of it was stored."""
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (the database is down, its connection was lost, no pooled
+    connection came within the timeout), or a batch of enrollment requests could not be
+    committed. Nothing was changed; the caller may try again later."""
 
     reason = "store_unavailable"
 
@@ -269,3 +271,20 @@ class BadPassword(EnrollError):
     """A PKCS#12 password over the limit."""
 
     reason = "bad_password"
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+class UnknownOperator(EnrollError):
+    reason = "unknown_operator"
+
+
+class InvalidOperator(EnrollError):
+    """An operator's name, role or tenant list breaks a rule (``enroll.operators``)."""
+
+    reason = "invalid_operator"
+
+
+class OperatorNameTaken(EnrollError):
+    reason = "operator_name_taken"

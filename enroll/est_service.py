@@ -6,8 +6,8 @@ client presented (accepted by TLS whatever it is: it is judged here, per tenant)
 by the operations that use it (re-enrollment, serverkeygen without a provisioning key): OpenSSL
 accepts encodings that cryptography's strict DER parser refuses (a BOOLEAN TRUE as 0x01), and such
 a certificate is refused there as ``certificate_untrusted`` (fail closed), never a crash, and
-never a concern of the requests that do not use it. ``handle`` is synchronous (the store is
-SQLite) and runs in a worker thread; ``now`` and a monotonic time for rate limiting are passed in.
+never a concern of the requests that do not use it. ``handle`` is synchronous (the store's calls block) and runs in a worker thread; ``now`` is
+passed in (the wrong-key rate limit counts in it, shared by every host through the store).
 
 Order of checks for ``simpleenroll``: route and tenant; the provisioning service is on; the source
 is not rate limited; the provisioning key authenticates (a failure counts against the source); the
@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from config.model import Profile, SwitchConfig, Tenant
-from enroll import audit, est_wire, pki
+from enroll import est_wire, pki
+from enroll.audit import Action
 from enroll.csr import (
     CsrRequest,
     check_csr,
@@ -72,7 +73,7 @@ from enroll.est_status import http_status
 from enroll.issuance import Issuance
 from enroll.keys import KeyRecord, KeyState
 from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
-from enroll.ratelimit import FailureLimiter
+from enroll.ratelimit import Limiter, SharedFailureLimiter
 
 log = structlog.get_logger("switch.enroll")
 
@@ -80,6 +81,8 @@ PKCS10 = "application/pkcs10"
 PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
 #: The issuing profile's ``renew_before`` in whole seconds, on every reply with a certificate.
 RENEW_BEFORE_HEADER = "Switch-Renew-Before"
+#: ``Retry-After`` on a 503 for a store that could not be read or written.
+STORE_RETRY_AFTER_S = 5
 
 
 @attrs.frozen
@@ -120,6 +123,8 @@ def _refusal(exc: EnrollError, tenant: str | None = None) -> EstReply:
     headers: list[tuple[str, str]] = []
     if isinstance(exc, RateLimited):
         headers.append(("Retry-After", str(exc.retry_after)))
+    elif isinstance(exc, StoreError):  # the store is down or busy: come back shortly
+        headers.append(("Retry-After", str(STORE_RETRY_AFTER_S)))
     if status == 401:
         headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
     return EstReply(status, f"{status} {exc.reason}\n".encode(),
@@ -128,12 +133,13 @@ def _refusal(exc: EnrollError, tenant: str | None = None) -> EstReply:
 
 class EstService:
     def __init__(self, config: SwitchConfig, issuance: Issuance,
-                 limiter: FailureLimiter | None = None, *, approval_retry_after_s: int = 60) -> None:
+                 limiter: Limiter | None = None, *, approval_retry_after_s: int = 60) -> None:
         self.config = config
         self.issuance = issuance
         self.authority = issuance.authority
         # Not `limiter or ...`: a FailureLimiter has a length, and an empty one is falsy.
-        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.limiter = (limiter if limiter is not None
+                        else SharedFailureLimiter(issuance.authority.store))
         self.approval_retry_after_s = approval_retry_after_s
         self.max_body_bytes = config.enroll.max_body_bytes
 
@@ -142,8 +148,8 @@ class EstService:
         """Requests handled in turn, each as ``handle`` does, with one commit for them all (the
         store's group commit: one fsync however many certificates the batch issued). A request
         that fails unexpectedly gets 500 and its changes are rolled back without touching the
-        others'; if the commit fails, nothing of the batch was stored and every request gets
-        503 ``store_unavailable``. The replies may be sent only once this has returned."""
+        others'; if the commit fails or the store cannot be reached, nothing of the batch was
+        stored and every request gets 503 ``store_unavailable``. The replies may be sent only once this has returned."""
         replies: list[EstReply] = []
         try:
             with self.authority.store.batch():
@@ -151,6 +157,8 @@ class EstService:
                     try:
                         with self.authority.store.transaction():  # this request's savepoint
                             replies.append(self.handle(request, now, monotonic))
+                    except StoreUnavailable:
+                        raise  # nothing of the batch can be stored: every request gets 503
                     except Exception:  # noqa: BLE001 - one request must not fail the others
                         log.exception("est_request_failed", path=request.path, source=request.source)
                         replies.append(_refusal(InternalError("internal error")))
@@ -191,10 +199,7 @@ class EstService:
     # --- tenant and authentication -------------------------------------------------------------
 
     def _tenant(self, label: str | None, server_name: str | None) -> Tenant:
-        by_sni = None
-        if server_name:
-            by_sni = next((t for t in self.config.tenants.values()
-                           if server_name.rstrip(".").lower() in t.hostnames), None)
+        by_sni = self.config.tenant_for_name(server_name)
         if label is not None:
             tenant = self.config.tenants.get(label)
             if tenant is None:
@@ -202,34 +207,35 @@ class EstService:
             if by_sni is not None and by_sni is not tenant:
                 raise TenantMismatch(f"SNI names tenant {by_sni.name}, the path {label}")
             return tenant
-        tenant = by_sni or self.config.tenant_for_hostname(server_name)
+        tenant = self.config.tenant_for_hostname(server_name)
         if tenant is None:
             raise UnknownTenant("no tenant for this SNI name and no label in the path")
         return tenant
 
     def _key_from_secret(self, request: EstRequest, tenant: Tenant, now: dt.datetime,
                          monotonic: float) -> KeyRecord:
-        wait = self.limiter.retry_after(request.source, monotonic)
+        del monotonic  # failures are counted in wall-clock time: every host shares the count
+        wait = self.limiter.retry_after(request.source, now.timestamp())
         if wait is not None:
             raise RateLimited("too many failed attempts from this source", retry_after=wait)
         try:
             secret = est_wire.parse_authorization(request.headers.get("authorization"))
         except MalformedCredentials:
-            self._failed(request, tenant, monotonic)
+            self._failed(request, tenant, now)
             raise
         if secret is None:
             raise CredentialsRequired(
                 "a provisioning key is required (HTTP Basic password or Bearer)")
         key = self.authority.authenticate_key(tenant.name, secret, now=now)
         if key is None:
-            self._failed(request, tenant, monotonic)
+            self._failed(request, tenant, now)
             raise BadCredentials("wrong provisioning key")
         self._require_active(key, tenant, request, "simpleenroll", now)
         return key
 
-    def _failed(self, request: EstRequest, tenant: Tenant, monotonic: float) -> None:
-        self.limiter.record_failure(request.source, monotonic)
-        if self.limiter.retry_after(request.source, monotonic) is not None:
+    def _failed(self, request: EstRequest, tenant: Tenant, now: dt.datetime) -> None:
+        self.limiter.record_failure(request.source, now.timestamp())
+        if self.limiter.retry_after(request.source, now.timestamp()) is not None:
             log.warning("est_source_locked_out", source=request.source, tenant=tenant.name)
 
     def _require_active(self, key: KeyRecord, tenant: Tenant, request: EstRequest, op: str,
@@ -237,10 +243,10 @@ class EstService:
         if key.state is KeyState.ACTIVE:
             return
         refusal = KeyRevoked if key.state is KeyState.REVOKED else KeySuspended
-        with self.authority.store.transaction() as conn:
-            audit.append(conn, ts=int(now.timestamp()), actor=f"est:{request.source}",
-                         tenant=tenant.name, action="enrollment.refused", target=key.id,
-                         reason=refusal.reason, details={"operation": op})
+        self.authority.store.append_audit(
+            ts=int(now.timestamp()), actor=f"est:{request.source}", tenant=tenant.name,
+            action=Action.ENROLLMENT_REFUSED, target=key.id, reason=refusal.reason,
+            details={"operation": op})
         raise refusal(f"provisioning key {key.id} is {key.state.value}")
 
     def _key_from_certificate(self, request: EstRequest, tenant: Tenant, now: dt.datetime,

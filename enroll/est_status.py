@@ -50,6 +50,7 @@ STATUS_BY_REASON: Mapping[str, int] = {
     # Switch's side.
     "internal_error": 500,
     "store_unavailable": 503,
+    "wrong_passphrase": 503,
     "store_error": 503,
     # The authority's own refusals reach the enrollment port only through a change made
     # meanwhile by another process (a key suspended, a request issued, an issuer retired) or a
@@ -62,6 +63,9 @@ STATUS_BY_REASON: Mapping[str, int] = {
     "unknown_profile": 503,
     "invalid_key_name": 503,
     "key_name_taken": 503,
+    "invalid_operator": 503,
+    "operator_name_taken": 503,
+    "unknown_operator": 503,
     "key_limit_reached": 503,
     "reason_required": 503,
     "confirmation_mismatch": 503,

@@ -18,86 +18,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import secrets
-import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
-import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from config.model import Profile
-from enroll import audit, pki
+from enroll import pki
 from enroll.audit import Action
 from enroll.authority import Authority
 from enroll.csr import CsrRequest
-from enroll.errors import ReasonRequired, UnknownCertificate, UnknownRequest, WrongKeyState
-from enroll.issuers import IssuerRecord, load_issuer_key
+from enroll.errors import ReasonRequired, UnknownCertificate, UnknownRequest
+from enroll.issuers import IssuerRecord
 from enroll.keys import MAX_REASON_CHARS, KeyRecord
 from enroll.policy import build_certificate
-from enroll.store import bump_generation
+from enroll.store import SERVERKEYGEN, SIMPLEENROLL, CertificateRecord, PendingRequest
 
-_CERT_COLUMNS = ("serial, issuer_id, tenant, key_id, subject, not_before, not_after, sha256, pem, "
-                 "state, revoked_at, revoke_reason, created_at")
-_REQUEST_COLUMNS = ("id, tenant, key_id, request_digest, subject, state, created_at, decided_at, "
-                    "decided_by, reason, certificate_serial, operation")
-SIMPLEENROLL = "simpleenroll"
-SERVERKEYGEN = "serverkeygen"
-
-
-@attrs.frozen
-class CertificateRecord:
-    serial: str
-    issuer_id: str
-    tenant: str
-    key_id: str | None
-    subject: str
-    not_before: int
-    not_after: int
-    sha256: str
-    pem: str
-    state: str
-    revoked_at: int | None
-    revoke_reason: str | None
-    created_at: int
-
-    def certificate(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.pem.encode())
-
-
-@attrs.frozen
-class PendingRequest:
-    id: str
-    tenant: str
-    key_id: str | None
-    request_digest: str
-    subject: str
-    state: str
-    created_at: int
-    decided_at: int | None
-    decided_by: str | None
-    reason: str | None
-    certificate_serial: str | None
-    #: ``simpleenroll`` (the client's key) or ``serverkeygen`` (the server makes the key).
-    operation: str = SIMPLEENROLL
+__all__ = ["SERVERKEYGEN", "SIMPLEENROLL", "CertificateRecord", "Issuance", "PendingRequest",
+           "UnknownRequest", "certificate_chain_pem"]
 
 
 def _ts(when: dt.datetime) -> int:
     return int(when.timestamp())
-
-
-def _count_use(conn: sqlite3.Connection, key_id: str, now: dt.datetime, *, issued: bool) -> None:
-    """In the caller's transaction: the key is still active (it may have changed since the
-    caller authenticated it, in this process or another) and was used now; ``issued`` counts a
-    certificate. One statement on the usual path; the key is read only to say why it failed."""
-    done = conn.execute(
-        "UPDATE provisioning_keys SET last_used_at = ?, certificates_issued ="
-        " certificates_issued + ? WHERE id = ? AND state = 'active'",
-        (_ts(now), 1 if issued else 0, key_id))
-    if done.rowcount != 1:
-        row = conn.execute("SELECT state FROM provisioning_keys WHERE id = ?", (key_id,)).fetchone()
-        raise WrongKeyState(f"key {key_id} is {row[0] if row else 'gone'}")
 
 
 class Issuance:
@@ -107,17 +49,13 @@ class Issuance:
         self.authority = authority
         self._issuer_keys: dict[str, pki.PrivateKey] = {}
 
-    @property
-    def _conn(self) -> Any:
-        return self.authority.store.conn
-
     # --- issuing -------------------------------------------------------------------------------
 
     def _issuer(self, tenant: str) -> tuple[IssuerRecord, x509.Certificate, pki.PrivateKey]:
         record = self.authority.current_issuer(tenant)
         key = self._issuer_keys.get(record.id)
         if key is None:
-            key = self._issuer_keys[record.id] = load_issuer_key(record)
+            key = self._issuer_keys[record.id] = self.authority.store.load_issuer_key(record)
         return record, record.certificate(), key
 
     def issue(
@@ -136,47 +74,24 @@ class Issuance:
             sha256=pki.sha256_fingerprint(cert), pem=pki.cert_pem(cert).decode(), state="valid",
             revoked_at=None, revoke_reason=None, created_at=_ts(now),
         )
-        with self.authority.store.transaction() as conn:
-            if key is not None:
-                _count_use(conn, key.id, now, issued=True)
-            conn.execute(f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES"
-                         " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attrs.astuple(record))
-            if pending_id is not None:
-                done = conn.execute("UPDATE pending_requests SET state = 'issued',"
-                                    " certificate_serial = ? WHERE id = ? AND state = 'approved'",
-                                    (record.serial, pending_id))
-                if done.rowcount != 1:  # issued meanwhile (another process): one approval, one
-                    raise WrongKeyState(f"request {pending_id} is no longer approved")
+        self.authority.store.record_certificate(record, pending_id=pending_id)
         return cert, record
 
     # --- certificates --------------------------------------------------------------------------
 
     def find(self, tenant: str, cert: x509.Certificate) -> CertificateRecord | None:
         """The record of a certificate Switch issued for ``tenant`` (by fingerprint), or None."""
-        row = self._conn.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certificates WHERE sha256 = ? AND tenant = ?",
-            (pki.sha256_fingerprint(cert), tenant)).fetchone()
-        return CertificateRecord(*row) if row else None
+        return self.authority.store.find_certificate(tenant, pki.sha256_fingerprint(cert))
 
     def certificate(self, tenant: str, serial: str) -> CertificateRecord | None:
         """The record of the certificate ``serial`` (as stored: lower-case hex) of ``tenant``."""
-        row = self._conn.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ? AND tenant = ?",
-            (serial, tenant)).fetchone()
-        return CertificateRecord(*row) if row else None
+        return self.authority.store.certificate_by_serial(tenant, serial)
 
-    def list_certificates(self, tenant: str, key: str | None = None) -> list[CertificateRecord]:
+    def list_certificates(self, tenant: str, key: str | None = None,
+                          state: str | None = None) -> list[CertificateRecord]:
         self.authority._tenant(tenant)
-        if key is None:
-            rows = self._conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE tenant = ? ORDER BY created_at",
-                (tenant,))
-        else:
-            key_id = self.authority.get_key(tenant, key).id
-            rows = self._conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE tenant = ? AND key_id = ?"
-                " ORDER BY created_at", (tenant, key_id))
-        return [CertificateRecord(*r) for r in rows.fetchall()]
+        key_id = None if key is None else self.authority.get_key(tenant, key).id
+        return self.authority.store.list_certificates(tenant, key_id=key_id, state=state)
 
     def revoke_certificate(self, serial: str, *, reason: str | None, actor: str,
                            tenant: str | None = None, now: dt.datetime | None = None
@@ -188,30 +103,11 @@ class Issuance:
         if len(text) > MAX_REASON_CHARS:
             raise ReasonRequired(f"a reason has at most {MAX_REASON_CHARS} characters")
         wanted = serial.lower().replace(":", "").lstrip("0") or "0"
+        if not all(c in "0123456789abcdef" for c in wanted):
+            raise UnknownCertificate(f"no certificate with serial {serial}")
         ts = _ts(now or self.authority.clock())
-        with self.authority.store.transaction() as conn:
-            query = f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?"
-            args: tuple[str, ...] = (wanted,)
-            if tenant is not None:
-                query += " AND tenant = ?"
-                args += (tenant,)
-            rows = conn.execute(query, args).fetchall()
-            if not rows:
-                raise UnknownCertificate(f"no certificate with serial {serial}")
-            if len(rows) > 1:
-                raise UnknownCertificate(f"serial {serial} is ambiguous: name the tenant")
-            record = CertificateRecord(*rows[0])
-            if record.state == "revoked":
-                raise WrongKeyState(f"certificate {serial} is already revoked")
-            conn.execute("UPDATE certificates SET state = 'revoked', revoked_at = ?,"
-                         " revoke_reason = ? WHERE issuer_id = ? AND serial = ?",
-                         (ts, text, record.issuer_id, record.serial))
-            audit.append(conn, ts=ts, actor=actor, tenant=record.tenant,
-                         action=Action.CERTIFICATE_REVOKED, target=record.serial, reason=text,
-                         details={"subject": record.subject, "sha256": record.sha256,
-                                  "key_id": record.key_id})
-            bump_generation(conn)
-        return attrs.evolve(record, state="revoked", revoked_at=ts, revoke_reason=text)
+        return self.authority.store.revoke_certificate(wanted, tenant=tenant, reason=text,
+                                                       actor=actor, ts=ts)
 
     def trusted_issuer_certificates(self, tenant: str, now: dt.datetime) -> list[x509.Certificate]:
         """The tenant's issuers trusted at ``now``, the current one first."""
@@ -229,7 +125,9 @@ class Issuance:
         spki = request.public_key.public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         digest = hashlib.sha256(spki + b"\0" + request.common_name.encode()).hexdigest()
-        return self._submit(tenant, key, csr_der, digest, request.common_name, SIMPLEENROLL, now)
+        return self.authority.store.submit_request(
+            tenant, key_id=key.id if key else None, csr_der=csr_der, digest=digest,
+            subject=request.common_name, operation=SIMPLEENROLL, ts=_ts(now))
 
     def submit_serverkeygen(self, tenant: str, key: KeyRecord | None, csr_der: bytes,
                             common_name: str, now: dt.datetime) -> PendingRequest:
@@ -240,76 +138,32 @@ class Issuance:
         # An SPKI (the simpleenroll digest) is DER starting with 0x30: never this prefix.
         seed = f"serverkeygen\0{key.id if key else ''}\0{common_name}".encode()
         digest = hashlib.sha256(seed).hexdigest()
-        return self._submit(tenant, key, csr_der, digest, common_name, SERVERKEYGEN, now)
-
-    def _submit(self, tenant: str, key: KeyRecord | None, csr_der: bytes, digest: str,
-                subject: str, operation: str, now: dt.datetime) -> PendingRequest:
-        with self.authority.store.transaction() as conn:
-            if key is not None:
-                _count_use(conn, key.id, now, issued=False)
-            row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests"
-                               " WHERE tenant = ? AND request_digest = ?", (tenant, digest)).fetchone()
-            if row is not None and operation == SERVERKEYGEN and PendingRequest(*row).state == "issued":
-                conn.execute("UPDATE pending_requests SET request_digest = request_digest || ':' || id"
-                             " WHERE id = ?", (row[0],))
-                row = None
-            if row is None:
-                request_id = "req_" + secrets.token_hex(8)
-                conn.execute(
-                    "INSERT INTO pending_requests (id, tenant, key_id, csr_der, request_digest,"
-                    " subject, state, created_at, operation)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (request_id, tenant, key.id if key else None, csr_der, digest, subject,
-                     _ts(now), operation))
-                row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests WHERE id = ?",
-                                   (request_id,)).fetchone()
-        return PendingRequest(*row)
+        return self.authority.store.submit_request(
+            tenant, key_id=key.id if key else None, csr_der=csr_der, digest=digest,
+            subject=common_name, operation=SERVERKEYGEN, ts=_ts(now))
 
     def list_requests(self, tenant: str | None = None, state: str | None = None
                       ) -> list[PendingRequest]:
-        clauses, args = [], []
         if tenant is not None:
             self.authority._tenant(tenant)
-            clauses.append("tenant = ?")
-            args.append(tenant)
-        if state is not None:
-            clauses.append("state = ?")
-            args.append(state)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._conn.execute(
-            f"SELECT {_REQUEST_COLUMNS} FROM pending_requests{where} ORDER BY created_at", args)
-        return [PendingRequest(*r) for r in rows.fetchall()]
-
-    def _decide(self, request_id: str, state: str, action: str, *, actor: str,
-                reason: str | None, now: dt.datetime | None) -> PendingRequest:
-        ts = _ts(now or self.authority.clock())
-        with self.authority.store.transaction() as conn:
-            row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM pending_requests WHERE id = ?",
-                               (request_id,)).fetchone()
-            if row is None:
-                raise UnknownRequest(f"no request {request_id}")
-            request = PendingRequest(*row)
-            if request.state != "pending":
-                raise WrongKeyState(f"request {request_id} is {request.state}, not pending")
-            conn.execute("UPDATE pending_requests SET state = ?, decided_at = ?, decided_by = ?,"
-                         " reason = ? WHERE id = ?", (state, ts, actor, reason, request_id))
-            audit.append(conn, ts=ts, actor=actor, tenant=request.tenant, action=action,
-                         target=request_id, reason=reason,
-                         details={"subject": request.subject, "key_id": request.key_id})
-        return attrs.evolve(request, state=state, decided_at=ts, decided_by=actor, reason=reason)
+        return self.authority.store.list_requests(tenant, state)
 
     def approve(self, request_id: str, *, actor: str, now: dt.datetime | None = None
                 ) -> PendingRequest:
-        return self._decide(request_id, "approved", Action.REQUEST_APPROVED, actor=actor,
-                            reason=None, now=now)
+        ts = _ts(now or self.authority.clock())
+        return self.authority.store.decide_request(request_id, "approved",
+                                                   action=Action.REQUEST_APPROVED, actor=actor,
+                                                   reason=None, ts=ts)
 
     def reject(self, request_id: str, *, reason: str | None, actor: str,
                now: dt.datetime | None = None) -> PendingRequest:
         text = (reason or "").strip()
         if not text:
             raise ReasonRequired("a reason is required to reject a request (--reason)")
-        return self._decide(request_id, "rejected", Action.REQUEST_REJECTED, actor=actor,
-                            reason=text[:MAX_REASON_CHARS], now=now)
+        ts = _ts(now or self.authority.clock())
+        return self.authority.store.decide_request(request_id, "rejected",
+                                                   action=Action.REQUEST_REJECTED, actor=actor,
+                                                   reason=text[:MAX_REASON_CHARS], ts=ts)
 
 
 def certificate_chain_pem(certs: Sequence[x509.Certificate]) -> str:

@@ -1,8 +1,9 @@
 """Tenants' provisioning issuers: creation, renewal and which of them are trusted.
 
-An issuer is a self-signed ECDSA CA (path length 0: it signs agent certificates only). Its private
-key is a file under ``STATE_DIR/issuers/TENANT/`` with mode 0600, written (and fsynced) before the
-issuer's row is committed, so the store never names a key that is not on disk.
+An issuer is a self-signed ECDSA CA (path length 0: it signs agent certificates only). The store
+keeps its private key (``enroll.store``): with SQLite a file under ``STATE_DIR/issuers/TENANT/``
+with mode 0600, written (and fsynced) before the issuer's row is committed, so the store never
+names a key that is not on disk; with PostgreSQL sealed in the database (``enroll.keywrap``).
 
 Trust across renewals: the current issuer (newest, not retired) is trusted while it is valid. A
 retired issuer stays trusted while it is valid and at least one certificate it issued is still
@@ -47,10 +48,14 @@ class IssuerRecord:
         return x509.load_pem_x509_certificate(self.cert_pem.encode())
 
 
-def create_issuer_material(
-    tenant: str, seq: int, *, key_type: str, validity_s: int, now: dt.datetime, key_path: Path
-) -> tuple[x509.Certificate, Path]:
-    """Make the CA key and certificate, and write the key (0600, directory 0700)."""
+#: An issuer's certificate and private key.
+Material = tuple[x509.Certificate, pki.PrivateKey]
+
+
+def make_issuer(tenant: str, seq: int, *, key_type: str, validity_s: int, now: dt.datetime
+                ) -> Material:
+    """The CA certificate and private key of the tenant's issuer number ``seq`` (CPU work only:
+    the store keeps the key)."""
     key = pki.generate_key(key_type)
     cert = pki.make_ca(
         pki.name(f"Switch provisioning CA {tenant} {seq}", "Switch"),
@@ -59,25 +64,37 @@ def create_issuer_material(
         validity=dt.timedelta(seconds=validity_s),
         path_length=0,
     )
-    # STATE_DIR/issuers and STATE_DIR/issuers/TENANT: owner-only, whatever the umask.
+    return cert, key
+
+
+def write_issuer_key(key_path: Path, key: pki.PrivateKey) -> None:
+    """Write an issuer's key file (0600, its directory and the one above 0700, whatever the
+    umask; fsynced before this returns)."""
     for directory in (key_path.parent.parent, key_path.parent):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.chmod(0o700)
     pki.write_private(key_path, pki.key_pem(key))
-    return cert, key_path
 
 
 def load_issuer_key(record: IssuerRecord) -> pki.PrivateKey:
     """The issuer's private key from its file; StoreError when it is missing or unusable."""
     try:
         data = Path(record.key_path).read_bytes()
-        key = serialization.load_pem_private_key(data, password=None)
-    except (OSError, ValueError, TypeError) as exc:
+    except OSError as exc:
         raise StoreError(
             f"cannot load the key of issuer {record.id} from {record.key_path}: {exc}"
         ) from exc
+    return issuer_key_from_pem(record.id, data, where=record.key_path)
+
+
+def issuer_key_from_pem(issuer_id: str, data: bytes, *, where: str) -> pki.PrivateKey:
+    """An issuer's private key from its (unencrypted) PEM; StoreError when it is unusable."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"cannot load the key of issuer {issuer_id} from {where}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise StoreError(f"the key of issuer {record.id} is a {type(key).__name__}, not a CA key")
+        raise StoreError(f"the key of issuer {issuer_id} is a {type(key).__name__}, not a CA key")
     return key
 
 

@@ -1,32 +1,76 @@
 """Rate limiting of failed authentication attempts, per source address.
 
-Pure and clock-free: every call takes ``now`` (seconds, any monotonic origin). A source that made
-``max_failures`` failed attempts within ``window_s`` seconds is refused until the oldest of those
-failures leaves the window; the refusal says how long to wait (``Retry-After``). Successful
-attempts do not reset the count: a brute-forcer who guesses one key right must not earn more
-guesses at the others.
+The rule (``retry_after``) is pure and clock-free: a source that made ``max_failures`` failed
+attempts within ``window_s`` seconds is refused until the oldest of those failures leaves the
+window; the refusal says how long to wait (``Retry-After``). Successful attempts do not reset the
+count: a brute-forcer who guesses one key right must not earn more guesses at the others.
 
-One limiter per serving process (``gateway.serve.Switch`` makes it and hands it to every
-``EstService`` it builds, so a reload keeps the counts); it is not shared between the processes of
-``serve --workers N``, each of which counts the connections it accepted.
+Two limiters apply it. ``SharedFailureLimiter`` (what the EST service uses) counts failures in
+the store, so every worker and every host sharing the store counts the same failures: five
+guesses a minute in total, not five per process. A check is a read; only a failure writes, and
+each failure recorded prunes failures that left the window. Two guesses checked at the same
+moment on two hosts may both pass the check before either is counted, so a burst of concurrent
+guesses can exceed the limit by the number of requests in flight; sequential guessing cannot.
+``FailureLimiter`` keeps the counts in one process's memory (for tools and tests), bounded:
+at most ``max_sources`` addresses are tracked; when full, the source whose newest failure is
+oldest is forgotten first (an attacker spraying addresses can only make it forget, never grow).
 
-Memory is bounded: at most ``max_sources`` addresses are tracked; when full, the source whose
-newest failure is oldest is forgotten first (an attacker spraying addresses can only make the
-limiter forget, never grow).
+Times are seconds; the shared limiter needs wall-clock time (hosts share it), the in-memory one
+accepts any origin.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
+
+from enroll.store import Store
+
+MAX_FAILURES = 5
+WINDOW_S = 60.0
+
+
+class Limiter(Protocol):
+    def retry_after(self, source: str, now: float) -> int | None: ...
+
+    def record_failure(self, source: str, now: float) -> None: ...
+
+
+def retry_after(failures: Sequence[float], now: float, *, max_failures: int = MAX_FAILURES,
+                window_s: float = WINDOW_S) -> int | None:
+    """Seconds to wait before trying again after ``failures`` (times, oldest first), or None
+    when another attempt may be made now."""
+    recent = [t for t in failures if t > now - window_s]
+    if len(recent) < max_failures:
+        return None
+    oldest_counted = recent[-max_failures]
+    return max(1, math.ceil(oldest_counted + window_s - now))
+
+
+@attrs.define(eq=False)
+class SharedFailureLimiter:
+    """Failures counted in the store (see the module docstring)."""
+
+    store: Store
+    max_failures: int = MAX_FAILURES
+    window_s: float = WINDOW_S
+
+    def retry_after(self, source: str, now: float) -> int | None:
+        return retry_after(self.store.auth_failures(source, now - self.window_s), now,
+                           max_failures=self.max_failures, window_s=self.window_s)
+
+    def record_failure(self, source: str, now: float) -> None:
+        self.store.record_auth_failure(source, now, forget_before=now - self.window_s)
 
 
 @attrs.define(eq=False)
 class FailureLimiter:
-    max_failures: int = 5
-    window_s: float = 60.0
+    max_failures: int = MAX_FAILURES
+    window_s: float = WINDOW_S
     max_sources: int = 100_000
     _failures: OrderedDict[str, deque[float]] = attrs.field(factory=OrderedDict, init=False)
 
@@ -44,9 +88,9 @@ class FailureLimiter:
     def retry_after(self, source: str, now: float) -> int | None:
         """Seconds the source must wait before trying again, or None when it may try now."""
         times = self._recent(source, now)
-        if times is None or len(times) < self.max_failures:
+        if times is None:
             return None
-        return max(1, math.ceil(times[0] + self.window_s - now))
+        return retry_after(times, now, max_failures=self.max_failures, window_s=self.window_s)
 
     def record_failure(self, source: str, now: float) -> None:
         times = self._recent(source, now)

@@ -3,7 +3,8 @@
 A ``TrustView`` is an immutable value: per tenant, whether the provisioning service is on, the
 provisioning issuers trusted now, and the revoked provisioning keys and certificates. The gateway
 builds its TLS contexts and its live-session checks from it, and reads a new one whenever the
-store's change generation moves.
+store's change generation moves. All of it is read in one snapshot of the store, with the
+generation it reflects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import attrs
 from cryptography import x509
 
 from enroll.authority import Authority
+from enroll.issuers import trusted_issuer_ids
 
 
 @attrs.frozen
@@ -34,21 +36,14 @@ class TrustView:
 
 
 def read_trust_view(authority: Authority, now: dt.datetime) -> TrustView:
-    conn = authority.store.conn
-    generation = authority.generation()
-    revoked_keys: dict[str, set[str]] = {}
-    for tenant, key_id in conn.execute(
-            "SELECT tenant, id FROM provisioning_keys WHERE state = 'revoked'"):
-        revoked_keys.setdefault(tenant, set()).add(key_id)
-    revoked_certs: dict[str, set[str]] = {}
-    for tenant, sha in conn.execute("SELECT tenant, sha256 FROM certificates WHERE state = 'revoked'"):
-        revoked_certs.setdefault(tenant, set()).add(sha)
+    """The view of every tenant in the configuration, from one snapshot of the store."""
+    inputs = authority.store.trust_inputs(tuple(authority.config.tenants))
+    ts = int(now.timestamp())
     tenants: dict[str, TenantProvisioning] = {}
-    for name in authority.config.tenants:
-        enabled = authority.service_enabled(name)
-        issuers = tuple(i.certificate() for i in authority.list_issuers(name, now=now)
-                        if i.trusted) if enabled else ()
-        tenants[name] = TenantProvisioning(enabled, issuers,
-                                           frozenset(revoked_keys.get(name, ())),
-                                           frozenset(revoked_certs.get(name, ())))
-    return TrustView(generation, tenants)
+    for name, state in inputs.tenants.items():
+        listing = state.issuers
+        trusted = trusted_issuer_ids(listing.issuers, listing.latest_cert_expiry, ts)
+        issuers = tuple(i.certificate() for i in listing.issuers if i.id in trusted)
+        tenants[name] = TenantProvisioning(state.enabled, issuers if state.enabled else (),
+                                           state.revoked_keys, state.revoked_certificates)
+    return TrustView(inputs.generation, tenants)

@@ -4,11 +4,14 @@ and the store watcher that keeps it current, reload, and graceful shutdown.
 Theory of operation: ``Switch.run`` opens the store, builds the trust state (config + store), and
 starts the gateway, enroll and admin listeners and the store watcher. Connections run in a nursery
 of their own, apart from the accept loops, so a shutdown can stop accepting and still let sessions
-drain. The watcher polls the store's change generation every ``WATCH_INTERVAL_S``: when it moves
-(a key or certificate revoked, the service toggled, an issuer renewed, by this process or any
-other), a new trust state is built and swapped in with one assignment, and every live session is
-re-checked against it (``SessionRegistry.reevaluate``); sessions that lost their trust close at
-once. The state is also rebuilt every ``REBUILD_INTERVAL_S`` so that time alone (a retired issuer
+drain. The watcher reads the store's change generation whenever ``StoreWatch.next_change``
+returns (a change notice pushed by PostgreSQL, or the store's poll interval: 0.1 s with SQLite,
+0.5 s under PostgreSQL's notices): when it moves (a key or certificate revoked, the service
+toggled, an issuer renewed, by this process or any other, on any host), a new trust state is built
+and swapped in with one assignment, and every live session is re-checked against it
+(``SessionRegistry.reevaluate``); sessions that lost their trust close at once. While the store
+cannot be read, the last trust state stays in force (``StoreWatch`` shows it in /metrics and
+/readyz). The state is also rebuilt every ``REBUILD_INTERVAL_S`` so that time alone (a retired issuer
 whose certificates all expired, a session whose certificate expired) takes effect.
 
 Shutdown (SIGTERM, SIGINT, or ``Switch.stop``): stop accepting, wait up to ``drain_timeout_s`` for
@@ -41,9 +44,10 @@ from config.model import SwitchConfig
 from config.reload import restart_needed
 from config.tls_material import PrivateKey, describe_ssl_error, load_server_credentials
 from enroll.authority import Authority
+from enroll.errors import StoreError
 from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
-from enroll.ratelimit import FailureLimiter
+from enroll.ratelimit import Limiter, SharedFailureLimiter
 from enroll.trust_view import read_trust_view
 from gateway import runfiles
 from gateway.admin import AdminListener
@@ -51,6 +55,7 @@ from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
 from gateway.metrics import Metrics
 from gateway.sessions import Session, SessionRegistry
+from gateway.store_watch import StoreWatch
 from gateway.tenant_tls import (
     OrganisationMaterial,
     TrustState,
@@ -63,8 +68,8 @@ log = structlog.get_logger("switch")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-#: How often the store's change generation is read: revocations take effect within this.
-WATCH_INTERVAL_S = 0.1
+#: /readyz waits this long for the store to answer before it says ``store_unreachable``.
+READY_STORE_TIMEOUT_S = 2.0
 #: The trust state is rebuilt this often even when the store did not change (time alone expires).
 REBUILD_INTERVAL_S = 60.0
 
@@ -87,7 +92,7 @@ class Loaded:
 
 
 def load_all(config: SwitchConfig, issuance: Issuance, generation: int,
-             limiter: FailureLimiter | None = None) -> Loaded:
+             limiter: Limiter | None = None) -> Loaded:
     """Read the server certificate or keystore and the organisation CAs and CRLs named by
     ``config`` and build the TLS context from them. Raises ``ConfigError`` listing every problem
     with its file and key, whatever failed: a file that no longer reads, a CRL no CA signed, or a
@@ -155,8 +160,10 @@ class Switch:
         self.metrics = Metrics()
         self.registry = SessionRegistry(on_evict=self._evicted)
         self.store_limiter = trio.CapacityLimiter(1)
-        self.est_limiter = FailureLimiter()  # wrong-key lockouts: one per process, kept by reloads
         self.authority = Authority.open(config)
+        self.store_watch = StoreWatch(self.authority.store, self.metrics.registry)
+        # Wrong-key lockouts, counted in the store: shared by every process and host.
+        self.est_limiter = SharedFailureLimiter(self.authority.store)
         self.issuance = Issuance(self.authority)
         try:
             self.loaded = load_all(config, self.issuance, generation, self.est_limiter)
@@ -168,6 +175,8 @@ class Switch:
         self.last_reload = self._record(ReloadResult(generation, True, _now().isoformat()),
                                         reload=False)
         self.state: TrustState | None = None
+        #: The trust state must be rebuilt (a rebuild failed: the store could not be read).
+        self.trust_stale = False
         self.listeners: dict[str, list[trio.SocketListener]] = {}
         self._stop = trio.Event()
         self.upstream_ssl = ssl.create_default_context()
@@ -198,7 +207,9 @@ class Switch:
 
     async def refresh_trust(self) -> None:
         started = trio.current_time()
+        self.trust_stale = True  # until this succeeds: the watcher tries again
         view = await self._in_store(read_trust_view, self.authority, _now())
+        self.trust_stale = False
         read = trio.current_time()
         loaded = self.loaded
         self.state = build_trust_state(loaded.config, view, loaded.organisation, loaded.chain,
@@ -214,16 +225,17 @@ class Switch:
     async def watch_store(self) -> None:
         last_rebuild = trio.current_time()
         while True:
-            await trio.sleep(WATCH_INTERVAL_S)
+            await self.store_watch.next_change()
             try:
                 generation = await self._in_store(self.authority.generation)
-            except Exception as exc:  # noqa: BLE001 - keep enforcing the last known state
-                log.error("store_unreachable", error=str(exc))
+                due = trio.current_time() - last_rebuild >= REBUILD_INTERVAL_S
+                if generation != self.current().generation or due or self.trust_stale:
+                    await self.refresh_trust()
+                    last_rebuild = trio.current_time()
+            except StoreError as exc:  # keep enforcing the last known state
+                self.store_watch.read_failed(exc.message)
                 continue
-            due = trio.current_time() - last_rebuild >= REBUILD_INTERVAL_S
-            if generation != self.current().generation or due:
-                await self.refresh_trust()
-                last_rebuild = trio.current_time()
+            self.store_watch.read_ok()
 
     async def reload(self) -> ReloadResult:
         """Read the config files again and swap the new state in whole. On any error the running
@@ -254,7 +266,10 @@ class Switch:
                             detail="read once at start: the running value stays until a restart")
             self.loaded = loaded
             self.authority.config = config
-            await self.refresh_trust()
+            try:
+                await self.refresh_trust()
+            except StoreError as exc:  # the watcher builds the new state once the store answers
+                self.store_watch.read_failed(exc.message)
             self.last_reload = self._record(ReloadResult(generation, True, _now().isoformat(),
                                                          restart_needed=restart))
             log.info("reloaded", generation=generation, tenants=len(config.tenants),
@@ -277,9 +292,14 @@ class Switch:
                                      attrs.asdict(self.last_reload))
 
     async def ready(self) -> tuple[bool, str]:
+        if not self.store_watch.up:
+            return False, "store_unreachable"
         try:
-            await self._in_store(self.authority.generation)
-        except Exception:  # noqa: BLE001
+            with trio.fail_after(READY_STORE_TIMEOUT_S):
+                # Abandoned if it overruns: the probe must answer even while the store hangs.
+                await trio.to_thread.run_sync(self.authority.generation,
+                                              limiter=self.store_limiter, abandon_on_cancel=True)
+        except (StoreError, trio.TooSlowError):
             return False, "store_unreachable"
         if self.state is None or not self.listeners:
             return False, "starting"
@@ -327,6 +347,7 @@ class Switch:
                             _serve, admin.serve, cfg.admin.listen.host, cfg.admin.listen.port,
                             connections, self.sockets.get("admin"))
                     services.start_soon(self.watch_store)
+                    services.start_soon(self.store_watch.run)
                     task_status.started(self.listeners)
                     await self._stop.wait()
                     log.info("draining", sessions=len(self.registry),

@@ -34,12 +34,16 @@ EXIT_CODES: Mapping[str, int] = {
     "unknown_certificate": EXIT_NOT_FOUND,
     "unknown_profile": EXIT_NOT_FOUND,
     "unknown_request": EXIT_NOT_FOUND,
+    "unknown_operator": EXIT_NOT_FOUND,
     # enroll: the store.
     "store_error": EXIT_STORE,
     "store_unavailable": EXIT_STORE,
+    "wrong_passphrase": EXIT_STORE,
     # enroll: the authority's rules.
     "invalid_key_name": EXIT_REFUSED,
     "key_name_taken": EXIT_REFUSED,
+    "invalid_operator": EXIT_REFUSED,
+    "operator_name_taken": EXIT_REFUSED,
     "key_limit_reached": EXIT_REFUSED,
     "wrong_key_state": EXIT_REFUSED,
     "reason_required": EXIT_REFUSED,

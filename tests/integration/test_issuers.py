@@ -18,7 +18,8 @@ from enroll import pki
 from enroll.authority import Authority
 from enroll.errors import NoIssuer, StoreError
 from enroll.issuers import load_issuer_key
-from enroll.store import SCHEMA_VERSION, Store
+from enroll.store import SCHEMA_VERSION, CertificateRecord
+from enroll.store.sqlite import SqliteStore
 from tests.support.est_service import NOW
 
 
@@ -60,11 +61,9 @@ def test_the_state_directory_is_owner_only_whatever_the_umask(switch_config: Swi
 
 
 def test_a_store_made_under_a_loose_umask_is_tightened_when_opened(switch_config: SwitchConfig) -> None:
-    from enroll.store import Store
-
     old = os.umask(0o022)
     try:
-        Store.open(switch_config.state_dir / "switch.db").close()  # as an older Switch did
+        SqliteStore.open(switch_config.state_dir / "switch.db").close()  # as an older Switch did
         (switch_config.state_dir / "issuers").mkdir(mode=0o755)
         auth = Authority.open(switch_config)
         auth.enable_service("acme", actor="a")
@@ -106,14 +105,10 @@ def _record_certificate(authority: Authority, issuer_id: str, not_after: dt.date
     cert = pki.make_leaf(pki.name("agent"), key.public_key(),
                          (issuer.certificate(), load_issuer_key(issuer)),
                          now=NOW, validity=not_after - NOW)
-    with authority.store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO certificates (serial, issuer_id, tenant, subject, not_before, not_after,"
-            " sha256, pem, created_at) VALUES (?, ?, 'acme', 'CN=agent', ?, ?, ?, ?, ?)",
-            (format(cert.serial_number, "x"), issuer_id, int(NOW.timestamp()),
-             int(not_after.timestamp()), pki.sha256_fingerprint(cert),
-             pki.cert_pem(cert).decode(), int(NOW.timestamp())),
-        )
+    authority.store.record_certificate(CertificateRecord(
+        format(cert.serial_number, "x"), issuer_id, "acme", None, "CN=agent", int(NOW.timestamp()),
+        int(not_after.timestamp()), pki.sha256_fingerprint(cert), pki.cert_pem(cert).decode(),
+        "valid", None, None, int(NOW.timestamp())))
 
 
 def test_renewed_issuer_keeps_the_old_one_trusted_until_what_it_issued_expires(
@@ -140,14 +135,14 @@ def test_retired_issuer_with_nothing_issued_is_dropped_at_once(authority: Author
 
 
 def test_an_empty_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s" / "switch.db")
-    assert store.schema_version == SCHEMA_VERSION
+    store = SqliteStore.open(tmp_path / "s" / "switch.db")
+    assert store.schema_version() == SCHEMA_VERSION
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"tenant_state", "provisioning_keys", "issuers", "certificates", "pending_requests",
             "audit_log", "audit_head", "changes"} <= tables
     store.close()
-    again = Store.open(tmp_path / "s" / "switch.db")  # reopening applies nothing twice
-    assert again.schema_version == SCHEMA_VERSION
+    again = SqliteStore.open(tmp_path / "s" / "switch.db")  # reopening applies nothing twice
+    assert again.schema_version() == SCHEMA_VERSION
     again.close()
 
 
@@ -157,4 +152,4 @@ def test_a_store_from_a_newer_switch_is_refused(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StoreError, match="newer"):
-        Store.open(path)
+        SqliteStore.open(path)

@@ -1,11 +1,9 @@
-"""Group commit: the store's batches of savepoints on real SQLite files, the EST service's batch
-entry point, and the enroll listener's batcher."""
+"""Group commit: the EST service's batch entry point and the enroll listener's batcher (the
+store's own batches are in test_store_contract, on both engines)."""
 
 from __future__ import annotations
 
 import base64
-import sqlite3
-from pathlib import Path
 
 import pytest
 import trio
@@ -13,74 +11,8 @@ import trio.testing
 
 from enroll.errors import StoreError
 from enroll.est_service import EstReply, EstRequest
-from enroll.store import Store
 from gateway.enroll_listener import Batcher
 from tests.support.est_service import NOW, Env, csr
-
-# --- the store ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.open(tmp_path / "s" / "switch.db")
-    s.conn.execute("CREATE TABLE t (v INTEGER)")
-    return s
-
-
-def _values(path: Path) -> list[int]:
-    """What another connection (another process) sees: committed rows only."""
-    other = sqlite3.connect(path)
-    try:
-        return sorted(v for (v,) in other.execute("SELECT v FROM t"))
-    finally:
-        other.close()
-
-
-def test_a_batch_commits_its_transactions_together_and_a_failed_one_alone_rolls_back(
-        store: Store) -> None:
-    with store.batch():
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO t VALUES (1)")
-        with pytest.raises(ZeroDivisionError), store.transaction() as conn:
-            conn.execute("INSERT INTO t VALUES (2)")
-            raise ZeroDivisionError
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO t VALUES (3)")
-        assert _values(store.path) == []  # nothing is durable before the batch commits
-    assert _values(store.path) == [1, 3]
-
-
-def test_a_batch_that_only_reads_takes_no_lock(store: Store) -> None:
-    with store.batch():
-        store.conn.execute("SELECT count(*) FROM t").fetchone()
-        other = sqlite3.connect(store.path, timeout=0)
-        other.execute("BEGIN IMMEDIATE")  # would fail at once if the batch held the lock
-        other.execute("ROLLBACK")
-        other.close()
-    assert not store.conn.in_transaction
-
-
-def test_an_error_out_of_the_batch_rolls_everything_back(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.batch():
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO t VALUES (1)")
-        raise RuntimeError
-    assert _values(store.path) == [] and not store.conn.in_transaction
-
-
-def test_batches_do_not_nest(store: Store) -> None:
-    with store.batch(), pytest.raises(RuntimeError), store.batch():
-        pass
-
-
-def test_an_sqlite_error_in_a_savepoint_is_a_store_error_and_the_batch_goes_on(store: Store) -> None:
-    with store.batch():
-        with pytest.raises(StoreError), store.transaction() as conn:
-            conn.execute("INSERT INTO no_such_table VALUES (1)")
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO t VALUES (7)")
-    assert _values(store.path) == [7]
-
 
 # --- the EST service ---------------------------------------------------------------------------
 

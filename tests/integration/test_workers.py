@@ -21,25 +21,7 @@ from enroll.authority import Authority
 from gateway.client.est_client import EstClient, EstServer, make_csr
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import Agent, Echo, Gateway, LiveAgent, write_agent
-from tests.support.processes import log_ports, worker_pids
-
-
-def _holders(port: int, pids: set[int]) -> set[int]:
-    """Which of ``pids`` hold an established connection on local ``port``: the sockets from
-    /proc/net/tcp{,6} (state 01, ESTABLISHED), matched to the processes' fds by inode."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as lines:
-            for line in list(lines)[1:]:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    held = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
-                held.add(pid)
-    return held
+from tests.support.processes import connection_holders, log_ports, worker_pids
 
 
 async def test_workers_share_the_ports_enforce_revocation_everywhere_and_restart(tmp_path: Path) -> None:
@@ -78,9 +60,9 @@ async def test_workers_share_the_ports_enforce_revocation_everywhere_and_restart
                 sessions: list[LiveAgent] = []
                 for _ in range(40):  # until both workers hold sessions of this agent
                     sessions.append(await trio.to_thread.run_sync(LiveAgent, gw, agent))
-                    if len(_holders(ports["gateway"], set(pids.values()))) == 2:
+                    if len(connection_holders(ports["gateway"], set(pids.values()))) == 2:
                         break
-                assert _holders(ports["gateway"], set(pids.values())) == set(pids.values()), \
+                assert connection_holders(ports["gateway"], set(pids.values())) == set(pids.values()), \
                     "one worker took all"
                 result = await trio.run_process(
                     [sys.executable, "-m", "gateway.cli", "-c", str(path), "keys", "revoke", "demo",
@@ -174,9 +156,9 @@ async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Pat
                 for _ in range(60):  # until the restarted worker holds a session
                     # LiveAgent raises if the handshake is refused.
                     await trio.to_thread.run_sync(LiveAgent, gw, demo)
-                    if _holders(ports["gateway"], {restarted}):
+                    if connection_holders(ports["gateway"], {restarted}):
                         break
-                assert _holders(ports["gateway"], {restarted}) == {restarted}
+                assert connection_holders(ports["gateway"], {restarted}) == {restarted}
                 assert _status(state, 1) == {**(_status(state, 1) or {}), "ok": True, "generation": 1}
 
                 # 2. A file that does not load: a restarted worker starts all the same, once.

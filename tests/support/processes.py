@@ -1,8 +1,12 @@
-"""Reading what `switch serve --workers` logged: the ports each listener got, each worker's pid."""
+"""Reading what `switch serve --workers` logged (the ports each listener got, each worker's pid)
+and which of its processes hold a connection."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from pathlib import Path
 
 
 def log_ports(text: str) -> dict[str, int]:
@@ -16,3 +20,21 @@ def worker_pids(text: str) -> dict[int, int]:
         fields = dict(re.findall(r"(\w+)=(\d+)", match.group(1)))
         pids[int(fields["worker"])] = int(fields["pid"])
     return pids
+
+
+def connection_holders(port: int, pids: set[int]) -> set[int]:
+    """Which of ``pids`` hold an established connection on local ``port``: the sockets from
+    /proc/net/tcp{,6} (state 01, ESTABLISHED), matched to the processes' fds by inode."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                held.add(pid)
+    return held

@@ -179,3 +179,33 @@ def test_problems_format_as_file_key_severity_message(tmp_path: Path) -> None:
         "/elsewhere/x.toml: tls: error: m",
     ]
     assert str(problems[0]) == f"{tmp_path}/switch.toml: tenants.demo.hostnames[0]: error: bad name"
+
+
+def test_store_secrets_readable_by_others_and_a_short_passphrase_are_warnings(
+        tmp_path: Path) -> None:
+    (tmp_path / "pg.pass").write_text("pw\n")
+    (tmp_path / "kek.pass").write_text("short\n")
+    (tmp_path / "pg.pass").chmod(0o644)
+    (tmp_path / "kek.pass").chmod(0o600)
+    cfg = _deploy(tmp_path, config=CONFIG + """
+[store]
+url = "postgresql://switch@db.example/switch"
+password_file = "pg.pass"
+issuer_key_passphrase_file = "kek.pass"
+""")
+    problems = {p.key: p for p in check_config(cfg, NOW)}
+    assert problems["store.password_file"].severity == "warning"
+    assert "chmod 600" in problems["store.password_file"].message
+    assert "5 characters" in problems["store.issuer_key_passphrase_file"].message
+    (tmp_path / "kek.pass").write_text("x" * 16 + "\n")
+    (tmp_path / "pg.pass").chmod(0o600)
+    assert check_config(cfg, NOW) == []
+
+
+def test_a_passphrase_with_sqlite_is_reported_unused(tmp_path: Path) -> None:
+    (tmp_path / "kek.pass").write_text("x" * 20 + "\n")
+    (tmp_path / "kek.pass").chmod(0o600)
+    cfg = _deploy(tmp_path, config=CONFIG + '[store]\nissuer_key_passphrase_file = "kek.pass"\n')
+    [problem] = check_config(cfg, NOW)
+    assert (problem.key, problem.severity) == ("store.issuer_key_passphrase_file", "warning")
+    assert "unused" in problem.message

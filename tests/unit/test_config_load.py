@@ -470,3 +470,73 @@ def test_a_crl_in_a_tenant_file_is_reported_in_that_file(tmp_path: Path, pkidir:
                                     'organisation_crls = ["../pki/org.crl"]\n')
     [problem] = _load(tmp_path, 'tenants_dir = "tenants.d"\n' + GOOD)
     assert (problem.file, problem.key) == (tdir / "beta.toml", "organisation_crls[0]")
+
+
+# --- [store] -----------------------------------------------------------------------------------
+
+
+def _secret_files(tmp_path: Path) -> None:
+    (tmp_path / "pg.pass").write_text("pw\n")
+    (tmp_path / "kek.pass").write_text("a passphrase long enough\n")
+
+
+def test_without_a_store_table_the_store_is_sqlite_in_state_dir(tmp_path: Path, pkidir: Path) -> None:
+    (tmp_path / "switch.toml").write_text(GOOD)
+    store = load_config(tmp_path / "switch.toml").store
+    assert (store.engine, store.url, store.password_file) == ("sqlite", None, None)
+
+
+def test_a_postgresql_store_loads_with_its_files(tmp_path: Path, pkidir: Path) -> None:
+    _secret_files(tmp_path)
+    (tmp_path / "switch.toml").write_text(GOOD + """
+[store]
+url = "postgresql://switch@db.example:5432/switch"
+password_file = "pg.pass"
+issuer_key_passphrase_file = "kek.pass"
+""")
+    store = load_config(tmp_path / "switch.toml").store
+    assert store.engine == "postgresql" and store.url == "postgresql://switch@db.example:5432/switch"
+    assert store.password_file == tmp_path / "pg.pass"
+    assert store.issuer_key_passphrase_file == tmp_path / "kek.pass"
+
+
+def test_a_password_in_the_store_url_is_refused(tmp_path: Path, pkidir: Path) -> None:
+    _secret_files(tmp_path)
+    for url in ("postgresql://switch:hunter2@db.example/switch",
+                "postgresql://switch@db.example/switch?password=hunter2"):
+        problems = _by_key(_load(tmp_path, GOOD + f"""
+[store]
+url = "{url}"
+issuer_key_passphrase_file = "kek.pass"
+"""))
+        assert "must not hold a password" in problems["store.url"]
+        assert "hunter2" not in problems["store.url"]
+
+
+def test_store_mistakes_are_reported_at_their_keys(tmp_path: Path, pkidir: Path) -> None:
+    (tmp_path / "empty.pass").write_text("\n")
+    problems = _by_key(_load(tmp_path, GOOD + """
+[store]
+url = "mysql://db.example/switch"
+password_file = "missing.pass"
+issuer_key_passphrase_file = "empty.pass"
+colour = "blue"
+"""))
+    assert "postgresql://" in problems["store.url"]
+    assert "cannot read" in problems["store.password_file"]
+    assert "is empty" in problems["store.issuer_key_passphrase_file"]
+    assert problems["store.colour"] == "unknown key"
+
+
+def test_a_postgresql_store_needs_the_passphrase_file(tmp_path: Path, pkidir: Path) -> None:
+    problems = _by_key(_load(tmp_path, GOOD + """
+[store]
+url = "postgresql://switch@db.example/switch"
+"""))
+    assert problems["store.issuer_key_passphrase_file"] == "is required"
+
+
+def test_a_password_file_without_a_url_is_an_error(tmp_path: Path, pkidir: Path) -> None:
+    _secret_files(tmp_path)
+    problems = _by_key(_load(tmp_path, GOOD + '[store]\npassword_file = "pg.pass"\n'))
+    assert "set [store] url too" in problems["store.password_file"]

@@ -31,3 +31,12 @@ def test_retry_after_is_at_least_one_second() -> None:
     limiter = FailureLimiter(max_failures=1, window_s=1)
     limiter.record_failure("a", 0.0)
     assert limiter.retry_after("a", 0.9999) == 1
+
+
+def test_the_rule_counts_only_failures_inside_the_window() -> None:
+    from enroll.ratelimit import retry_after
+
+    assert retry_after([1.0, 2.0, 3.0, 4.0], 10.0) is None  # four of five
+    assert retry_after([1.0, 2.0, 3.0, 4.0, 5.0], 10.0) == 51  # until the first leaves
+    assert retry_after([0.5, 1.0, 2.0, 3.0, 4.0, 5.0], 10.0) == 51  # the oldest five counted
+    assert retry_after([1.0, 2.0, 3.0, 4.0, 5.0], 61.5) is None  # the first left the window
