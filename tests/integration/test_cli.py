@@ -87,6 +87,7 @@ def test_generated_secret_is_printed_once_and_never_listed_or_stored(
     assert revoked.returncode == 0, revoked.stderr
 
 
+@pytest.mark.slow
 def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(run: Run) -> None:
     assert run("keys", "generate", "demo", "Lifecycle").returncode == 0
 
@@ -120,6 +121,7 @@ def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(run: Run) -> No
     assert again.returncode == 1 and "wrong_key_state" in again.stderr
 
 
+@pytest.mark.slow
 def test_ten_concurrent_generate_commands_create_at_most_three_live_keys(
     tmp_path: Path,
 ) -> None:
@@ -145,6 +147,7 @@ def test_ten_concurrent_generate_commands_create_at_most_three_live_keys(
     assert len(json.loads(listed.stdout)) == 3
 
 
+@pytest.mark.slow
 def test_service_enable_creates_issuer_and_everything_is_audited(run: Run) -> None:
     assert run("service", "status", "demo", "--json").stdout.count("false") == 1
     enabled = run("service", "enable", "demo", actor="alice")

@@ -84,6 +84,7 @@ async def test_revoking_a_key_closes_its_live_session_within_a_second(
 
 
 @VERSIONS
+@pytest.mark.slow
 async def test_suspending_a_key_closes_nothing(tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

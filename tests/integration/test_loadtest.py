@@ -104,6 +104,7 @@ def local_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwit
                     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_thousand_agents_enroll_connect_hold_and_report(local_switch: LocalSwitch, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(local_switch.secret + "\n")
@@ -171,6 +172,7 @@ def test_a_wrong_provisioning_key_is_reported_by_reason_and_fails_the_run(
     assert report["server"] is None
 
 
+@pytest.mark.slow
 def test_revoking_the_key_during_the_hold_closes_every_session_within_a_second(
         local_switch: LocalSwitch, tmp_path: Path) -> None:
     authority = Authority.open(load_config(local_switch.config_path))

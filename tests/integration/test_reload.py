@@ -164,6 +164,7 @@ async def test_a_rotated_keystore_serves_new_handshakes(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_switch_reload_signals_the_server_and_reports_the_result(tmp_path: Path) -> None:
     directory = tmp_path / "d"
     make_deployment(directory)
@@ -477,6 +478,7 @@ async def test_metrics_show_the_config_generation_and_the_last_reload(tmp_path: 
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_a_sighup_to_switch_serve_adds_a_tenant_and_leaves_other_sessions_alone(
         tmp_path: Path) -> None:
     """A real `switch serve` (a supervisor and two workers), a real SIGHUP."""

@@ -106,6 +106,7 @@ async def _wait_for(predicate: Callable[[], object], timeout_s: float = 20) -> N
             await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_a_restarted_worker_runs_the_config_its_siblings_run(tmp_path: Path) -> None:
     """An edit that was not reloaded, or a file that no longer loads, does not reach a worker
     the supervisor restarts: it runs the supervisor's last good snapshot. The next SIGHUP

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.support.est import make_deployment
@@ -31,6 +32,7 @@ def worker_pids(text: str) -> dict[int, int]:
     return pids
 
 
+@pytest.mark.slow
 async def test_two_workers_with_a_fixed_admin_port_all_stay_up(tmp_path: Path) -> None:
     config = make_deployment(tmp_path / "d")
     admin_port = _free_port()
