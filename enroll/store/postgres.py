@@ -31,6 +31,8 @@ can use.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +111,8 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
         self._conninfo = conninfo
         self._passphrase = passphrase
         self._where = describe_url(conninfo)
+        #: Connections made outside the pool by ``_acquire`` (their ids), closed on release.
+        self._own: set[int] = set()
 
     @classmethod
     def open(cls, url: str, *, password: str | None = None, passphrase: bytes,
@@ -155,9 +159,32 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
     # --- engine hooks --------------------------------------------------------------------------
 
     def _acquire(self) -> psycopg.Connection[Any]:
-        return self._pool.getconn(timeout=self._pool_timeout_s)
+        """A pooled connection; when none comes within half the wait, one connection of its own.
+
+        The pool replaces connections lost with the server in the background, with its own
+        back-off (1 s doubling for as long as the server stays away: ``psycopg_pool``'s
+        ``AttemptWithBackoff``), so after an outage its next attempt may be many seconds after
+        the server is back. An operation does not wait for it: once half of ``pool_timeout_s``
+        has passed it connects by itself (in the other half, ``connect_timeout``), and that
+        connection serves this one unit of work and is closed after it. So the first operation
+        after the server is back succeeds, and a server that stays away costs an operation
+        ``pool_timeout_s``, as before."""
+        started = time.monotonic()
+        try:
+            return self._pool.getconn(timeout=self._pool_timeout_s / 2)
+        except psycopg_pool.PoolTimeout:
+            left = self._pool_timeout_s - (time.monotonic() - started)
+            # libpq takes whole seconds and treats less than 2 as 2.
+            conn = psycopg.connect(make_conninfo(self._conninfo,
+                                                 connect_timeout=max(2, math.ceil(left))))
+            self._own.add(id(conn))
+            return conn
 
     def _release(self, conn: Any) -> None:
+        if id(conn) in self._own:
+            self._own.discard(id(conn))
+            conn.close()
+            return
         self._pool.putconn(conn)
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> Cursor:

@@ -268,6 +268,29 @@ def test_an_issued_serverkeygen_request_is_set_aside_for_a_new_one(store: Store)
     assert {r.state for r in store.list_requests("acme")} == {"issued", "pending"}
 
 
+# --- lists -------------------------------------------------------------------------------------
+
+
+def test_lists_come_in_the_order_rows_were_inserted_even_within_one_second(store: Store) -> None:
+    """Keys, certificates and requests made in the same second are listed as they were made,
+    whatever their ids (random: ordering ties by id would shuffle them)."""
+    store.set_service("acme", True, actor="t", ts=TS, make_issuer=_make("acme"))
+    key_ids = ["key_zz", "key_mm", "key_aa"]  # ids that sort against the order they are made in
+    for n, key_id in enumerate(key_ids):
+        store.create_key("acme", key_id=key_id, name=f"K{n}", secret_hash=b"h" * 32,
+                         profile=None, actor="t", ts=TS)
+    assert [k.id for k in store.list_keys("acme")] == key_ids
+    serials = [_issue(store, "key_mm").serial for _ in range(12)]
+    assert [c.serial for c in store.list_certificates("acme")] == serials
+    assert [c.serial for c in store.list_certificates("acme", key_id="key_mm")] == serials
+    digests = [f"digest-{n}" for n in range(12)]
+    filed = [store.submit_request("acme", key_id="key_aa", csr_der=b"c", digest=d,
+                                  subject=f"agent-{n}", operation="simpleenroll", ts=TS).id
+             for n, d in enumerate(digests)]
+    assert [r.id for r in store.list_requests()] == filed
+    assert [r.id for r in store.list_requests("acme", "pending")] == filed
+
+
 # --- audit -------------------------------------------------------------------------------------
 
 
