@@ -75,6 +75,9 @@ class Store(abc.ABC):
     #: How often a server should read the change generation: the safety net under pushed
     #: notices (PostgreSQL), or the only way changes are seen (SQLite).
     poll_interval_s: float
+    #: The schema version the store had when it was opened (0: created then); the current one
+    #: is ``schema_version()``.
+    opened_at_version: int = 0
 
     # --- lifecycle and units of work -----------------------------------------------------------
 

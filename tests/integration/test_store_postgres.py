@@ -230,7 +230,7 @@ def test_both_engines_have_the_same_columns_in_every_table(database: Database, p
     from enroll.store import open_sqlite
     from enroll.store.schema import TABLES
 
-    open_sqlite(tmp_path / "switch.db").close()
+    open_sqlite(tmp_path / "switch.db", create=True).close()
     raw = sqlite3.connect(tmp_path / "switch.db")
     lite = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in TABLES}
     raw.close()

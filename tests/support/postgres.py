@@ -161,7 +161,8 @@ def prepare_template(server: PostgresServer) -> None:
 
     with server.admin() as conn:
         conn.execute(f"CREATE DATABASE {TEMPLATE} OWNER {ROLE}")
-    PostgresStore.open(server.url(TEMPLATE), password=PASSWORD, passphrase=PASSPHRASE).close()
+    PostgresStore.open(server.url(TEMPLATE), password=PASSWORD, passphrase=PASSPHRASE,
+                       create=True).close()
 
 
 @contextlib.contextmanager
