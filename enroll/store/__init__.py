@@ -32,7 +32,7 @@ from enroll.store.schema import SCHEMA_VERSION
 __all__ = [
     "SCHEMA_VERSION", "SERVERKEYGEN", "SIMPLEENROLL", "AuditPage", "AuditQuery",
     "CertificateRecord", "ChangeFeed", "IssuerFactory", "IssuerListing", "PendingRequest",
-    "Store", "TenantTrustInputs", "TrustInputs", "open_sqlite", "open_store",
+    "Store", "TenantTrustInputs", "TrustInputs", "describe_store", "open_sqlite", "open_store",
 ]
 
 
@@ -47,14 +47,24 @@ def open_store(config: SwitchConfig, *, create: bool = False, migrate: bool = Fa
     PostgreSQL store older than this Switch only with ``migrate`` (``switch store migrate``:
     several hosts share it, so it changes when an operator says so). A store newer than this
     Switch is refused."""
-    state_dir = config.state_dir
-    may_create = create and not presence.initialised(state_dir)
+    state_dir, where = config.state_dir, describe_store(config)
+    may_create = create and presence.initialised(state_dir, where) is None
     try:
         store = _open(config, create=may_create, migrate=migrate)
     except StoreMissing as exc:
-        raise StoreMissing(_missing(exc.message, config, create)) from None
-    presence.mark(state_dir, store.describe())
+        raise StoreMissing(_missing(exc.message, config, where, create)) from None
+    presence.mark(state_dir, where)
     return store
+
+
+def describe_store(config: SwitchConfig) -> str:
+    """Where ``config``'s store is, as the marker names it: the SQLite file's absolute path, or
+    ``postgresql://user@host:port/database`` (never a password)."""
+    if config.store.url is None:
+        return str((config.state_dir / "switch.db").resolve())
+    from enroll.store.postgres import describe_url
+
+    return describe_url(config.store.url)
 
 
 def _open(config: SwitchConfig, *, create: bool, migrate: bool) -> Store:
@@ -76,17 +86,16 @@ def _open(config: SwitchConfig, *, create: bool, migrate: bool) -> Store:
                               create=create, migrate=migrate)
 
 
-def _missing(problem: str, config: SwitchConfig, create: bool) -> str:
+def _missing(problem: str, config: SwitchConfig, where: str, create: bool) -> str:
     """What to do about a store that is not there, after ``problem`` (one line)."""
-    state_dir = config.state_dir
-    if presence.initialised(state_dir):
-        marker = presence.marker_path(state_dir)
-        since = presence.since(state_dir)
+    since = presence.initialised(config.state_dir, where)
+    if since is not None:
+        marker = presence.marker_path(config.state_dir)
         refused = "; --create-store never replaces it" if create else ""
-        return (f"{problem}, but this deployment was initialised"
-                f"{f' on {since}' if since else ''} ({marker}): restore its store (switch "
-                f"restore FILE, or the database's backup){refused}; to start afresh with an "
-                f"empty store on purpose, remove {marker} and run switch serve --create-store")
+        return (f"{problem}, but it was this deployment's store{f' since {since}' if since else ''}"
+                f" ({marker}): restore it (switch restore FILE, or the database's backup)"
+                f"{refused}; to start afresh with an empty store on purpose, remove {marker} "
+                "and run switch serve --create-store")
     if config.store.url is None:
         return (f"{problem}: switch init makes a new deployment with its store, switch serve "
                 "--create-store creates an empty store here, switch restore FILE restores one")
@@ -99,7 +108,7 @@ def open_sqlite(path: Path, *, create: bool = False) -> Store:
     owner-only whatever the umask: the directory 0700, ``switch.db`` and SQLite's ``-wal`` and
     ``-shm`` files 0600."""
     store = _open_sqlite(path, create=create)
-    presence.mark(path.parent, store.describe())
+    presence.mark(path.parent, str(path.resolve()))
     return store
 
 
