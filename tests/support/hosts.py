@@ -183,3 +183,37 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def enroll_burst(host: Host, secret: str, names: list[str], *, concurrency: int,
+                       received: dict[str, str], stop: object = None) -> list[str]:
+    """Enroll an agent for each of ``names`` at ``host``'s enrollment port, ``concurrency`` at
+    a time; each certificate a client receives goes into ``received`` (name: serial, lower-case
+    hex) as it arrives. A request that fails (the host went away) is returned, not retried.
+    ``stop`` (a ``trio.Event``) ends the burst early."""
+    import trio
+
+    from enroll import pki
+    from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
+    from tests.support.est import HOST
+
+    failed: list[str] = []
+    todo = iter(names)
+
+    async def slot() -> None:
+        async with EstClient(EstServer("127.0.0.1", host.ports["enroll"], HOST,
+                                       ca_file=host.ca_file), timeout_s=30) as client:
+            for name in todo:
+                if stop is not None and stop.is_set():  # type: ignore[attr-defined]
+                    return
+                try:
+                    cert = await client.simpleenroll(make_csr(name, pki.generate_key()), secret)
+                except (EstClientError, OSError, trio.BrokenResourceError):
+                    failed.append(name)
+                    continue
+                received[name] = format(cert.serial_number, "x")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(slot)
+    return failed
