@@ -143,6 +143,7 @@ def make_host(directory: Path, name: str, *, upstream: int, like: Host | None = 
         like_config.write_text(text)
     ports = {n: free_port() for n in ("gateway", "enroll", "admin")}
     text = _ports((directory / "switch.toml").read_text(), ports, upstream)
+    text = text.replace('drain_timeout = "10s"', 'drain_timeout = "1s"')  # tests stop hosts
     if store is not None:
         text += store_table(directory, *store)
     (directory / "switch.toml").write_text(text)
