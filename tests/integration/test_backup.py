@@ -141,3 +141,44 @@ def test_backup_and_restore_refuse_a_postgresql_store_with_a_pointer_to_the_docs
             assert 'docs/operations.md, "Backups"' in refused.stderr
     finally:
         postgres.drop_database(database)
+
+
+def test_the_documented_pg_dump_and_pg_restore_procedure_restores_a_working_store(
+        tmp_path: Path, postgres: object) -> None:
+    """docs/operations.md, "PostgreSQL: pg_dump and pg_restore", as written: a pgpass file, a
+    custom-format dump, a restore with --no-owner into an empty database; Switch then serves
+    from it, its audit chain verifies, and new rows follow the restored ones."""
+    import subprocess
+
+    from tests.support.postgres import PASSWORD, PostgresServer, postgres_bin
+
+    assert isinstance(postgres, PostgresServer)
+    tools = postgres_bin()
+    assert tools is not None
+    source, restored = postgres.create_database(), postgres.create_database(template="template0")
+    try:
+        host = make_host(tmp_path / "d", "d", upstream=1, store=(postgres, source))
+        host.cli("service", "enable", "demo")
+        host.cli("keys", "generate", "demo", "Before")
+        pgpass = tmp_path / "backup.pgpass"
+        pgpass.write_text(f"127.0.0.1:{postgres.port}:*:switch:{PASSWORD}\n")
+        pgpass.chmod(0o600)
+        env = {"PGPASSFILE": str(pgpass), "PATH": "/usr/bin:/bin"}
+        dump = tmp_path / "switch.dump"
+        for argv in ([str(tools / "pg_dump"), "--format=custom", f"--file={dump}",
+                      postgres.url(source)],
+                     [str(tools / "pg_restore"), "--no-owner", "--role=switch", "--exit-on-error",
+                      f"--dbname={postgres.url(restored)}", str(dump)]):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        text = host.config.read_text().replace(postgres.url(source), postgres.url(restored))
+        host.config.write_text(text)
+        assert "hash chain verified" in host.cli("audit", "verify").stdout
+        host.cli("keys", "generate", "demo", "After")
+        listed = json.loads(host.cli("keys", "list", "demo", "--json").stdout)
+        assert [k["name"] for k in listed] == ["Before", "After"]
+        host.start()
+        host.stop()
+    finally:
+        postgres.drop_database(source)
+        postgres.drop_database(restored)
