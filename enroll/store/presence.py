@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import tempfile
 from pathlib import Path
 
 MARKER = "initialised.json"
@@ -58,12 +59,16 @@ def mark(state_dir: Path, where: str, *, now: dt.datetime | None = None) -> None
     stores[where] = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
     text = json.dumps({"stores": stores}, indent=2, sort_keys=True) + "\n"
     path = marker_path(state_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
+    # A file of this process's own, renamed into place: processes opening the store at the same
+    # moment each write a whole marker, and one of them is the one that stays.
+    fd, tmp = tempfile.mkstemp(prefix=f".{MARKER}.", dir=state_dir)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
