@@ -39,9 +39,11 @@ class Authority:
         self.clock = clock
 
     @classmethod
-    def open(cls, config: SwitchConfig, clock: Clock = _utcnow) -> Authority:
-        """Open the store ``config`` names (``enroll.store.open_store``)."""
-        return cls(config, open_store(config), clock)
+    def open(cls, config: SwitchConfig, clock: Clock = _utcnow, *, create: bool = False
+             ) -> Authority:
+        """Open the store ``config`` names (``enroll.store.open_store``; ``create`` makes one
+        where there is none, for a deployment not yet initialised)."""
+        return cls(config, open_store(config, create=create), clock)
 
     def close(self) -> None:
         self.store.close()

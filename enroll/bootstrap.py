@@ -2,7 +2,8 @@
 
 Writes a commented ``switch.toml``, a dev PKI (a root CA that signs the server certificate, and a
 separate CA standing for the demo organisation's own PKI with one agent certificate), and the
-state directory. Never overwrites: if the config or the PKI directory exists, nothing is written.
+state directory with an empty store (SQLite) and the marker that makes a missing store an error
+from then on (``enroll.store.presence``). Never overwrites: if the config or the PKI directory exists, nothing is written.
 The dev PKI is for trying Switch out; production deployments bring their own server certificate.
 """
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from config.load import HOSTNAME, TENANT_NAME
 from enroll import pki
+from enroll.store import open_sqlite
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=397)
@@ -153,6 +155,8 @@ def init_deployment(
     )
     with config_path.open("x", encoding="utf-8") as f:  # "x": never replace a config
         f.write(text)
+    # The deployment's store, empty: from now on a missing one is an error (enroll.store.presence).
+    open_sqlite(directory / "state" / "switch.db", create=True).close()
     return config_path
 
 

@@ -130,6 +130,29 @@ class StoreUnavailable(StoreError):
     reason = "store_unavailable"
 
 
+class StoreMissing(StoreError):
+    """There is no store where the configuration says (no ``switch.db``, or a database without
+    Switch's schema) and none may be created here: only ``switch init`` and ``switch serve
+    --create-store`` create one, and never for a deployment that was initialised (its store
+    was lost or moved: restore it)."""
+
+    reason = "store_missing"
+
+
+class StoreExists(StoreError):
+    """A store is already where one would be created, restored or copied to (a restore that
+    would replace it without ``--replace``, a copy into a database that holds data)."""
+
+    reason = "store_exists"
+
+
+class BackupInvalid(StoreError):
+    """A backup could not be made, or an archive is not one ``switch restore`` accepts (it is
+    incomplete, damaged, altered, or from a newer Switch). Nothing was changed."""
+
+    reason = "backup_invalid"
+
+
 class InternalError(EnrollError):
     """A request failed unexpectedly (a bug); what it changed was rolled back."""
 

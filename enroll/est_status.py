@@ -52,6 +52,9 @@ STATUS_BY_REASON: Mapping[str, int] = {
     "store_unavailable": 503,
     "wrong_passphrase": 503,
     "store_error": 503,
+    "store_missing": 503,
+    "store_exists": 503,
+    "backup_invalid": 503,
     # The authority's own refusals reach the enrollment port only through a change made
     # meanwhile by another process (a key suspended, a request issued, an issuer retired) or a
     # store problem: the client may try again.

@@ -4,7 +4,8 @@ Sections (DESIGN.md "Budgets", issue 5): (a) server CPU per full mTLS handshake 
 per second, Switch's gateway vs nginx ``ssl_verify_client on``, one worker each and all cores
 each; (b) idle relayed sessions held and server memory per session, Switch vs nginx; (c) EST
 certificates per second vs a bare ``cryptography`` CSR-to-certificate loop (and ``openssl speed``
-for context); (d) ``switch keys revoke`` to the last of 1,000 dependent sessions closed; (e) relay
+for context); (d) ``switch keys revoke`` to the last of 1,000 dependent sessions closed; (c) and
+(d) also with a PostgreSQL store and three Switch processes as hosts (``benchlib/several.py``); (e) relay
 throughput on one session per core, vs nginx ``proxy_pass``; (f) ``gateway.lightlock.LightLock``
 against trio's locks on the relay's write path (CPU per write, memory). Prints a markdown table with the
 machine it ran on and writes it to ``--out``.

@@ -36,7 +36,7 @@ def switch_config(tmp_path: Path) -> SwitchConfig:
 
 @pytest.fixture
 def authority(switch_config: SwitchConfig) -> Iterator[Authority]:
-    auth = Authority.open(switch_config, clock=lambda: NOW)
+    auth = Authority.open(switch_config, clock=lambda: NOW, create=True)
     yield auth
     auth.close()
 
@@ -88,7 +88,7 @@ def open_stores(store_config: SwitchConfig) -> Iterator[Callable[[], Store]]:
     opened: list[Store] = []
 
     def open_one() -> Store:
-        opened.append(open_store(store_config))
+        opened.append(open_store(store_config, create=True))
         return opened[-1]
 
     yield open_one

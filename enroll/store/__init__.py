@@ -12,7 +12,8 @@ from pathlib import Path
 
 from config.model import SwitchConfig
 from config.tls_material import read_password_file
-from enroll.errors import StoreError
+from enroll.errors import StoreError, StoreMissing
+from enroll.store import presence
 from enroll.store.base import ChangeFeed, Store
 from enroll.store.records import (
     SERVERKEYGEN,
@@ -31,16 +32,45 @@ from enroll.store.schema import SCHEMA_VERSION
 __all__ = [
     "SCHEMA_VERSION", "SERVERKEYGEN", "SIMPLEENROLL", "AuditPage", "AuditQuery",
     "CertificateRecord", "ChangeFeed", "IssuerFactory", "IssuerListing", "PendingRequest",
-    "Store", "TenantTrustInputs", "TrustInputs", "open_sqlite", "open_store",
+    "Store", "TenantTrustInputs", "TrustInputs", "describe_store", "open_sqlite", "open_store",
 ]
 
 
-def open_store(config: SwitchConfig) -> Store:
-    """The store ``config`` names, opened and migrated to the current schema. ``StoreError`` (or
-    ``StoreUnavailable``) with one line saying what is wrong."""
+def open_store(config: SwitchConfig, *, create: bool = False, migrate: bool = False) -> Store:
+    """The store ``config`` names, opened. ``StoreError`` (or ``StoreUnavailable``) with one
+    line saying what is wrong.
+
+    A store that is not there is ``StoreMissing`` unless ``create`` (``switch init``, ``switch
+    serve --create-store``), and even then when the deployment was initialised (its state
+    directory's marker, ``enroll.store.presence``): a lost store is restored, never silently
+    replaced by an empty one. SQLite is migrated to the current schema when opened; a
+    PostgreSQL store older than this Switch only with ``migrate`` (``switch store migrate``:
+    several hosts share it, so it changes when an operator says so). A store newer than this
+    Switch is refused."""
+    state_dir, where = config.state_dir, describe_store(config)
+    may_create = create and presence.initialised(state_dir, where) is None
+    try:
+        store = _open(config, create=may_create, migrate=migrate)
+    except StoreMissing as exc:
+        raise StoreMissing(_missing(exc.message, config, where, create)) from None
+    presence.mark(state_dir, where)
+    return store
+
+
+def describe_store(config: SwitchConfig) -> str:
+    """Where ``config``'s store is, as the marker names it: the SQLite file's absolute path, or
+    ``postgresql://user@host:port/database`` (never a password)."""
+    if config.store.url is None:
+        return str((config.state_dir / "switch.db").resolve())
+    from enroll.store.postgres import describe_url
+
+    return describe_url(config.store.url)
+
+
+def _open(config: SwitchConfig, *, create: bool, migrate: bool) -> Store:
     settings = config.store
     if settings.url is None:
-        return open_sqlite(config.state_dir / "switch.db")
+        return _open_sqlite(config.state_dir / "switch.db", create=create)
     from enroll.store.postgres import PostgresStore
 
     password = None
@@ -52,14 +82,41 @@ def open_store(config: SwitchConfig) -> Store:
                          "[store] issuer_key_passphrase_file")
     return PostgresStore.open(settings.url, password=password, passphrase=passphrase,
                               passphrase_source=f"the passphrase in "
-                                                f"{settings.issuer_key_passphrase_file}")
+                                                f"{settings.issuer_key_passphrase_file}",
+                              create=create, migrate=migrate)
 
 
-def open_sqlite(path: Path) -> Store:
-    """The SQLite store at ``path``, owner-only whatever the umask: the directory 0700,
-    ``switch.db`` and SQLite's ``-wal`` and ``-shm`` files 0600."""
-    from enroll.store.sqlite import SqliteStore
+def _missing(problem: str, config: SwitchConfig, where: str, create: bool) -> str:
+    """What to do about a store that is not there, after ``problem`` (one line)."""
+    since = presence.initialised(config.state_dir, where)
+    if since is not None:
+        marker = presence.marker_path(config.state_dir)
+        refused = "; --create-store never replaces it" if create else ""
+        return (f"{problem}, but it was this deployment's store{f' since {since}' if since else ''}"
+                f" ({marker}): restore it (switch restore FILE, or the database's backup)"
+                f"{refused}; to start afresh with an empty store on purpose, remove {marker} "
+                "and run switch serve --create-store")
+    if config.store.url is None:
+        return (f"{problem}: switch init makes a new deployment with its store, switch serve "
+                "--create-store creates an empty store here, switch restore FILE restores one")
+    return (f"{problem}: switch serve --create-store creates an empty one, switch store copy "
+            "moves a SQLite deployment into it")
 
+
+def open_sqlite(path: Path, *, create: bool = False) -> Store:
+    """The SQLite store at ``path`` (``StoreMissing`` when there is none and not ``create``),
+    owner-only whatever the umask: the directory 0700, ``switch.db`` and SQLite's ``-wal`` and
+    ``-shm`` files 0600."""
+    store = _open_sqlite(path, create=create)
+    presence.mark(path.parent, str(path.resolve()))
+    return store
+
+
+def _open_sqlite(path: Path, *, create: bool) -> Store:
+    from enroll.store.sqlite import SqliteStore, has_store
+
+    if not has_store(path) and not create:
+        raise StoreMissing(f"there is no store at {path}")
     _owner_only(path)
     store = SqliteStore.open(path)
     _owner_only(path)  # -wal and -shm made by an older Switch under a looser umask

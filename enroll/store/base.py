@@ -75,6 +75,9 @@ class Store(abc.ABC):
     #: How often a server should read the change generation: the safety net under pushed
     #: notices (PostgreSQL), or the only way changes are seen (SQLite).
     poll_interval_s: float
+    #: The schema version the store had when it was opened (0: created then); the current one
+    #: is ``schema_version()``.
+    opened_at_version: int = 0
 
     # --- lifecycle and units of work -----------------------------------------------------------
 
@@ -117,7 +120,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_keys(self, tenant: str) -> list[KeyRecord]:
-        """Oldest first."""
+        """In the order they were created (ties within a second included)."""
 
     @abc.abstractmethod
     def find_key(self, tenant: str, name_or_id: str) -> KeyRecord | None: ...
@@ -186,7 +189,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_certificates(self, tenant: str, *, key_id: str | None = None,
                           state: str | None = None) -> list[CertificateRecord]:
-        """Oldest first."""
+        """In the order they were recorded."""
 
     @abc.abstractmethod
     def revoke_certificate(self, serial: str, *, tenant: str | None, reason: str, actor: str,
@@ -205,7 +208,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_requests(self, tenant: str | None = None, state: str | None = None
-                      ) -> list[PendingRequest]: ...
+                      ) -> list[PendingRequest]:
+        """In the order they were filed."""
 
     @abc.abstractmethod
     def decide_request(self, request_id: str, state: str, *, action: str, actor: str,

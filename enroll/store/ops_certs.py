@@ -83,7 +83,7 @@ class CertificateOps(SqlStore):
             where += " AND state = ?"
             args.append(state)
         rows = self._read(lambda tx: tx.all(
-            f"SELECT {CERT_COLUMNS} FROM certificates WHERE {where} ORDER BY created_at, serial",
+            f"SELECT {CERT_COLUMNS} FROM certificates WHERE {where} ORDER BY insert_seq",
             args))
         return [CertificateRecord(*r) for r in rows]
 
@@ -151,7 +151,7 @@ class CertificateOps(SqlStore):
             args.append(state)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._read(lambda tx: tx.all(
-            f"SELECT {REQUEST_COLUMNS} FROM pending_requests{where} ORDER BY created_at, id", args))
+            f"SELECT {REQUEST_COLUMNS} FROM pending_requests{where} ORDER BY insert_seq", args))
         return [PendingRequest(*r) for r in rows]
 
     def decide_request(self, request_id: str, state: str, *, action: str, actor: str,

@@ -99,7 +99,7 @@ class KeyOps(SqlStore):
     def list_keys(self, tenant: str) -> list[KeyRecord]:
         rows = self._read(lambda tx: tx.all(
             f"SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE tenant = ?"
-            " ORDER BY created_at, id", (tenant,)))
+            " ORDER BY insert_seq", (tenant,)))
         return [key_record(r) for r in rows]
 
     def find_key(self, tenant: str, name_or_id: str) -> KeyRecord | None:

@@ -31,6 +31,8 @@ can use.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +42,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from enroll import issuers, keywrap, pki
-from enroll.errors import StoreError, StoreUnavailable
+from enroll.errors import StoreError, StoreMissing, StoreUnavailable
 from enroll.issuers import IssuerRecord
 from enroll.store.base import ChangeFeed
 from enroll.store.ops_audit import AuditOps
@@ -109,13 +111,19 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
         self._conninfo = conninfo
         self._passphrase = passphrase
         self._where = describe_url(conninfo)
+        #: Connections made outside the pool by ``_acquire`` (their ids), closed on release.
+        self._own: set[int] = set()
 
     @classmethod
     def open(cls, url: str, *, password: str | None = None, passphrase: bytes,
              passphrase_source: str = "the passphrase", pool_size: int = POOL_SIZE,
-             pool_timeout_s: float = POOL_TIMEOUT_S) -> PostgresStore:
-        """Connect, migrate the schema (one host at a time), check the passphrase, open the pool.
-        ``StoreUnavailable`` when the server cannot be reached, ``StoreError`` otherwise."""
+             pool_timeout_s: float = POOL_TIMEOUT_S, create: bool = False,
+             migrate: bool = False) -> PostgresStore:
+        """Connect, check the schema (creating it in an empty database with ``create``,
+        migrating an older one with ``migrate``; one host at a time), check the passphrase,
+        open the pool. ``StoreMissing`` for a database without Switch's schema (and not
+        ``create``), ``StoreUnavailable`` when the server cannot be reached, ``StoreError``
+        otherwise (an older schema without ``migrate``, a newer one, a wrong passphrase)."""
         if not passphrase:
             raise StoreError("a PostgreSQL store needs an issuer key passphrase "
                              "([store] issuer_key_passphrase_file)")
@@ -123,7 +131,7 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
         where = describe_url(conninfo)
         try:
             with psycopg.connect(conninfo) as conn:
-                _migrate(conn, where)
+                version = _migrate(conn, where, create=create, migrate=migrate)
                 _check_passphrase(conn, passphrase, where, passphrase_source)
                 conn.commit()
         except psycopg.Error as exc:
@@ -138,7 +146,9 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
             pool.close()
             raise StoreUnavailable(f"cannot open the store {where}: no connection within "
                                    f"{CONNECT_TIMEOUT_S} s") from exc
-        return cls(pool, conninfo, passphrase, pool_timeout_s)
+        store = cls(pool, conninfo, passphrase, pool_timeout_s)
+        store.opened_at_version = version
+        return store
 
     def close(self) -> None:
         self._pool.close(timeout=self._pool_timeout_s)
@@ -155,9 +165,32 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
     # --- engine hooks --------------------------------------------------------------------------
 
     def _acquire(self) -> psycopg.Connection[Any]:
-        return self._pool.getconn(timeout=self._pool_timeout_s)
+        """A pooled connection; when none comes within half the wait, one connection of its own.
+
+        The pool replaces connections lost with the server in the background, with its own
+        back-off (1 s doubling for as long as the server stays away: ``psycopg_pool``'s
+        ``AttemptWithBackoff``), so after an outage its next attempt may be many seconds after
+        the server is back. An operation does not wait for it: once half of ``pool_timeout_s``
+        has passed it connects by itself (in the other half, ``connect_timeout``), and that
+        connection serves this one unit of work and is closed after it. So the first operation
+        after the server is back succeeds, and a server that stays away costs an operation
+        ``pool_timeout_s``, as before."""
+        started = time.monotonic()
+        try:
+            return self._pool.getconn(timeout=self._pool_timeout_s / 2)
+        except psycopg_pool.PoolTimeout:
+            left = self._pool_timeout_s - (time.monotonic() - started)
+            # libpq takes whole seconds and treats less than 2 as 2.
+            conn = psycopg.connect(make_conninfo(self._conninfo,
+                                                 connect_timeout=max(2, math.ceil(left))))
+            self._own.add(id(conn))
+            return conn
 
     def _release(self, conn: Any) -> None:
+        if id(conn) in self._own:
+            self._own.discard(id(conn))
+            conn.close()
+            return
         self._pool.putconn(conn)
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> Cursor:
@@ -225,12 +258,17 @@ def _translate(exc: BaseException) -> StoreError:
     return StoreError(f"{message} (SQLSTATE {sqlstate})" if sqlstate else message)
 
 
-def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
-    """Bring the schema to ``SCHEMA_VERSION`` in the caller's transaction, holding an advisory
-    lock so that hosts starting together migrate one after another."""
+def _migrate(conn: psycopg.Connection[Any], where: str, *, create: bool, migrate: bool) -> int:
+    """Check the schema and bring it to ``SCHEMA_VERSION`` when allowed, in the caller's
+    transaction, holding an advisory lock so that hosts starting together do it one after
+    another: an empty database gets the whole schema (``create``), an older schema its pending
+    migrations (``migrate``). Returns the version it had (0: created now)."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
     row = conn.execute("SELECT to_regclass('switch_schema')").fetchone()
-    if row is None or row[0] is None:
+    created = row is None or row[0] is None
+    if created:
+        if not create:
+            raise StoreMissing(f"the database {where} holds no Switch store")
         conn.execute(POSTGRES_BASELINE)
         conn.execute("CREATE TABLE switch_schema (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO switch_schema VALUES (%s)", (POSTGRES_BASELINE_VERSION,))
@@ -239,9 +277,14 @@ def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
     if version > SCHEMA_VERSION:
         raise StoreError(f"the store {where} has schema version {version}, newer than this "
                          f"Switch understands ({SCHEMA_VERSION}): upgrade Switch")
+    if version < SCHEMA_VERSION and not (created or migrate):
+        raise StoreError(f"the store {where} has schema version {version}, older than this "
+                         f"Switch's ({SCHEMA_VERSION}): run switch store migrate (once, from "
+                         "one host)")
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute(POSTGRES_MIGRATIONS[target - 1 - POSTGRES_BASELINE_VERSION])
         conn.execute("UPDATE switch_schema SET version = %s", (target,))
+    return 0 if created else version
 
 
 def _check_passphrase(conn: psycopg.Connection[Any], passphrase: bytes, where: str,

@@ -133,9 +133,35 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_log_action ON audit_log (action, seq);
     CREATE INDEX audit_log_ts ON audit_log (ts, seq);
     """,
+    # 3 -> 4: the order rows were inserted in, for lists (keys, certificates, requests): a
+    # stable order where creation times tie (same second). The rowid is that order for the rows
+    # already there (these tables have never had a row deleted); a trigger numbers new rows.
+    """
+    ALTER TABLE provisioning_keys ADD COLUMN insert_seq INTEGER;
+    UPDATE provisioning_keys SET insert_seq = rowid;
+    CREATE INDEX provisioning_keys_insert_order ON provisioning_keys (insert_seq);
+    CREATE TRIGGER provisioning_keys_insert_seq AFTER INSERT ON provisioning_keys WHEN NEW.insert_seq IS NULL
+        BEGIN UPDATE provisioning_keys SET insert_seq = (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM provisioning_keys)
+              WHERE rowid = NEW.rowid; END;
+    ALTER TABLE certificates ADD COLUMN insert_seq INTEGER;
+    UPDATE certificates SET insert_seq = rowid;
+    CREATE INDEX certificates_insert_order ON certificates (insert_seq);
+    CREATE TRIGGER certificates_insert_seq AFTER INSERT ON certificates WHEN NEW.insert_seq IS NULL
+        BEGIN UPDATE certificates SET insert_seq = (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM certificates)
+              WHERE rowid = NEW.rowid; END;
+    ALTER TABLE pending_requests ADD COLUMN insert_seq INTEGER;
+    UPDATE pending_requests SET insert_seq = rowid;
+    CREATE INDEX pending_requests_insert_order ON pending_requests (insert_seq);
+    CREATE TRIGGER pending_requests_insert_seq AFTER INSERT ON pending_requests WHEN NEW.insert_seq IS NULL
+        BEGIN UPDATE pending_requests SET insert_seq = (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM pending_requests)
+              WHERE rowid = NEW.rowid; END;
+    """,
 )
 
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
+#: Tables whose rows are listed in the order they were inserted (``insert_seq``; with PostgreSQL
+#: each has a sequence of the same name, ``TABLE_insert_seq``).
+INSERT_ORDERED: tuple[str, ...] = ("provisioning_keys", "certificates", "pending_requests")
 #: Every table both engines hold, parents before the tables whose foreign keys name them: the
 #: order in which a copy from one store to another moves them (``store_meta`` and
 #: ``switch_schema`` are PostgreSQL's own and are not copied).
@@ -266,5 +292,38 @@ CREATE INDEX auth_failures_at ON auth_failures (at);
 -- PostgreSQL only: what proves a host holds the right issuer key passphrase.
 CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 """
-POSTGRES_MIGRATIONS: tuple[str, ...] = ()
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    # 3 -> 4: insertion order (see SQLite's 3 -> 4), numbered by a sequence per table; the rows
+    # already there are numbered by creation time (ties in no particular order, as they were
+    # listed before).
+    """
+ALTER TABLE provisioning_keys ADD COLUMN insert_seq BIGINT;
+UPDATE provisioning_keys AS t SET insert_seq = o.n
+    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM provisioning_keys) AS o
+    WHERE t.ctid = o.rid;
+CREATE SEQUENCE provisioning_keys_insert_seq OWNED BY provisioning_keys.insert_seq;
+SELECT setval('provisioning_keys_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM provisioning_keys), false);
+ALTER TABLE provisioning_keys ALTER COLUMN insert_seq SET DEFAULT nextval('provisioning_keys_insert_seq'),
+    ALTER COLUMN insert_seq SET NOT NULL;
+CREATE INDEX provisioning_keys_insert_order ON provisioning_keys (insert_seq);
+ALTER TABLE certificates ADD COLUMN insert_seq BIGINT;
+UPDATE certificates AS t SET insert_seq = o.n
+    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM certificates) AS o
+    WHERE t.ctid = o.rid;
+CREATE SEQUENCE certificates_insert_seq OWNED BY certificates.insert_seq;
+SELECT setval('certificates_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM certificates), false);
+ALTER TABLE certificates ALTER COLUMN insert_seq SET DEFAULT nextval('certificates_insert_seq'),
+    ALTER COLUMN insert_seq SET NOT NULL;
+CREATE INDEX certificates_insert_order ON certificates (insert_seq);
+ALTER TABLE pending_requests ADD COLUMN insert_seq BIGINT;
+UPDATE pending_requests AS t SET insert_seq = o.n
+    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM pending_requests) AS o
+    WHERE t.ctid = o.rid;
+CREATE SEQUENCE pending_requests_insert_seq OWNED BY pending_requests.insert_seq;
+SELECT setval('pending_requests_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM pending_requests), false);
+ALTER TABLE pending_requests ALTER COLUMN insert_seq SET DEFAULT nextval('pending_requests_insert_seq'),
+    ALTER COLUMN insert_seq SET NOT NULL;
+CREATE INDEX pending_requests_insert_order ON pending_requests (insert_seq);
+""",
+)
 assert POSTGRES_BASELINE_VERSION + len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION

@@ -55,6 +55,26 @@ def _enable_wal(conn: sqlite3.Connection) -> str:
             time.sleep(0.02)
 
 
+def has_store(path: Path) -> bool:
+    """Whether ``path`` holds a store: a database with Switch's schema, at any version. An
+    absent or empty file, or a database without the schema, holds none; a file SQLite cannot
+    read is left for ``SqliteStore.open`` to say what is wrong with it."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+    except FileNotFoundError:
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0]) > 0
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True
+
+
 class SqliteStore(KeyOps, CertificateOps, AuditOps):
     """One connection to the file. Used by one thread at a time (see ``enroll.store.base``)."""
 
@@ -112,7 +132,7 @@ class SqliteStore(KeyOps, CertificateOps, AuditOps):
     def _migrate(self) -> None:
         """Apply every pending migration, in order, in one transaction (all or none)."""
         def migrate(tx: Tx) -> None:
-            version = int(tx.scalar("PRAGMA user_version"))
+            version = self.opened_at_version = int(tx.scalar("PRAGMA user_version"))
             if version > SCHEMA_VERSION:
                 raise StoreError(f"the store {self.path} has schema version {version}, newer "
                                  f"than this Switch understands ({SCHEMA_VERSION}): upgrade Switch")

@@ -28,6 +28,8 @@ EXIT_CODES: Mapping[str, int] = {
     "audit_tampered": EXIT_REFUSED,
     "agent_failed": EXIT_REFUSED,
     "loadtest_stalled": EXIT_REFUSED,
+    "already_running": EXIT_REFUSED,
+    "unsupported_store": EXIT_REFUSED,
     # enroll: what does not exist.
     "unknown_tenant": EXIT_NOT_FOUND,
     "unknown_key": EXIT_NOT_FOUND,
@@ -38,6 +40,9 @@ EXIT_CODES: Mapping[str, int] = {
     # enroll: the store.
     "store_error": EXIT_STORE,
     "store_unavailable": EXIT_STORE,
+    "store_missing": EXIT_STORE,
+    "store_exists": EXIT_REFUSED,
+    "backup_invalid": EXIT_REFUSED,
     "wrong_passphrase": EXIT_STORE,
     # enroll: the authority's rules.
     "invalid_key_name": EXIT_REFUSED,

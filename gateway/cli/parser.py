@@ -25,6 +25,7 @@ from gateway.cli.admin_commands import (
     cmd_service,
 )
 from gateway.cli.server import cmd_config_check, cmd_init, cmd_reload, cmd_serve
+from gateway.cli.store_commands import cmd_backup, cmd_restore, cmd_store_copy, cmd_store_migrate
 from gateway.cli.tools import cmd_agent, cmd_echo, cmd_loadtest, host_port
 from gateway.logs import FORMAT_ENV, FORMATS
 
@@ -133,6 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the ports (default: the number of cores "
                         "this process may run on; 1 runs in this process)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--create-store", action="store_true",
+                   help="create an empty store where there is none (never for a deployment "
+                        "that was initialised: restore its store instead)")
+
+    p = add(sub, "backup", cmd_backup, "archive the SQLite store and its issuer keys, "
+            "consistently, while Switch serves", [as_json])
+    p.add_argument("file", help="the archive to write (replaced if it exists; mode 0600)")
+    p = add(sub, "restore", cmd_restore,
+            "put a backup's store and issuer keys in place (Switch stopped)", [as_json])
+    p.add_argument("file", help="an archive written by switch backup")
+    p.add_argument("--replace", action="store_true",
+                   help="move the store there now aside (into STATE_DIR/replaced-TIME/) first")
+    store = sub.add_parser("store", help="the store as a whole").add_subparsers(
+        dest="store_cmd", required=True, metavar="SUBCOMMAND")
+    add(store, "migrate", cmd_store_migrate,
+        "bring the store's schema to this Switch's version (PostgreSQL: once, from one host)")
+    p = add(store, "copy", cmd_store_copy, "copy this SQLite deployment into an empty "
+            "PostgreSQL database, for several hosts (Switch stopped)")
+    p.add_argument("--to", required=True, metavar="URL",
+                   help="postgresql://USER@HOST:PORT/DATABASE (never with a password)")
+    p.add_argument("--password-file", help="the database user's password")
+    p.add_argument("--passphrase-file", required=True,
+                   help="the issuer key passphrase every host will hold "
+                        "([store] issuer_key_passphrase_file)")
 
     cfg = sub.add_parser("config", help="check the configuration").add_subparsers(
         dest="config_cmd", required=True, metavar="SUBCOMMAND")

@@ -18,6 +18,7 @@ from config.errors import ConfigError
 from config.load import load_config
 from gateway.cli.common import config_invalid, load, now
 from gateway.cli.exits import EXIT_OK, EXIT_REFUSED, CliExit
+from gateway.cli.store_commands import check_store, hold_state_dir
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -86,12 +87,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             trio.run(functools.partial(serve.main, cfg, worker=args.worker, generation=generation))
             return EXIT_OK
         cfg = load(args)
-        if args.worker is not None or workers == 1:
+        if args.worker is not None:
             trio.run(functools.partial(serve.main, cfg, worker=args.worker))
             return EXIT_OK
-        from gateway.workers import Supervisor
+        # One serving Switch per state directory, and never one without its store: checked
+        # before anything in the state directory is touched (gateway.runlock, enroll.store).
+        lock = hold_state_dir(cfg)
+        try:
+            check_store(cfg, create=args.create_store)
+            if workers == 1:
+                trio.run(functools.partial(serve.main, cfg))
+                return EXIT_OK
+            from gateway.workers import Supervisor
 
-        return trio.run(Supervisor(cfg, workers).run)
+            return trio.run(Supervisor(cfg, workers).run)
+        finally:
+            lock.release()
     except ConfigError as exc:  # a file changed since the check above, or OpenSSL refused it
         raise config_invalid(args.config, exc) from exc
 

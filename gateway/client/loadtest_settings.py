@@ -41,6 +41,14 @@ class LoadSettings:
     #: agent's jittered back-off, until the hold ends (for reconnection storms); off: a closed
     #: session stays closed and is only counted.
     reconnect: bool = False
+    #: Gateways beside ``gateway`` (several hosts with no load balancer in front): each worker
+    #: spreads its agents over them all, round robin (``gateway_for``).
+    more_gateways: tuple[tuple[str, int], ...] = ()
+
+    def gateway_for(self, index: int) -> tuple[str, int]:
+        """The gateway a worker's simulated agent number ``index`` connects to."""
+        every = (self.gateway, *self.more_gateways)
+        return every[index % len(every)]
 
     def public(self) -> dict[str, Any]:
         """The settings for the report (never the provisioning key)."""

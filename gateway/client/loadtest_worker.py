@@ -196,7 +196,8 @@ async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerS
     async with trio.open_nursery() as nursery:
         try:
             with trio.fail_after(settings.timeout_s):
-                ws, tls_s = await open_session(nursery, agent.context, settings.gateway,
+                ws, tls_s = await open_session(nursery, agent.context,
+                                               settings.gateway_for(agent.index),
                                                settings.server_name, settings.path,
                                                settings.pin_sha256)
         except SESSION_OPEN_ERRORS as exc:

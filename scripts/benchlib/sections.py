@@ -3,8 +3,6 @@ run, on the same machine, with the same certificates and the same load generator
 
 from __future__ import annotations
 
-import datetime as dt
-import multiprocessing
 import os
 import re
 import resource
@@ -16,28 +14,11 @@ from typing import Any
 
 import attrs
 
-from scripts.benchlib import env
+from scripts.benchlib import env, issuance
+from scripts.benchlib.rows import Options, Row
+from scripts.benchlib.rows import ratio as _ratio
 
-
-@attrs.frozen
-class Row:
-    measure: str
-    switch: str
-    reference: str
-    ratio: float | None = None
-    budget: str = ""
-    met: bool | None = None
-    note: str = ""
-
-
-@attrs.frozen
-class Options:
-    quick: bool
-    work: Path
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b else None
+__all__ = ["SECTIONS", "Options", "Row"]
 
 
 # --- (a) full mTLS handshakes -----------------------------------------------------------------
@@ -137,131 +118,6 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["ms_per_hs"])[len(runs) // 2]
 
 
-# --- (c) EST issuance -------------------------------------------------------------------------
-
-
-def _bare_issue_loop(seconds: float) -> float:
-    """Certificates per second from CSRs with `cryptography` alone: parse, verify the
-    signature, build a leaf much like Switch's profile, sign with ECDSA P-256."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    csrs = []
-    for i in range(200):
-        key = ec.generate_private_key(ec.SECP256R1())
-        csrs.append(x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, f"agent-{i}")])).sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.DER))
-    now = dt.datetime.now(dt.UTC)
-    done, deadline = 0, time.perf_counter() + seconds
-    start = time.perf_counter()
-    while time.perf_counter() < deadline:
-        csr = x509.load_der_x509_csr(csrs[done % len(csrs)])
-        assert csr.is_signature_valid
-        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(cn))]))
-                .issuer_name(ca_name).public_key(csr.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:switch:demo:{cn}")]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        cert.public_bytes(serialization.Encoding.DER)
-        done += 1
-    return done / (time.perf_counter() - start)
-
-
-def _enroll_worker(deploy: dict[str, Any], csrs: list[bytes], concurrency: int,
-                   go: Any, results: Any) -> None:
-    import trio
-    from cryptography import x509
-
-    from gateway.client.est_client import EstClient, EstServer
-
-    async def run() -> None:
-        server = EstServer("127.0.0.1", deploy["enroll"], env.HOST, ca_file=Path(deploy["ca"]))
-        todo = iter(csrs)
-        failures = 0
-
-        async def slot() -> None:
-            nonlocal failures
-            async with EstClient(server, timeout_s=30) as client:
-                await client.cacerts()  # the connection is up before the clock starts
-                go.wait()
-                for der in todo:
-                    try:
-                        await client.simpleenroll(x509.load_der_x509_csr(der), deploy["secret"])
-                    except Exception:  # noqa: BLE001 - counted, reported
-                        failures += 1
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(slot)
-        results.put((len(csrs), failures, time.monotonic()))
-
-    trio.run(run)
-
-
-def est(deploy: env.Deployment, opts: Options) -> list[Row]:
-    from cryptography.hazmat.primitives import serialization
-
-    from enroll import pki
-    from gateway.client.est_client import make_csr
-
-    total = 1000 if opts.quick else 4000
-    processes, concurrency = 2, 8
-    csrs = [make_csr(f"est-{i}", pki.generate_key("ec-p256")).public_bytes(serialization.Encoding.DER)
-            for i in range(total)]
-    ctx = multiprocessing.get_context("spawn")
-    go, results = ctx.Event(), ctx.Queue()
-    spec = {"enroll": deploy.enroll, "ca": str(deploy.pki / "dev-root-ca.pem"), "secret": deploy.secret}
-    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
-        procs = [ctx.Process(target=_enroll_worker, args=(spec, csrs[i::processes], concurrency, go, results))
-                 for i in range(processes)]
-        for p in procs:
-            p.start()
-        time.sleep(3 if opts.quick else 5)  # interpreters up, connections open
-        cpu0, t0 = sw.cpu(), time.monotonic()
-        go.set()
-        outcomes = [results.get(timeout=600) for _ in procs]
-        wall = max(end for _, _, end in outcomes) - t0
-        cpu = sw.cpu() - cpu0
-        for p in procs:
-            p.join(timeout=30)
-    issued = sum(n - f for n, f, _ in outcomes)
-    failures = sum(f for _, f, _ in outcomes)
-    rate = issued / wall
-    bare = _bare_issue_loop(3 if opts.quick else 8)
-    speed = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True,
-                           text=True).stdout
-    match = re.search(r"256 bits ecdsa \(nistp256\)\s+[\d.]+s\s+[\d.]+s\s+([\d.]+)", speed)
-    sign_rate = float(match.group(1)) if match else 0.0
-    ratio = _ratio(rate, bare)
-    per_core = issued / cpu if cpu else 0.0
-    core_ratio = _ratio(per_core, bare)
-    return [
-        Row("(c) certificates issued per core-second of server CPU through EST",
-            f"{per_core:.0f}/s", f"{bare:.0f}/s (bare loop, 1 core)", core_ratio,
-            "", None, "the same run as the row below, per second of Switch's CPU: what a core "
-            "of Switch issues while the load generator has the other"),
-        Row("(c) certificates issued per second through EST (keep-alive, 1 Switch process)",
-            f"{rate:.0f}/s", f"{bare:.0f}/s (bare `cryptography` CSR→certificate loop, 1 core)",
-            ratio, "≥ 0.5× the bare loop", ratio is not None and ratio >= 0.5,
-            f"{issued} issued, {failures} failed; Switch CPU {cpu * 1000 / max(issued, 1):.2f} ms per "
-            f"certificate; every certificate committed (fsync) before it is sent; "
-            f"`openssl speed ecdsap256`: {sign_rate:.0f} signs/s"),
-    ]
-
-
 # --- (b) idle sessions and (d) revoke-to-closed ------------------------------------------------
 
 
@@ -312,30 +168,54 @@ def idle(deploy: env.Deployment, opts: Options) -> list[Row]:
     return rows
 
 
-def revoke(deploy: env.Deployment, opts: Options) -> list[Row]:
+def _revoke_run(deploy: env.Deployment, cli: Callable[..., Any], gateways: list[int],
+                enroll: int, pids: tuple[int, ...], name: str, sessions: int) -> dict[str, Any]:
+    """``sessions`` sessions of a new key over ``gateways``, the key revoked during the hold;
+    the seconds from the command's start and return to the last session closed."""
     import json
 
-    sessions = 1000
-    key = json.loads(deploy.cli("keys", "generate", "demo", "revoke-bench", "--json").stdout)["secret"]
+    key = json.loads(cli("keys", "generate", "demo", name, "--json").stdout)["secret"]
     marks: dict[str, float] = {}
 
     def revoke_now(_: Any) -> None:
         marks["start"] = time.time()
-        deploy.cli("keys", "revoke", "demo", "revoke-bench", "--reason", "bench", "--confirm", "revoke-bench")
+        cli("keys", "revoke", "demo", name, "--reason", "bench", "--confirm", name)
         marks["cli_done"] = time.time()
 
-    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
-        report = _loadtest(deploy, deploy.gateway, sessions, (sw.root_pid,), 60.0, key_secret=key,
-                           until_all_closed=True, during_hold=revoke_now)
+    report = _loadtest(deploy, gateways[0], sessions, pids, 60.0, key_secret=key,
+                       enroll=("127.0.0.1", enroll), until_all_closed=True,
+                       during_hold=revoke_now,
+                       more_gateways=tuple(("127.0.0.1", p) for p in gateways[1:]))
     closed = report["closed_by_server_at"]
-    last = max(closed) - marks["start"] if closed else float("inf")
-    after_commit = max(closed) - marks["cli_done"] if closed else float("inf")
-    return [Row(
-        f"(d) `switch keys revoke` to the last of {sessions} dependent sessions closed",
-        f"{last:.2f} s", "—", None, "≤ 1 s", last <= 1.0,
-        f"{len(closed)} of {report['connected']} sessions closed by the server (1008); "
-        f"{after_commit:.2f} s after the command returned (the command itself, a new Python "
-        f"process, took {marks['cli_done'] - marks['start']:.2f} s)")]
+    return {"last": max(closed) - marks["start"] if closed else float("inf"),
+            "after_commit": max(closed) - marks["cli_done"] if closed else float("inf"),
+            "cli": marks["cli_done"] - marks["start"], "closed": len(closed),
+            "connected": report["connected"]}
+
+
+def revoke(deploy: env.Deployment, opts: Options) -> list[Row]:
+    from scripts.benchlib import several
+
+    sessions = 1000
+    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
+        lite = _revoke_run(deploy, deploy.cli, [deploy.gateway], deploy.enroll, (sw.root_pid,),
+                           "revoke-bench", sessions)
+    with env.echo(deploy, opts.work), several.several(deploy, opts.work) as hosts:
+        first = hosts.hosts[0]
+        shared = _revoke_run(deploy, first.cli, [h.gateway for h in hosts.hosts], first.enroll,
+                             hosts.root_pids(), "revoke-bench-pg", sessions)
+    rows = []
+    for label, run in ((f"{sessions} dependent sessions closed", lite),
+                       (f"{sessions} dependent sessions closed, PostgreSQL store, "
+                        f"{several.HOSTS} Switch processes as hosts (revoked through the first)",
+                        shared)):
+        rows.append(Row(
+            f"(d) `switch keys revoke` to the last of {label}",
+            f"{run['last']:.2f} s", "—", None, "≤ 1 s", run["last"] <= 1.0,
+            f"{run['closed']} of {run['connected']} sessions closed by the server (1008); "
+            f"{run['after_commit']:.2f} s after the command returned (the command itself, a new "
+            f"Python process, took {run['cli']:.2f} s)"))
+    return rows
 
 
 # --- (e) relay throughput -----------------------------------------------------------------------
@@ -402,5 +282,5 @@ def locks(deploy: env.Deployment, opts: Options) -> list[Row]:
 
 
 SECTIONS: dict[str, Callable[[env.Deployment, Options], list[Row]]] = {
-    "a": handshakes, "b": idle, "c": est, "d": revoke, "e": relay, "f": locks,
+    "a": handshakes, "b": idle, "c": issuance.est, "d": revoke, "e": relay, "f": locks,
 }

@@ -170,7 +170,7 @@ def test_an_intact_log_verifies_and_reports_its_head(authority: Authority) -> No
 
 
 def test_log_survives_reopening(switch_config: SwitchConfig, tmp_path: Path) -> None:
-    first = Authority.open(switch_config)
+    first = Authority.open(switch_config, create=True)
     first.generate_key("acme", "Key", actor="a")
     first.close()
     second = Authority.open(switch_config)

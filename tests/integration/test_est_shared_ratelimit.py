@@ -25,7 +25,7 @@ def services(store_config: SwitchConfig) -> Iterator[Callable[[], EstService]]:
     opened: list[Authority] = []
 
     def service() -> EstService:
-        opened.append(Authority.open(store_config, clock=lambda: NOW))
+        opened.append(Authority.open(store_config, clock=lambda: NOW, create=True))
         return EstService(store_config, Issuance(opened[-1]))
 
     yield service

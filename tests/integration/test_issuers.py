@@ -45,7 +45,7 @@ def test_first_enable_creates_a_p256_issuer_with_a_private_key_file(
 def test_the_state_directory_is_owner_only_whatever_the_umask(switch_config: SwitchConfig) -> None:
     old = os.umask(0o022)
     try:
-        auth = Authority.open(switch_config)
+        auth = Authority.open(switch_config, create=True)
         auth.enable_service("acme", actor="a")
         auth.generate_key("acme", "Laptops", actor="a")
         state = switch_config.state_dir
@@ -77,7 +77,7 @@ def test_a_store_made_under_a_loose_umask_is_tightened_when_opened(switch_config
 
 
 def test_p384_issuers_when_configured(switch_config: SwitchConfig) -> None:
-    auth = Authority.open(attrs.evolve(switch_config, issuer_key_type="ec-p384"))
+    auth = Authority.open(attrs.evolve(switch_config, issuer_key_type="ec-p384"), create=True)
     auth.enable_service("acme", actor="a")
     cert = auth.list_issuers("acme")[0].certificate()
     assert cert.public_key().curve.name == "secp384r1"  # type: ignore[union-attr]

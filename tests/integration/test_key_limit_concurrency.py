@@ -36,7 +36,7 @@ def _generate(
     try:
         if open_after_barrier:
             barrier.wait(timeout=JOIN_TIMEOUT_S)
-        authority = Authority.open(config)
+        authority = Authority.open(config, create=True)
         try:
             if not open_after_barrier:
                 barrier.wait(timeout=JOIN_TIMEOUT_S)
@@ -93,7 +93,7 @@ def _check_store(config: SwitchConfig) -> None:
 
 @pytest.mark.slow
 def test_ten_processes_at_once_exactly_three_keys_are_created(switch_config: SwitchConfig) -> None:
-    Authority.open(switch_config).close()  # the store exists; the workers race on the limit only
+    Authority.open(switch_config, create=True).close()  # the workers race on the limit only
     outcomes = _run_workers(switch_config)
     assert outcomes.count("ok") == MAX_LIVE_KEYS, outcomes
     assert outcomes.count("key_limit_reached") == WORKERS - MAX_LIVE_KEYS, outcomes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,7 +179,32 @@ def test_a_lost_database_is_store_unavailable_and_the_store_recovers(database: D
                               actor="t", ts=TS)
     finally:
         database.allow_connections(True)
-    assert pg.service_enabled("acme")  # the pool connects again by itself
+    # The store connects again by itself: within a bounded wait, never assumed at once.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            assert pg.service_enabled("acme")
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "the store did not reconnect"
+            time.sleep(0.1)
+
+
+def test_the_first_operation_after_an_outage_does_not_wait_for_the_pools_back_off(
+        database: Database, pg: Store) -> None:
+    """While the server refuses connections, the pool's own reconnection backs off (1 s,
+    doubling); the store does not wait for its next attempt once the server is back."""
+    pg.set_service("acme", True, actor="t", ts=TS, make_issuer=_make)
+    database.allow_connections(False)
+    try:
+        outage = time.monotonic() + 3.5  # long enough for the pool's back-off to reach 2 s, 4 s
+        while time.monotonic() < outage:
+            with pytest.raises(StoreUnavailable):
+                pg.generation()
+    finally:
+        database.allow_connections(True)
+    assert pg.service_enabled("acme")  # the very first call after the server is back
+    assert pg.service_enabled("acme")
 
 
 def test_open_store_reads_the_password_and_passphrase_files(
@@ -204,7 +230,7 @@ def test_both_engines_have_the_same_columns_in_every_table(database: Database, p
     from enroll.store import open_sqlite
     from enroll.store.schema import TABLES
 
-    open_sqlite(tmp_path / "switch.db").close()
+    open_sqlite(tmp_path / "switch.db", create=True).close()
     raw = sqlite3.connect(tmp_path / "switch.db")
     lite = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in TABLES}
     raw.close()

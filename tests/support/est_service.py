@@ -58,7 +58,7 @@ def make_env(tmp_path: Path) -> Iterator[Env]:
                   "gated": Profile("gated", approval="manual", renew_before_s=2 * 86400)},
         tenants={"acme": Tenant("acme", ("acme.test",)), "other": Tenant("other", ("other.test",))},
     )
-    authority = Authority.open(config, clock=lambda: NOW)
+    authority = Authority.open(config, clock=lambda: NOW, create=True)
     authority.enable_service("acme", actor="t")
     authority.enable_service("other", actor="t")
     _, secret = authority.generate_key("acme", "Fleet", actor="t")

@@ -68,11 +68,12 @@ class PostgresServer:
     def admin(self) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.admin_conninfo, autocommit=True)
 
-    def create_database(self) -> str:
-        """A fresh database at the current schema, empty of data."""
+    def create_database(self, template: str = TEMPLATE) -> str:
+        """A fresh database at the current schema, empty of data (with ``template="template0"``:
+        an empty database, without Switch's schema)."""
         name = f"switch_test_{os.getpid()}_{next(_names)}"
         with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE} OWNER {ROLE}'
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {template} OWNER {ROLE}'
                          " STRATEGY FILE_COPY")
         return name
 
@@ -161,7 +162,8 @@ def prepare_template(server: PostgresServer) -> None:
 
     with server.admin() as conn:
         conn.execute(f"CREATE DATABASE {TEMPLATE} OWNER {ROLE}")
-    PostgresStore.open(server.url(TEMPLATE), password=PASSWORD, passphrase=PASSPHRASE).close()
+    PostgresStore.open(server.url(TEMPLATE), password=PASSWORD, passphrase=PASSPHRASE,
+                       create=True).close()
 
 
 @contextlib.contextmanager

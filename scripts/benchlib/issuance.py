@@ -1,0 +1,171 @@
+"""The bench's section (c): certificates issued through EST, with SQLite and one Switch process,
+with PostgreSQL and three Switch processes as hosts, against a bare ``cryptography`` loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scripts.benchlib import env
+from scripts.benchlib.rows import Options, Row
+from scripts.benchlib.rows import ratio as _ratio
+
+# --- (c) EST issuance -------------------------------------------------------------------------
+
+
+def _bare_issue_loop(seconds: float) -> float:
+    """Certificates per second from CSRs with `cryptography` alone: parse, verify the
+    signature, build a leaf much like Switch's profile, sign with ECDSA P-256."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    csrs = []
+    for i in range(200):
+        key = ec.generate_private_key(ec.SECP256R1())
+        csrs.append(x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, f"agent-{i}")])).sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER))
+    now = dt.datetime.now(dt.UTC)
+    done, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        csr = x509.load_der_x509_csr(csrs[done % len(csrs)])
+        assert csr.is_signature_valid
+        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(cn))]))
+                .issuer_name(ca_name).public_key(csr.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:switch:demo:{cn}")]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert.public_bytes(serialization.Encoding.DER)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _enroll_worker(deploy: dict[str, Any], csrs: list[bytes], concurrency: int,
+                   go: Any, results: Any) -> None:
+    import trio
+    from cryptography import x509
+
+    from gateway.client.est_client import EstClient, EstServer
+
+    async def run() -> None:
+        server = EstServer("127.0.0.1", deploy["enroll"], env.HOST, ca_file=Path(deploy["ca"]))
+        todo = iter(csrs)
+        failures = 0
+
+        async def slot() -> None:
+            nonlocal failures
+            async with EstClient(server, timeout_s=30) as client:
+                await client.cacerts()  # the connection is up before the clock starts
+                go.wait()
+                for der in todo:
+                    try:
+                        await client.simpleenroll(x509.load_der_x509_csr(der), deploy["secret"])
+                    except Exception:  # noqa: BLE001 - counted, reported
+                        failures += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(slot)
+        results.put((len(csrs), failures, time.monotonic()))
+
+    trio.run(run)
+
+
+def _issue(deploy: env.Deployment, enroll_ports: list[int], csrs: list[bytes], quick: bool,
+           cpu: Callable[[], float]) -> dict[str, float]:
+    """One generator process per enrollment port (two for one port), ``concurrency`` requests
+    in flight each, all released together; certificates issued, failures, wall time and the
+    servers' CPU (``cpu``) over the run."""
+    processes = max(2, len(enroll_ports))
+    concurrency = 8 if len(enroll_ports) == 1 else 6
+    ctx = multiprocessing.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    specs = [{"enroll": enroll_ports[i % len(enroll_ports)],
+              "ca": str(deploy.pki / "dev-root-ca.pem"), "secret": deploy.secret}
+             for i in range(processes)]
+    procs = [ctx.Process(target=_enroll_worker,
+                         args=(specs[i], csrs[i::processes], concurrency, go, results))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(3 if quick else 5)  # interpreters up, connections open
+    cpu0, t0 = cpu(), time.monotonic()
+    go.set()
+    outcomes = [results.get(timeout=600) for _ in procs]
+    wall = max(end for _, _, end in outcomes) - t0
+    used = cpu() - cpu0
+    for p in procs:
+        p.join(timeout=30)
+    issued = sum(n - f for n, f, _ in outcomes)
+    return {"issued": issued, "failures": sum(f for _, f, _ in outcomes), "wall": wall,
+            "cpu": used}
+
+
+def est(deploy: env.Deployment, opts: Options) -> list[Row]:
+    from cryptography.hazmat.primitives import serialization
+
+    from enroll import pki
+    from gateway.client.est_client import make_csr
+    from scripts.benchlib import several
+
+    total = 1000 if opts.quick else 4000
+    csrs = [make_csr(f"est-{i}", pki.generate_key("ec-p256")).public_bytes(serialization.Encoding.DER)
+            for i in range(total)]
+    with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
+        lite = _issue(deploy, [deploy.enroll], csrs, opts.quick, sw.cpu)
+    with env.echo(deploy, opts.work), several.several(deploy, opts.work) as hosts:
+        pg_cpu0 = hosts.postgres_cpu()
+        shared = _issue(deploy, [h.enroll for h in hosts.hosts], csrs, opts.quick,
+                        hosts.switch_cpu)
+        pg_cpu = hosts.postgres_cpu() - pg_cpu0
+    issued, failures, cpu = lite["issued"], lite["failures"], lite["cpu"]
+    rate = issued / lite["wall"]
+    bare = _bare_issue_loop(3 if opts.quick else 8)
+    speed = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True,
+                           text=True).stdout
+    match = re.search(r"256 bits ecdsa \(nistp256\)\s+[\d.]+s\s+[\d.]+s\s+([\d.]+)", speed)
+    sign_rate = float(match.group(1)) if match else 0.0
+    ratio = _ratio(rate, bare)
+    per_core = issued / cpu if cpu else 0.0
+    core_ratio = _ratio(per_core, bare)
+    pg_rate = shared["issued"] / shared["wall"]
+    pg_per_core = shared["issued"] / shared["cpu"] if shared["cpu"] else 0.0
+    return [
+        Row("(c) certificates issued per core-second of server CPU through EST",
+            f"{per_core:.0f}/s", f"{bare:.0f}/s (bare loop, 1 core)", core_ratio,
+            "", None, "the same run as the row below, per second of Switch's CPU: what a core "
+            "of Switch issues while the load generator has the other"),
+        Row("(c) certificates issued per second through EST (keep-alive, 1 Switch process)",
+            f"{rate:.0f}/s", f"{bare:.0f}/s (bare `cryptography` CSR→certificate loop, 1 core)",
+            ratio, "≥ 0.5× the bare loop", ratio is not None and ratio >= 0.5,
+            f"{issued:.0f} issued, {failures:.0f} failed; Switch CPU "
+            f"{cpu * 1000 / max(issued, 1):.2f} ms per certificate; every certificate committed "
+            f"(fsync) before it is sent; `openssl speed ecdsap256`: {sign_rate:.0f} signs/s"),
+        Row(f"(c) the same, PostgreSQL store, {several.HOSTS} Switch processes as hosts",
+            f"{pg_rate:.0f}/s", f"{rate:.0f}/s (SQLite, 1 process, above)",
+            _ratio(pg_rate, rate), "", None,
+            f"{shared['issued']:.0f} issued, {shared['failures']:.0f} failed, spread over the "
+            f"{several.HOSTS} enrollment ports; {pg_per_core:.0f} per core-second of Switch CPU "
+            f"({shared['cpu'] * 1000 / max(shared['issued'], 1):.2f} ms each) and "
+            f"{pg_cpu * 1000 / max(shared['issued'], 1):.2f} ms of PostgreSQL's per certificate, "
+            "all on the same cores as the generator (PostgreSQL without fsync, as in the tests)"),
+    ]
