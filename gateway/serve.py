@@ -49,7 +49,7 @@ from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
 from enroll.ratelimit import Limiter, SharedFailureLimiter
 from enroll.trust_view import read_trust_view
-from gateway import runfiles
+from gateway import runfiles, sdnotify
 from gateway.admin import AdminListener
 from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
@@ -315,9 +315,6 @@ class Switch:
         cfg = self.config
         try:
             await self.refresh_trust()
-            # The starting state is this process's first "reload": `switch reload` waits for
-            # every process whose status file exists.
-            self._write_reload_status()
             if self.write_pid:
                 runfiles.write_pid(cfg.state_dir)
             async with trio.open_nursery() as connections:
@@ -348,6 +345,10 @@ class Switch:
                             connections, self.sockets.get("admin"))
                     services.start_soon(self.watch_store)
                     services.start_soon(self.store_watch.run)
+                    # The starting state is this process's first "reload": `switch reload` waits
+                    # for every process whose status file exists, and the supervisor takes the
+                    # workers' files as the sign that they serve.
+                    self._write_reload_status()
                     task_status.started(self.listeners)
                     await self._stop.wait()
                     log.info("draining", sessions=len(self.registry),
@@ -420,6 +421,8 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                         nursery.start_soon(switch.reload)
                         continue
                     log.info("stopping", signal=signal.Signals(signum).name)
+                    if worker is None:
+                        sdnotify.notify("STOPPING=1")
                     switch.stop()
                     return
 
@@ -433,5 +436,12 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                     switch.stop()
 
                 nursery.start_soon(stop_when_orphaned)
-            await switch.run()
-            nursery.cancel_scope.cancel()
+
+            async def serve(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+                await switch.run(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(serve)
+            if worker is None:  # the supervisor tells systemd once every worker serves
+                sdnotify.notify("READY=1")

@@ -21,9 +21,11 @@ EXIT_CODES: Mapping[str, int] = {
     # The command line's own.
     "usage": EXIT_USAGE,
     "config_invalid": EXIT_CONFIG,
+    "config_missing": EXIT_CONFIG,
     "reload_refused": EXIT_CONFIG,
     "deployment_exists": EXIT_REFUSED,
     "not_running": EXIT_REFUSED,
+    "listen_failed": EXIT_REFUSED,
     "reload_unconfirmed": EXIT_REFUSED,
     "audit_tampered": EXIT_REFUSED,
     "agent_failed": EXIT_REFUSED,

@@ -12,12 +12,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.check import check_config, format_problems
 from config.errors import ConfigError
 from config.load import load_config
-from gateway.cli.common import config_invalid, load, now
+from gateway.cli.common import config_invalid, config_missing, load, now
 from gateway.cli.exits import EXIT_OK, EXIT_REFUSED, CliExit
+
+if TYPE_CHECKING:
+    from gateway.listening import ListenError
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -37,6 +41,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = Path(args.config)
+    missing = config_missing(path)
+    if missing is not None:
+        raise missing
     try:
         cfg = load_config(path)
     except ConfigError as exc:
@@ -68,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway import serve
+    from gateway.listening import ListenError
     from gateway.workers import GENERATION_ENV, SNAPSHOT_ENV
 
     # Until the server's own signal handling is in place, a SIGHUP (reload) must not kill the
@@ -94,6 +102,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return trio.run(Supervisor(cfg, workers).run)
     except ConfigError as exc:  # a file changed since the check above, or OpenSSL refused it
         raise config_invalid(args.config, exc) from exc
+    except (ListenError, BaseExceptionGroup) as exc:  # a port in use: one line, no traceback
+        failed = _listen_error(exc)
+        if failed is None:
+            raise
+        raise CliExit("listen_failed", str(failed)) from None
+
+
+def _listen_error(exc: BaseException) -> ListenError | None:
+    """The ``ListenError`` that ``exc`` is or holds (in nested exception groups), else None."""
+    from gateway.listening import ListenError
+
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _listen_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
