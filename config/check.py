@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -143,6 +144,34 @@ def _tenant_problems(cfg: SwitchConfig, tenant: Tenant, now: dt.datetime) -> lis
     return problems
 
 
+def _email_probes(cfg: SwitchConfig) -> list[str]:
+    """E-mail addresses such as organisation certificates are known by (the default identity
+    rule), on the tenants' own names and on others."""
+    hosts = [h for t in cfg.tenants.values() for h in t.hostnames] or ["example.com"]
+    return ["a@b", "agent1@example.com", *(f"agent1@{h}" for h in hosts)]
+
+
+def _profile_problems(cfg: SwitchConfig) -> list[Problem]:
+    """A profile whose subject rule lets a provisioned CN hold an ``@``: anyone with a
+    provisioning key could then enroll a name that looks like an organisation identity."""
+    problems: list[Problem] = []
+    probes = _email_probes(cfg)
+    for profile in cfg.profiles.values():
+        try:
+            allows = "@" in profile.subject_pattern or any(
+                re.fullmatch(profile.subject_pattern, p) for p in probes)
+        except re.error:  # the loader reported it
+            continue
+        if allows:
+            problems.append(Problem(cfg.path, f"profiles.{profile.name}.subject_pattern",
+                                    "lets a provisioned certificate's CN hold \"@\": anyone with "
+                                    "a provisioning key can enroll a name that looks like an "
+                                    "organisation identity (an e-mail address); leave \"@\" out, "
+                                    "and have upstreams read X-Switch-Identity together with "
+                                    "X-Switch-Trust (docs/gateway.md)", "warning"))
+    return problems
+
+
 #: A passphrase shorter than this is reported: it is what keeps issuer keys in the database
 #: unreadable to anyone holding a copy of the database.
 MIN_PASSPHRASE_CHARS = 16
@@ -182,7 +211,9 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
       the state directory readable by other users; a CRL past its next update;
     - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
-      enabled gateway with no tenants.
+      enabled gateway with no tenants;
+    - a profile whose ``subject_pattern`` lets a provisioned CN hold an ``@`` (it could pass
+      for an organisation identity).
     """
     problems: list[Problem] = []
     main = cfg.path
@@ -193,6 +224,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "warning"))
     problems += _server_problems(cfg, now)
     problems += _store_problems(cfg)
+    problems += _profile_problems(cfg)
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "
                                 "holds issuer private keys: chmod 700 it", "warning"))

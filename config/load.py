@@ -54,8 +54,10 @@ everywhere. The keys, with their defaults::
     validity = "30d"                    #  -> validity_s
     renew_before = "7d"                 #  -> renew_before_s, shorter than validity
     key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]   # of model.KEY_TYPES
-    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"   # regex the subject CN must match in full
+    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"   # regex the subject CN must match in
+                                        #   full; no "@" by default (see config.check)
     approval = "auto"                   # or "manual"
+    unique_subject = false              # true: a CN another key's live certificate holds is refused
 
     [tenants.NAME]                      # NAME: [a-z0-9][a-z0-9-]{0,62}; not also in tenants_dir
     hostnames = ["demo.switch.test"]    # required, non-empty; SNI names, unique across tenants
@@ -408,6 +410,7 @@ def _read_profile(t: _Table, name: str) -> Profile:
     except re.error as exc:
         t.error("subject_pattern", f"not a valid regular expression: {exc}")
     approval = t.string("approval", d.approval)
+    unique_subject = t.boolean("unique_subject", d.unique_subject)
     if approval not in ("auto", "manual"):
         t.error("approval", f"must be \"auto\" or \"manual\", not {approval!r}")
         approval = d.approval
@@ -416,7 +419,8 @@ def _read_profile(t: _Table, name: str) -> Profile:
     elif renew >= validity:
         t.error("renew_before", "must be shorter than validity")
     t.finish()
-    return Profile(name, int(validity), int(renew), key_types, pattern, approval)  # type: ignore[arg-type]
+    return Profile(name, int(validity), int(renew), key_types, pattern,
+                   approval, unique_subject)  # type: ignore[arg-type]
 
 
 def _read_identity(t: _Table) -> IdentityRule:

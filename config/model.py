@@ -107,6 +107,11 @@ class IdentityRule:
     allow: tuple[str, ...] = ()
 
 
+#: The default subject rule: no ``@``, so that a provisioned name never looks like the e-mail
+#: address an organisation certificate is known by (the two namespaces stay apart).
+DEFAULT_SUBJECT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
 @attrs.frozen
 class Profile:
     """A named certificate template (seed 002)."""
@@ -116,8 +121,10 @@ class Profile:
     renew_before_s: int = 7 * 86400
     key_types: tuple[str, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
     #: Regular expression the requested subject common name must match in full.
-    subject_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
+    subject_pattern: str = DEFAULT_SUBJECT_PATTERN
     approval: Approval = "auto"
+    #: A CN held by a live certificate of another provisioning key is refused (``subject_taken``).
+    unique_subject: bool = False
 
 
 @attrs.frozen

@@ -78,6 +78,7 @@ EXIT_CODES: Mapping[str, int] = {
     "bad_csr_signature": EXIT_REFUSED,
     "key_type_not_allowed": EXIT_REFUSED,
     "subject_not_allowed": EXIT_REFUSED,
+    "subject_taken": EXIT_REFUSED,
     "empty_password": EXIT_REFUSED,
     "bad_password": EXIT_REFUSED,
 }

@@ -209,3 +209,20 @@ def test_a_passphrase_with_sqlite_is_reported_unused(tmp_path: Path) -> None:
     [problem] = check_config(cfg, NOW)
     assert (problem.key, problem.severity) == ("store.issuer_key_passphrase_file", "warning")
     assert "unused" in problem.message
+
+
+def test_the_default_subject_rule_has_no_at_sign_and_is_not_flagged(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path)
+    assert "@" not in cfg.profiles["default"].subject_pattern
+    assert not [p for p in check_config(cfg, NOW) if p.key.startswith("profiles.")]
+
+
+@pytest.mark.parametrize("pattern", [r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", r".+", r"\S{1,64}",
+                                     r"[^/]+"])
+def test_a_subject_rule_that_lets_a_cn_hold_an_at_sign_is_a_warning(tmp_path: Path,
+                                                                   pattern: str) -> None:
+    config = CONFIG + f'[profiles.laptops]\nsubject_pattern = "{pattern}"\n'.replace("\\", "\\\\")
+    problems = check_config(_deploy(tmp_path, config=config), NOW)
+    [problem] = [p for p in problems if p.key.startswith("profiles.")]
+    assert (problem.key, problem.severity) == ("profiles.laptops.subject_pattern", "warning")
+    assert "organisation identity" in problem.message and "X-Switch-Trust" in problem.message

@@ -85,6 +85,7 @@ def test_a_good_config_loads_into_the_model(tmp_path: Path, pkidir: Path) -> Non
     assert cfg.admin.listen.port == 9090 and not cfg.admin.listen.enabled
     assert cfg.profiles["kiosk"].approval == "manual" and cfg.profiles["kiosk"].validity_s == 86400
     assert cfg.profiles["default"].validity_s == 30 * 86400  # exists with defaults when unwritten
+    assert not cfg.profiles["kiosk"].unique_subject
     acme = cfg.tenants["acme"]
     assert acme.hostnames == ("acme.example", "agents.acme.example")
     assert acme.organisation_cas == (tmp_path / "pki" / "org.pem",)
@@ -540,3 +541,10 @@ def test_a_password_file_without_a_url_is_an_error(tmp_path: Path, pkidir: Path)
     _secret_files(tmp_path)
     problems = _by_key(_load(tmp_path, GOOD + '[store]\npassword_file = "pg.pass"\n'))
     assert "set [store] url too" in problems["store.password_file"]
+
+
+def test_a_profile_may_keep_each_cn_to_one_key(tmp_path: Path, pkidir: Path) -> None:
+    (tmp_path / "switch.toml").write_text(GOOD + "[profiles.fleet]\nunique_subject = true\n")
+    assert load_config(tmp_path / "switch.toml").profiles["fleet"].unique_subject
+    problems = _load(tmp_path, GOOD + '[profiles.fleet]\nunique_subject = "yes"\n')
+    assert _by_key(problems) == {"profiles.fleet.unique_subject": "expected true or false, got a string"}
