@@ -11,8 +11,10 @@ import datetime as dt
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -25,7 +27,8 @@ EXPIRY_WARNING = dt.timedelta(days=30)
 #: NIST SP 800-131A: RSA keys under 2048 bits are disallowed for signatures.
 MIN_RSA_BITS = 2048
 
-__all__ = ["EXPIRY_WARNING", "MIN_RSA_BITS", "check_config", "format_problems"]
+__all__ = ["EXPIRY_WARNING", "MIN_RSA_BITS", "ProfileUse", "check_config", "format_problems",
+           "missing_profiles"]
 
 
 def _cert_problems(cert: x509.Certificate, file: Path, key: str, now: dt.datetime) -> list[Problem]:
@@ -169,6 +172,33 @@ def _profile_problems(cfg: SwitchConfig) -> list[Problem]:
                                     "organisation identity (an e-mail address); leave \"@\" out, "
                                     "and have upstreams read X-Switch-Identity together with "
                                     "X-Switch-Trust (docs/gateway.md)", "warning"))
+    return problems
+
+
+@attrs.frozen
+class ProfileUse:
+    """A live provisioning key (active or suspended) that names a profile of its own, as the
+    store holds it: what ``missing_profiles`` checks a configuration against."""
+
+    tenant: str
+    key_name: str
+    key_id: str
+    profile: str
+
+
+def missing_profiles(cfg: SwitchConfig, uses: Iterable[ProfileUse]) -> list[Problem]:
+    """An error for each live key whose profile ``cfg`` does not define: every enrollment or
+    renewal through it would be refused (``unknown_profile``). The loader checks the tenants'
+    profiles; the keys' are in the store, so ``config check`` (when it can read the store),
+    ``switch reload`` and the supervisor of ``--workers`` read them and call this."""
+    problems: list[Problem] = []
+    for use in uses:
+        if use.profile not in cfg.profiles:
+            problems.append(Problem(cfg.path, f"profiles.{use.profile}", (
+                f"provisioning key {use.key_name!r} ({use.key_id}) of tenant {use.tenant} names "
+                f"profile {use.profile!r}, which the configuration does not define: its "
+                "enrollments and renewals would be refused; define the profile again, or "
+                f"revoke the key (switch keys revoke {use.tenant} {use.key_name!r})")))
     return problems
 
 

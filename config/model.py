@@ -188,9 +188,11 @@ class SwitchConfig:
             return self.tenants.get(self.default_tenant)
         return tenant
 
-    def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile:
-        """The profile for ``tenant``, or the per-key ``override`` when one is set."""
-        return self.profiles[override or tenant.profile]
+    def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile | None:
+        """The profile for ``tenant``, or the per-key ``override`` when one is set; None when
+        the configuration does not define it (a key in the store may name a profile removed
+        since: the caller refuses, ``config check`` and reload report it)."""
+        return self.profiles.get(override or tenant.profile)
 
 
 def _hostname_map(tenants: Mapping[str, Tenant]) -> dict[str, Tenant]:

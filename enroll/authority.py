@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import attrs
 
+from config.check import ProfileUse, missing_profiles
+from config.errors import Problem
 from config.model import SwitchConfig
 from enroll import audit, issuers, keys, secrets
 from enroll.audit import AuditEntry, AuditVerification
@@ -30,6 +32,16 @@ def _utcnow() -> dt.datetime:
 
 def _ts(when: dt.datetime) -> int:
     return int(when.timestamp())
+
+
+def stored_key_profile_problems(config: SwitchConfig) -> list[Problem]:
+    """``Authority.key_profile_problems`` on a store opened for the purpose and closed again
+    (``StoreError`` when it cannot be read)."""
+    authority = Authority.open(config)
+    try:
+        return authority.key_profile_problems()
+    finally:
+        authority.close()
 
 
 class Authority:
@@ -83,6 +95,13 @@ class Authority:
                                        secret_hash=secrets.hash_secret(secret), profile=profile,
                                        actor=actor, ts=self._now(now))
         return record, secret
+
+    def key_profile_problems(self, config: SwitchConfig | None = None) -> list[Problem]:
+        """The live keys that name a profile ``config`` (default: this authority's) does not
+        define, as configuration errors (``config.check.missing_profiles``)."""
+        uses = [ProfileUse(k.tenant, k.name, k.id, k.profile)
+                for k in self.store.keys_with_profiles() if k.profile is not None]
+        return missing_profiles(config or self.config, uses)
 
     def list_keys(self, tenant: str) -> list[KeyRecord]:
         return self.store.list_keys(self._tenant(tenant))

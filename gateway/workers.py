@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -40,7 +41,7 @@ import structlog
 import trio
 
 from config import snapshot
-from config.errors import ConfigError
+from config.errors import ConfigError, Problem
 from config.model import SwitchConfig
 from gateway import metrics, sdnotify
 from gateway.listening import format_address, open_listening_sockets
@@ -70,6 +71,18 @@ def decode_fds(spec: str) -> dict[str, list[socket.socket]]:
         name, _, fds = part.partition(":")
         out[name] = [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
     return out
+
+
+def _key_profile_problems(config: SwitchConfig) -> list[Problem]:
+    """Live keys in the store naming a profile ``config`` lacks; none when the store cannot be
+    read (each worker's reload looks again, and logs it)."""
+    from enroll.authority import stored_key_profile_problems
+    from enroll.errors import StoreError
+
+    try:
+        return stored_key_profile_problems(config)
+    except StoreError:
+        return []
 
 
 async def watch_parent(on_orphaned: trio.Event, parent: int) -> None:
@@ -102,6 +115,11 @@ class Supervisor:
         try:
             config, directory = snapshot.take_snapshot(self.config.path, state_dir,
                                                        self.generation + 1)
+            if self.snapshot is not None:  # a reload: the workers would refuse it, and a
+                missing = _key_profile_problems(config)  # worker restarted later must not run it
+                if missing:
+                    shutil.rmtree(directory, ignore_errors=True)
+                    raise ConfigError(missing)
         except ConfigError as exc:
             if self.snapshot is None:
                 raise

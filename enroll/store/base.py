@@ -123,6 +123,11 @@ class Store(abc.ABC):
     def find_key(self, tenant: str, name_or_id: str) -> KeyRecord | None: ...
 
     @abc.abstractmethod
+    def keys_with_profiles(self) -> list[KeyRecord]:
+        """Every live key (active or suspended), of any tenant, that names a profile of its
+        own; by tenant and name. What a configuration must keep defining."""
+
+    @abc.abstractmethod
     def key_for_authentication(self, tenant: str, key_id: str) -> tuple[bytes, KeyRecord] | None:
         """The stored secret hash and the key with that id, whatever its state."""
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.check import check_config, format_problems
-from config.errors import ConfigError
+from config.errors import ConfigError, Problem
 from config.load import load_config
+from config.model import SwitchConfig
 from gateway.cli.common import config_invalid, config_missing, load, now
 from gateway.cli.exits import EXIT_OK, EXIT_REFUSED, CliExit
 
@@ -57,7 +58,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{path}: {failed} error(s), {len(problems) - failed} warning(s); the "
               "configuration does not load", file=sys.stderr)
         return EXIT_REFUSED
-    problems = check_config(cfg, now())
+    problems = check_config(cfg, now()) + _key_profile_problems(cfg)
     if problems:
         print(format_problems(problems), file=sys.stderr)
     errors = [p for p in problems if p.severity == "error"]
@@ -67,6 +68,22 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     print(f"{path}: OK ({len(cfg.tenants)} tenant(s), {warnings} warning(s))")
     return EXIT_OK
+
+
+def _key_profile_problems(cfg: SwitchConfig) -> list[Problem]:
+    """The live provisioning keys that name a profile ``cfg`` does not define (errors), when the
+    store can be read; a warning when it cannot. A SQLite store that does not exist yet is not
+    created: a deployment that never served has no keys."""
+    from enroll.authority import stored_key_profile_problems
+    from enroll.errors import StoreError
+
+    if cfg.store.url is None and not (cfg.state_dir / "switch.db").exists():
+        return []
+    try:
+        return stored_key_profile_problems(cfg)
+    except StoreError as exc:
+        return [Problem(cfg.path, "store", f"the store could not be read ({exc.message}): the "
+                        "profiles that provisioning keys name were not checked", "warning")]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""The store's rules on subjects, on both engines: a CN held by a live certificate of another
-provisioning key is refused when asked (``unique_subject``), also when two writers race."""
+"""Store rules added for issue 15, on both engines: a CN held by a live certificate of another
+provisioning key is refused when asked (``unique_subject``), also when two writers race; the
+live keys that name a profile of their own are listed for configuration checks."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def _enable(store: Store) -> None:
         "acme", seq, key_type="ec-p256", validity_s=365 * 86400, now=NOW))
 
 
-def _key(store: Store, name: str) -> str:
+def _key(store: Store, name: str, *, tenant: str = "acme", profile: str | None = None) -> str:
     key_id = secrets.new_key_id()
-    store.create_key("acme", key_id=key_id, name=name, secret_hash=b"h" * 32, profile=None,
+    store.create_key(tenant, key_id=key_id, name=name, secret_hash=b"h" * 32, profile=profile,
                      actor="t", ts=TS)
     return key_id
 
@@ -106,3 +107,17 @@ def test_two_keys_racing_for_one_subject_on_two_connections_one_wins(
     racer.join(20)
     assert len(outcome) == 1 and isinstance(outcome[0], SubjectTaken), outcome
     assert [r.key_id for r in first_store.list_certificates("acme")] == [first]
+
+
+def test_the_live_keys_naming_a_profile_are_listed_across_tenants(store: Store) -> None:
+    _key(store, "Plain")
+    kiosks = _key(store, "Kiosks", profile="kiosk")
+    _key(store, "Old", profile="gone")
+    store.transition_key("acme", "Old", KeyAction.REVOKE, reason="r", confirm="Old", actor="t",
+                         ts=TS)
+    paused = _key(store, "Paused", tenant="other", profile="kiosk")
+    store.transition_key("other", "Paused", KeyAction.SUSPEND, reason="r", confirm=None,
+                         actor="t", ts=TS)
+    listed = store.keys_with_profiles()
+    assert [(k.tenant, k.id, k.profile) for k in listed] == [
+        ("acme", kiosks, "kiosk"), ("other", paused, "kiosk")]
