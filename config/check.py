@@ -133,14 +133,23 @@ def _tenant_problems(cfg: SwitchConfig, tenant: Tenant, now: dt.datetime) -> lis
             problems.append(Problem(file, f"{prefix}organisation_crls[{i}]",
                                     f"{path} is stale: its next update was due on "
                                     f"{next_update:%Y-%m-%d}; fetch a fresh CRL", "warning"))
+    for path in tenant.organisation_certs:
+        try:
+            pinned = tls_material.load_client_certificates(path)
+        except ValueError as exc:
+            problems.append(Problem(file, f"{prefix}organisation_certs", str(exc)))
+            continue
+        for cert in pinned:
+            problems += _cert_problems(cert, file, f"{prefix}organisation_certs", now)
     if tenant.identity.kind == "any":
         problems.append(Problem(file, f"{prefix}identity.rule",
                                 "rule \"any\" lets every certificate from the organisation CAs "
                                 "in, whatever it names", "warning"))
-    if not tenant.organisation_cas:
+    if not tenant.uses_organisation_cas:
         problems.append(Problem(file, f"{prefix}organisation_cas",
-                                "no organisation CAs: only provisioned certificates can connect, "
-                                "once the provisioning service is enabled", "warning"))
+                                "no organisation CAs or certificates: only provisioned "
+                                "certificates can connect, once the provisioning service is "
+                                "enabled", "warning"))
     if tenant.upstream is None:
         problems.append(Problem(file, f"{prefix}upstream",
                                 "no upstream: agents of this tenant have nowhere to go", "warning"))

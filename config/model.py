@@ -141,11 +141,19 @@ class Tenant:
     #: PEM certificates a ``wss://`` upstream's certificate must chain to (instead of the
     #: system trust store).
     upstream_ca: Path | None = None
+    #: ``organisation_certs`` files: PEM client certificates trusted one by one (exactly these
+    #: leaves, whoever issued them).
+    organisation_certs: tuple[Path, ...] = ()
+    #: ``organisation_certs`` fingerprints: SHA-256 of further such leaves, lower-case hex.
+    organisation_cert_sha256: tuple[str, ...] = ()
 
     @property
     def uses_organisation_cas(self) -> bool:
-        """"Use certificates provisioned by my organisation" is on when CAs are configured."""
-        return bool(self.organisation_cas)
+        """"Use certificates provisioned by my organisation" is on when CAs or single client
+        certificates (seed 000: "upload your CA certificates or specific client
+        certificates") are configured."""
+        return bool(self.organisation_cas or self.organisation_certs
+                    or self.organisation_cert_sha256)
 
 
 @attrs.frozen
