@@ -77,7 +77,7 @@ def test_a_file_missing_from_a_snapshot_is_a_problem_not_read_from_disk(tmp_path
 def test_a_snapshot_holds_the_pinned_client_certificates(tmp_path: Path) -> None:
     config = make_deployment(tmp_path / "d")
     config.path.write_text(config.path.read_text().replace(
-        'organisation_crls = []', 'organisation_crls = []\norganisation_certs = ["pki/demo-agent.pem"]'))
+        'organisation_certs = []', 'organisation_certs = ["pki/demo-agent.pem"]'))
     _, directory = snapshot.take_snapshot(config.path, config.state_dir, 1)
     (tmp_path / "d/pki/demo-agent.pem").unlink()
     again = snapshot.load_snapshot(config.path, directory)
