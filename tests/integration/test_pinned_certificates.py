@@ -62,9 +62,9 @@ class Fleet:
         config = directory / "switch.toml"
         self.before = config.read_text()
         config.write_text(self.before.replace(
-            'organisation_cas = ["pki/demo-org-ca.pem"]',
-            f'organisation_cas = []\norganisation_certs = ["pinned-1.pem", '
-            f'"sha256:{self.kiosk_pin}"]'))
+            'organisation_cas = ["pki/demo-org-ca.pem"]', 'organisation_cas = []').replace(
+            'organisation_certs = []',
+            f'organisation_certs = ["pinned-1.pem", "sha256:{self.kiosk_pin}"]'))
 
 
 async def _refused(gw: Gateway, agent: Agent, tls: ssl.TLSVersion) -> None:
