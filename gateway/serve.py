@@ -252,7 +252,7 @@ class Switch:
                 config = attrs.evolve(config, state_dir=self.started.state_dir)
                 loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation,
                                                        self.est_limiter)
-                missing = await self._key_profile_problems(config)
+                missing = await self._in_store(self.authority.checked_key_profiles, config)
                 if missing:  # a key's enrollments would all be refused: keep the running config
                     raise ConfigError(missing)
             except ValueError as exc:  # ConfigError, with every problem's file and key
@@ -279,18 +279,6 @@ class Switch:
                      restart_needed=list(restart))
             self._write_reload_status()
             return self.last_reload
-
-    async def _key_profile_problems(self, config: SwitchConfig) -> list[Problem]:
-        """The live keys in the store that name a profile ``config`` does not define. When the
-        store cannot be read, none (logged): enrollment waits for the store anyway, and a key
-        whose profile is missing is refused with ``unknown_profile``, never a crash."""
-        try:
-            return await self._in_store(self.authority.key_profile_problems, config)
-        except StoreError as exc:
-            log.warning("key_profiles_unchecked", error=exc.message,
-                        detail="the store could not be read: the profiles keys name were not "
-                               "checked against the configuration")
-            return []
 
     def _record(self, result: ReloadResult, *, reload: bool = True) -> ReloadResult:
         """Show ``result`` in /metrics. The load at start sets the generation, the last result
@@ -332,7 +320,7 @@ class Switch:
             await self.refresh_trust()
             # Started anyway (every other agent is served): those keys' requests are refused
             # with unknown_profile until the profile is back or the key revoked.
-            for problem in await self._key_profile_problems(self.config):
+            for problem in await self._in_store(self.authority.checked_key_profiles, cfg):
                 log.error("key_profile_missing", error=problem.message)
             if self.write_pid:
                 runfiles.write_pid(cfg.state_dir)
