@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -24,7 +27,8 @@ EXPIRY_WARNING = dt.timedelta(days=30)
 #: NIST SP 800-131A: RSA keys under 2048 bits are disallowed for signatures.
 MIN_RSA_BITS = 2048
 
-__all__ = ["EXPIRY_WARNING", "MIN_RSA_BITS", "check_config", "format_problems"]
+__all__ = ["EXPIRY_WARNING", "MIN_RSA_BITS", "ProfileUse", "check_config", "format_problems",
+           "missing_profiles"]
 
 
 def _cert_problems(cert: x509.Certificate, file: Path, key: str, now: dt.datetime) -> list[Problem]:
@@ -129,17 +133,81 @@ def _tenant_problems(cfg: SwitchConfig, tenant: Tenant, now: dt.datetime) -> lis
             problems.append(Problem(file, f"{prefix}organisation_crls[{i}]",
                                     f"{path} is stale: its next update was due on "
                                     f"{next_update:%Y-%m-%d}; fetch a fresh CRL", "warning"))
+    for path in tenant.organisation_certs:
+        try:
+            pinned = tls_material.load_client_certificates(path)
+        except ValueError as exc:
+            problems.append(Problem(file, f"{prefix}organisation_certs", str(exc)))
+            continue
+        for cert in pinned:
+            problems += _cert_problems(cert, file, f"{prefix}organisation_certs", now)
     if tenant.identity.kind == "any":
         problems.append(Problem(file, f"{prefix}identity.rule",
                                 "rule \"any\" lets every certificate from the organisation CAs "
                                 "in, whatever it names", "warning"))
-    if not tenant.organisation_cas:
+    if not tenant.uses_organisation_cas:
         problems.append(Problem(file, f"{prefix}organisation_cas",
-                                "no organisation CAs: only provisioned certificates can connect, "
-                                "once the provisioning service is enabled", "warning"))
+                                "no organisation CAs or certificates: only provisioned "
+                                "certificates can connect, once the provisioning service is "
+                                "enabled", "warning"))
     if tenant.upstream is None:
         problems.append(Problem(file, f"{prefix}upstream",
                                 "no upstream: agents of this tenant have nowhere to go", "warning"))
+    return problems
+
+
+def _email_probes(cfg: SwitchConfig) -> list[str]:
+    """E-mail addresses such as organisation certificates are known by (the default identity
+    rule), on the tenants' own names and on others."""
+    hosts = [h for t in cfg.tenants.values() for h in t.hostnames] or ["example.com"]
+    return ["a@b", "agent1@example.com", *(f"agent1@{h}" for h in hosts)]
+
+
+def _profile_problems(cfg: SwitchConfig) -> list[Problem]:
+    """A profile whose subject rule lets a provisioned CN hold an ``@``: anyone with a
+    provisioning key could then enroll a name that looks like an organisation identity."""
+    problems: list[Problem] = []
+    probes = _email_probes(cfg)
+    for profile in cfg.profiles.values():
+        try:
+            allows = "@" in profile.subject_pattern or any(
+                re.fullmatch(profile.subject_pattern, p) for p in probes)
+        except re.error:  # the loader reported it
+            continue
+        if allows:
+            problems.append(Problem(cfg.path, f"profiles.{profile.name}.subject_pattern",
+                                    "lets a provisioned certificate's CN hold \"@\": anyone with "
+                                    "a provisioning key can enroll a name that looks like an "
+                                    "organisation identity (an e-mail address); leave \"@\" out, "
+                                    "and have upstreams read X-Switch-Identity together with "
+                                    "X-Switch-Trust (docs/gateway.md)", "warning"))
+    return problems
+
+
+@attrs.frozen
+class ProfileUse:
+    """A live provisioning key (active or suspended) that names a profile of its own, as the
+    store holds it: what ``missing_profiles`` checks a configuration against."""
+
+    tenant: str
+    key_name: str
+    key_id: str
+    profile: str
+
+
+def missing_profiles(cfg: SwitchConfig, uses: Iterable[ProfileUse]) -> list[Problem]:
+    """An error for each live key whose profile ``cfg`` does not define: every enrollment or
+    renewal through it would be refused (``unknown_profile``). The loader checks the tenants'
+    profiles; the keys' are in the store, so ``config check`` (when it can read the store),
+    ``switch reload`` and the supervisor of ``--workers`` read them and call this."""
+    problems: list[Problem] = []
+    for use in uses:
+        if use.profile not in cfg.profiles:
+            problems.append(Problem(cfg.path, f"profiles.{use.profile}", (
+                f"provisioning key {use.key_name!r} ({use.key_id}) of tenant {use.tenant} names "
+                f"profile {use.profile!r}, which the configuration does not define: its "
+                "enrollments and renewals would be refused; define the profile again, or "
+                f"revoke the key (switch keys revoke {use.tenant} {use.key_name!r})")))
     return problems
 
 
@@ -182,7 +250,9 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
       the state directory readable by other users; a CRL past its next update;
     - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
-      enabled gateway with no tenants.
+      enabled gateway with no tenants;
+    - a profile whose ``subject_pattern`` lets a provisioned CN hold an ``@`` (it could pass
+      for an organisation identity).
     """
     problems: list[Problem] = []
     main = cfg.path
@@ -193,6 +263,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "warning"))
     problems += _server_problems(cfg, now)
     problems += _store_problems(cfg)
+    problems += _profile_problems(cfg)
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "
                                 "holds issuer private keys: chmod 700 it", "warning"))

@@ -54,13 +54,18 @@ everywhere. The keys, with their defaults::
     validity = "30d"                    #  -> validity_s
     renew_before = "7d"                 #  -> renew_before_s, shorter than validity
     key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]   # of model.KEY_TYPES
-    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"   # regex the subject CN must match in full
+    subject_pattern = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"   # regex the subject CN must match in
+                                        #   full; no "@" by default (see config.check)
     approval = "auto"                   # or "manual"
+    unique_subject = false              # true: a CN another key's live certificate holds is refused
 
     [tenants.NAME]                      # NAME: [a-z0-9][a-z0-9-]{0,62}; not also in tenants_dir
     hostnames = ["demo.switch.test"]    # required, non-empty; SNI names, unique across tenants
     organisation_cas = ["pki/org-ca.pem"]    # PEM CA certificates (CA:true), may be empty
     organisation_crls = []              # PEM or DER CRLs, each signed by one of organisation_cas
+    organisation_certs = ["pki/kiosk-7.pem", "sha256:3f:a0:...:9c"]   # single client certificates
+                                        #   trusted as they are (PEM files of leaves, or SHA-256
+                                        #   fingerprints of leaves: 64 hex digits)
     upstream = "ws://127.0.0.1:8080/"   # ws:// or wss:// with a host
     upstream_ca = "pki/upstream-ca.pem" # optional, wss:// only: PEM certificates the upstream's
                                         #   certificate must chain to (else the system store)
@@ -408,6 +413,7 @@ def _read_profile(t: _Table, name: str) -> Profile:
     except re.error as exc:
         t.error("subject_pattern", f"not a valid regular expression: {exc}")
     approval = t.string("approval", d.approval)
+    unique_subject = t.boolean("unique_subject", d.unique_subject)
     if approval not in ("auto", "manual"):
         t.error("approval", f"must be \"auto\" or \"manual\", not {approval!r}")
         approval = d.approval
@@ -416,7 +422,8 @@ def _read_profile(t: _Table, name: str) -> Profile:
     elif renew >= validity:
         t.error("renew_before", "must be shorter than validity")
     t.finish()
-    return Profile(name, int(validity), int(renew), key_types, pattern, approval)  # type: ignore[arg-type]
+    return Profile(name, int(validity), int(renew), key_types, pattern,
+                   approval, unique_subject)  # type: ignore[arg-type]
 
 
 def _read_identity(t: _Table) -> IdentityRule:
@@ -485,6 +492,7 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
                     f"tenant {name}: a list no trusted CA signed revokes nothing")
     if crls and not cas:
         t.error("organisation_crls", "CRLs need organisation_cas to apply to")
+    pinned_files, pinned_sha256 = _read_pinned(t)
     upstream = t.string("upstream")
     if upstream is not None:
         try:
@@ -504,7 +512,35 @@ def _read_tenant(t: _Table, name: str) -> Tenant:
     profile = t.string("profile", "default") or "default"
     t.finish()
     return Tenant(name, tuple(h.lower().rstrip(".") for h in hostnames), cas, crls, identity,
-                  upstream, profile, t.file, upstream_ca)
+                  upstream, profile, t.file, upstream_ca, pinned_files, pinned_sha256)
+
+
+def _read_pinned(t: _Table) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """``organisation_certs``: each entry a SHA-256 fingerprint of a leaf, or a PEM file of
+    leaves (none a CA)."""
+    files: list[Path] = []
+    fingerprints: list[str] = []
+    for i, entry in enumerate(t.strings("organisation_certs")):
+        key = f"organisation_certs[{i}]"
+        try:
+            fingerprint = tls_material.parse_sha256_fingerprint(entry)
+        except ValueError as exc:
+            t.error(key, str(exc))
+            continue
+        if fingerprint is not None:
+            fingerprints.append(fingerprint)
+            continue
+        if not entry.strip():
+            t.error(key, "must name a PEM file or be a SHA-256 fingerprint, not an empty string")
+            continue
+        path = t.located(key, t.resolve(entry))
+        try:
+            tls_material.load_client_certificates(path)
+        except ValueError as exc:
+            t.error(key, str(exc))
+            continue
+        files.append(path)
+    return tuple(files), tuple(dict.fromkeys(fingerprints))
 
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")

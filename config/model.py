@@ -107,6 +107,11 @@ class IdentityRule:
     allow: tuple[str, ...] = ()
 
 
+#: The default subject rule: no ``@``, so that a provisioned name never looks like the e-mail
+#: address an organisation certificate is known by (the two namespaces stay apart).
+DEFAULT_SUBJECT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
 @attrs.frozen
 class Profile:
     """A named certificate template (seed 002)."""
@@ -116,8 +121,10 @@ class Profile:
     renew_before_s: int = 7 * 86400
     key_types: tuple[str, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
     #: Regular expression the requested subject common name must match in full.
-    subject_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"
+    subject_pattern: str = DEFAULT_SUBJECT_PATTERN
     approval: Approval = "auto"
+    #: A CN held by a live certificate of another provisioning key is refused (``subject_taken``).
+    unique_subject: bool = False
 
 
 @attrs.frozen
@@ -134,11 +141,19 @@ class Tenant:
     #: PEM certificates a ``wss://`` upstream's certificate must chain to (instead of the
     #: system trust store).
     upstream_ca: Path | None = None
+    #: ``organisation_certs`` files: PEM client certificates trusted one by one (exactly these
+    #: leaves, whoever issued them).
+    organisation_certs: tuple[Path, ...] = ()
+    #: ``organisation_certs`` fingerprints: SHA-256 of further such leaves, lower-case hex.
+    organisation_cert_sha256: tuple[str, ...] = ()
 
     @property
     def uses_organisation_cas(self) -> bool:
-        """"Use certificates provisioned by my organisation" is on when CAs are configured."""
-        return bool(self.organisation_cas)
+        """"Use certificates provisioned by my organisation" is on when CAs or single client
+        certificates (seed 000: "upload your CA certificates or specific client
+        certificates") are configured."""
+        return bool(self.organisation_cas or self.organisation_certs
+                    or self.organisation_cert_sha256)
 
 
 @attrs.frozen
@@ -181,9 +196,11 @@ class SwitchConfig:
             return self.tenants.get(self.default_tenant)
         return tenant
 
-    def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile:
-        """The profile for ``tenant``, or the per-key ``override`` when one is set."""
-        return self.profiles[override or tenant.profile]
+    def profile_for(self, tenant: Tenant, override: str | None = None) -> Profile | None:
+        """The profile for ``tenant``, or the per-key ``override`` when one is set; None when
+        the configuration does not define it (a key in the store may name a profile removed
+        since: the caller refuses, ``config check`` and reload report it)."""
+        return self.profiles.get(override or tenant.profile)
 
 
 def _hostname_map(tenants: Mapping[str, Tenant]) -> dict[str, Tenant]:

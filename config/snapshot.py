@@ -51,7 +51,8 @@ def referenced_files(config: SwitchConfig) -> list[Path]:
              *(p for p in (tls.cert_file, tls.key_file, tls.keystore, tls.keystore_password_file)
                if p is not None),
              *(p for t in config.tenants.values() for p in (*t.organisation_cas,
-                                                             *t.organisation_crls)),
+                                                             *t.organisation_crls,
+                                                             *t.organisation_certs)),
              *(t.upstream_ca for t in config.tenants.values() if t.upstream_ca is not None)]
     return list(dict.fromkeys(files))
 

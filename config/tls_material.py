@@ -9,6 +9,7 @@ that includes a certificate and key OpenSSL refuses to serve with (``openssl_ref
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -60,6 +61,38 @@ def load_ca_certificates(path: Path) -> list[x509.Certificate]:
                 "(basicConstraints CA:true is required)"
             )
     return certs
+
+
+def load_client_certificates(path: Path) -> list[x509.Certificate]:
+    """PEM client certificates an organisation supplied to be trusted one by one
+    (``organisation_certs``): none may be a CA (a CA belongs in ``organisation_cas``, where it
+    vouches for what it signs)."""
+    certs = load_pem_certificates(path)
+    for cert in certs:
+        if is_ca(cert):
+            raise ValueError(f"{path}: {cert.subject.rfc4514_string()} is a CA certificate: list "
+                             "CAs in organisation_cas; organisation_certs trusts single client "
+                             "certificates")
+    return certs
+
+
+#: A SHA-256 fingerprint as written in config: 64 hex digits, colons allowed between bytes,
+#: ``sha256:`` in front allowed.
+_FINGERPRINT = re.compile(r"(?:sha256:)?((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.IGNORECASE)
+#: What looks meant as a fingerprint (hex and colons only, long), right or wrong.
+_HEXISH = re.compile(r"(?:sha256:)?[0-9a-f:]{32,}", re.IGNORECASE)
+
+
+def parse_sha256_fingerprint(text: str) -> str | None:
+    """The fingerprint ``text`` writes, as 64 lower-case hex digits; None when it is not
+    written as one. ``ValueError`` for what looks meant as one and is not (a wrong length)."""
+    match = _FINGERPRINT.fullmatch(text.strip())
+    if match is not None:
+        return match.group(1).replace(":", "").lower()
+    if _HEXISH.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, colons "
+                         "allowed)")
+    return None
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:

@@ -12,16 +12,20 @@ import datetime as dt
 from collections.abc import Callable
 
 import attrs
+import structlog
 
+from config.check import ProfileUse, missing_profiles
+from config.errors import Problem
 from config.model import SwitchConfig
 from enroll import audit, issuers, keys, secrets
 from enroll.audit import AuditEntry, AuditVerification
-from enroll.errors import NoIssuer, UnknownKey, UnknownProfile, UnknownTenant
+from enroll.errors import NoIssuer, StoreError, UnknownKey, UnknownProfile, UnknownTenant
 from enroll.issuers import IssuerRecord
 from enroll.keys import KeyAction, KeyRecord
 from enroll.store import AuditQuery, Store, open_store
 
 Clock = Callable[[], dt.datetime]
+log = structlog.get_logger("switch.authority")
 
 
 def _utcnow() -> dt.datetime:
@@ -30,6 +34,16 @@ def _utcnow() -> dt.datetime:
 
 def _ts(when: dt.datetime) -> int:
     return int(when.timestamp())
+
+
+def stored_key_profile_problems(config: SwitchConfig) -> list[Problem]:
+    """``Authority.key_profile_problems`` on a store opened for the purpose and closed again
+    (``StoreError`` when it cannot be read)."""
+    authority = Authority.open(config)
+    try:
+        return authority.key_profile_problems()
+    finally:
+        authority.close()
 
 
 class Authority:
@@ -85,6 +99,25 @@ class Authority:
                                        secret_hash=secrets.hash_secret(secret), profile=profile,
                                        actor=actor, ts=self._now(now))
         return record, secret
+
+    def key_profile_problems(self, config: SwitchConfig | None = None) -> list[Problem]:
+        """The live keys that name a profile ``config`` (default: this authority's) does not
+        define, as configuration errors (``config.check.missing_profiles``)."""
+        uses = [ProfileUse(k.tenant, k.name, k.id, k.profile)
+                for k in self.store.keys_with_profiles() if k.profile is not None]
+        return missing_profiles(config or self.config, uses)
+
+    def checked_key_profiles(self, config: SwitchConfig) -> list[Problem]:
+        """``key_profile_problems`` for a server: when the store cannot be read, none (logged
+        ``key_profiles_unchecked``): enrollment waits for the store anyway, and a key whose
+        profile is missing is refused with ``unknown_profile``, never a crash."""
+        try:
+            return self.key_profile_problems(config)
+        except StoreError as exc:
+            log.warning("key_profiles_unchecked", error=exc.message,
+                        detail="the store could not be read: the profiles keys name were not "
+                               "checked against the configuration")
+            return []
 
     def list_keys(self, tenant: str) -> list[KeyRecord]:
         return self.store.list_keys(self._tenant(tenant))

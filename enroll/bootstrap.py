@@ -82,6 +82,8 @@ hostnames = [{hostnames}]
 # The organisation's own CAs: certificates they issue connect (identity rule below).
 organisation_cas = ["pki/{tenant}-org-ca.pem"]
 organisation_crls = []
+# Single client certificates trusted one by one: PEM files of leaves, or "sha256:..." fingerprints.
+organisation_certs = []
 identity = {{ rule = "email-san", allow = ["*@{first_host}"] }}
 upstream = "ws://127.0.0.1:8080/"
 profile = "default"

@@ -284,6 +284,13 @@ class SubjectNotAllowed(EnrollError):
     reason = "subject_not_allowed"
 
 
+class SubjectTaken(EnrollError):
+    """The profile asks for unique subjects and a live certificate of another provisioning key
+    holds the CN (valid, unexpired, its key not revoked)."""
+
+    reason = "subject_taken"
+
+
 class EmptyPassword(EnrollError):
     """An empty PKCS#12 password: an unencrypted private key never leaves the server."""
 

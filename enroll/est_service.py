@@ -66,6 +66,7 @@ from enroll.errors import (
     StoreUnavailable,
     SubjectNotAllowed,
     TenantMismatch,
+    UnknownProfile,
     UnknownTenant,
     UnsupportedMediaType,
 )
@@ -287,7 +288,17 @@ class EstService:
     # --- operations ----------------------------------------------------------------------------
 
     def _profile(self, tenant: Tenant, key: KeyRecord | None) -> Profile:
-        return self.config.profile_for(tenant, key.profile if key else None)
+        """The profile that issues for ``key`` (its own, else the tenant's). A profile the
+        configuration no longer defines is the operator's mistake, not the client's and not a
+        crash: ``unknown_profile`` (503), logged for the operator."""
+        profile = self.config.profile_for(tenant, key.profile if key else None)
+        if profile is None:
+            name = (key.profile if key else None) or tenant.profile
+            log.error("est_unknown_profile", tenant=tenant.name, key_id=key.id if key else None,
+                      profile=name, detail="the configuration does not define this profile: "
+                      "define it again, or revoke the key")
+            raise UnknownProfile(f"profile {name!r} is not in the configuration")
+        return profile
 
     def _csr(self, request: EstRequest) -> x509.CertificateSigningRequest:
         content_type = request.headers.get("content-type", b"").split(b";")[0].strip().lower()
@@ -411,7 +422,7 @@ class EstService:
                         "ok", tenant.name)
 
     def _csrattrs(self, tenant: Tenant) -> EstReply:
-        profile = self.config.profile_for(tenant)
+        profile = self._profile(tenant, None)
         items = csr_attributes(profile.key_types)
         return EstReply(200, est_wire.encode_base64_body(est_wire.csrattrs(items)),
                         "application/csrattrs", (("Content-Transfer-Encoding", "base64"),),

@@ -42,6 +42,8 @@ STATUS_BY_REASON: Mapping[str, int] = {
     "request_rejected": 403,
     # Where and how.
     "not_found": 404,
+    # Held by someone else: another name, or the holder's certificate revoked first.
+    "subject_taken": 409,
     "unknown_tenant": 404,
     "method_not_allowed": 405,
     "body_too_large": 413,

@@ -74,7 +74,8 @@ class Issuance:
             sha256=pki.sha256_fingerprint(cert), pem=pki.cert_pem(cert).decode(), state="valid",
             revoked_at=None, revoke_reason=None, created_at=_ts(now),
         )
-        self.authority.store.record_certificate(record, pending_id=pending_id)
+        self.authority.store.record_certificate(record, pending_id=pending_id,
+                                                unique_subject=profile.unique_subject)
         return cert, record
 
     # --- certificates --------------------------------------------------------------------------

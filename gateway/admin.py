@@ -1,4 +1,5 @@
-"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP on loopback."""
+"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` (every worker's, see
+``gateway.metrics``) over plain HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.http11 import Request, Response, serve_http
 from gateway.listening import serve_tcp
@@ -48,6 +49,6 @@ class AdminListener:
             ok, detail = await self.ready()
             return Response.text(200 if ok else 503, detail)
         if request.path == "/metrics":
-            return Response(200, generate_latest(self.metrics.registry),
+            return Response(200, self.metrics.exposition(),
                             content_type=CONTENT_TYPE_LATEST)
         return Response.text(404, "not_found")

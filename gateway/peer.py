@@ -2,11 +2,14 @@
 
 OpenSSL has already verified the chain against the SNI tenant's trust store (organisation CAs and,
 while the provisioning service is on, the tenant's provisioning issuers) and the validity window.
-``check_peer`` then decides, failing closed at every step, in this order:
+A leaf the organisation pinned (``organisation_certs``: exactly that certificate, by its SHA-256)
+needs no chain: OpenSSL's verdict on its chain is set aside when ``pinned`` says so, and the leaf
+alone is judged, as its own anchor. ``check_peer`` then decides, failing closed at every step, in
+this order:
 
 1. the chain's anchor belongs to the SNI tenant (STYLE.md pitfall: never trust that the context
-   switch alone did it) — this also says whether the certificate is *provisioned* or from the
-   *organisation*;
+   switch alone did it), or the chain is one pinned leaf — this also says whether the certificate
+   is *provisioned* or from the *organisation* (a pinned leaf is);
 2. the leaf is not a CA, is inside its validity at ``now``, and allows clientAuth when it has an
    EKU extension;
 3. provisioned: it carries the provisioning-key binding, its key is not revoked (suspended is
@@ -59,6 +62,9 @@ class TenantTrust:
     revoked_certificates: frozenset[str]
     #: Organisation CRLs by issuer name: their ``nextUpdate`` (a CRL without one never goes stale).
     crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
+    #: SHA-256 of the client certificates the organisation supplied one by one
+    #: (``organisation_certs``): each trusted as it is, as its own anchor, and nothing it signs.
+    organisation_leaves: frozenset[bytes] = frozenset()
 
 
 @attrs.frozen
@@ -80,6 +86,13 @@ class Decision:
 
 def fingerprint(cert: x509.Certificate) -> bytes:
     return cert.fingerprint(hashes.SHA256())
+
+
+def pinned(tenant: TenantTrust, leaf_sha256: bytes) -> bool:
+    """Whether ``tenant``'s organisation pinned the leaf with this SHA-256: then a chain that
+    OpenSSL could not build or verify does not matter (the verify callback sets its verdict
+    aside), and ``check_peer`` judges the leaf alone."""
+    return leaf_sha256 in tenant.organisation_leaves
 
 
 def _refuse(tenant: TenantTrust, reason: str, **kw: object) -> Decision:
@@ -209,7 +222,7 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
     common = {"sha256": sha, "serial": serial, "anchor": anchor_fp}
     if anchor_fp in tenant.provisioning_issuers:
         source: TrustSource = "provisioned"
-    elif anchor_fp in tenant.organisation_cas:
+    elif anchor_fp in tenant.organisation_cas or (len(chain) == 1 and pinned(tenant, anchor_fp)):
         source = "organisation"
     else:
         return _refuse(tenant, "issuer_not_tenant", **common)
@@ -276,7 +289,8 @@ def revocation_reason(tenant: TenantTrust, trust: TrustSource, key_id: str | Non
     ``issuer_untrusted`` when that issuer alone went), its key is not revoked (``key_revoked``;
     a suspended key is not) and the certificate is not (``certificate_revoked``). Organisation:
     the CA is still configured (``ca_removed``) and no certificate of the chain below it
-    (``chain_serials``: issuer and serial) is on a configured CRL (``certificate_revoked``).
+    (``chain_serials``: issuer and serial) is on a configured CRL (``certificate_revoked``); a
+    pinned leaf (its own anchor) is still pinned (``pin_removed``).
     ``check_peer`` chose ``trust`` by finding ``anchor``, so the anchor rules speak only to live
     sessions."""
     if trust == "provisioned":
@@ -287,6 +301,8 @@ def revocation_reason(tenant: TenantTrust, trust: TrustSource, key_id: str | Non
         if sha256 in tenant.revoked_certificates:
             return "certificate_revoked"
         return None
+    if sha256 is not None and anchor.hex() == sha256:  # a pinned leaf, its own anchor
+        return None if pinned(tenant, anchor) else "pin_removed"
     if anchor not in tenant.organisation_cas:
         return "ca_removed"
     if _on_crl(tenant, chain_serials):

@@ -49,7 +49,7 @@ from enroll.est_service import EstReply, EstService
 from enroll.issuance import Issuance
 from enroll.ratelimit import Limiter, SharedFailureLimiter
 from enroll.trust_view import read_trust_view
-from gateway import runfiles
+from gateway import runfiles, sdnotify
 from gateway.admin import AdminListener
 from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
@@ -252,6 +252,9 @@ class Switch:
                 config = attrs.evolve(config, state_dir=self.started.state_dir)
                 loaded = await trio.to_thread.run_sync(load_all, config, self.issuance, generation,
                                                        self.est_limiter)
+                missing = await self._in_store(self.authority.checked_key_profiles, config)
+                if missing:  # a key's enrollments would all be refused: keep the running config
+                    raise ConfigError(missing)
             except ValueError as exc:  # ConfigError, with every problem's file and key
                 problems = getattr(exc, "problems", None)
                 errors = tuple(str(p) for p in problems) if problems else (str(exc),)
@@ -315,9 +318,10 @@ class Switch:
         cfg = self.config
         try:
             await self.refresh_trust()
-            # The starting state is this process's first "reload": `switch reload` waits for
-            # every process whose status file exists.
-            self._write_reload_status()
+            # Started anyway (every other agent is served): those keys' requests are refused
+            # with unknown_profile until the profile is back or the key revoked.
+            for problem in await self._in_store(self.authority.checked_key_profiles, cfg):
+                log.error("key_profile_missing", error=problem.message)
             if self.write_pid:
                 runfiles.write_pid(cfg.state_dir)
             async with trio.open_nursery() as connections:
@@ -348,6 +352,10 @@ class Switch:
                             connections, self.sockets.get("admin"))
                     services.start_soon(self.watch_store)
                     services.start_soon(self.store_watch.run)
+                    # The starting state is this process's first "reload": `switch reload` waits
+                    # for every process whose status file exists, and the supervisor takes the
+                    # workers' files as the sign that they serve.
+                    self._write_reload_status()
                     task_status.started(self.listeners)
                     await self._stop.wait()
                     log.info("draining", sessions=len(self.registry),
@@ -420,6 +428,8 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                         nursery.start_soon(switch.reload)
                         continue
                     log.info("stopping", signal=signal.Signals(signum).name)
+                    if worker is None:
+                        sdnotify.notify("STOPPING=1")
                     switch.stop()
                     return
 
@@ -433,5 +443,12 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                     switch.stop()
 
                 nursery.start_soon(stop_when_orphaned)
-            await switch.run()
-            nursery.cancel_scope.cancel()
+
+            async def serve(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+                await switch.run(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(serve)
+            if worker is None:  # the supervisor tells systemd once every worker serves
+                sdnotify.notify("READY=1")

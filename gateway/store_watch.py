@@ -41,14 +41,16 @@ class StoreWatch:
         self._changed = trio.Event()
         self._down_logged_at: float | None = None
         self._store_up = Gauge("switch_store_up", "1 while the store can be read, 0 after a "
-                               "read failed (the last trust state read stays in force)",
-                               registry=registry)
+                               "read failed (the last trust state read stays in force); the "
+                               "lowest of the workers'", registry=registry,
+                               multiprocess_mode="livemin")
         self._store_up.set(1)
         self._feed: ChangeFeed | None = store.change_feed()
         self._listener_up: Gauge | None = None
         if self._feed is not None:
             self._listener_up = Gauge("switch_store_listener_up", "1 while this process listens "
-                                      "for the store's change notices", registry=registry)
+                                      "for the store's change notices (every worker, else 0)",
+                                      registry=registry, multiprocess_mode="livemin")
             self._listener_up.set(0)
 
     async def next_change(self) -> None:

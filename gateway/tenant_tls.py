@@ -16,7 +16,11 @@ the one verify callback, which reads the tenant from the connection's ``Handshak
 per-connection callback objects, whose creation costs memory and CPU). The verify callback
 records each certificate of the chain OpenSSL built; at depth 0, if OpenSSL accepted the chain,
 it runs ``gateway.peer.check_peer`` and refuses inside the handshake (a TLS alert) when the
-decision says no. Whatever the outcome, ``HandshakeInfo`` (the connection's app data) says which
+decision says no. A tenant with pinned leaves (``organisation_certs``) is the one exception to
+"OpenSSL's errors refuse at once": there the first error is set aside (``chain_error``) until depth
+0, where a leaf whose SHA-256 is pinned (``gateway.peer.pinned``) is judged alone, as its own
+anchor, and any other leaf is refused with that error. Pinned leaves are never added to a trust
+store, so they vouch for nothing they sign. Whatever the outcome, ``HandshakeInfo`` (the connection's app data) says which
 tenant, why it was refused, or the decision with the identity.
 """
 
@@ -32,9 +36,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from config.model import SwitchConfig
-from config.tls_material import PrivateKey, crl_signer, load_ca_certificates, load_crl
+from config.tls_material import (
+    PrivateKey,
+    crl_signer,
+    load_ca_certificates,
+    load_client_certificates,
+    load_crl,
+)
 from enroll.trust_view import TrustView
-from gateway.peer import Decision, TenantTrust, check_peer, fingerprint
+from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, pinned
 from gateway.tls import new_connection
 from gateway.tls_context import server_context
 from gateway.tls_refusals import x509_error_reason
@@ -51,6 +61,9 @@ class HandshakeInfo:
     refusal: str | None = None
     decision: Decision | None = None
     chain: dict[int, crypto.X509] = attrs.field(factory=dict)
+    #: The first error OpenSSL found in the chain, set aside (tenants with pinned leaves only)
+    #: until depth 0 says whether the leaf is pinned.
+    chain_error: str | None = None
 
 
 @attrs.frozen
@@ -59,6 +72,8 @@ class OrganisationMaterial:
     revoked_serials: Mapping[x509.Name, frozenset[int]]
     #: The latest ``nextUpdate`` of each issuer's CRLs (``datetime.max`` for a CRL without one).
     crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
+    #: SHA-256 of the pinned leaves (``organisation_certs``: the files' and the fingerprints).
+    pinned: frozenset[bytes] = frozenset()
 
 
 def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMaterial]:
@@ -77,8 +92,11 @@ def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMa
             revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)
             when = crl.next_update_utc or dt.datetime.max.replace(tzinfo=dt.UTC)
             next_update[crl.issuer] = max(next_update.get(crl.issuer, when), when)
+        leaves = {fingerprint(c) for path in tenant.organisation_certs
+                  for c in load_client_certificates(path)}
+        leaves.update(bytes.fromhex(f) for f in tenant.organisation_cert_sha256)
         material[tenant.name] = OrganisationMaterial(
-            cas, {k: frozenset(v) for k, v in revoked.items()}, next_update)
+            cas, {k: frozenset(v) for k, v in revoked.items()}, next_update, frozenset(leaves))
     return material
 
 
@@ -131,10 +149,25 @@ class TrustState:
                 info.refusal = info.refusal or "no_server_name"
                 return False
             if not ok:
-                info.refusal = info.refusal or x509_error_reason(errnum)
-                return False
-            info.chain[depth] = cert
+                if not trust.organisation_leaves:
+                    info.refusal = info.refusal or x509_error_reason(errnum)
+                    return False
+                # Pinned leaves need no chain: set OpenSSL's verdict aside until depth 0.
+                info.chain_error = info.chain_error or x509_error_reason(errnum)
+            else:
+                info.chain[depth] = cert
             if depth != 0:
+                return True
+            if info.chain_error is not None:  # only a pinned leaf gets past a chain error
+                leaf = cert.to_cryptography()
+                if not pinned(trust, fingerprint(leaf)):
+                    info.refusal = info.refusal or info.chain_error
+                    return False
+                decision = check_peer(trust, [leaf], self.clock())
+                info.decision = decision
+                if not decision.allowed:
+                    info.refusal = decision.reason
+                    return False
                 return True
             depths = sorted(info.chain)
             chain = [info.chain[d].to_cryptography() for d in depths[:-1]]
@@ -171,6 +204,7 @@ def build_trust_state(
             revoked_serials=org.revoked_serials, crl_next_update=org.crl_next_update,
             revoked_keys=prov.revoked_keys if prov else frozenset(),
             revoked_certificates=prov.revoked_certificates if prov else frozenset(),
+            organisation_leaves=org.pinned,
         )
         contexts[name] = server_context(chain, key, client_auth="required",
                                         trust=[*org.cas, *issuers])

@@ -6,7 +6,10 @@ I``), each inheriting the sockets' file descriptors (named in ``SWITCH_WORKER_FD
 whole Switch: its own event loop, its own store connection and store watcher. A key revoked
 through any worker, or the CLI, is in the store, and every worker's watcher enforces it within a
 second. The kernel spreads new connections over the workers accepting on a shared socket. The
-admin listener runs in worker 0 only (its metrics are that worker's).
+admin listener runs in worker 0 only; its /metrics shows every worker's, written by each to
+``STATE_DIR/metrics`` (``gateway.metrics``: the supervisor empties it at start and forgets a
+dead worker's gauges). Once every worker serves, the supervisor tells systemd (``READY=1``,
+``gateway.sdnotify``).
 
 The supervisor owns the configuration in force (``config.snapshot``): it snapshots the config
 files at start and on each SIGHUP, and its workers run the snapshot, never the files on disk. On
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -37,10 +41,11 @@ import structlog
 import trio
 
 from config import snapshot
-from config.errors import ConfigError
+from config.errors import ConfigError, Problem
 from config.model import SwitchConfig
+from gateway import metrics, sdnotify
 from gateway.listening import format_address, open_listening_sockets
-from gateway.runfiles import RELOAD_STATUS_GLOB, write_pid
+from gateway.runfiles import RELOAD_STATUS_GLOB, reload_status_name, write_pid
 
 log = structlog.get_logger("switch.supervisor")
 
@@ -68,6 +73,18 @@ def decode_fds(spec: str) -> dict[str, list[socket.socket]]:
     return out
 
 
+def _key_profile_problems(config: SwitchConfig) -> list[Problem]:
+    """Live keys in the store naming a profile ``config`` lacks; none when the store cannot be
+    read (each worker's reload looks again, and logs it)."""
+    from enroll.authority import stored_key_profile_problems
+    from enroll.errors import StoreError
+
+    try:
+        return stored_key_profile_problems(config)
+    except StoreError:
+        return []
+
+
 async def watch_parent(on_orphaned: trio.Event, parent: int) -> None:
     """Set ``on_orphaned`` when the supervisor that started this worker is gone."""
     while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on but polling the parent
@@ -88,6 +105,8 @@ class Supervisor:
         self.generation = 0
         #: Set (and replaced) when a new snapshot is taken: wakes workers waiting for one.
         self.new_snapshot = trio.Event()
+        #: Where the workers write their metrics, summed by worker 0's /metrics.
+        self.metrics_dir = config.state_dir / metrics.METRICS_DIR
 
     def take_snapshot(self) -> list[str]:
         """Snapshot the config files as the new configuration in force; on failure keep the
@@ -96,6 +115,11 @@ class Supervisor:
         try:
             config, directory = snapshot.take_snapshot(self.config.path, state_dir,
                                                        self.generation + 1)
+            if self.snapshot is not None:  # a reload: the workers would refuse it, and a
+                missing = _key_profile_problems(config)  # worker restarted later must not run it
+                if missing:
+                    shutil.rmtree(directory, ignore_errors=True)
+                    raise ConfigError(missing)
         except ConfigError as exc:
             if self.snapshot is None:
                 raise
@@ -127,7 +151,7 @@ class Supervisor:
         for name in ("gateway", "enroll", "admin"):
             listen = getattr(self.config, name).listen
             if listen.enabled:
-                self.sockets[name] = open_listening_sockets(listen.host, listen.port)
+                self.sockets[name] = open_listening_sockets(name, listen.host, listen.port)
                 for sock in self.sockets[name]:
                     log.info("listening", listener=name, address=format_address(sock.getsockname()))
 
@@ -149,8 +173,9 @@ class Supervisor:
                 delay = min(delay * 2, MAX_RESTART_DELAY_S)
                 continue
             restarting = True
-            env = {**os.environ, WORKER_FDS_ENV: encode_fds(own),
-                   SNAPSHOT_ENV: str(self.snapshot), GENERATION_ENV: str(self.generation)}
+            env = {**sdnotify.without_notify_socket(os.environ), WORKER_FDS_ENV: encode_fds(own),
+                   SNAPSHOT_ENV: str(self.snapshot), GENERATION_ENV: str(self.generation),
+                   metrics.MULTIPROC_DIR_ENV: str(self.metrics_dir)}
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "gateway.cli", "-c", str(self.config.path), "serve",
                  "--worker", str(index)], pass_fds=fds, env=env)
@@ -159,6 +184,7 @@ class Supervisor:
             log.info("worker_started", worker=index, pid=proc.pid)
             code = await proc.wait()
             self.processes.pop(index, None)
+            metrics.worker_exited(proc.pid, self.metrics_dir)
             if self.stopping.is_set():
                 log.info("worker_stopped", worker=index, pid=proc.pid, exit_code=code)
                 return
@@ -170,6 +196,18 @@ class Supervisor:
                 await self.stopping.wait()
             delay = min(delay * 2, MAX_RESTART_DELAY_S)
 
+    async def announce_ready(self) -> None:
+        """Tell systemd (``READY=1``) once every worker serves: each writes its reload status
+        file when its listeners are up (the files of an earlier run were removed at start)."""
+        names = [reload_status_name(i) for i in range(self.workers)]
+        while not all((self.config.state_dir / n).exists() for n in names):
+            with trio.move_on_after(0.1):  # a file another process writes wakes no Trio task
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+        log.info("serving", workers=self.workers)
+        sdnotify.notify("READY=1")
+
     def signal_all(self, signum: int) -> None:
         for proc in list(self.processes.values()):
             if proc.returncode is None:
@@ -178,12 +216,17 @@ class Supervisor:
     async def run(self) -> int:
         """Raises ``ConfigError`` when the configuration does not load (into a snapshot)."""
         self.take_snapshot()
-        self.open_sockets()
+        try:
+            self.open_sockets()
+        except BaseException:  # a port in use: leave no copy of the config's private keys
+            snapshot.remove_all(self.config.state_dir)
+            raise
         # Reload results of an earlier run (perhaps with more workers) would make `switch reload`
         # wait for processes that no longer exist.
         for stale in self.config.state_dir.glob(RELOAD_STATUS_GLOB):
             with contextlib.suppress(OSError):
                 stale.unlink()
+        self.metrics_dir = metrics.prepare_multiprocess_dir(self.config.state_dir)
         pid_file = write_pid(self.config.state_dir)
         settings = self.config.gateway
         try:
@@ -191,6 +234,7 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for index in range(self.workers):
                         nursery.start_soon(self.run_worker, index)
+                    nursery.start_soon(self.announce_ready)
                     async for signum in signals:
                         # On SIGHUP the workers reload from a new snapshot, taken first.
                         if signum == signal.SIGHUP and \
@@ -201,6 +245,7 @@ class Supervisor:
                                  workers=len(self.processes))
                         self.signal_all(signum)
                         if signum != signal.SIGHUP:
+                            sdnotify.notify("STOPPING=1")
                             self.stopping.set()
                             self.new_snapshot.set()
                             break

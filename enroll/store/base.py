@@ -126,6 +126,11 @@ class Store(abc.ABC):
     def find_key(self, tenant: str, name_or_id: str) -> KeyRecord | None: ...
 
     @abc.abstractmethod
+    def keys_with_profiles(self) -> list[KeyRecord]:
+        """Every live key (active or suspended), of any tenant, that names a profile of its
+        own; by tenant and name. What a configuration must keep defining."""
+
+    @abc.abstractmethod
     def key_for_authentication(self, tenant: str, key_id: str) -> tuple[bytes, KeyRecord] | None:
         """The stored secret hash and the key with that id, whatever its state."""
 
@@ -174,11 +179,15 @@ class Store(abc.ABC):
     # --- certificates --------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def record_certificate(self, record: CertificateRecord, *, pending_id: str | None = None
-                           ) -> None:
+    def record_certificate(self, record: CertificateRecord, *, pending_id: str | None = None,
+                           unique_subject: bool = False) -> None:
         """Record an issued certificate. When it has a key: that key must still be active
         (``WrongKeyState`` otherwise) and counts it. With ``pending_id``, that approved request
-        becomes issued (``WrongKeyState`` when it no longer is approved)."""
+        becomes issued (``WrongKeyState`` when it no longer is approved). With
+        ``unique_subject``: ``SubjectTaken`` when a live certificate of the tenant (valid,
+        unexpired at ``record.created_at``, its key not revoked) has the same subject and
+        another key (a renewal through the same key is not refused); checked and recorded
+        under one lock on the subject, on any number of hosts."""
 
     @abc.abstractmethod
     def find_certificate(self, tenant: str, sha256: str) -> CertificateRecord | None: ...

@@ -8,7 +8,7 @@ import secrets
 import attrs
 
 from enroll.audit import Action
-from enroll.errors import UnknownCertificate, UnknownRequest, WrongKeyState
+from enroll.errors import SubjectTaken, UnknownCertificate, UnknownRequest, WrongKeyState
 from enroll.store.records import SERVERKEYGEN, CertificateRecord, PendingRequest
 from enroll.store.sql import SqlStore, Tx
 
@@ -34,6 +34,18 @@ def _count_use(tx: Tx, key_id: str, ts: int, *, issued: bool) -> None:
         raise WrongKeyState(f"key {key_id} is {state or 'gone'}")
 
 
+def _subject_holder(tx: Tx, record: CertificateRecord) -> str | None:
+    """The serial of a live certificate of ``record``'s tenant with its subject, issued through
+    another provisioning key (or none), or None. Live: valid, unexpired when ``record`` is
+    made, and its key not revoked (such a certificate connects no more)."""
+    return tx.scalar(  # type: ignore[no-any-return]
+        "SELECT c.serial FROM certificates c LEFT JOIN provisioning_keys k ON k.id = c.key_id"
+        " WHERE c.tenant = ? AND c.subject = ? AND c.state = 'valid' AND c.not_after > ?"
+        " AND COALESCE(c.key_id, '') <> COALESCE(?, '')"
+        " AND (k.state IS NULL OR k.state <> 'revoked') LIMIT 1",
+        (record.tenant, record.subject, record.created_at, record.key_id))
+
+
 def _request(tx: Tx, where: str, args: tuple[object, ...]) -> PendingRequest | None:
     row = tx.one(f"SELECT {REQUEST_COLUMNS} FROM pending_requests WHERE {where}", args)
     return None if row is None else PendingRequest(*row)
@@ -47,11 +59,18 @@ class CertificateOps(SqlStore):
 
     # --- certificates --------------------------------------------------------------------------
 
-    def record_certificate(self, record: CertificateRecord, *, pending_id: str | None = None
-                           ) -> None:
+    def record_certificate(self, record: CertificateRecord, *, pending_id: str | None = None,
+                           unique_subject: bool = False) -> None:
         def insert(tx: Tx) -> None:
             if record.key_id is not None:
                 _count_use(tx, record.key_id, record.created_at, issued=True)
+            if unique_subject:
+                # Two hosts issuing the same subject at once: one waits for the other's commit.
+                self._lock_name(tx, f"subject:{record.tenant}:{record.subject}")
+                held = _subject_holder(tx, record)
+                if held is not None:
+                    raise SubjectTaken(f"{record.subject} is held by certificate {held} of "
+                                       "another provisioning key")
             tx.execute(f"INSERT INTO certificates ({CERT_COLUMNS}) VALUES"
                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attrs.astuple(record))
             if pending_id is not None:

@@ -102,6 +102,12 @@ class KeyOps(SqlStore):
             " ORDER BY insert_seq", (tenant,)))
         return [key_record(r) for r in rows]
 
+    def keys_with_profiles(self) -> list[KeyRecord]:
+        rows = self._read(lambda tx: tx.all(
+            f"SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE state != 'revoked'"
+            " AND profile IS NOT NULL ORDER BY tenant, name"))
+        return [key_record(r) for r in rows]
+
     def find_key(self, tenant: str, name_or_id: str) -> KeyRecord | None:
         return self._read(lambda tx: _find_key(tx, tenant, name_or_id))
 

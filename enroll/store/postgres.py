@@ -63,6 +63,8 @@ STATEMENT_TIMEOUT_MS = 15_000
 POOL_SIZE = 4
 #: ``pg_advisory_xact_lock`` key held while the schema is checked and migrated ("Swtc").
 MIGRATION_LOCK = 0x53777463
+#: The class (first key) of the advisory locks ``_lock_name`` takes ("Name").
+NAME_LOCK_CLASS = 0x4E616D65
 PASSPHRASE_CHECK = "issuer_key_check"
 _CHECK_PLAINTEXT = b"switch issuer keys"
 #: SQLSTATE classes meaning the server or the connection is gone: 08 connection exception,
@@ -228,6 +230,10 @@ class PostgresStore(KeyOps, CertificateOps, AuditOps):
         # Delivered when the transaction commits, to every session listening, on every host.
         tx.execute("SELECT pg_notify(?, (SELECT generation FROM changes)::text)",
                    (CHANGES_CHANNEL,))
+
+    def _lock_name(self, tx: Tx, name: str) -> None:
+        # Transaction-scoped advisory lock; the two-key space never meets MIGRATION_LOCK's.
+        tx.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (NAME_LOCK_CLASS, name))
 
     def _keep_issuer_key(self, tx: Tx, issuer_id: str, tenant: str, key: pki.PrivateKey
                          ) -> tuple[str, bytes | None]:

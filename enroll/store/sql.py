@@ -165,6 +165,12 @@ class SqlStore(Store):
         """Called after the generation moved in ``tx``."""
         del tx
 
+    def _lock_name(self, tx: Tx, name: str) -> None:
+        """Hold a lock on ``name`` until ``tx``'s unit ends, so that a check and the write it
+        allows are not interleaved with another writer's on another connection. None needed
+        where writers are serialised anyway (SQLite's one writer)."""
+        del tx, name
+
     # --- units of work -------------------------------------------------------------------------
 
     @property

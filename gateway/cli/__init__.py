@@ -18,12 +18,13 @@ exit  meaning
 0     done
 1     refused by a rule (limit reached, wrong state, name taken, missing reason,
       confirmation mismatch, ...), a check failed (``config check``, ``audit verify``),
-      or ``reload`` found no server or no confirmation (``not_running``, ``reload_unconfirmed``)
+      or ``reload`` found no server or no confirmation (``not_running``, ``reload_unconfirmed``),
+      or ``serve`` could not open a port (``listen_failed``)
 2     usage error (unknown command or option)
 3     not found (unknown tenant, key or certificate)
 4     the store could not be opened or written
-5     the configuration does not load (``config_invalid``; ``reload_refused`` when the
-      running server refused it)
+5     the configuration does not load (``config_invalid``; ``config_missing`` when there is
+      no file; ``reload_refused`` when the running server refused it)
 ====  =====================================================================
 """
 

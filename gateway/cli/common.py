@@ -31,10 +31,23 @@ def default_actor() -> str:
         return f"cli:uid-{os.getuid()}"
 
 
+def config_missing(path: object) -> CliExit | None:
+    """The refusal of a command whose configuration file does not exist (exit 5), saying how to
+    name one; None when ``path`` exists."""
+    if Path(str(path)).exists():
+        return None
+    named = ("$SWITCH_CONFIG" if os.environ.get("SWITCH_CONFIG") == str(path)
+             else "-c" if str(path) != "switch.toml" else "the default, ./switch.toml")
+    return CliExit("config_missing",
+                   f"no configuration at {path} ({named}): name one with -c FILE or "
+                   "$SWITCH_CONFIG, or create a deployment with `switch init DIR`")
+
+
 def config_invalid(path: object, exc: ConfigError, note: str = "") -> CliExit:
-    """The refusal of a command whose configuration does not load (exit 5)."""
-    return CliExit("config_invalid",
-                   f"{path} does not load{note}:\n{format_problems(exc.problems)}")
+    """The refusal of a command whose configuration does not load (exit 5); ``config_missing``
+    when there is no file at all."""
+    return config_missing(path) or CliExit(
+        "config_invalid", f"{path} does not load{note}:\n{format_problems(exc.problems)}")
 
 
 def load(args: argparse.Namespace) -> SwitchConfig:

@@ -21,9 +21,11 @@ EXIT_CODES: Mapping[str, int] = {
     # The command line's own.
     "usage": EXIT_USAGE,
     "config_invalid": EXIT_CONFIG,
+    "config_missing": EXIT_CONFIG,
     "reload_refused": EXIT_CONFIG,
     "deployment_exists": EXIT_REFUSED,
     "not_running": EXIT_REFUSED,
+    "listen_failed": EXIT_REFUSED,
     "reload_unconfirmed": EXIT_REFUSED,
     "audit_tampered": EXIT_REFUSED,
     "agent_failed": EXIT_REFUSED,
@@ -81,6 +83,7 @@ EXIT_CODES: Mapping[str, int] = {
     "bad_csr_signature": EXIT_REFUSED,
     "key_type_not_allowed": EXIT_REFUSED,
     "subject_not_allowed": EXIT_REFUSED,
+    "subject_taken": EXIT_REFUSED,
     "empty_password": EXIT_REFUSED,
     "bad_password": EXIT_REFUSED,
 }

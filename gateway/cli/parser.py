@@ -30,6 +30,17 @@ from gateway.cli.tools import cmd_agent, cmd_echo, cmd_loadtest, host_port
 from gateway.logs import FORMAT_ENV, FORMATS
 
 
+def version() -> str:
+    """The installed package's version (``switch --version``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mtls-switch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -52,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="switch", parents=[common],
         description="Switch: a mutual-TLS gateway for endpoint agents, with its own enrollment.",
     )
+    parser.add_argument("--version", action="version", version=f"switch {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(

@@ -12,13 +12,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.check import check_config, format_problems
-from config.errors import ConfigError
+from config.errors import ConfigError, Problem
 from config.load import load_config
-from gateway.cli.common import config_invalid, load, now
+from config.model import SwitchConfig
+from gateway.cli.common import config_invalid, config_missing, load, now
 from gateway.cli.exits import EXIT_OK, EXIT_REFUSED, CliExit
 from gateway.cli.store_commands import check_store, hold_state_dir
+
+if TYPE_CHECKING:
+    from gateway.listening import ListenError
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -38,6 +43,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = Path(args.config)
+    missing = config_missing(path)
+    if missing is not None:
+        raise missing
     try:
         cfg = load_config(path)
     except ConfigError as exc:
@@ -51,7 +59,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{path}: {failed} error(s), {len(problems) - failed} warning(s); the "
               "configuration does not load", file=sys.stderr)
         return EXIT_REFUSED
-    problems = check_config(cfg, now())
+    problems = check_config(cfg, now()) + _key_profile_problems(cfg)
     if problems:
         print(format_problems(problems), file=sys.stderr)
     errors = [p for p in problems if p.severity == "error"]
@@ -63,12 +71,29 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _key_profile_problems(cfg: SwitchConfig) -> list[Problem]:
+    """The live provisioning keys that name a profile ``cfg`` does not define (errors), when the
+    store can be read; a warning when it cannot. A SQLite store that does not exist yet is not
+    created: a deployment that never served has no keys."""
+    from enroll.authority import stored_key_profile_problems
+    from enroll.errors import StoreError
+
+    if cfg.store.url is None and not (cfg.state_dir / "switch.db").exists():
+        return []
+    try:
+        return stored_key_profile_problems(cfg)
+    except StoreError as exc:
+        return [Problem(cfg.path, "store", f"the store could not be read ({exc.message}): the "
+                        "profiles that provisioning keys name were not checked", "warning")]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     import trio
 
     from gateway import serve
+    from gateway.listening import ListenError
     from gateway.workers import GENERATION_ENV, SNAPSHOT_ENV
 
     # Until the server's own signal handling is in place, a SIGHUP (reload) must not kill the
@@ -105,6 +130,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lock.release()
     except ConfigError as exc:  # a file changed since the check above, or OpenSSL refused it
         raise config_invalid(args.config, exc) from exc
+    except (ListenError, BaseExceptionGroup) as exc:  # a port in use: one line, no traceback
+        failed = _listen_error(exc)
+        if failed is None:
+            raise
+        raise CliExit("listen_failed", str(failed)) from None
+
+
+def _listen_error(exc: BaseException) -> ListenError | None:
+    """The ``ListenError`` that ``exc`` is or holds (in nested exception groups), else None."""
+    from gateway.listening import ListenError
+
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _listen_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

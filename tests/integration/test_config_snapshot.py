@@ -72,3 +72,14 @@ def test_a_file_missing_from_a_snapshot_is_a_problem_not_read_from_disk(tmp_path
         snapshot.load_snapshot(config.path, directory)
     [problem] = info.value.problems
     assert problem.key == "tls.key_file" and "not in the configuration snapshot" in problem.message
+
+
+def test_a_snapshot_holds_the_pinned_client_certificates(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "d")
+    config.path.write_text(config.path.read_text().replace(
+        'organisation_certs = []', 'organisation_certs = ["pki/demo-agent.pem"]'))
+    _, directory = snapshot.take_snapshot(config.path, config.state_dir, 1)
+    (tmp_path / "d/pki/demo-agent.pem").unlink()
+    again = snapshot.load_snapshot(config.path, directory)
+    [pinned] = again.tenants["demo"].organisation_certs
+    assert pinned.is_relative_to(directory)

@@ -55,7 +55,9 @@ def make_env(tmp_path: Path) -> Iterator[Env]:
                   "manual": Profile("manual", approval="manual"),
                   "strict": Profile("strict", key_types=("ec-p384",), subject_pattern=r"dev-\d+"),
                   "kiosk": Profile("kiosk", validity_s=86400, renew_before_s=3600),
-                  "gated": Profile("gated", approval="manual", renew_before_s=2 * 86400)},
+                  "gated": Profile("gated", approval="manual", renew_before_s=2 * 86400),
+                  "unique": Profile("unique", unique_subject=True),
+                  "gated-unique": Profile("gated-unique", approval="manual", unique_subject=True)},
         tenants={"acme": Tenant("acme", ("acme.test",)), "other": Tenant("other", ("other.test",))},
     )
     authority = Authority.open(config, clock=lambda: NOW, create=True)
@@ -85,3 +87,12 @@ def csr(cn: str = "agent-1", key: pki.PrivateKey | None = None, *, extensions: b
                                   critical=False))
     request = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
     return base64.encodebytes(request.public_bytes(serialization.Encoding.DER)), key
+
+
+def issued(reply: EstReply) -> x509.Certificate:
+    """The certificate of a 200 reply (certs-only PKCS#7, base64)."""
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    assert reply.status == 200, reply
+    [cert] = pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(reply.body.split())))
+    return cert

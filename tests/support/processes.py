@@ -1,12 +1,15 @@
-"""Reading what `switch serve --workers` logged (the ports each listener got, each worker's pid)
-and which of its processes hold a connection."""
+"""Reading what `switch serve --workers` logged (the ports each listener got, each worker's pid),
+which of its processes hold a connection, and what it tells systemd."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
 from pathlib import Path
+
+import trio
 
 
 def log_ports(text: str) -> dict[str, int]:
@@ -38,3 +41,18 @@ def connection_holders(port: int, pids: set[int]) -> set[int]:
             if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
                 held.add(pid)
     return held
+
+
+class NotifySocket:
+    """A stand-in for systemd's notify socket (abstract namespace: no path length limit)."""
+
+    def __init__(self) -> None:
+        self.name = f"@switch-test-{secrets.token_hex(6)}"
+        self.sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+
+    async def bind(self) -> None:
+        await self.sock.bind("\0" + self.name[1:])
+
+    async def receive(self, timeout_s: float) -> str:
+        with trio.fail_after(timeout_s):
+            return (await self.sock.recv(4096)).decode()

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from config.check import check_config
+from config.check import ProfileUse, check_config, missing_profiles
 from config.errors import ConfigError, Problem, format_problems
 from config.load import load_config
 from config.model import AdminSettings, Listener, SwitchConfig
@@ -209,3 +209,31 @@ def test_a_passphrase_with_sqlite_is_reported_unused(tmp_path: Path) -> None:
     [problem] = check_config(cfg, NOW)
     assert (problem.key, problem.severity) == ("store.issuer_key_passphrase_file", "warning")
     assert "unused" in problem.message
+
+
+def test_the_default_subject_rule_has_no_at_sign_and_is_not_flagged(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path)
+    assert "@" not in cfg.profiles["default"].subject_pattern
+    assert not [p for p in check_config(cfg, NOW) if p.key.startswith("profiles.")]
+
+
+@pytest.mark.parametrize("pattern", [r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", r".+", r"\S{1,64}",
+                                     r"[^/]+"])
+def test_a_subject_rule_that_lets_a_cn_hold_an_at_sign_is_a_warning(tmp_path: Path,
+                                                                   pattern: str) -> None:
+    config = CONFIG + f'[profiles.laptops]\nsubject_pattern = "{pattern}"\n'.replace("\\", "\\\\")
+    problems = check_config(_deploy(tmp_path, config=config), NOW)
+    [problem] = [p for p in problems if p.key.startswith("profiles.")]
+    assert (problem.key, problem.severity) == ("profiles.laptops.subject_pattern", "warning")
+    assert "organisation identity" in problem.message and "X-Switch-Trust" in problem.message
+
+
+def test_a_live_key_naming_a_profile_the_config_lacks_is_an_error_naming_both(
+        tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path, config=CONFIG + "[profiles.kiosk]\nvalidity = \"1d\"\nrenew_before = \"1h\"\n")
+    uses = [ProfileUse("acme", "Kiosks", "pk_1", "kiosk"), ProfileUse("acme", "Old", "pk_2", "gone")]
+    [problem] = missing_profiles(cfg, uses)
+    assert (problem.key, problem.severity) == ("profiles.gone", "error")
+    assert "'Old' (pk_2) of tenant acme" in problem.message and "'gone'" in problem.message
+    assert "switch keys revoke acme 'Old'" in problem.message
+    assert missing_profiles(cfg, uses[:1]) == []

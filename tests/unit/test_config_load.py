@@ -85,6 +85,7 @@ def test_a_good_config_loads_into_the_model(tmp_path: Path, pkidir: Path) -> Non
     assert cfg.admin.listen.port == 9090 and not cfg.admin.listen.enabled
     assert cfg.profiles["kiosk"].approval == "manual" and cfg.profiles["kiosk"].validity_s == 86400
     assert cfg.profiles["default"].validity_s == 30 * 86400  # exists with defaults when unwritten
+    assert not cfg.profiles["kiosk"].unique_subject
     acme = cfg.tenants["acme"]
     assert acme.hostnames == ("acme.example", "agents.acme.example")
     assert acme.organisation_cas == (tmp_path / "pki" / "org.pem",)
@@ -540,3 +541,40 @@ def test_a_password_file_without_a_url_is_an_error(tmp_path: Path, pkidir: Path)
     _secret_files(tmp_path)
     problems = _by_key(_load(tmp_path, GOOD + '[store]\npassword_file = "pg.pass"\n'))
     assert "set [store] url too" in problems["store.password_file"]
+
+
+def test_a_profile_may_keep_each_cn_to_one_key(tmp_path: Path, pkidir: Path) -> None:
+    (tmp_path / "switch.toml").write_text(GOOD + "[profiles.fleet]\nunique_subject = true\n")
+    assert load_config(tmp_path / "switch.toml").profiles["fleet"].unique_subject
+    problems = _load(tmp_path, GOOD + '[profiles.fleet]\nunique_subject = "yes"\n')
+    assert _by_key(problems) == {"profiles.fleet.unique_subject": "expected true or false, got a string"}
+
+
+def test_organisation_certs_take_pem_files_of_leaves_and_sha256_fingerprints(
+        tmp_path: Path, pkidir: Path) -> None:
+    pin = "AB:" * 31 + "CD"
+    (tmp_path / "switch.toml").write_text(GOOD.replace(
+        'organisation_cas = ["pki/org.pem"]',
+        f'organisation_cas = []\norganisation_certs = ["pki/leaf.pem", "sha256:{pin}", '
+        f'"{"0" * 64}"]'))
+    acme = load_config(tmp_path / "switch.toml").tenants["acme"]
+    assert acme.organisation_certs == (pkidir / "leaf.pem",)
+    assert acme.organisation_cert_sha256 == ("ab" * 31 + "cd", "0" * 64)
+    assert acme.uses_organisation_cas  # "use certificates provisioned by my organisation": on
+
+
+def test_bad_organisation_certs_are_reported_at_their_key(tmp_path: Path, pkidir: Path) -> None:
+    (pkidir / "junk.pem").write_text("not a certificate")
+    problems = _load(tmp_path, GOOD.replace(
+        'organisation_cas = ["pki/org.pem"]',
+        'organisation_certs = ["pki/missing.pem", "pki/junk.pem", "pki/org.pem", "ab:cd:ef:01",'
+        ' "sha256:' + "a" * 63 + '", ""]'))
+    found = _by_key(problems)
+    assert "cannot read" in found["tenants.acme.organisation_certs[0]"]
+    assert "no readable PEM certificate" in found["tenants.acme.organisation_certs[1]"]
+    assert "is a CA certificate: list CAs in organisation_cas" in \
+        found["tenants.acme.organisation_certs[2]"]
+    assert "not a SHA-256 fingerprint" in found["tenants.acme.organisation_certs[4]"]
+    assert "not an empty string" in found["tenants.acme.organisation_certs[5]"]
+    # A short run of hex digits and colons is a file name, which is not there.
+    assert "cannot read" in found["tenants.acme.organisation_certs[3]"]

@@ -300,3 +300,47 @@ def test_a_provisioning_issuer_removed_alone_is_named_as_such() -> None:
     other = {fingerprint(p.other_tenants_provisioning[0]): p.other_tenants_provisioning[0]}
     assert still_allowed(admitted, _tenant(p, provisioning_issuers=other), NOW) == \
         "issuer_untrusted"
+
+
+def _self_signed(emails: Sequence[str] = ("kiosk@example.com",), **kw: object) -> x509.Certificate:
+    key = pki.generate_key()
+    signer = pki.make_ca(pki.name("kiosk"), key, now=NOW - DAY, validity=365 * DAY)
+    return _leaf((signer, key), "kiosk", emails=emails, **kw)  # type: ignore[arg-type]
+
+
+def test_a_pinned_leaf_alone_is_an_organisation_certificate_under_the_identity_rule() -> None:
+    p = _pki()
+    kiosk, issued = _self_signed(), _leaf(p.org, emails=["b@example.com"])
+    tenant = _tenant(p, organisation_cas={},
+                     organisation_leaves=frozenset({fingerprint(kiosk), fingerprint(issued)}))
+    for leaf in (kiosk, issued):
+        decision = check_peer(tenant, [leaf], NOW)
+        assert (decision.allowed, decision.trust, decision.anchor) == \
+            (True, "organisation", fingerprint(leaf))
+    assert check_peer(tenant, [kiosk], NOW).identity == "kiosk@example.com"
+    # Not pinned, or pinned but not the anchor of a one-certificate chain: no.
+    assert check_peer(tenant, [_self_signed()], NOW).reason == "issuer_not_tenant"
+    assert check_peer(tenant, [issued, p.org[0]], NOW).reason == "issuer_not_tenant"
+    # The leaf rules and the identity rule still apply to a pinned leaf.
+    for leaf, reason in ((_self_signed(client=False), "no_client_auth"),
+                         (_self_signed(emails=()), "identity_email_count"),
+                         (_self_signed(emails=("x@elsewhere.test",)), "identity_not_allowed"),
+                         (_self_signed(not_before=NOW - 10 * DAY, validity=5 * DAY),
+                          "certificate_expired")):
+        pinned_tenant = attrs.evolve(tenant, organisation_leaves=frozenset({fingerprint(leaf)}))
+        assert check_peer(pinned_tenant, [leaf], NOW).reason == reason
+
+
+def test_a_session_admitted_by_a_pin_closes_when_the_pin_goes_and_only_then() -> None:
+    p = _pki()
+    kiosk = _self_signed()
+    tenant = _tenant(p, organisation_leaves=frozenset({fingerprint(kiosk)}))
+    decision = check_peer(tenant, [kiosk], NOW)
+    assert decision.allowed
+    assert still_allowed(decision, tenant, NOW) is None
+    assert still_allowed(decision, attrs.evolve(tenant, organisation_cas={}), NOW) is None
+    assert still_allowed(decision, attrs.evolve(tenant, organisation_leaves=frozenset()),
+                         NOW) == "pin_removed"
+    assert revocation_reason(attrs.evolve(tenant, organisation_leaves=frozenset()),
+                             "organisation", None, decision.sha256, fingerprint(kiosk),
+                             ()) == "pin_removed"
