@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from config import tls_material
+from config import ciphers, tls_material
 from config.errors import ConfigError, Problem, format_problems
 from config.model import SwitchConfig, Tenant
 
@@ -172,6 +172,23 @@ def _store_problems(cfg: SwitchConfig) -> list[Problem]:
     return problems
 
 
+def _cipher_problems(cfg: SwitchConfig) -> list[Problem]:
+    """``[tls] ciphers`` that let TLS 1.2 use a suite without forward secrecy or without AEAD."""
+    if cfg.tls.ciphers is None:
+        return []
+    try:
+        weak = ciphers.weak(ciphers.expand(cfg.tls.ciphers))
+    except ValueError:
+        return []  # the loader reported it
+    if not weak:
+        return []
+    shown = ", ".join(weak[:6]) + (f" and {len(weak) - 6} more" if len(weak) > 6 else "")
+    return [Problem(cfg.path, "tls.ciphers", f"allows TLS 1.2 suites without forward secrecy or "
+                    f"without AEAD ({shown}): recorded sessions could be decrypted with a stolen "
+                    "server key, or use CBC/SHA-1; leave it out for ECDHE with AES-GCM or "
+                    "ChaCha20-Poly1305 only", "warning")]
+
+
 def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     """Warnings (and errors, such as an expired certificate) about a loaded configuration:
 
@@ -182,7 +199,8 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
       the state directory readable by other users; a CRL past its next update;
     - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
-      enabled gateway with no tenants.
+      enabled gateway with no tenants;
+    - ``[tls] ciphers`` allowing a TLS 1.2 suite without forward secrecy or AEAD.
     """
     problems: list[Problem] = []
     main = cfg.path
@@ -192,6 +210,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "other hosts; it has no TLS and no authentication: keep it on loopback",
                                 "warning"))
     problems += _server_problems(cfg, now)
+    problems += _cipher_problems(cfg)
     problems += _store_problems(cfg)
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "

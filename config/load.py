@@ -17,6 +17,8 @@ everywhere. The keys, with their defaults::
     key_file = "pki/server.key"         #   unencrypted PEM, must match the leaf
     # keystore = "pki/server.p12"       # ... or a PKCS#12 keystore with its key and chain
     # keystore_password_file = "pki/server.pass"   # one trailing newline is ignored
+    # ciphers = "ECDHE+AESGCM"          # TLS 1.2 suites (OpenSSL cipher string) of every server
+                                        #   port; default: forward-secret AEAD suites only
 
     [gateway]                           # agents' WebSocket sessions over mutual TLS
     listen = "0.0.0.0:4000"             # "host:port" or "[v6-address]:port", port 0..65535
@@ -87,7 +89,7 @@ from urllib.parse import urlsplit
 import attrs
 from cryptography import x509
 
-from config import tls_material
+from config import ciphers, tls_material
 from config.durations import parse_duration, parse_size
 from config.errors import ConfigError, Problem
 from config.model import (
@@ -349,8 +351,17 @@ def _read_tls(root: _Table) -> ServerTLS:
             tls_material.load_server_credentials(tls, config_file=t.file)
         except ConfigError as exc:
             t.problems.extend(exc.problems)
+    tls = attrs.evolve(tls, ciphers=t.convert("ciphers", _cipher_string, None))
     t.finish()
     return tls
+
+
+def _cipher_string(value: object) -> str:
+    """``[tls] ciphers``: an OpenSSL cipher string that selects at least one TLS 1.2 suite."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an OpenSSL cipher string, got {_tname(value)}")
+    ciphers.expand(value)
+    return value
 
 
 def _store_file(t: _Table, name: str, required: bool = False) -> Path | None:

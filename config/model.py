@@ -75,6 +75,9 @@ class ServerTLS:
     key_file: Path | None = None
     keystore: Path | None = None
     keystore_password_file: Path | None = None
+    #: The TLS 1.2 cipher suites of every server context (an OpenSSL cipher string); None:
+    #: forward-secret AEAD suites only (``config.ciphers.DEFAULT_TLS12_CIPHERS``).
+    ciphers: str | None = None
 
 
 @attrs.frozen

@@ -109,7 +109,7 @@ def load_all(config: SwitchConfig, issuance: Issuance, generation: int,
                                     f"tenants.{name}" if in_main else "", _reason(exc)))
     tls_key = "tls.keystore" if config.tls.keystore is not None else "tls.cert_file"
     try:
-        enroll_context = server_context(chain, key, client_auth="any")
+        enroll_context = server_context(chain, key, client_auth="any", ciphers=config.tls.ciphers)
     except SSL.Error as exc:
         problems.append(Problem(config.path, tls_key, "OpenSSL refuses to serve with this "
                                 f"certificate and key: {describe_ssl_error(exc)}"))

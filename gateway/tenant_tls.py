@@ -173,13 +173,14 @@ def build_trust_state(
             revoked_certificates=prov.revoked_certificates if prov else frozenset(),
         )
         contexts[name] = server_context(chain, key, client_auth="required",
-                                        trust=[*org.cas, *issuers])
+                                        trust=[*org.cas, *issuers], ciphers=config.tls.ciphers)
     if config.default_tenant is not None:
         entry = server_context(chain, key, client_auth="required",
                                trust=[*tenants[config.default_tenant].organisation_cas.values(),
-                                      *tenants[config.default_tenant].provisioning_issuers.values()])
+                                      *tenants[config.default_tenant].provisioning_issuers.values()],
+                               ciphers=config.tls.ciphers)
     else:
-        entry = server_context(chain, key, client_auth="required")
+        entry = server_context(chain, key, client_auth="required", ciphers=config.tls.ciphers)
     anchors = {c.public_bytes(Encoding.DER): (fp, c) for t in tenants.values()
                for fp, c in (*t.organisation_cas.items(), *t.provisioning_issuers.items())}
     state = TrustState(config, view.generation, tenants, contexts, entry, clock, anchors)

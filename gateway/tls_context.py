@@ -16,7 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL, crypto
 
+from config.ciphers import DEFAULT_TLS12_CIPHERS
 from gateway.tls_tickets import disable_tls13_tickets
+
+__all__ = ["DEFAULT_TLS12_CIPHERS", "ClientAuth", "client_context", "server_context"]
 
 
 @functools.cache
@@ -37,8 +40,11 @@ def server_context(
     client_auth: ClientAuth,
     trust: Sequence[x509.Certificate] = (),
     crls: Sequence[x509.CertificateRevocationList] = (),
+    ciphers: str | None = None,
 ) -> SSL.Context:
-    """A server context for TLS 1.2 and 1.3 with no session resumption.
+    """A server context for TLS 1.2 and 1.3 with no session resumption, offering the TLS 1.2
+    suites ``ciphers`` (an OpenSSL cipher string: ``[tls] ciphers``; None: forward-secret AEAD
+    suites only, ``DEFAULT_TLS12_CIPHERS``). Every server port of Switch is made here.
 
     ``client_auth``: ``required`` (the handshake fails without a certificate that chains to
     ``trust``), ``optional`` (a certificate, if sent, must chain to ``trust``), or ``any`` (a
@@ -57,6 +63,7 @@ def server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_cipher_list((ciphers or DEFAULT_TLS12_CIPHERS).encode("ascii"))
     if not disable_tls13_tickets(ctx):
         _warn_tickets_once()
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)

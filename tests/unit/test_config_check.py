@@ -209,3 +209,28 @@ def test_a_passphrase_with_sqlite_is_reported_unused(tmp_path: Path) -> None:
     [problem] = check_config(cfg, NOW)
     assert (problem.key, problem.severity) == ("store.issuer_key_passphrase_file", "warning")
     assert "unused" in problem.message
+
+
+@pytest.mark.parametrize("ciphers", ["AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA",
+                                     "ECDHE+AESGCM:AES256-SHA"])
+def test_tls_ciphers_without_forward_secrecy_or_aead_are_a_warning(tmp_path: Path,
+                                                                    ciphers: str) -> None:
+    config = CONFIG.replace('[tls]\n', f'[tls]\nciphers = "{ciphers}"\n')
+    [problem] = check_config(_deploy(tmp_path, config=config), NOW)
+    assert (problem.key, problem.severity) == ("tls.ciphers", "warning")
+    assert "without forward secrecy or without AEAD" in problem.message
+
+
+def test_tls_ciphers_of_forward_secret_aead_suites_only_are_fine(tmp_path: Path) -> None:
+    config = CONFIG.replace('[tls]\n', '[tls]\nciphers = "ECDHE+AESGCM:ECDHE+CHACHA20"\n')
+    cfg = _deploy(tmp_path, config=config)
+    assert cfg.tls.ciphers == "ECDHE+AESGCM:ECDHE+CHACHA20"
+    assert check_config(cfg, NOW) == []
+
+
+@pytest.mark.parametrize("ciphers", ["NO-SUCH-SUITE", "TLS_AES_128_GCM_SHA256", ""])
+def test_tls_ciphers_that_select_no_tls12_suite_do_not_load(tmp_path: Path, ciphers: str) -> None:
+    config = CONFIG.replace('[tls]\n', f'[tls]\nciphers = "{ciphers}"\n')
+    with pytest.raises(ConfigError) as caught:
+        _deploy(tmp_path, config=config)
+    assert [p.key for p in caught.value.problems] == ["tls.ciphers"]
