@@ -342,10 +342,10 @@ def _read_tls(root: _Table) -> ServerTLS:
     if t is None:
         return ServerTLS()
     before = len(t.problems)
-    tls = ServerTLS(
-        **{name: None if (file := t.path(name)) is None else t.located(name, file)
-           for name in ("cert_file", "key_file", "keystore", "keystore_password_file")},
-    )
+    files = {name: None if (file := t.path(name)) is None else t.located(name, file)
+             for name in ("cert_file", "key_file", "keystore", "keystore_password_file")}
+    tls = ServerTLS(files["cert_file"], files["key_file"], files["keystore"],
+                    files["keystore_password_file"])
     if len(t.problems) == before:  # the keys are well typed: check the form and the files
         try:
             tls_material.load_server_credentials(tls, config_file=t.file)

@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from gateway import relay
-from gateway.listening import peer_address, serve_tcp
+from gateway.listening import close_lingering, peer_address, serve_tcp
 from gateway.metrics import Metrics
 from gateway.sessions import SessionRegistry
 from gateway.tenant_tls import HandshakeInfo, TrustState
@@ -80,10 +80,13 @@ class GatewayListener:
                 reason = info.refusal or handshake_reason(exc.__cause__, verify_result(conn))
             self._refuse(info.tenant, reason, peer, info.server_name,
                          None if info.refusal else str(exc.__cause__ or exc))
-            await trio.aclose_forcefully(stream)
+            if isinstance(exc, trio.TooSlowError):
+                await trio.aclose_forcefully(stream)
+            else:  # the alert is written: let the agent read it before the socket closes
+                await close_lingering(stream)
             return
         decision = info.decision
-        info.chain.clear()  # the decision holds what a session needs; free the certificates
+        info.state = None  # the decision holds what a session needs; let old trust states go
         tenant = state.config.tenants.get(info.tenant or "")
         if decision is None or not decision.allowed or tenant is None:
             # Cannot happen: the verify callback refuses first. Fail closed all the same.

@@ -1,4 +1,5 @@
-"""What every listener shares: opening the sockets, the accept loop, the peer's address."""
+"""What every listener shares: opening the sockets, the accept loop, the peer's address, and the
+lingering close after a refusal."""
 
 from __future__ import annotations
 
@@ -17,6 +18,47 @@ def format_address(sockname: tuple[Any, ...]) -> str:
     logfmt value."""
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+#: After a refusal (a TLS alert, an HTTP error reply): how long, and how many bytes, the peer's
+#: unread data is drained before the connection closes. Closing a socket with unread data in its
+#: receive buffer makes the kernel answer with a reset, and a reset makes the peer's kernel drop
+#: what it had not yet handed to the peer, the refusal included: the peer sees "connection
+#: reset" where it should have read why (RFC 9112 9.6 calls the cure a lingering close, as
+#: nginx's ``lingering_close`` does). Bounded, so a peer that keeps sending cannot hold a socket.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 256 * 1024
+_DRAIN_CHUNK = 16 * 1024
+
+
+async def linger(stream: trio.abc.Stream, *, timeout_s: float = LINGER_S,
+                 max_bytes: int = LINGER_MAX_BYTES) -> None:
+    """After the last reply: half-close ``stream`` (``send_eof``, when it can: the peer reads
+    everything sent, then the end) and read and discard what the peer still sends, until it
+    closes, ``timeout_s`` passes or ``max_bytes`` arrived. Does not close ``stream``; never
+    raises for a broken or closed stream."""
+    with trio.move_on_after(timeout_s):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < max_bytes:
+                data = await stream.receive_some(_DRAIN_CHUNK)
+                if not data:
+                    return
+                drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                OSError):
+            return
+
+
+async def close_lingering(stream: trio.abc.Stream, *, timeout_s: float = LINGER_S,
+                          max_bytes: int = LINGER_MAX_BYTES) -> None:
+    """``linger``, then close ``stream`` at once."""
+    try:
+        await linger(stream, timeout_s=timeout_s, max_bytes=max_bytes)
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
