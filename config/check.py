@@ -172,6 +172,26 @@ def _store_problems(cfg: SwitchConfig) -> list[Problem]:
     return problems
 
 
+def _listener_limit_problems(cfg: SwitchConfig) -> list[Problem]:
+    """Per-source handshake limits and first-byte deadlines that cannot do their work."""
+    problems: list[Problem] = []
+    for name, settings, handshake_s, handshake_key in (
+            ("gateway", cfg.gateway, cfg.gateway.handshake_timeout_s, "handshake_timeout"),
+            ("enroll", cfg.enroll, cfg.enroll.request_timeout_s, "request_timeout")):
+        if not settings.listen.enabled:
+            continue
+        if settings.max_handshakes_per_source >= settings.max_connections:
+            problems.append(Problem(cfg.path, f"{name}.max_handshakes_per_source", (
+                f"{settings.max_handshakes_per_source} is not below max_connections "
+                f"({settings.max_connections}): one source address holding idle connections "
+                "can take every connection and lock other agents out"), "warning"))
+        if settings.first_byte_timeout_s >= handshake_s:
+            problems.append(Problem(cfg.path, f"{name}.first_byte_timeout", (
+                f"is not shorter than {handshake_key} ({handshake_s:g}s): a connection that "
+                "never sends a byte is held for the whole handshake deadline"), "warning"))
+    return problems
+
+
 def _cipher_problems(cfg: SwitchConfig) -> list[Problem]:
     """``[tls] ciphers`` that let TLS 1.2 use a suite without forward secrecy or without AEAD."""
     if cfg.tls.ciphers is None:
@@ -200,7 +220,9 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
       enabled gateway with no tenants;
-    - ``[tls] ciphers`` allowing a TLS 1.2 suite without forward secrecy or AEAD.
+    - ``[tls] ciphers`` allowing a TLS 1.2 suite without forward secrecy or AEAD;
+    - a listener's ``max_handshakes_per_source`` not below its ``max_connections``, or its
+      ``first_byte_timeout`` not shorter than its handshake deadline.
     """
     problems: list[Problem] = []
     main = cfg.path
@@ -211,6 +233,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "warning"))
     problems += _server_problems(cfg, now)
     problems += _cipher_problems(cfg)
+    problems += _listener_limit_problems(cfg)
     problems += _store_problems(cfg)
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "

@@ -33,6 +33,9 @@ everywhere. The keys, with their defaults::
     write_timeout = "30s"               #  -> write_timeout_s (a write to an agent or upstream)
     max_connections = 20000             #  at least 1
     max_message_size = "1MiB"           #  -> max_message_bytes
+    max_handshakes_per_source = 500     #  connections of one address (IPv6: /64) still in their
+                                        #    TLS handshake; more are closed at once
+    first_byte_timeout = "5s"           #  -> first_byte_timeout_s: silent after accept this long
 
     [enroll]                            # EST (RFC 7030)
     listen = "0.0.0.0:9443"
@@ -40,6 +43,8 @@ everywhere. The keys, with their defaults::
     request_timeout = "10s"             #  -> request_timeout_s
     max_body_size = "64KiB"             #  -> max_body_bytes
     max_connections = 1000
+    max_handshakes_per_source = 50      #  as in [gateway]
+    first_byte_timeout = "5s"           #  -> first_byte_timeout_s
 
     [admin]                             # /healthz, /readyz, /metrics: no TLS, keep on loopback
     listen = "127.0.0.1:9090"
@@ -305,6 +310,9 @@ def _read_gateway(root: _Table) -> GatewaySettings:
         write_timeout_s=t.duration("write_timeout", d.write_timeout_s),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
         max_message_bytes=t.size("max_message_size", d.max_message_bytes),
+        max_handshakes_per_source=t.integer("max_handshakes_per_source",
+                                            d.max_handshakes_per_source, minimum=1),
+        first_byte_timeout_s=_positive(t, "first_byte_timeout", d.first_byte_timeout_s),
     )
     t.finish()
     return settings
@@ -321,9 +329,21 @@ def _read_enroll(root: _Table) -> EnrollSettings:
         idle_timeout_s=t.duration("idle_timeout", d.idle_timeout_s),
         max_body_bytes=t.size("max_body_size", d.max_body_bytes),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
+        max_handshakes_per_source=t.integer("max_handshakes_per_source",
+                                            d.max_handshakes_per_source, minimum=1),
+        first_byte_timeout_s=_positive(t, "first_byte_timeout", d.first_byte_timeout_s),
     )
     t.finish()
     return settings
+
+
+def _positive(t: _Table, name: str, default: float) -> float:
+    """A duration that must be longer than zero."""
+    value = t.duration(name, default)
+    if value <= 0:
+        t.error(name, "must be longer than zero")
+        return default
+    return value
 
 
 def _read_admin(root: _Table) -> AdminSettings:

@@ -1,8 +1,10 @@
-"""What every listener shares: opening the sockets, the accept loop, the peer's address, and the
+"""What every listener shares: opening the sockets, the accept loop, the peer's address, the
+per-source limit on connections still in their handshake with the first-byte deadline, and the
 lingering close after a refusal."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -59,6 +61,81 @@ async def close_lingering(stream: trio.abc.Stream, *, timeout_s: float = LINGER_
         await linger(stream, timeout_s=timeout_s, max_bytes=max_bytes)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+# --- connections still in their handshake ------------------------------------------------------
+#
+# One source must not lock others out by opening connections and sending nothing: every listener
+# caps the connections it holds (``max_connections``), and without more, 2,000 idle sockets from
+# one address, each held for the whole handshake deadline, fill that cap and others are refused.
+# So each agent-facing listener also counts, per source, the connections that have not finished
+# their TLS handshake (``HandshakeSlots``), and closes a new one at once over
+# ``max_handshakes_per_source``; and a connection must send its first byte (the ClientHello)
+# within ``first_byte_timeout``, well before the handshake deadline. Established sessions never
+# count: the limit is on handshakes, not on sessions.
+#
+# Over the limit the *new* connection is refused, rather than the oldest of that source evicted:
+# refusing costs nothing (no handshake was started), whereas evicting would throw away work in
+# progress, and under a legitimate burst from one address (a large NAT, a load generator) would
+# evict handshakes about to complete in favour of ones just begun. A refused agent retries with
+# back-off; the source's idle sockets free their slots at the first-byte deadline. A source is an
+# IPv4 address or an IPv6 /64 (one host commonly holds a whole /64).
+
+
+def source_of(address: str) -> str:
+    """The source ``address`` (``peer_address``) is counted under: an IPv4 address as it is, an
+    IPv6 address as its /64 (an IPv4-mapped one as its IPv4 address)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+class HandshakeSlots:
+    """The connections of each source that have not finished their handshake: a count per
+    source, kept only while it is above zero (O(1) per connection, memory bounded by the
+    connections held)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def take(self, source: str, limit: int) -> bool:
+        """Count one more handshake of ``source``; False (not counted) when it holds ``limit``."""
+        held = self._counts.get(source, 0)
+        if held >= limit:
+            return False
+        self._counts[source] = held + 1
+        return True
+
+    def give_back(self, source: str) -> None:
+        """The handshake ``take`` counted is over (done, failed or refused)."""
+        held = self._counts.get(source, 0) - 1
+        if held > 0:
+            self._counts[source] = held
+        else:
+            self._counts.pop(source, None)
+
+    def held(self, source: str) -> int:
+        return self._counts.get(source, 0)
+
+
+async def first_byte(stream: trio.abc.Stream, timeout_s: float) -> bool:
+    """Wait until the peer of a socket ``stream`` has sent something (or closed) within
+    ``timeout_s`` of now; False when it has not. Another stream (memory streams in tests): True."""
+    if not isinstance(stream, trio.SocketStream):
+        await trio.lowlevel.checkpoint()
+        return True
+    with trio.move_on_after(timeout_s):
+        await trio.lowlevel.wait_readable(stream.socket)
+        return True
+    return False
 
 
 def peer_address(stream: trio.abc.Stream) -> str:

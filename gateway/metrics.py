@@ -26,6 +26,10 @@ class Metrics:
                                     ["tenant", "reason"], registry=r)
         self.enrollments = Counter("switch_enrollments", "EST requests by result",
                                    ["tenant", "result"], registry=r)
+        self.enroll_refusals = Counter(
+            "switch_enroll_refusals",
+            "Enroll port connections refused before any request (handshake, limits), by reason",
+            ["reason"], registry=r)
         self.trust_generation = Gauge("switch_trust_generation",
                                       "Store change generation the gateway enforces", registry=r)
         self.config_generation = Gauge("switch_config_generation",
@@ -47,14 +51,19 @@ class Metrics:
         self._children: dict[tuple[str, str, str], Counter] = {}
 
     def _child(self, metric: Counter, first: str, second: str) -> Counter:
+        """``metric``'s child for its label values (``second`` empty: a one-label metric)."""
         key = (metric._name, first, second)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(first, second)
+            values = (first, second) if second else (first,)
+            child = self._children[key] = metric.labels(*values)
         return child
 
     def refused(self, tenant: str | None, reason: str) -> None:
         self._child(self.refusals, tenant or "-", reason).inc()
+
+    def enroll_refused(self, reason: str) -> None:
+        self._child(self.enroll_refusals, reason, "").inc()
 
     def evicted(self, tenant: str, reason: str) -> None:
         self._child(self.evictions, tenant, reason).inc()

@@ -234,3 +234,38 @@ def test_tls_ciphers_that_select_no_tls12_suite_do_not_load(tmp_path: Path, ciph
     with pytest.raises(ConfigError) as caught:
         _deploy(tmp_path, config=config)
     assert [p.key for p in caught.value.problems] == ["tls.ciphers"]
+
+
+def test_listener_limits_that_cannot_protect_other_sources_are_warnings(tmp_path: Path) -> None:
+    config = CONFIG + """
+[gateway]
+max_connections = 100
+max_handshakes_per_source = 100
+[enroll]
+request_timeout = "4s"
+first_byte_timeout = "4s"
+"""
+    problems = check_config(_deploy(tmp_path, config=config), NOW)
+    assert _where(problems) == {("gateway.max_handshakes_per_source", "warning"),
+                                ("enroll.first_byte_timeout", "warning")}
+
+
+def test_listener_limits_load_with_their_defaults_and_refuse_nonsense(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path)
+    assert (cfg.gateway.max_handshakes_per_source, cfg.gateway.first_byte_timeout_s) == (500, 5.0)
+    assert (cfg.enroll.max_handshakes_per_source, cfg.enroll.first_byte_timeout_s) == (50, 5.0)
+    config = CONFIG + """
+[gateway]
+max_handshakes_per_source = 0
+first_byte_timeout = "0s"
+[enroll]
+max_handshakes_per_source = 25
+first_byte_timeout = "1s"
+"""
+    with pytest.raises(ConfigError) as caught:
+        _deploy(tmp_path, config=config)
+    assert sorted(p.key for p in caught.value.problems) == [
+        "gateway.first_byte_timeout", "gateway.max_handshakes_per_source"]
+    cfg = _deploy(tmp_path, config=config.replace("max_handshakes_per_source = 0\n", "")
+                  .replace('first_byte_timeout = "0s"\n', ""))
+    assert (cfg.enroll.max_handshakes_per_source, cfg.enroll.first_byte_timeout_s) == (25, 1.0)
