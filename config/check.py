@@ -18,7 +18,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from config import tls_material
+from config import ciphers, tls_material
 from config.errors import ConfigError, Problem, format_problems
 from config.model import SwitchConfig, Tenant
 
@@ -240,6 +240,43 @@ def _store_problems(cfg: SwitchConfig) -> list[Problem]:
     return problems
 
 
+def _listener_limit_problems(cfg: SwitchConfig) -> list[Problem]:
+    """Per-source handshake limits and first-byte deadlines that cannot do their work."""
+    problems: list[Problem] = []
+    for name, settings, handshake_s, handshake_key in (
+            ("gateway", cfg.gateway, cfg.gateway.handshake_timeout_s, "handshake_timeout"),
+            ("enroll", cfg.enroll, cfg.enroll.request_timeout_s, "request_timeout")):
+        if not settings.listen.enabled:
+            continue
+        if settings.max_handshakes_per_source >= settings.max_connections:
+            problems.append(Problem(cfg.path, f"{name}.max_handshakes_per_source", (
+                f"{settings.max_handshakes_per_source} is not below max_connections "
+                f"({settings.max_connections}): one source address holding idle connections "
+                "can take every connection and lock other agents out"), "warning"))
+        if settings.first_byte_timeout_s >= handshake_s:
+            problems.append(Problem(cfg.path, f"{name}.first_byte_timeout", (
+                f"is not shorter than {handshake_key} ({handshake_s:g}s): a connection that "
+                "never sends a byte is held for the whole handshake deadline"), "warning"))
+    return problems
+
+
+def _cipher_problems(cfg: SwitchConfig) -> list[Problem]:
+    """``[tls] ciphers`` that let TLS 1.2 use a suite without forward secrecy or without AEAD."""
+    if cfg.tls.ciphers is None:
+        return []
+    try:
+        weak = ciphers.weak(ciphers.expand(cfg.tls.ciphers))
+    except ValueError:
+        return []  # the loader reported it
+    if not weak:
+        return []
+    shown = ", ".join(weak[:6]) + (f" and {len(weak) - 6} more" if len(weak) > 6 else "")
+    return [Problem(cfg.path, "tls.ciphers", f"allows TLS 1.2 suites without forward secrecy or "
+                    f"without AEAD ({shown}): recorded sessions could be decrypted with a stolen "
+                    "server key, or use CBC/SHA-1; leave it out for ECDHE with AES-GCM or "
+                    "ChaCha20-Poly1305 only", "warning")]
+
+
 def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     """Warnings (and errors, such as an expired certificate) about a loaded configuration:
 
@@ -252,7 +289,10 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
       enabled gateway with no tenants;
     - a profile whose ``subject_pattern`` lets a provisioned CN hold an ``@`` (it could pass
-      for an organisation identity).
+      for an organisation identity);
+    - ``[tls] ciphers`` allowing a TLS 1.2 suite without forward secrecy or AEAD;
+    - a listener's ``max_handshakes_per_source`` not below its ``max_connections``, or its
+      ``first_byte_timeout`` not shorter than its handshake deadline.
     """
     problems: list[Problem] = []
     main = cfg.path
@@ -262,6 +302,8 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
                                 "other hosts; it has no TLS and no authentication: keep it on loopback",
                                 "warning"))
     problems += _server_problems(cfg, now)
+    problems += _cipher_problems(cfg)
+    problems += _listener_limit_problems(cfg)
     problems += _store_problems(cfg)
     problems += _profile_problems(cfg)
     if _loose_permissions(cfg.state_dir):

@@ -17,6 +17,8 @@ everywhere. The keys, with their defaults::
     key_file = "pki/server.key"         #   unencrypted PEM, must match the leaf
     # keystore = "pki/server.p12"       # ... or a PKCS#12 keystore with its key and chain
     # keystore_password_file = "pki/server.pass"   # one trailing newline is ignored
+    # ciphers = "ECDHE+AESGCM"          # TLS 1.2 suites (OpenSSL cipher string) of every server
+                                        #   port; default: forward-secret AEAD suites only
 
     [gateway]                           # agents' WebSocket sessions over mutual TLS
     listen = "0.0.0.0:4000"             # "host:port" or "[v6-address]:port", port 0..65535
@@ -31,6 +33,9 @@ everywhere. The keys, with their defaults::
     write_timeout = "30s"               #  -> write_timeout_s (a write to an agent or upstream)
     max_connections = 20000             #  at least 1
     max_message_size = "1MiB"           #  -> max_message_bytes
+    max_handshakes_per_source = 500     #  connections of one address (IPv6: /64) still in their
+                                        #    TLS handshake; more are closed at once
+    first_byte_timeout = "5s"           #  -> first_byte_timeout_s: silent after accept this long
 
     [enroll]                            # EST (RFC 7030)
     listen = "0.0.0.0:9443"
@@ -38,6 +43,8 @@ everywhere. The keys, with their defaults::
     request_timeout = "10s"             #  -> request_timeout_s
     max_body_size = "64KiB"             #  -> max_body_bytes
     max_connections = 1000
+    max_handshakes_per_source = 50      #  as in [gateway]
+    first_byte_timeout = "5s"           #  -> first_byte_timeout_s
 
     [admin]                             # /healthz, /readyz, /metrics: no TLS, keep on loopback
     listen = "127.0.0.1:9090"
@@ -92,7 +99,7 @@ from urllib.parse import urlsplit
 import attrs
 from cryptography import x509
 
-from config import tls_material
+from config import ciphers, tls_material
 from config.durations import parse_duration, parse_size
 from config.errors import ConfigError, Problem
 from config.model import (
@@ -308,6 +315,9 @@ def _read_gateway(root: _Table) -> GatewaySettings:
         write_timeout_s=t.duration("write_timeout", d.write_timeout_s),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
         max_message_bytes=t.size("max_message_size", d.max_message_bytes),
+        max_handshakes_per_source=t.integer("max_handshakes_per_source",
+                                            d.max_handshakes_per_source, minimum=1),
+        first_byte_timeout_s=_positive(t, "first_byte_timeout", d.first_byte_timeout_s),
     )
     t.finish()
     return settings
@@ -324,9 +334,21 @@ def _read_enroll(root: _Table) -> EnrollSettings:
         idle_timeout_s=t.duration("idle_timeout", d.idle_timeout_s),
         max_body_bytes=t.size("max_body_size", d.max_body_bytes),
         max_connections=t.integer("max_connections", d.max_connections, minimum=1),
+        max_handshakes_per_source=t.integer("max_handshakes_per_source",
+                                            d.max_handshakes_per_source, minimum=1),
+        first_byte_timeout_s=_positive(t, "first_byte_timeout", d.first_byte_timeout_s),
     )
     t.finish()
     return settings
+
+
+def _positive(t: _Table, name: str, default: float) -> float:
+    """A duration that must be longer than zero."""
+    value = t.duration(name, default)
+    if value <= 0:
+        t.error(name, "must be longer than zero")
+        return default
+    return value
 
 
 def _read_admin(root: _Table) -> AdminSettings:
@@ -345,17 +367,26 @@ def _read_tls(root: _Table) -> ServerTLS:
     if t is None:
         return ServerTLS()
     before = len(t.problems)
-    tls = ServerTLS(
-        **{name: None if (file := t.path(name)) is None else t.located(name, file)
-           for name in ("cert_file", "key_file", "keystore", "keystore_password_file")},
-    )
+    files = {name: None if (file := t.path(name)) is None else t.located(name, file)
+             for name in ("cert_file", "key_file", "keystore", "keystore_password_file")}
+    tls = ServerTLS(files["cert_file"], files["key_file"], files["keystore"],
+                    files["keystore_password_file"])
     if len(t.problems) == before:  # the keys are well typed: check the form and the files
         try:
             tls_material.load_server_credentials(tls, config_file=t.file)
         except ConfigError as exc:
             t.problems.extend(exc.problems)
+    tls = attrs.evolve(tls, ciphers=t.convert("ciphers", _cipher_string, None))
     t.finish()
     return tls
+
+
+def _cipher_string(value: object) -> str:
+    """``[tls] ciphers``: an OpenSSL cipher string that selects at least one TLS 1.2 suite."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an OpenSSL cipher string, got {_tname(value)}")
+    ciphers.expand(value)
+    return value
 
 
 def _store_file(t: _Table, name: str, required: bool = False) -> Path | None:

@@ -49,6 +49,11 @@ class GatewaySettings:
     write_timeout_s: float = 30.0
     max_connections: int = 20000
     max_message_bytes: int = 1 << 20
+    #: Connections from one source (an IPv4 address, an IPv6 /64) still in their TLS handshake;
+    #: over it a new connection from that source is closed at once. Live sessions do not count.
+    max_handshakes_per_source: int = 500
+    #: A connection that sends no byte for this long after it was accepted is closed.
+    first_byte_timeout_s: float = 5.0
 
 
 @attrs.frozen
@@ -59,6 +64,9 @@ class EnrollSettings:
     idle_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
     max_connections: int = 1000
+    #: As ``GatewaySettings.max_handshakes_per_source``, on the enroll port.
+    max_handshakes_per_source: int = 50
+    first_byte_timeout_s: float = 5.0
 
 
 @attrs.frozen
@@ -75,6 +83,9 @@ class ServerTLS:
     key_file: Path | None = None
     keystore: Path | None = None
     keystore_password_file: Path | None = None
+    #: The TLS 1.2 cipher suites of every server context (an OpenSSL cipher string); None:
+    #: forward-secret AEAD suites only (``config.ciphers.DEFAULT_TLS12_CIPHERS``).
+    ciphers: str | None = None
 
 
 @attrs.frozen

@@ -28,6 +28,8 @@ RESTART_ONLY: tuple[tuple[str, Callable[[SwitchConfig], object]], ...] = (
     ("enroll.idle_timeout", lambda c: c.enroll.idle_timeout_s),
     ("enroll.max_body_size", lambda c: c.enroll.max_body_bytes),
     ("enroll.max_connections", lambda c: c.enroll.max_connections),
+    ("enroll.max_handshakes_per_source", lambda c: c.enroll.max_handshakes_per_source),
+    ("enroll.first_byte_timeout", lambda c: c.enroll.first_byte_timeout_s),
     ("admin.listen", lambda c: (c.admin.listen.host, c.admin.listen.port)),
     ("admin.enabled", lambda c: c.admin.listen.enabled),
 )

@@ -52,6 +52,8 @@ drain_timeout = "10s"
 ping_interval = "30s"
 max_connections = 20000
 max_message_size = "1MiB"
+max_handshakes_per_source = 500       # one address's connections still in their TLS handshake
+first_byte_timeout = "5s"             # a connection silent this long after accept is closed
 
 [enroll]
 # EST (RFC 7030) enrollment: agents get certificates here with a provisioning key.
@@ -61,6 +63,8 @@ request_timeout = "10s"
 idle_timeout = "30s"                  # a connection silent this long after the handshake is closed
 max_body_size = "64KiB"
 max_connections = 1000
+max_handshakes_per_source = 50
+first_byte_timeout = "5s"
 
 [admin]
 # /healthz, /readyz and /metrics, without TLS or authentication: keep it on loopback.

@@ -1,10 +1,13 @@
 """The enroll listener: TLS + HTTP/1.1 in front of ``enroll.est_service``.
 
-Each connection runs in its own task (never in the accept loop): the TLS handshake under
-``request_timeout_s``; then ``serve_http`` with its idle, request and body bounds. The client
+Each connection runs in its own task (never in the accept loop): the first byte within
+``first_byte_timeout_s`` and the TLS handshake under ``request_timeout_s``, at most
+``max_handshakes_per_source`` at a time from one source (``gateway.listening``); then
+``serve_http`` with its idle, request and body bounds. The client
 certificate is requested and accepted whatever it is (``client_auth="any"``): the EST service
 judges it per tenant and answers with an HTTP status an agent can act on, where a TLS alert would
-say nothing. Connections over ``max_connections`` are closed at once.
+say nothing. Connections over ``max_connections`` are closed at once. Refused connections are
+counted by reason (``on_refusal``: ``switch_refusals_total`` with tenant ``-``).
 
 Requests reach the EST service through one ``Batcher``: the requests waiting when the service is
 free go to it together, in one worker thread call (``store_limiter``: the store is SQLite, and
@@ -31,8 +34,16 @@ from OpenSSL import SSL, crypto
 
 from enroll.est_service import EstReply, EstRequest, EstService
 from gateway.http11 import Request, Response, serve_http
-from gateway.listening import peer_address, serve_tcp
+from gateway.listening import (
+    HandshakeSlots,
+    close_lingering,
+    first_byte,
+    peer_address,
+    serve_tcp,
+    source_of,
+)
 from gateway.tls import TLSStream, tls_server
+from gateway.tls_refusals import handshake_reason, verify_result
 
 log = structlog.get_logger("switch.enroll")
 _conn_ids = itertools.count(1)
@@ -116,13 +127,20 @@ class EnrollListener:
     def __init__(self, service: Callable[[], EstService], context_provider: Callable[[], SSL.Context], *,
                  request_timeout_s: float, max_body_bytes: int, max_connections: int,
                  idle_timeout_s: float = 30.0,
+                 max_handshakes_per_source: int = 50, first_byte_timeout_s: float = 5.0,
                  on_reply: Callable[[EstReply], None] | None = None,
+                 on_refusal: Callable[[str], None] | None = None,
                  store_limiter: trio.CapacityLimiter | None = None) -> None:
         self.service = service
         self.context_provider = context_provider
         self.request_timeout_s = request_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.max_handshakes_per_source = max_handshakes_per_source
+        self.first_byte_timeout_s = first_byte_timeout_s
+        #: Counts a connection refused before any HTTP (by its reason).
+        self.on_refusal = on_refusal
+        self.handshakes = HandshakeSlots()
         self.connections = trio.Semaphore(max_connections)
         self.store_limiter = store_limiter or trio.CapacityLimiter(1)
         self.on_reply = on_reply
@@ -138,25 +156,54 @@ class EnrollListener:
                             handler_nursery=handler_nursery, sockets=sockets,
                             task_status=task_status)
 
+    def _refused(self, reason: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(reason)
+
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         conn_id = next(_conn_ids)
         source = peer_address(stream)
+        counted_as = source_of(source)
+        # Per source first, as on the gateway port (gateway.listening).
+        if not self.handshakes.take(counted_as, self.max_handshakes_per_source):
+            self._refused("too_many_handshakes")
+            await trio.aclose_forcefully(stream)
+            return
         try:
             self.connections.acquire_nowait()
         except trio.WouldBlock:
+            self.handshakes.give_back(counted_as)
+            self._refused("too_many_connections")
             log.warning("enroll_connection_refused", reason="too_many_connections", peer=source)
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
             return
         try:
-            tls = tls_server(stream, self.context_provider())
+            failure: trio.TooSlowError | trio.BrokenResourceError | trio.ClosedResourceError | None
+            failure = None
+            reason = "handshake_timeout"
             try:
-                with trio.fail_after(self.request_timeout_s):
-                    await tls.do_handshake()
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                reason = "handshake_timeout" if isinstance(exc, trio.TooSlowError) else "handshake_failed"
+                tls = tls_server(stream, self.context_provider())
+                try:
+                    with trio.fail_after(self.request_timeout_s):
+                        if not await first_byte(stream, self.first_byte_timeout_s):
+                            reason = "first_byte_timeout"
+                            raise trio.TooSlowError
+                        await tls.do_handshake()
+                except (trio.TooSlowError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    failure = exc
+            finally:
+                self.handshakes.give_back(counted_as)
+            if failure is not None:
+                if not isinstance(failure, trio.TooSlowError):
+                    reason = handshake_reason(failure.__cause__, verify_result(tls.connection))
+                self._refused(reason)
                 log.info("enroll_handshake_refused", conn_id=conn_id, peer=source, reason=reason,
-                         error=str(exc))
-                await tls.transport.aclose()
+                         error=str(failure.__cause__ or failure))
+                if isinstance(failure, trio.TooSlowError):
+                    await trio.aclose_forcefully(stream)
+                else:  # an alert was written: let the client read it before the socket closes
+                    await close_lingering(stream)
                 return
             handler = functools.partial(self._handle_request, tls=tls, source=source, conn_id=conn_id)
             try:

@@ -1,8 +1,10 @@
 """The gateway listener: accept, per-tenant mTLS handshake, then the agent's session.
 
-Each connection runs in its own task. Over ``max_connections`` a new connection is closed at once
-(live sessions are untouched). The handshake runs under ``handshake_timeout_s`` with the trust
-state current at accept time; its verify callback has already refused (as a TLS alert) any
+Each connection runs in its own task. A source (an address, an IPv6 /64) with
+``max_handshakes_per_source`` connections still in their handshake, or a listener with
+``max_connections``, has a new connection closed at once (live sessions are untouched; see
+``gateway.listening``). The first byte must arrive within ``first_byte_timeout_s``, the whole
+handshake within ``handshake_timeout_s``, with the trust state current at accept time; its verify callback has already refused (as a TLS alert) any
 certificate ``gateway.peer`` says no to, so after the handshake only the WebSocket upgrade remains.
 The session registers then, and is re-checked against the trust state current at that moment
 (``gateway.relay.run_session``), so a change made during the handshake is not missed.
@@ -20,7 +22,14 @@ import structlog
 import trio
 
 from gateway import relay
-from gateway.listening import peer_address, serve_tcp
+from gateway.listening import (
+    HandshakeSlots,
+    close_lingering,
+    first_byte,
+    peer_address,
+    serve_tcp,
+    source_of,
+)
 from gateway.metrics import Metrics
 from gateway.sessions import SessionRegistry
 from gateway.tenant_tls import HandshakeInfo, TrustState
@@ -38,6 +47,8 @@ class GatewayListener:
         self.metrics = metrics
         self.upstream_tls = relay.UpstreamTLS(upstream_ssl)
         self.open_connections = 0
+        #: Connections of each source still in their handshake (``max_handshakes_per_source``).
+        self.handshakes = HandshakeSlots()
 
     async def serve(self, host: str, port: int, *, handler_nursery: trio.Nursery | None = None,
                     sockets: Sequence[socket.socket] | None = None,
@@ -50,13 +61,21 @@ class GatewayListener:
         state = self.current()
         settings = state.config.gateway
         peer = peer_address(stream)
+        source = source_of(peer)
+        # Per source first: a source over its limit is refused even while the listener has room
+        # (gateway.listening, "connections still in their handshake").
+        if not self.handshakes.take(source, settings.max_handshakes_per_source):
+            self.metrics.refused(None, "too_many_handshakes")
+            await trio.aclose_forcefully(stream)
+            return
         if self.open_connections >= settings.max_connections:
+            self.handshakes.give_back(source)
             self.metrics.refused(None, "too_many_connections")
             await trio.aclose_forcefully(stream)
             return
         self.open_connections += 1
         try:
-            await self._handle(stream, state, peer)
+            await self._handle(stream, state, peer, source)
         except Exception:  # noqa: BLE001 - one connection's failure must not end the others
             self.metrics.refused(None, "internal_error")
             log.exception("connection_failed", peer=peer)
@@ -64,26 +83,41 @@ class GatewayListener:
         finally:
             self.open_connections -= 1
 
-    async def _handle(self, stream: trio.abc.Stream, state: TrustState, peer: str) -> None:
+    async def _handle(self, stream: trio.abc.Stream, state: TrustState, peer: str,
+                      source: str) -> None:
+        """The handshake (its slot of ``source`` given back as soon as it is over), then the
+        session."""
         settings = state.config.gateway
-        conn = state.new_connection(socket_of(stream))
-        info: HandshakeInfo = conn.get_app_data()
-        tls = stream_for(stream, conn)
+        failure: trio.TooSlowError | trio.BrokenResourceError | trio.ClosedResourceError | None
+        failure = None
+        reason = "handshake_timeout"
         try:
-            with trio.fail_after(settings.handshake_timeout_s):
-                await tls.do_handshake()
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            conn = state.new_connection(socket_of(stream))
+            info: HandshakeInfo = conn.get_app_data()
+            tls = stream_for(stream, conn)
+            try:
+                with trio.fail_after(settings.handshake_timeout_s):
+                    if not await first_byte(stream, settings.first_byte_timeout_s):
+                        reason = "first_byte_timeout"
+                        raise trio.TooSlowError
+                    await tls.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure = exc
+        finally:
+            self.handshakes.give_back(source)
+        if failure is not None:
             # Switch's own decision first (the SNI or verify callback's), then OpenSSL's codes.
-            if isinstance(exc, trio.TooSlowError):
-                reason = "handshake_timeout"
-            else:
-                reason = info.refusal or handshake_reason(exc.__cause__, verify_result(conn))
+            if not isinstance(failure, trio.TooSlowError):
+                reason = info.refusal or handshake_reason(failure.__cause__, verify_result(conn))
             self._refuse(info.tenant, reason, peer, info.server_name,
-                         None if info.refusal else str(exc.__cause__ or exc))
-            await trio.aclose_forcefully(stream)
+                         None if info.refusal else str(failure.__cause__ or failure))
+            if isinstance(failure, trio.TooSlowError):
+                await trio.aclose_forcefully(stream)
+            else:  # the alert is written: let the agent read it before the socket closes
+                await close_lingering(stream)
             return
         decision = info.decision
-        info.chain.clear()  # the decision holds what a session needs; free the certificates
+        info.state = None  # the decision holds what a session needs; let old trust states go
         tenant = state.config.tenants.get(info.tenant or "")
         if decision is None or not decision.allowed or tenant is None:
             # Cannot happen: the verify callback refuses first. Fail closed all the same.

@@ -8,7 +8,13 @@ not an error), then reads the rest of the request head and body under ``request_
 The whole request is buffered before the handler runs, so handlers are plain
 ``async (Request) -> Response`` functions that never see the socket. Malformed HTTP gets ``400``
 with a reason; a handler that raises gets ``500`` and the exception is re-raised to the caller's
-nursery after the reply, never sent to the peer.
+nursery after the reply, never sent to the peer. Every error reply's body is ``STATUS reason``
+(``413 body_too_large``), as the EST service's own refusals.
+
+After an error reply the connection ends with a lingering close (``gateway.listening.linger``):
+the peer may still be sending the request it was refused for (the rest of an oversized head or
+body), and closing over unread bytes resets the connection, which can destroy the reply before
+the peer reads it: half-close, drain briefly (bounded in time and bytes), then return.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import h11
 import trio
+
+from gateway.listening import linger
 
 #: Enough for an EST request's headers (Authorization with a provisioning key, content type).
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
@@ -147,7 +155,9 @@ async def serve_http(
                 with contextlib.suppress(
                     trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError
                 ):
-                    await _send(stream, conn, Response.text(status, reason), must_close=True)
+                    await _send(stream, conn, Response.text(status, f"{status} {reason}"),
+                                must_close=True)
+        await linger(stream)
 
     for _ in range(max_requests):
         if not conn.trailing_data[0]:

@@ -1,7 +1,10 @@
-"""What every listener shares: opening the sockets, the accept loop, the peer's address."""
+"""What every listener shares: opening the sockets, the accept loop, the peer's address, the
+per-source limit on connections still in their handshake with the first-byte deadline, and the
+lingering close after a refusal."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -28,6 +31,122 @@ def format_address(sockname: tuple[Any, ...]) -> str:
     logfmt value."""
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+#: After a refusal (a TLS alert, an HTTP error reply): how long, and how many bytes, the peer's
+#: unread data is drained before the connection closes. Closing a socket with unread data in its
+#: receive buffer makes the kernel answer with a reset, and a reset makes the peer's kernel drop
+#: what it had not yet handed to the peer, the refusal included: the peer sees "connection
+#: reset" where it should have read why (RFC 9112 9.6 calls the cure a lingering close, as
+#: nginx's ``lingering_close`` does). Bounded, so a peer that keeps sending cannot hold a socket.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 256 * 1024
+_DRAIN_CHUNK = 16 * 1024
+
+
+async def linger(stream: trio.abc.Stream, *, timeout_s: float = LINGER_S,
+                 max_bytes: int = LINGER_MAX_BYTES) -> None:
+    """After the last reply: half-close ``stream`` (``send_eof``, when it can: the peer reads
+    everything sent, then the end) and read and discard what the peer still sends, until it
+    closes, ``timeout_s`` passes or ``max_bytes`` arrived. Does not close ``stream``; never
+    raises for a broken or closed stream."""
+    with trio.move_on_after(timeout_s):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < max_bytes:
+                data = await stream.receive_some(_DRAIN_CHUNK)
+                if not data:
+                    return
+                drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                OSError):
+            return
+
+
+async def close_lingering(stream: trio.abc.Stream, *, timeout_s: float = LINGER_S,
+                          max_bytes: int = LINGER_MAX_BYTES) -> None:
+    """``linger``, then close ``stream`` at once."""
+    try:
+        await linger(stream, timeout_s=timeout_s, max_bytes=max_bytes)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+# --- connections still in their handshake ------------------------------------------------------
+#
+# One source must not lock others out by opening connections and sending nothing: every listener
+# caps the connections it holds (``max_connections``), and without more, 2,000 idle sockets from
+# one address, each held for the whole handshake deadline, fill that cap and others are refused.
+# So each agent-facing listener also counts, per source, the connections that have not finished
+# their TLS handshake (``HandshakeSlots``), and closes a new one at once over
+# ``max_handshakes_per_source``; and a connection must send its first byte (the ClientHello)
+# within ``first_byte_timeout``, well before the handshake deadline. Established sessions never
+# count: the limit is on handshakes, not on sessions.
+#
+# Over the limit the *new* connection is refused, rather than the oldest of that source evicted:
+# refusing costs nothing (no handshake was started), whereas evicting would throw away work in
+# progress, and under a legitimate burst from one address (a large NAT, a load generator) would
+# evict handshakes about to complete in favour of ones just begun. A refused agent retries with
+# back-off; the source's idle sockets free their slots at the first-byte deadline. A source is an
+# IPv4 address or an IPv6 /64 (one host commonly holds a whole /64).
+
+
+def source_of(address: str) -> str:
+    """The source ``address`` (``peer_address``) is counted under: an IPv4 address as it is, an
+    IPv6 address as its /64 (an IPv4-mapped one as its IPv4 address)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+class HandshakeSlots:
+    """The connections of each source that have not finished their handshake: a count per
+    source, kept only while it is above zero (O(1) per connection, memory bounded by the
+    connections held)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def take(self, source: str, limit: int) -> bool:
+        """Count one more handshake of ``source``; False (not counted) when it holds ``limit``."""
+        held = self._counts.get(source, 0)
+        if held >= limit:
+            return False
+        self._counts[source] = held + 1
+        return True
+
+    def give_back(self, source: str) -> None:
+        """The handshake ``take`` counted is over (done, failed or refused)."""
+        held = self._counts.get(source, 0) - 1
+        if held > 0:
+            self._counts[source] = held
+        else:
+            self._counts.pop(source, None)
+
+    def held(self, source: str) -> int:
+        return self._counts.get(source, 0)
+
+
+async def first_byte(stream: trio.abc.Stream, timeout_s: float) -> bool:
+    """Wait until the peer of a socket ``stream`` has sent something (or closed) within
+    ``timeout_s`` of now; False when it has not. Another stream (memory streams in tests): True."""
+    if not isinstance(stream, trio.SocketStream):
+        await trio.lowlevel.checkpoint()
+        return True
+    with trio.move_on_after(timeout_s):
+        await trio.lowlevel.wait_readable(stream.socket)
+        return True
+    return False
 
 
 def peer_address(stream: trio.abc.Stream) -> str:

@@ -66,6 +66,10 @@ class Metrics:
                                     ["tenant", "reason"], registry=r)
         self.enrollments = Counter("switch_enrollments", "EST requests by result",
                                    ["tenant", "result"], registry=r)
+        self.enroll_refusals = Counter(
+            "switch_enroll_refusals",
+            "Enroll port connections refused before any request (handshake, limits), by reason",
+            ["reason"], registry=r)
         self.trust_generation = Gauge("switch_trust_generation",
                                       "Store change generation the gateway enforces (the lowest "
                                       "of the workers')", registry=r, multiprocess_mode="livemin")
@@ -98,14 +102,19 @@ class Metrics:
         return generate_latest(registry)
 
     def _child(self, metric: Counter, first: str, second: str) -> Counter:
+        """``metric``'s child for its label values (``second`` empty: a one-label metric)."""
         key = (metric._name, first, second)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(first, second)
+            values = (first, second) if second else (first,)
+            child = self._children[key] = metric.labels(*values)
         return child
 
     def refused(self, tenant: str | None, reason: str) -> None:
         self._child(self.refusals, tenant or "-", reason).inc()
+
+    def enroll_refused(self, reason: str) -> None:
+        self._child(self.enroll_refusals, reason, "").inc()
 
     def evicted(self, tenant: str, reason: str) -> None:
         self._child(self.evictions, tenant, reason).inc()

@@ -109,7 +109,7 @@ def load_all(config: SwitchConfig, issuance: Issuance, generation: int,
                                     f"tenants.{name}" if in_main else "", _reason(exc)))
     tls_key = "tls.keystore" if config.tls.keystore is not None else "tls.cert_file"
     try:
-        enroll_context = server_context(chain, key, client_auth="any")
+        enroll_context = server_context(chain, key, client_auth="any", ciphers=config.tls.ciphers)
     except SSL.Error as exc:
         problems.append(Problem(config.path, tls_key, "OpenSSL refuses to serve with this "
                                 f"certificate and key: {describe_ssl_error(exc)}"))
@@ -338,7 +338,11 @@ class Switch:
                             request_timeout_s=cfg.enroll.request_timeout_s,
                             idle_timeout_s=cfg.enroll.idle_timeout_s,
                             max_body_bytes=cfg.enroll.max_body_bytes,
-                            max_connections=cfg.enroll.max_connections, on_reply=self._on_est_reply,
+                            max_connections=cfg.enroll.max_connections,
+                            max_handshakes_per_source=cfg.enroll.max_handshakes_per_source,
+                            first_byte_timeout_s=cfg.enroll.first_byte_timeout_s,
+                            on_reply=self._on_est_reply,
+                            on_refusal=self.metrics.enroll_refused,
                             store_limiter=self.store_limiter)
                         self.listeners["enroll"] = await services.start(
                             _serve, enroll.serve, cfg.enroll.listen.host, cfg.enroll.listen.port,

@@ -5,35 +5,45 @@ CAs and CRLs, read once per config load) and the store (``TrustView``: provision
 the service is on, revoked keys and certificates). It holds one ``SSL.Context`` per tenant that
 trusts exactly that tenant's anchors and names them in the CertificateRequest. A new snapshot is
 built and swapped in whole when the store or the config changes; a connection keeps the snapshot
-it was accepted under.
+it was accepted under (``HandshakeInfo.state``, until its handshake is over).
 
 A connection starts on the *entry* context: the default tenant's if one is configured, else a
-context that trusts nothing (so a missing or unknown SNI fails the handshake: fail closed). The
-SNI callback switches to the tenant's context. ``set_context`` changes the certificate store the
-chain is verified against but — the pitfall in STYLE.md — not the verify mode and callback, which
-OpenSSL copied from the entry context when the connection was made: so the entry context carries
-the one verify callback, which reads the tenant from the connection's ``HandshakeInfo`` (no
-per-connection callback objects, whose creation costs memory and CPU). The verify callback
-records each certificate of the chain OpenSSL built; at depth 0, if OpenSSL accepted the chain,
-it runs ``gateway.peer.check_peer`` and refuses inside the handshake (a TLS alert) when the
-decision says no. A tenant with pinned leaves (``organisation_certs``) is the one exception to
-"OpenSSL's errors refuse at once": there the first error is set aside (``chain_error``) until depth
-0, where a leaf whose SHA-256 is pinned (``gateway.peer.pinned``) is judged alone, as its own
-anchor, and any other leaf is refused with that error. Pinned leaves are never added to a trust
-store, so they vouch for nothing they sign. Whatever the outcome, ``HandshakeInfo`` (the connection's app data) says which
-tenant, why it was refused, or the decision with the identity.
+context that trusts nothing. The SNI callback switches to the tenant's context, or ends the
+handshake with the alert ``unrecognized_name`` when the name (or its absence) chooses no tenant
+(fail closed, before the server has signed anything). ``set_context`` changes the certificate
+store the chain is verified against but — the pitfall in STYLE.md — not the verify mode and
+callback, which OpenSSL copied from the entry context when the connection was made: so the entry
+context carries the one verify callback, which reads the tenant from the connection's
+``HandshakeInfo``. Both callbacks are cffi callbacks made once for the module and installed with
+OpenSSL's own setters (``gateway.tls_context.set_verify_callback``): no per-connection or
+per-state callback objects, no Python certificate object per certificate, and a refusal can set
+the verification error OpenSSL chooses the TLS alert from (``gateway.tls_refusals``: a revoked
+key is ``certificate_revoked``, never ``internal_error``). At depth 0, if OpenSSL accepted the
+chain, the verify callback runs ``gateway.peer.check_peer`` on the chain OpenSSL built and
+refuses inside the handshake when the decision says no. A tenant with pinned leaves
+(``organisation_certs``) is the one exception to "OpenSSL's errors refuse at once": there the
+first error is set aside (``chain_error``) until depth 0, where a leaf whose SHA-256 is pinned
+(``gateway.peer.pinned``) is judged alone, as its own anchor, and any other leaf is refused with
+that error. Pinned leaves are never added to a trust store, so they vouch for nothing they sign.
+Whatever the outcome,
+``HandshakeInfo`` (the connection's app data) says which tenant, why it was refused, or the
+decision with the identity.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
+import structlog
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from config.model import SwitchConfig
 from config.tls_material import (
@@ -46,21 +56,30 @@ from config.tls_material import (
 from enroll.trust_view import TrustView
 from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, pinned
 from gateway.tls import new_connection
-from gateway.tls_context import server_context
-from gateway.tls_refusals import x509_error_reason
+from gateway.tls_context import VERIFY_CALLBACK, connection_of, server_context, set_verify_callback
+from gateway.tls_refusals import verify_error_for, verify_error_sent_for, x509_error_reason
+
+log = structlog.get_logger("switch.gateway")
 
 VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+#: The alert for a server name that chooses no tenant (RFC 6066 3; ``SSL_AD_UNRECOGNIZED_NAME``,
+#: which cryptography's bindings do not export).
+ALERT_UNRECOGNIZED_NAME = 112
+#: The alert when the SNI callback itself failed (a bug): ``internal_error``.
+ALERT_INTERNAL_ERROR = 80
 
 
 @attrs.define(eq=False)
 class HandshakeInfo:
-    """Per-connection notes made by the TLS callbacks."""
+    """Per-connection notes made by the TLS callbacks. ``state`` is the trust state the
+    connection was accepted under, for the callbacks; the listener drops it once the handshake
+    is over, so that a live session does not keep an old trust state alive."""
 
+    state: TrustState | None = None
     tenant: str | None = None
     server_name: str | None = None
     refusal: str | None = None
     decision: Decision | None = None
-    chain: dict[int, crypto.X509] = attrs.field(factory=dict)
     #: The first error OpenSSL found in the chain, set aside (tenants with pinned leaves only)
     #: until depth 0 says whether the leaf is pinned.
     chain_error: str | None = None
@@ -120,70 +139,128 @@ class TrustState:
     def new_connection(self, sock: trio.socket.SocketType | None = None) -> SSL.Connection:
         """A server connection on the entry context, on ``sock`` (None: memory BIOs)."""
         conn = new_connection(self.entry, sock)
-        info = HandshakeInfo(tenant=self.config.default_tenant)
-        conn.set_app_data(info)
+        conn.set_app_data(HandshakeInfo(self, tenant=self.config.default_tenant))
         conn.set_accept_state()
         return conn
 
-    def _on_server_name(self, conn: SSL.Connection) -> None:
-        info: HandshakeInfo = conn.get_app_data()
+    def choose_tenant(self, conn: SSL.Connection, info: HandshakeInfo) -> bool:
+        """The SNI callback's work: note the name, choose the tenant and switch to its context;
+        False (refuse) when no tenant is chosen."""
         raw = conn.get_servername()
         info.server_name = raw.decode("ascii", "replace").lower() if raw else None  # for logs
         tenant = self.tenant_name_for(raw)
         info.tenant = tenant
         if tenant is None:
             info.refusal = "unknown_server_name" if info.server_name else "no_server_name"
-            return
+            return False
         # The verify mode and callback stay the entry context's (set_context keeps them; see the
         # module docstring); the callback finds the tenant in the connection's HandshakeInfo.
         conn.set_context(self.contexts[tenant])
+        return True
 
-    def verify(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-        """The verify callback of every gateway connection (set once, on the entry context, so
-        no connection pays for a callback of its own): judges against the trust of the tenant
-        the connection's SNI chose, and at depth 0 runs ``check_peer``."""
-        info: HandshakeInfo = conn.get_app_data()
-        try:
-            trust = self.tenants.get(info.tenant) if info.tenant else None
-            if trust is None:
-                info.refusal = info.refusal or "no_server_name"
-                return False
-            if not ok:
-                if not trust.organisation_leaves:
-                    info.refusal = info.refusal or x509_error_reason(errnum)
-                    return False
-                # Pinned leaves need no chain: set OpenSSL's verdict aside until depth 0.
-                info.chain_error = info.chain_error or x509_error_reason(errnum)
-            else:
-                info.chain[depth] = cert
-            if depth != 0:
-                return True
-            if info.chain_error is not None:  # only a pinned leaf gets past a chain error
-                leaf = cert.to_cryptography()
-                if not pinned(trust, fingerprint(leaf)):
-                    info.refusal = info.refusal or info.chain_error
-                    return False
-                decision = check_peer(trust, [leaf], self.clock())
-                info.decision = decision
-                if not decision.allowed:
-                    info.refusal = decision.reason
-                    return False
-                return True
-            depths = sorted(info.chain)
-            chain = [info.chain[d].to_cryptography() for d in depths[:-1]]
-            top = info.chain[depths[-1]]
-            known = self.anchors.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, top))
-            chain.append(known[1] if known else top.to_cryptography())
-            decision = check_peer(trust, chain, self.clock(),
-                                  anchor_fingerprint=known[0] if known else None)
+    def judge(self, info: HandshakeInfo, ok: int, store_ctx: Any) -> str | None:
+        """The verify callback's work, for each certificate of the chain OpenSSL built (the
+        anchor first, the leaf at depth 0): None to go on, else the reason to refuse. Judges
+        against the trust of the tenant the connection's SNI chose; at depth 0 runs
+        ``check_peer`` and keeps its decision."""
+        trust = self.tenants.get(info.tenant) if info.tenant else None
+        if trust is None:
+            return info.refusal or "no_server_name"
+        if not ok:
+            error = x509_error_reason(_lib.X509_STORE_CTX_get_error(store_ctx))
+            if not trust.organisation_leaves:
+                return error
+            # Pinned leaves need no chain: set OpenSSL's verdict aside until depth 0.
+            info.chain_error = info.chain_error or error
+        if _lib.X509_STORE_CTX_get_error_depth(store_ctx) != 0:
+            return None
+        if info.chain_error is not None:  # only a pinned leaf gets past a chain error
+            leaf = _current_certificate(store_ctx).to_cryptography()
+            if not pinned(trust, fingerprint(leaf)):
+                return info.chain_error
+            decision = check_peer(trust, [leaf], self.clock())
             info.decision = decision
-            if not decision.allowed:
-                info.refusal = decision.reason
-                return False
-            return True
-        except Exception:  # fail closed; pyOpenSSL would otherwise defer the exception
-            info.refusal = "internal_error"
-            return False
+            return None if decision.allowed else decision.reason
+        chain = _verified_chain(store_ctx)
+        if not chain:
+            return "no_client_certificate"
+        certificates = [c.to_cryptography() for c in chain[:-1]]
+        known = self.anchors.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[-1]))
+        certificates.append(known[1] if known else chain[-1].to_cryptography())
+        decision = check_peer(trust, certificates, self.clock(),
+                              anchor_fingerprint=known[0] if known else None)
+        info.decision = decision
+        return None if decision.allowed else decision.reason
+
+
+def _current_certificate(store_ctx: Any) -> crypto.X509:
+    """The certificate the verify callback is called about (up-referenced for its ``X509``)."""
+    cert = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
+    _lib.X509_up_ref(cert)
+    return crypto.X509._from_raw_x509_ptr(cert)
+
+
+def _verified_chain(store_ctx: Any) -> list[crypto.X509]:
+    """The chain OpenSSL built, leaf first (``X509_STORE_CTX_get1_chain``: each certificate
+    up-referenced, and released when its ``crypto.X509`` is collected)."""
+    stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
+    if stack == _ffi.NULL:
+        return []
+    try:
+        return [crypto.X509._from_raw_x509_ptr(_lib.sk_X509_value(stack, i))
+                for i in range(_lib.sk_X509_num(stack))]
+    finally:
+        _lib.sk_X509_free(stack)
+
+
+def _server_name(ssl: Any, alert: Any, arg: Any) -> int:
+    """The SNI callback of every gateway connection (``TrustState.choose_tenant``)."""
+    info: HandshakeInfo | None = None
+    try:
+        conn = SSL.Connection._reverse_mapping[ssl]
+        info = conn.get_app_data()
+        assert info is not None and info.state is not None
+        if info.state.choose_tenant(conn, info):
+            return int(_lib.SSL_TLSEXT_ERR_OK)
+        alert[0] = ALERT_UNRECOGNIZED_NAME
+    except Exception:  # fail closed: a bug, logged; the peer learns nothing but internal_error
+        log.exception("server_name_callback_failed")
+        if info is not None:
+            info.refusal = info.refusal or "internal_error"
+        alert[0] = ALERT_INTERNAL_ERROR
+    return int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+
+
+def _verify(ok: int, store_ctx: Any) -> int:
+    """The verify callback of every gateway connection (``TrustState.judge``). A refusal leaves
+    the verification error that makes OpenSSL send the alert naming it
+    (``gateway.tls_refusals.verify_error_for``), and its reason in ``HandshakeInfo.refusal``."""
+    info: HandshakeInfo | None = None
+    try:
+        info = connection_of(store_ctx).get_app_data()
+        assert info is not None
+        if info.state is None:
+            reason: str | None = info.refusal or "internal_error"
+        else:
+            reason = info.state.judge(info, ok, store_ctx)
+    except Exception:  # fail closed: a bug, logged (pyOpenSSL's wrapper would defer it)
+        log.exception("verify_callback_failed")
+        reason = "internal_error"
+    if reason is None:
+        return 1
+    if info is not None:
+        info.refusal = info.refusal or reason
+    if ok or (info is not None and info.decision is not None):  # Switch's own decision
+        _lib.X509_STORE_CTX_set_error(store_ctx, verify_error_for(reason))
+    else:
+        _lib.X509_STORE_CTX_set_error(
+            store_ctx, verify_error_sent_for(_lib.X509_STORE_CTX_get_error(store_ctx)))
+    return 0
+
+
+#: The two callbacks as OpenSSL calls them, made once: every gateway connection shares them.
+_SERVER_NAME_CALLBACK = _ffi.callback("int (*)(SSL *, int *, void *)")(_server_name)
+_VERIFY_CALLBACK = _ffi.callback(VERIFY_CALLBACK)(_verify)
 
 
 def build_trust_state(
@@ -207,16 +284,17 @@ def build_trust_state(
             organisation_leaves=org.pinned,
         )
         contexts[name] = server_context(chain, key, client_auth="required",
-                                        trust=[*org.cas, *issuers])
+                                        trust=[*org.cas, *issuers], ciphers=config.tls.ciphers)
     if config.default_tenant is not None:
         entry = server_context(chain, key, client_auth="required",
                                trust=[*tenants[config.default_tenant].organisation_cas.values(),
-                                      *tenants[config.default_tenant].provisioning_issuers.values()])
+                                      *tenants[config.default_tenant].provisioning_issuers.values()],
+                               ciphers=config.tls.ciphers)
     else:
-        entry = server_context(chain, key, client_auth="required")
+        entry = server_context(chain, key, client_auth="required", ciphers=config.tls.ciphers)
     anchors = {c.public_bytes(Encoding.DER): (fp, c) for t in tenants.values()
                for fp, c in (*t.organisation_cas.items(), *t.provisioning_issuers.items())}
     state = TrustState(config, view.generation, tenants, contexts, entry, clock, anchors)
-    entry.set_tlsext_servername_callback(state._on_server_name)
-    entry.set_verify(VERIFY_REQUIRED, state.verify)
+    _lib.SSL_CTX_set_tlsext_servername_callback(entry._context, _SERVER_NAME_CALLBACK)
+    set_verify_callback(entry, VERIFY_REQUIRED, _VERIFY_CALLBACK)
     return state

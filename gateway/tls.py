@@ -70,7 +70,7 @@ WRITE_CHUNK = 64 * 1024
 MAX_UNYIELDED = 8
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(trio.abc.HalfCloseableStream):
     """What both transports share: the Stream methods, over one primitive each transport
     provides (``_call``: run an OpenSSL call, waiting for I/O as it asks), and the handshake's
     results, read from the ``SSL.Connection``."""
@@ -83,6 +83,7 @@ class TLSStream(trio.abc.Stream):
         self._sending = False
         self._receiving = False
         self._closed = False
+        self._eof_sent = False
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         raise NotImplementedError
@@ -137,7 +138,7 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         try:
-            if self._handshake_done:
+            if self._handshake_done and not self._eof_sent:
                 with contextlib.suppress(SSL.Error):
                     self.connection.shutdown()
                 await self._close_notify_sent()
@@ -148,8 +149,29 @@ class TLSStream(trio.abc.Stream):
     async def _close_notify_sent(self) -> None:
         """After ``shutdown``: move the close_notify out if the transport needs it moved."""
 
-    async def send_eof(self) -> None:  # pragma: no cover - TLS has no half-close
-        raise NotImplementedError("TLS has no half-close")
+    async def send_eof(self) -> None:
+        """Half-close: send close_notify (best effort, as ``aclose``) and, when the transport
+        can, end its sending side too (TCP FIN), so that the peer reads everything sent, then
+        the end. Receiving goes on (TLS 1.3 half-close; OpenSSL reads after its close_notify
+        under TLS 1.2 too) until the peer's close_notify or end of file. For a lingering close
+        after an error reply (``gateway.listening.linger``)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream is closed")
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        self._eof_sent = True
+        if self._handshake_done:
+            with contextlib.suppress(SSL.Error):
+                self.connection.shutdown()
+            await self._close_notify_sent()
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.transport.send_eof()
+        else:
+            await trio.lowlevel.checkpoint()
 
     @property
     def server_name(self) -> str | None:

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
+from config.ciphers import DEFAULT_TLS12_CIPHERS
 from gateway.tls_tickets import disable_tls13_tickets
+
+__all__ = ["DEFAULT_TLS12_CIPHERS", "VERIFY_CALLBACK", "ClientAuth", "client_context",
+           "connection_of", "server_context", "set_verify_callback"]
 
 
 @functools.cache
@@ -37,8 +43,11 @@ def server_context(
     client_auth: ClientAuth,
     trust: Sequence[x509.Certificate] = (),
     crls: Sequence[x509.CertificateRevocationList] = (),
+    ciphers: str | None = None,
 ) -> SSL.Context:
-    """A server context for TLS 1.2 and 1.3 with no session resumption.
+    """A server context for TLS 1.2 and 1.3 with no session resumption, offering the TLS 1.2
+    suites ``ciphers`` (an OpenSSL cipher string: ``[tls] ciphers``; None: forward-secret AEAD
+    suites only, ``DEFAULT_TLS12_CIPHERS``). Every server port of Switch is made here.
 
     ``client_auth``: ``required`` (the handshake fails without a certificate that chains to
     ``trust``), ``optional`` (a certificate, if sent, must chain to ``trust``), or ``any`` (a
@@ -57,6 +66,7 @@ def server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_cipher_list((ciphers or DEFAULT_TLS12_CIPHERS).encode("ascii"))
     if not disable_tls13_tickets(ctx):
         _warn_tickets_once()
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
@@ -76,11 +86,12 @@ def server_context(
     for cert in trust:
         ctx.add_client_ca(cert)
     if client_auth == "any":
-        ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
+        set_verify_callback(ctx, SSL.VERIFY_PEER, _accept_any)
     elif client_auth == "optional":
-        ctx.set_verify(SSL.VERIFY_PEER, _openssl_decides)
+        set_verify_callback(ctx, SSL.VERIFY_PEER, _openssl_decides)
     else:
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _openssl_decides)
+        set_verify_callback(ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                            _openssl_decides)
     return ctx
 
 
@@ -99,7 +110,7 @@ def client_context(
     assert store is not None
     for cert in trust:
         store.add_cert(crypto.X509.from_cryptography(cert))
-    ctx.set_verify(SSL.VERIFY_PEER, _openssl_decides)
+    set_verify_callback(ctx, SSL.VERIFY_PEER, _openssl_decides)
     if chain and key is not None:
         ctx.use_certificate(chain[0])
         for extra in chain[1:]:
@@ -108,9 +119,46 @@ def client_context(
     return ctx
 
 
-def _openssl_decides(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-    return bool(ok)
+# --- verify callbacks --------------------------------------------------------------------------
+#
+# Switch installs its verify callbacks with OpenSSL's ``SSL_CTX_set_verify`` itself, not with
+# pyOpenSSL's ``Context.set_verify``: pyOpenSSL's wrapper hides the ``X509_STORE_CTX``, so a
+# callback that refuses cannot set the verification error OpenSSL derives the TLS alert from (it
+# would always be internal_error, ``gateway.tls_refusals``), and it builds a Python certificate
+# object for every certificate of every chain. A callback here is a cffi callback of type
+# ``VERIFY_CALLBACK``, ``(preverify_ok, store_ctx) -> ok``, made once at module level: OpenSSL
+# copies the pointer into every connection, so it must live as long as any connection can.
+
+#: The C type of a verify callback (``SSL_verify_cb``).
+VERIFY_CALLBACK = "int (*)(int, X509_STORE_CTX *)"
+#: Where OpenSSL keeps the ``SSL *`` of the handshake in a verify context's ex-data.
+_SSL_INDEX = _lib.SSL_get_ex_data_X509_STORE_CTX_idx()
 
 
-def _accept_any(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
-    return True
+def set_verify_callback(ctx: SSL.Context, mode: int, callback: Any) -> None:
+    """Require (``mode``) and judge peer certificates on ``ctx`` with ``callback``, a cffi
+    callback of type ``VERIFY_CALLBACK`` that outlives every connection made on ``ctx`` (or
+    ``ffi.NULL``: OpenSSL's verification alone decides)."""
+    _lib.SSL_CTX_set_verify(ctx._context, mode, callback)
+
+
+def connection_of(store_ctx: Any) -> SSL.Connection:
+    """The ``SSL.Connection`` whose handshake a verify callback was called for (KeyError when
+    pyOpenSSL does not know it: fail closed)."""
+    ssl = _lib.X509_STORE_CTX_get_ex_data(store_ctx, _SSL_INDEX)
+    return SSL.Connection._reverse_mapping[ssl]
+
+
+#: No callback: OpenSSL's verification decides alone.
+_openssl_decides = _ffi.NULL
+
+
+def _accept(ok: int, store_ctx: Any) -> int:
+    if not ok:  # overridden: leave no error behind on the connection (SSL_get_verify_result)
+        _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_OK)
+    return 1
+
+
+#: Accepts any certificate (the caller judges it after the handshake; OpenSSL still checks that
+#: the peer holds its private key).
+_accept_any = _ffi.callback(VERIFY_CALLBACK)(_accept)

@@ -1,4 +1,5 @@
-"""The reason code of a refused TLS handshake, decided from OpenSSL's codes, never its messages.
+"""The reason code of a refused TLS handshake, decided from OpenSSL's codes, never its messages;
+and the TLS alert each of Switch's own refusals is sent as (``verify_error_for``, below).
 
 Theory of operation: a handshake fails for one of three kinds of cause, looked at in this order
 (``gateway.gateway_listener`` first takes Switch's own decision, when the SNI or verify callback
@@ -29,23 +30,103 @@ from OpenSSL._util import lib as _lib
 #: ``X509_V_OK``: nothing went wrong in verification.
 X509_V_OK = 0
 
-#: ``X509_V_ERR_*`` numbers (OpenSSL's x509_vfy.h) -> reason codes.
+#: ``X509_V_ERR_*`` numbers (OpenSSL's x509_vfy.h, as the linked OpenSSL numbers them: OpenSSL 4
+#: renumbered ``INVALID_CA``) -> reason codes.
 X509_REASONS: dict[int, str] = {
-    2: "untrusted_issuer",  # UNABLE_TO_GET_ISSUER_CERT
-    3: "crl_unavailable",  # UNABLE_TO_GET_CRL
-    7: "bad_signature",  # CERT_SIGNATURE_FAILURE
-    9: "certificate_not_yet_valid",  # CERT_NOT_YET_VALID
-    10: "certificate_expired",  # CERT_HAS_EXPIRED
-    12: "crl_expired",  # CRL_HAS_EXPIRED
-    18: "untrusted_issuer",  # DEPTH_ZERO_SELF_SIGNED_CERT
-    19: "untrusted_issuer",  # SELF_SIGNED_CERT_IN_CHAIN
-    20: "untrusted_issuer",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
-    21: "untrusted_issuer",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
-    23: "certificate_revoked",  # CERT_REVOKED
-    24: "invalid_ca",  # INVALID_CA
-    25: "path_too_long",  # PATH_LENGTH_EXCEEDED
-    26: "no_client_auth",  # INVALID_PURPOSE
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: "untrusted_issuer",
+    _lib.X509_V_ERR_UNABLE_TO_GET_CRL: "crl_unavailable",
+    _lib.X509_V_ERR_CERT_SIGNATURE_FAILURE: "bad_signature",
+    _lib.X509_V_ERR_CERT_NOT_YET_VALID: "certificate_not_yet_valid",
+    _lib.X509_V_ERR_CERT_HAS_EXPIRED: "certificate_expired",
+    _lib.X509_V_ERR_CRL_HAS_EXPIRED: "crl_expired",
+    _lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: "untrusted_issuer",
+    _lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: "untrusted_issuer",
+    _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "untrusted_issuer",
+    _lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: "untrusted_issuer",
+    _lib.X509_V_ERR_CERT_REVOKED: "certificate_revoked",
+    _lib.X509_V_ERR_INVALID_CA: "invalid_ca",
+    _lib.X509_V_ERR_PATH_LENGTH_EXCEEDED: "path_too_long",
+    _lib.X509_V_ERR_INVALID_PURPOSE: "no_client_auth",
 }
+
+# --- the alert a refusal is sent as -------------------------------------------------------------
+#
+# A refused certificate must reach the agent as the TLS alert that names the problem (RFC 8446
+# 6.2), never ``internal_error``, which the RFC keeps for errors unrelated to the peer. OpenSSL
+# chooses the alert from the ``X509_V_ERR_*`` left on the verify context when the verify callback
+# fails (``ssl_x509err2alert``, ssl/statem/statem_lib.c, the same table in OpenSSL 3.0 to 4); a
+# callback that fails without setting one leaves ``X509_V_OK``, which ``X509_verify_cert`` turns
+# into ``X509_V_ERR_UNSPECIFIED``: internal_error. So the gateway's verify callback sets, for each
+# of Switch's own refusals, an error OpenSSL maps to the right alert (``verify_error_for``):
+#
+# ======================================  ===============================  ========================
+# reasons                                 X509_V_ERR_ set                  alert sent
+# ======================================  ===============================  ========================
+# key_revoked, certificate_revoked        CERT_REVOKED                     certificate_revoked (44)
+# certificate_expired,                    CERT_HAS_EXPIRED                 certificate_expired (45)
+# certificate_not_yet_valid
+# crl_expired                             CRL_HAS_EXPIRED                  certificate_expired (45)
+# leaf_is_ca, no_client_auth              INVALID_PURPOSE                  unsupported_certificate
+#                                                                          (43)
+# issuer_not_tenant, untrusted_issuer,    UNABLE_TO_GET_ISSUER_CERT_       unknown_ca (48)
+# issuer_untrusted, provisioning_         LOCALLY
+# disabled, ca_removed, no_server_name
+# internal_error (an exception in the     UNSPECIFIED                      internal_error (80)
+# check: a bug, the one refusal that is
+# Switch's fault)
+# every other reason (identity_*,         CERT_REJECTED                    bad_certificate (42)
+# key_binding_missing, chain_unexpected,
+# malformed_certificate, ...)
+# ======================================  ===============================  ========================
+#
+# 43 for usage: RFC 8446 names unsupported_certificate for "a certificate of an unsupported
+# type", and a CA certificate or one without clientAuth is of the wrong kind for a client, not
+# corrupt (OpenSSL sends 43 for its own purpose check, ``INVALID_PURPOSE``). 42 for the rest: the
+# certificate is well formed and trusted, but what it says is not acceptable (RFC 8446:
+# "contained signatures that did not verify correctly, etc."; certificate_unknown would say
+# less). 45 for a stale CRL, as OpenSSL sends for its own CRL check. A certificate OpenSSL found
+# not yet valid is sent as 45 too (RFC 8446: "has expired or is not currently valid"), where
+# OpenSSL would say bad_certificate.
+
+#: ``X509_V_ERR_UNSPECIFIED`` (x509_vfy.h: 1; cryptography's bindings do not export it).
+X509_V_ERR_UNSPECIFIED = 1
+
+_VERIFY_ERRORS: dict[str, int] = {
+    "key_revoked": _lib.X509_V_ERR_CERT_REVOKED,
+    "certificate_revoked": _lib.X509_V_ERR_CERT_REVOKED,
+    "certificate_expired": _lib.X509_V_ERR_CERT_HAS_EXPIRED,
+    "certificate_not_yet_valid": _lib.X509_V_ERR_CERT_HAS_EXPIRED,
+    "crl_expired": _lib.X509_V_ERR_CRL_HAS_EXPIRED,
+    "leaf_is_ca": _lib.X509_V_ERR_INVALID_PURPOSE,
+    "no_client_auth": _lib.X509_V_ERR_INVALID_PURPOSE,
+    "issuer_not_tenant": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "untrusted_issuer": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "issuer_untrusted": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "provisioning_disabled": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "ca_removed": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "no_server_name": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "unknown_server_name": _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    "internal_error": X509_V_ERR_UNSPECIFIED,
+}
+
+#: OpenSSL's own verification errors sent as another alert than OpenSSL would choose.
+_VERIFY_ERRORS_SENT_AS: dict[int, int] = {
+    _lib.X509_V_ERR_CERT_NOT_YET_VALID: _lib.X509_V_ERR_CERT_HAS_EXPIRED,
+}
+
+
+def verify_error_for(reason: str) -> int:
+    """The ``X509_V_ERR_*`` a verify callback refusing for ``reason`` (one of Switch's reason
+    codes) leaves on the verify context, so that OpenSSL sends the alert naming it (the table
+    above): ``CERT_REJECTED`` (bad_certificate) for any reason without one of its own."""
+    return int(_VERIFY_ERRORS.get(reason, _lib.X509_V_ERR_CERT_REJECTED))
+
+
+def verify_error_sent_for(errnum: int) -> int:
+    """The ``X509_V_ERR_*`` to leave on the verify context when OpenSSL's own check failed with
+    ``errnum``: itself, except where the table above sends another alert."""
+    return _VERIFY_ERRORS_SENT_AS.get(errnum, errnum)
+
 
 _SSL = "SSL routines"
 

@@ -11,7 +11,11 @@ The agent keeps its credentials in a directory of its own (``gateway.client.cred
 3. holds the session (``gateway.client.session``), and reconnects with exponential back-off and
    full jitter when it drops (``gateway.client.backoff``);
 4. authenticates the server by a CA file or by the SHA-256 of its public key (seed 002 pinning),
-   checked before any request or message is sent over the connection.
+   checked before any request or message is sent over the connection;
+5. acts on the gateway's TLS alert ``certificate_revoked``: that certificate is marked and never
+   tried again, and with a provisioning key the agent enrolls anew at once and reconnects; when
+   that key is revoked too (or there is none) it stops (``AgentStopped``) instead of retrying
+   for ever.
 
 ``--once MESSAGE`` sends one message, prints the reply and exits (for scripts and tests).
 """
@@ -31,6 +35,8 @@ import trio_websocket
 from gateway.client.agent_settings import (
     AgentError,
     AgentSettings,
+    AgentStopped,
+    CertificateRevoked,
     GatewayUnreachable,
     ServerNotTrusted,
     normalise_pin,
@@ -45,10 +51,12 @@ from gateway.client.session import (
     describe_error,
     open_session,
     server_not_trusted,
+    tls_alert,
 )
 
 #: What the command line imports from here (the rest lives in the modules named above).
-__all__ = ["Agent", "AgentError", "AgentSettings", "GatewayUnreachable", "ServerNotTrusted"]
+__all__ = ["Agent", "AgentError", "AgentSettings", "AgentStopped", "GatewayUnreachable",
+           "ServerNotTrusted"]
 
 log = structlog.get_logger("switch.agent")
 
@@ -126,6 +134,7 @@ class Agent:
         trusted or a gateway that cannot be reached ends the attempt at once: another
         certificate would not change that."""
         failures = []
+        revoked = False
         host, port = self.settings.gateway
         for credential in credentials:
             try:
@@ -141,12 +150,37 @@ class Agent:
                     raise ServerNotTrusted(
                         f"the gateway's certificate is not trusted: {describe_error(exc)}") from exc
                 failures.append(f"{credential.name}: {describe_error(exc)}")
-                log.info("certificate_refused", credential=credential.name, error=describe_error(exc))
+                alert = tls_alert(exc)
+                if alert == "certificate_revoked":
+                    # The gateway says so: this certificate will never connect again.
+                    self.store.mark_revoked(credential)
+                    revoked = True
+                    log.warning("certificate_revoked", credential=credential.name,
+                                serial=format(credential.cert.serial_number, "x"))
+                    continue
+                log.info("certificate_refused", credential=credential.name, alert=alert,
+                         error=describe_error(exc))
                 continue
             self.remember(credential)
             log.info("connected", credential=credential.name)
             return ws, credential
-        raise AgentError("no certificate was accepted: " + "; ".join(failures))
+        message = "no certificate was accepted: " + "; ".join(failures)
+        raise CertificateRevoked(message) if revoked else AgentError(message)
+
+    async def connect_or_reenroll(self, nursery: trio.Nursery, credentials: list[Credential]
+                                  ) -> tuple[AgentConnection, Credential]:
+        """``connect``; when a certificate was refused as revoked and none was accepted, once
+        more with the credentials left (``ensure_credentials``: it enrolls anew with the
+        provisioning key, or raises ``AgentStopped`` when nothing can work)."""
+        try:
+            return await self.connect(nursery, credentials)
+        except CertificateRevoked as exc:
+            log.warning("reenrolling", error=str(exc))
+            try:
+                credentials = await self.ensure_credentials()
+            except EstClientError as est_exc:
+                raise AgentError(explain_est_error(est_exc)) from est_exc
+            return await self.connect(nursery, credentials)
 
     async def once(self, message: str) -> str:
         """Connect, send ``message``, return the reply. Every failure is an ``AgentError`` whose
@@ -158,7 +192,7 @@ class Agent:
             raise AgentError(explain_est_error(exc)) from exc
         with _single_errors():
             async with trio.open_nursery() as nursery:
-                ws, _ = await self.connect(nursery, credentials)
+                ws, _ = await self.connect_or_reenroll(nursery, credentials)
                 try:
                     with trio.fail_after(self.settings.timeout_s):
                         await ws.send_message(message)
@@ -179,7 +213,8 @@ class Agent:
         """Hold a session; when it ends or cannot be opened, wait the back-off of
         ``gateway.client.backoff.Reconnects`` (full jitter; at least the enrollment port's
         Retry-After) and try again. Its failures count the attempts since the last session held
-        ``STABLE_SESSION_S`` (a minute)."""
+        ``STABLE_SESSION_S`` (a minute). Returns (raises ``AgentStopped``) when nothing can
+        work any more: its certificates and its provisioning key were revoked."""
         self.check_settings()
         reconnects = Reconnects(rng)
         sessions = 0
@@ -196,6 +231,9 @@ class Agent:
             except EstClientError as exc:
                 log.warning("agent_retry", error=explain_est_error(exc))
                 at_least = min(float(exc.retry_after or 0), MAX_RETRY_AFTER_S)
+            except AgentStopped as exc:
+                log.error("agent_stopped", error=str(exc))
+                raise
             except AgentError as exc:
                 log.warning("agent_retry", error=str(exc))
             if max_sessions is not None and sessions >= max_sessions:
@@ -207,7 +245,7 @@ class Agent:
         """One session, until it ends; how it ended."""
         with _single_errors():
             async with trio.open_nursery() as nursery:
-                ws, credential = await self.connect(nursery, credentials)
+                ws, credential = await self.connect_or_reenroll(nursery, credentials)
                 try:
                     if self.settings.enroll is not None:
                         nursery.start_soon(self._renew_when_due, ws, credential)

@@ -23,6 +23,17 @@ class GatewayUnreachable(AgentError):
     """No connection to the gateway at all (refused, unresolvable, no answer in time)."""
 
 
+class CertificateRevoked(AgentError):
+    """The gateway refused the agent's certificates, at least one as revoked (TLS alert
+    certificate_revoked): those are marked and never tried again; enrolling anew may help."""
+
+
+class AgentStopped(AgentError):
+    """Nothing the agent can do will work without someone's action: its certificates were
+    revoked and its provisioning key was revoked too, or it has none. ``switch agent`` stops
+    instead of retrying for ever."""
+
+
 @attrs.frozen
 class AgentSettings:
     directory: Path

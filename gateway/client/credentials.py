@@ -7,6 +7,8 @@ The layout of the agent's directory::
     certs/NAME.key    its private key, mode 0600
     certs/NAME.json   mode 0644: the renew-before window the enrollment port named with this
                       certificate, bound to it by its serial (a Switch extension, optional)
+    certs/NAME.revoked  the serial of this certificate when the gateway refused it as revoked
+                      (TLS alert certificate_revoked): it is not tried again
     preferred         the name of the certificate that last worked
 
 Every file is written whole to a temporary name and renamed, so a crash leaves the old file or
@@ -33,6 +35,8 @@ PREFERRED = "preferred"
 #: ``certs/NAME.json``: per-certificate state (the server's renew-before window), bound to the
 #: certificate by its serial, so that a file left from another certificate is never applied.
 STATE_SUFFIX = ".json"
+#: ``certs/NAME.revoked``: the serial of a certificate the gateway said is revoked.
+REVOKED_SUFFIX = ".revoked"
 
 
 @attrs.frozen
@@ -61,10 +65,11 @@ class CredentialStore:
     def certs_dir(self) -> Path:
         return self.directory / "certs"
 
-    def credentials(self) -> list[Credential]:
-        """Every certificate with its key, the preferred one first, then by name. A pair that
-        does not load (or whose key is not the certificate's) is left out with a warning; a key
-        file others may read is tightened to 0600."""
+    def credentials(self, *, revoked: bool = False) -> list[Credential]:
+        """Every certificate with its key, the preferred one first, then by name; one marked
+        revoked (``mark_revoked``) only when ``revoked`` is true. A pair that does not load (or
+        whose key is not the certificate's) is left out with a warning; a key file others may
+        read is tightened to 0600."""
         found: list[Credential] = []
         for cert_file in sorted(self.certs_dir.glob("*.pem")):
             key_file = cert_file.with_suffix(".key")
@@ -79,6 +84,8 @@ class CredentialStore:
             if key.public_key() != cert.public_key():
                 log.warning("credential_key_mismatch", credential=cert_file.stem)
                 continue
+            if not revoked and self.is_revoked(cert_file, cert):
+                continue
             if key_file.stat().st_mode & 0o077:
                 log.warning("key_file_tightened", file=str(key_file))
                 key_file.chmod(0o600)
@@ -86,6 +93,26 @@ class CredentialStore:
                                     self._stored_window(cert_file, cert)))
         preferred = self.preferred()
         return sorted(found, key=lambda c: c.name != preferred)
+
+    def mark_revoked(self, credential: Credential) -> None:
+        """Note that the gateway refused ``credential`` as revoked, so that it is not tried
+        again (written atomically; bound to the certificate by its serial, so a new certificate
+        saved under the same name is tried)."""
+        target = credential.cert_file.with_suffix(REVOKED_SUFFIX)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(format(credential.cert.serial_number, "x") + "\n")
+        tmp.replace(target)
+
+    @staticmethod
+    def is_revoked(cert_file: Path, cert: x509.Certificate) -> bool:
+        try:
+            marked = cert_file.with_suffix(REVOKED_SUFFIX).read_text().strip()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("credential_state_unreadable", credential=cert_file.stem, error=str(exc))
+            return False
+        return marked == format(cert.serial_number, "x")
 
     def preferred(self) -> str | None:
         try:
@@ -142,6 +169,7 @@ class CredentialStore:
             tmp_state.chmod(0o644)  # not a secret
         new_key.replace(key_file)
         tmp.replace(cert_file)
+        cert_file.with_suffix(REVOKED_SUFFIX).unlink(missing_ok=True)  # another certificate's
         if issued.renew_before is not None:
             tmp_state.replace(state_file)
         else:

@@ -20,11 +20,14 @@ import structlog
 from cryptography import x509
 
 from gateway.client import pki
-from gateway.client.agent_settings import AgentError, AgentSettings, normalise_pin
+from gateway.client.agent_settings import AgentError, AgentSettings, AgentStopped, normalise_pin
 from gateway.client.credentials import Credential, CredentialStore
 from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
 
 log = structlog.get_logger("switch.agent")
+
+#: Refusals of a first enrollment that no retry can change: the provisioning key is revoked.
+STOPPING_REFUSALS = frozenset({"key_revoked"})
 
 #: Without ``--renew-before`` or a window from the server (a certificate from before Switch told
 #: it, another EST server): renew when this share of the lifetime is left, as step-ca does.
@@ -97,8 +100,16 @@ class Enrollment:
                              "(--name) are needed to enroll")
         key = pki.generate_key(self.settings.key_type)
         async with self.est() as est:
-            issued = await est.simpleenroll_issued(make_csr(common_name, key),
-                                                   self.settings.key_secret)
+            try:
+                issued = await est.simpleenroll_issued(make_csr(common_name, key),
+                                                       self.settings.key_secret)
+            except EstClientError as exc:
+                if exc.reason in STOPPING_REFUSALS:
+                    raise AgentStopped(
+                        f"the enrollment port refused the provisioning key: {exc.status} "
+                        f"{exc.reason}; this agent cannot enroll again (ask the tenant's "
+                        "security admin for a new key)") from exc
+                raise
         cert = issued.certificate
         log.info("enrolled", serial=format(cert.serial_number, "x"),
                  not_after=cert.not_valid_after_utc.isoformat(),
@@ -136,14 +147,21 @@ class Enrollment:
         usable = [c for c in out if c.usable_at(now)]
         if usable:
             return usable
+        revoked = [c for c in self.store.credentials(revoked=True)
+                   if CredentialStore.is_revoked(c.cert_file, c.cert)]
         if self.settings.key_secret and self.settings.enroll is not None:
-            if out:
+            if out or revoked:
                 log.warning("no_usable_certificate", reenroll=True,
-                            certificates=[f"{c.name}: {pki.validity_problem(c.cert, now)}" for c in out])
-            names = [c.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME) for c in out
-                     if c.name == "provisioned"]
+                            certificates=[f"{c.name}: {pki.validity_problem(c.cert, now)}" for c in out]
+                            + [f"{c.name}: revoked" for c in revoked])
+            names = [c.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+                     for c in (*out, *revoked) if c.name == "provisioned"]
             fallback = str(names[0][0].value) if names and names[0] else None
             return [await self.enroll(self.settings.common_name or fallback)]
+        if revoked:
+            raise AgentStopped("every certificate this agent could use was revoked ("
+                               + ", ".join(c.name for c in revoked) + ") and it has no "
+                               "provisioning key and enrollment address to enroll again")
         if out:
             raise AgentError("no usable certificate: " + "; ".join(
                 f"{c.name}: {pki.validity_problem(c.cert, now)}" for c in out)

@@ -161,6 +161,29 @@ def describe_error(exc: BaseException) -> str:
 
 
 
+#: The prefixes OpenSSL's reason names give a TLS alert received from the peer
+#: (``SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED``, ``SSL_R_TLSV1_ALERT_UNKNOWN_CA``, ...).
+_ALERT_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_", "TLSV1_")
+
+
+def tls_alert(exc: BaseException) -> str | None:
+    """The TLS alert the gateway sent, as RFC 8446 names it (``certificate_revoked``,
+    ``unknown_ca``, ...), when the failure (or one of its causes) is one; else None. Python's
+    ``ssl`` gives OpenSSL's reason name (``SSLV3_ALERT_CERTIFICATE_REVOKED``) in ``reason``."""
+    current: BaseException | None = exc
+    seen = 0
+    while current is not None and seen < 8:
+        if isinstance(current, ssl.SSLError):
+            reason = current.reason or ""
+            for prefix in _ALERT_PREFIXES:
+                if reason.startswith(prefix):
+                    return reason[len(prefix):].lower()
+            return None
+        current = current.__cause__ if current.__cause__ is not None else current.__context__
+        seen += 1
+    return None
+
+
 def server_not_trusted(exc: BaseException) -> bool:
     """Whether the failure (or one of its causes) is the server failing the CA file or the pin."""
     current: BaseException | None = exc

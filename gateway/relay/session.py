@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from config.model import GatewaySettings, SwitchConfig, Tenant
+from gateway.listening import linger
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
 from gateway.relay.pump import Counters, Ended, Side, close_side, forward, outcome
@@ -70,12 +71,15 @@ async def _read_upgrade(stream: trio.abc.Stream, http: h11.Connection | None = N
 async def _refuse_upgrade(stream: trio.abc.Stream, status: int, reason: str,
                           close_timeout_s: float) -> None:
     """Answer the upgrade with ``status`` and the reason, then the connection closes (whether
-    or not the request was read whole: RFC 9112 9.6). The agent may already be gone."""
+    or not the request was read whole: RFC 9112 9.6) after a lingering close
+    (``gateway.listening.linger``: a reset would destroy the answer if the agent is still
+    sending). The agent may already be gone."""
     if status == 0:
         return
     with trio.move_on_after(close_timeout_s), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
         await stream.send_all(refusal_response(status, reason))
+    await linger(stream)
 
 
 async def _accept_upgrade(stream: trio.abc.Stream, http: h11.Connection, upgrade: Upgrade,

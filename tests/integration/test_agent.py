@@ -15,7 +15,7 @@ from cryptography import x509
 
 from enroll import pki
 from gateway.client.agent import Agent
-from gateway.client.agent_settings import AgentError, AgentSettings, ServerNotTrusted
+from gateway.client.agent_settings import AgentError, AgentSettings, AgentStopped, ServerNotTrusted
 from gateway.client.credentials import Credential
 from gateway.client.est_client import Issued, spki_sha256
 from gateway.client.session import open_session
@@ -501,4 +501,73 @@ async def test_switch_agent_once_exit_codes_and_errors(tmp_path: Path) -> None:
                  "--once", "x"], capture_stdout=True, capture_stderr=True, check=False)
             assert no_key.returncode == 2 and b"--key-file" in no_key.stderr
             assert b"Traceback" not in no_key.stderr
+            nursery.cancel_scope.cancel()
+
+
+# --- revocation ---------------------------------------------------------------------------------
+
+
+class _NoWait(RecordingRandom):
+    """Back-off draws of zero: the agent reconnects at once (the waits are not under test)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        super().uniform(a, b)
+        return a
+
+
+async def test_a_revoked_certificate_is_not_tried_again_the_agent_reenrolls_and_stops_when_its_key_is_revoked(
+        tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path / "d", organisation=False)
+            secret = provisioning_key(gw)
+            await gw.synced()
+            agent_dir = tmp_path / "agent"
+            agent = Agent(_settings(gw, agent_dir, key_secret=secret))
+            stopped: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await agent.run_forever(rng=_NoWait())
+                except AgentError as exc:
+                    stopped.append(exc)
+
+            async def session_with_a_new_serial(seen: set[str]) -> str:
+                while True:
+                    serials = {h["x-switch-cert-serial"] for _, h in gw.echo.requests}
+                    if serials - seen:
+                        return (serials - seen).pop()
+                    await trio.sleep(0.02)
+
+            async with trio.open_nursery() as running:
+                running.start_soon(run)
+                first = await session_with_a_new_serial(set())
+                # The certificate is revoked: the session closes, the next handshake is refused
+                # with certificate_revoked, and the agent enrolls with its key and reconnects.
+                gw.switch.issuance.revoke_certificate(first, reason="stolen", actor="t")
+                second = await session_with_a_new_serial({first})
+                assert gw.refusals("certificate_revoked", "demo") == 1
+                assert not stopped
+                # Now the key: the agent's certificate is refused again, enrolling is refused
+                # (403 key_revoked), and the agent stops instead of retrying for ever.
+                authority = gw.authority()
+                try:
+                    authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet",
+                                         actor="t")
+                finally:
+                    authority.close()
+                while not stopped:  # noqa: ASYNC110 - the agent's task ends by itself
+                    await trio.sleep(0.02)
+            [error] = stopped
+            assert isinstance(error, AgentStopped)
+            assert "key_revoked" in str(error)
+            assert gw.refusals("key_revoked", "demo") == 1
+            cert = x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
+            assert format(cert.serial_number, "x") == second
+            assert (agent_dir / "certs/provisioned.revoked").read_text().strip() == second
+            assert agent.credentials() == []
+            # A later run does not try it either: without a key it stops at once.
+            with pytest.raises(AgentStopped, match="revoked"):
+                await Agent(_settings(gw, agent_dir)).once("never")
+            assert gw.refusals("key_revoked", "demo") == 1
             nursery.cancel_scope.cancel()

@@ -237,3 +237,62 @@ def test_a_live_key_naming_a_profile_the_config_lacks_is_an_error_naming_both(
     assert "'Old' (pk_2) of tenant acme" in problem.message and "'gone'" in problem.message
     assert "switch keys revoke acme 'Old'" in problem.message
     assert missing_profiles(cfg, uses[:1]) == []
+
+@pytest.mark.parametrize("ciphers", ["AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA",
+                                     "ECDHE+AESGCM:AES256-SHA"])
+def test_tls_ciphers_without_forward_secrecy_or_aead_are_a_warning(tmp_path: Path,
+                                                                    ciphers: str) -> None:
+    config = CONFIG.replace('[tls]\n', f'[tls]\nciphers = "{ciphers}"\n')
+    [problem] = check_config(_deploy(tmp_path, config=config), NOW)
+    assert (problem.key, problem.severity) == ("tls.ciphers", "warning")
+    assert "without forward secrecy or without AEAD" in problem.message
+
+
+def test_tls_ciphers_of_forward_secret_aead_suites_only_are_fine(tmp_path: Path) -> None:
+    config = CONFIG.replace('[tls]\n', '[tls]\nciphers = "ECDHE+AESGCM:ECDHE+CHACHA20"\n')
+    cfg = _deploy(tmp_path, config=config)
+    assert cfg.tls.ciphers == "ECDHE+AESGCM:ECDHE+CHACHA20"
+    assert check_config(cfg, NOW) == []
+
+
+@pytest.mark.parametrize("ciphers", ["NO-SUCH-SUITE", "TLS_AES_128_GCM_SHA256", ""])
+def test_tls_ciphers_that_select_no_tls12_suite_do_not_load(tmp_path: Path, ciphers: str) -> None:
+    config = CONFIG.replace('[tls]\n', f'[tls]\nciphers = "{ciphers}"\n')
+    with pytest.raises(ConfigError) as caught:
+        _deploy(tmp_path, config=config)
+    assert [p.key for p in caught.value.problems] == ["tls.ciphers"]
+
+
+def test_listener_limits_that_cannot_protect_other_sources_are_warnings(tmp_path: Path) -> None:
+    config = CONFIG + """
+[gateway]
+max_connections = 100
+max_handshakes_per_source = 100
+[enroll]
+request_timeout = "4s"
+first_byte_timeout = "4s"
+"""
+    problems = check_config(_deploy(tmp_path, config=config), NOW)
+    assert _where(problems) == {("gateway.max_handshakes_per_source", "warning"),
+                                ("enroll.first_byte_timeout", "warning")}
+
+
+def test_listener_limits_load_with_their_defaults_and_refuse_nonsense(tmp_path: Path) -> None:
+    cfg = _deploy(tmp_path)
+    assert (cfg.gateway.max_handshakes_per_source, cfg.gateway.first_byte_timeout_s) == (500, 5.0)
+    assert (cfg.enroll.max_handshakes_per_source, cfg.enroll.first_byte_timeout_s) == (50, 5.0)
+    config = CONFIG + """
+[gateway]
+max_handshakes_per_source = 0
+first_byte_timeout = "0s"
+[enroll]
+max_handshakes_per_source = 25
+first_byte_timeout = "1s"
+"""
+    with pytest.raises(ConfigError) as caught:
+        _deploy(tmp_path, config=config)
+    assert sorted(p.key for p in caught.value.problems) == [
+        "gateway.first_byte_timeout", "gateway.max_handshakes_per_source"]
+    cfg = _deploy(tmp_path, config=config.replace("max_handshakes_per_source = 0\n", "")
+                  .replace('first_byte_timeout = "0s"\n', ""))
+    assert (cfg.enroll.max_handshakes_per_source, cfg.enroll.first_byte_timeout_s) == (25, 1.0)
