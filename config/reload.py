@@ -30,6 +30,11 @@ RESTART_ONLY: tuple[tuple[str, Callable[[SwitchConfig], object]], ...] = (
     ("enroll.max_connections", lambda c: c.enroll.max_connections),
     ("admin.listen", lambda c: (c.admin.listen.host, c.admin.listen.port)),
     ("admin.enabled", lambda c: c.admin.listen.enabled),
+    ("api.listen", lambda c: (c.api.listen.host, c.api.listen.port)),
+    ("api.enabled", lambda c: c.api.listen.enabled),
+    ("api", lambda c: (c.api.request_timeout_s, c.api.idle_timeout_s, c.api.max_body_bytes,
+                       c.api.max_header_bytes)),
+    ("webhooks", lambda c: c.webhooks),
 )
 
 
