@@ -113,7 +113,7 @@ class Webhooks:
 
     def _dropped(self, name: str, event: WebhookEvent, reason: str) -> None:
         self.metrics.dropped.labels(name, reason).inc()
-        log.warning("webhook_dropped", webhook=name, event=event.type, event_id=event.id,
+        log.warning("webhook_dropped", webhook=name, event_type=event.type, event_id=event.id,
                     reason=reason)
 
     async def run(self) -> None:
@@ -143,7 +143,12 @@ class Webhooks:
                                      follow_redirects=False, trust_env=False) as client:
             async for event in target.receive:
                 self.metrics.queued.labels(hook.name).dec()
-                await self._deliver(client, target, event)
+                try:
+                    await self._deliver(client, target, event)
+                except Exception:  # noqa: BLE001 - a webhook's bug must not stop the server
+                    self.metrics.deliveries.labels(hook.name, "failed").inc()
+                    log.exception("webhook_delivery_failed", webhook=hook.name,
+                                  event_type=event.type, event_id=event.id)
 
     async def _deliver(self, client: httpx.AsyncClient, target: _Target,
                        event: WebhookEvent) -> None:
@@ -161,8 +166,9 @@ class Webhooks:
                 await trio.sleep(retry_delay(attempt, first_s=self.first_retry_s))
         self.metrics.deliveries.labels(hook.name, result).inc()
         log_event = log.info if result == "delivered" else log.warning
-        log_event("webhook_delivery", webhook=hook.name, to=where(hook.url), event=event.type,
-                  event_id=event.id, result=result, attempts=attempt, last=outcome)
+        log_event("webhook_delivery", webhook=hook.name, to=where(hook.url),
+                  event_type=event.type, event_id=event.id, result=result, attempts=attempt,
+                  last=outcome)
 
     async def _attempt(self, client: httpx.AsyncClient, target: _Target, event: WebhookEvent,
                        body: bytes, attempt: int) -> str:
