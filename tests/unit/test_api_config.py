@@ -33,7 +33,8 @@ def test_api_defaults_to_loopback_9444_and_reads_its_bounds(tmp_path: Path, pkid
             api.max_body_bytes, api.max_header_bytes) == ("0.0.0.0", 8444, 3.0, 60.0, 8192, 4096)
 
 
-def test_webhooks_load_with_their_secret_events_and_name(tmp_path: Path, pkidir: Path) -> None:
+@pytest.mark.usefixtures("pkidir")
+def test_webhooks_load_with_their_secret_events_and_name(tmp_path: Path) -> None:
     secret = _secret(tmp_path)
     path = tmp_path / "switch.toml"
     path.write_text(GOOD + f'[[webhooks]]\nurl = "https://hooks.example/switch"\nsecret_file = '
@@ -46,7 +47,8 @@ def test_webhooks_load_with_their_secret_events_and_name(tmp_path: Path, pkidir:
     assert (second.name, second.events, second.timeout_s) == ("local", WEBHOOK_EVENTS, 2.0)
 
 
-def test_webhook_mistakes_are_each_reported_with_their_key(tmp_path: Path, pkidir: Path) -> None:
+@pytest.mark.usefixtures("pkidir")
+def test_webhook_mistakes_are_each_reported_with_their_key(tmp_path: Path) -> None:
     short = tmp_path / "short.secret"
     short.write_text("too short")
     good = _secret(tmp_path)
@@ -68,7 +70,8 @@ def test_webhook_mistakes_are_each_reported_with_their_key(tmp_path: Path, pkidi
     assert "more than 0" in problems["api.request_timeout"]
 
 
-def test_api_and_webhooks_are_read_at_start_only(tmp_path: Path, pkidir: Path) -> None:
+@pytest.mark.usefixtures("pkidir")
+def test_api_and_webhooks_are_read_at_start_only(tmp_path: Path) -> None:
     path = tmp_path / "switch.toml"
     path.write_text(GOOD)
     before = load_config(path)
@@ -76,8 +79,9 @@ def test_api_and_webhooks_are_read_at_start_only(tmp_path: Path, pkidir: Path) -
     assert restart_needed(before, load_config(path)) == ("api.listen", "api")
 
 
+@pytest.mark.usefixtures("pkidir")
 @pytest.mark.parametrize("scheme", ["http://localhost:1/", "http://[::1]:1/"])
-def test_plain_http_webhooks_may_go_to_this_host(tmp_path: Path, pkidir: Path, scheme: str) -> None:
+def test_plain_http_webhooks_may_go_to_this_host(tmp_path: Path, scheme: str) -> None:
     path = tmp_path / "switch.toml"
     path.write_text(GOOD + f'[[webhooks]]\nurl = "{scheme}"\nsecret_file = '
                     f'"{_secret(tmp_path)}"\nevents = ["key.created"]\n')
