@@ -21,7 +21,8 @@ def _secret(tmp_path: Path, text: str = SECRET) -> Path:
     return path
 
 
-def test_api_defaults_to_loopback_9444_and_reads_its_bounds(tmp_path: Path, pkidir: Path) -> None:
+@pytest.mark.usefixtures("pkidir")
+def test_api_defaults_to_loopback_9444_and_reads_its_bounds(tmp_path: Path) -> None:
     path = tmp_path / "switch.toml"
     path.write_text(GOOD)
     assert load_config(path).api == ApiSettings()
