@@ -136,9 +136,9 @@ class Webhooks:
 
     async def _deliver_all(self, target: _Target) -> None:
         hook = target.hook
-        verify: ssl.SSLContext | bool = True
-        if hook.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(hook.ca_file))
+        # The system's CAs unless ca_file names others (not httpx's bundled certifi list).
+        verify = ssl.create_default_context(
+            cafile=str(hook.ca_file) if hook.ca_file is not None else None)
         async with httpx.AsyncClient(verify=verify, timeout=hook.timeout_s,
                                      follow_redirects=False, trust_env=False) as client:
             async for event in target.receive:

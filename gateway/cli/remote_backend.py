@@ -17,6 +17,7 @@ see.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ class RemoteBackend:
     def __init__(self, server: str, token: str, *, ca_file: str | None = None,
                  timeout_s: float = TIMEOUT_S) -> None:
         self.server = server.rstrip("/")
+        # The system's CAs unless --ca-file names others (not httpx's bundled certifi list).
+        verify = ssl.create_default_context(cafile=ca_file)
         self.client = httpx.Client(
-            base_url=f"{self.server}/api/v1", verify=ca_file if ca_file else True,
+            base_url=f"{self.server}/api/v1", verify=verify,
             timeout=timeout_s, trust_env=False, follow_redirects=False,
             headers={"Authorization": f"Bearer {token}", "User-Agent": "switch-cli"})
 

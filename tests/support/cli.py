@@ -64,9 +64,9 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serving(config: Path, *extra: str, wait_for: str = "api") -> Iterator[ServeProcess]:
-    """``switch -c CONFIG serve --workers 1 EXTRA`` until it listens on ``wait_for``."""
-    process = subprocess.Popen(switch_command(config, "serve", "--workers", "1", *extra),
+def serving(config: Path, *, workers: int = 1, wait_for: str = "api") -> Iterator[ServeProcess]:
+    """``switch -c CONFIG serve --workers N`` until it listens on ``wait_for``."""
+    process = subprocess.Popen(switch_command(config, "serve", "--workers", str(workers)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "SWITCH_LOG_FORMAT": "logfmt"})
     lines: list[str] = []
