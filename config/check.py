@@ -285,6 +285,7 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
       ``EXPIRY_WARNING`` (warning); RSA keys under ``MIN_RSA_BITS``;
     - a tenant hostname the server certificate does not name; secret files (the store's too) or
       the state directory readable by other users; a CRL past its next update;
+    - a webhook secret file readable by other users;
     - a short issuer key passphrase, or one set for SQLite, where it is unused;
     - identity rule ``any``; a tenant without organisation CAs or without an upstream; an
       enabled gateway with no tenants;
@@ -306,6 +307,10 @@ def check_config(cfg: SwitchConfig, now: dt.datetime) -> list[Problem]:
     problems += _listener_limit_problems(cfg)
     problems += _store_problems(cfg)
     problems += _profile_problems(cfg)
+    for i, hook in enumerate(cfg.webhooks):
+        if _loose_permissions(hook.secret_file):
+            problems.append(Problem(main, f"webhooks[{i}].secret_file", f"{hook.secret_file} is "
+                                    "readable by other users: chmod 600 it", "warning"))
     if _loose_permissions(cfg.state_dir):
         problems.append(Problem(main, "state_dir", f"{cfg.state_dir} is open to other users; it "
                                 "holds issuer private keys: chmod 700 it", "warning"))

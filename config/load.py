@@ -50,6 +50,8 @@ everywhere. The keys, with their defaults::
     listen = "127.0.0.1:9090"
     enabled = true
 
+    [api] and [[webhooks]]: see config.load_api
+
     [store]                             # absent: SQLite in state_dir (switch.db)
     url = "postgresql://switch@db.example:5432/switch"   # PostgreSQL, shared by every host;
                                         #   a password in the URL is refused: use password_file
@@ -99,12 +101,13 @@ from urllib.parse import urlsplit
 import attrs
 from cryptography import x509
 
-from config import ciphers, tls_material
+from config import ciphers, load_api, tls_material
 from config.durations import parse_duration, parse_size
 from config.errors import ConfigError, Problem
 from config.model import (
     KEY_TYPES,
     AdminSettings,
+    ApiSettings,
     EnrollSettings,
     GatewaySettings,
     IdentityRule,
@@ -114,6 +117,7 @@ from config.model import (
     StoreSettings,
     SwitchConfig,
     Tenant,
+    Webhook,
 )
 
 T = TypeVar("T")
@@ -358,6 +362,26 @@ def _read_admin(root: _Table) -> AdminSettings:
     settings = AdminSettings(listen=_listener(t, AdminSettings().listen))
     t.finish()
     return settings
+
+
+def _read_api(root: _Table) -> ApiSettings:
+    t = root.table("api")
+    if t is None:
+        return ApiSettings()
+    return load_api.read_api(t, _listener(t, ApiSettings().listen))
+
+
+def _read_webhooks(root: _Table) -> tuple[Webhook, ...]:
+    value = root.raw("webhooks")
+    if value is _MISSING:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        root.error("webhooks", "expected [[webhooks]] tables")
+        return ()
+    hooks = [load_api.read_webhook(_Table(v, root.file, f"webhooks[{i}]", root.problems,
+                                          root.source), i) for i, v in enumerate(value)]
+    load_api.check_webhook_names(hooks, lambda i, m: root.error(f"webhooks[{i}].name", m))
+    return tuple(h for h in hooks if h is not None)
 
 
 def _read_tls(root: _Table) -> ServerTLS:
@@ -629,6 +653,7 @@ def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfi
     tls = _read_tls(root)
     gateway, enroll, admin = _read_gateway(root), _read_enroll(root), _read_admin(root)
     store = _read_store(root)
+    api, webhooks = _read_api(root), _read_webhooks(root)
 
     profiles: dict[str, Profile] = {"default": Profile("default")}
     ptable = root.table("profiles")
@@ -685,7 +710,7 @@ def load_config(path: Path, *, source: FileSource = FileSource()) -> SwitchConfi
     # settings in it even when the configuration does not load.
     partial = None if state_dir is None else SwitchConfig(
         path=path, state_dir=state_dir, tls=tls, gateway=gateway, enroll=enroll, admin=admin,
-        store=store, profiles=profiles, tenants=tenants,
+        store=store, api=api, webhooks=webhooks, profiles=profiles, tenants=tenants,
         default_tenant=default_tenant if default_tenant in tenants else None,
         tenants_dir=tenants_dir, issuer_key_type=issuer_key_type,  # type: ignore[arg-type]
         issuer_validity_s=int(issuer_validity),

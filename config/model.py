@@ -75,6 +75,44 @@ class AdminSettings:
 
 
 @attrs.frozen
+class ApiSettings:
+    """The admin API (and the console built on it): HTTPS with the server certificate, operators
+    authenticated by bearer token (docs/api.md)."""
+
+    listen: Listener = Listener("127.0.0.1", 9444)
+    #: The TLS handshake, and each read of a request once it started.
+    request_timeout_s: float = 10.0
+    #: A kept-alive connection with no request for this long is closed.
+    idle_timeout_s: float = 30.0
+    max_body_bytes: int = 64 * 1024
+    #: The request line and headers together.
+    max_header_bytes: int = 16 * 1024
+
+
+#: What a webhook may subscribe to (docs/api.md, "Webhooks").
+WEBHOOK_EVENTS: tuple[str, ...] = (
+    "request.pending", "request.approved", "request.rejected",
+    "key.created", "key.renamed", "key.suspended", "key.reactivated", "key.revoked",
+    "certificate.revoked", "service.enabled", "service.disabled", "issuer.renewed",
+)
+
+
+@attrs.frozen
+class Webhook:
+    """One ``[[webhooks]]`` entry: events POSTed as JSON to ``url``, signed with HMAC-SHA256
+    under the secret in ``secret_file``."""
+
+    name: str
+    url: str
+    secret_file: Path
+    events: tuple[str, ...]
+    #: Each delivery attempt (connect, send, answer).
+    timeout_s: float = 5.0
+    #: PEM CA certificates an ``https://`` receiver must chain to (else the system store).
+    ca_file: Path | None = None
+
+
+@attrs.frozen
 class ServerTLS:
     """The server certificate: PEM files (``cert_file`` + ``key_file``) or a PKCS#12 keystore
     (``keystore`` + ``keystore_password_file``). Exactly one of the two forms is set."""
@@ -176,6 +214,8 @@ class SwitchConfig:
     enroll: EnrollSettings = EnrollSettings()
     admin: AdminSettings = AdminSettings()
     store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    webhooks: tuple[Webhook, ...] = ()
     profiles: Mapping[str, Profile] = attrs.field(factory=dict)
     tenants: Mapping[str, Tenant] = attrs.field(factory=dict)
     default_tenant: str | None = None

@@ -32,6 +32,11 @@ RESTART_ONLY: tuple[tuple[str, Callable[[SwitchConfig], object]], ...] = (
     ("enroll.first_byte_timeout", lambda c: c.enroll.first_byte_timeout_s),
     ("admin.listen", lambda c: (c.admin.listen.host, c.admin.listen.port)),
     ("admin.enabled", lambda c: c.admin.listen.enabled),
+    ("api.listen", lambda c: (c.api.listen.host, c.api.listen.port)),
+    ("api.enabled", lambda c: c.api.listen.enabled),
+    ("api", lambda c: (c.api.request_timeout_s, c.api.idle_timeout_s, c.api.max_body_bytes,
+                       c.api.max_header_bytes)),
+    ("webhooks", lambda c: c.webhooks),
 )
 
 

@@ -22,7 +22,7 @@ from enroll.audit import AuditEntry, AuditVerification
 from enroll.errors import NoIssuer, StoreError, UnknownKey, UnknownProfile, UnknownTenant
 from enroll.issuers import IssuerRecord
 from enroll.keys import KeyAction, KeyRecord
-from enroll.store import AuditQuery, Store, open_store
+from enroll.store import AuditPage, AuditQuery, Store, open_store
 
 Clock = Callable[[], dt.datetime]
 log = structlog.get_logger("switch.authority")
@@ -181,17 +181,17 @@ class Authority:
     def service_enabled(self, tenant: str) -> bool:
         return self.store.service_enabled(self._tenant(tenant))
 
-    def enable_service(self, tenant: str, *, actor: str, now: dt.datetime | None = None) -> None:
+    def enable_service(self, tenant: str, *, actor: str, now: dt.datetime | None = None) -> bool:
         """Turn provisioning on; the first time, create the tenant's issuer. A no-op (and no
-        audit entry) when already on."""
+        audit entry) when already on: False."""
         when = now or self.clock()
-        self.store.set_service(self._tenant(tenant), True, actor=actor, ts=_ts(when),
+        return self.store.set_service(self._tenant(tenant), True, actor=actor, ts=_ts(when),
                                make_issuer=self._make_issuer(tenant, when))
 
-    def disable_service(self, tenant: str, *, actor: str, now: dt.datetime | None = None) -> None:
-        """Stops enrollment and trust in the provisioning CA. A no-op when already off."""
+    def disable_service(self, tenant: str, *, actor: str, now: dt.datetime | None = None) -> bool:
+        """Stops enrollment and trust in the provisioning CA. A no-op when already off: False."""
         when = now or self.clock()
-        self.store.set_service(self._tenant(tenant), False, actor=actor, ts=_ts(when),
+        return self.store.set_service(self._tenant(tenant), False, actor=actor, ts=_ts(when),
                                make_issuer=self._make_issuer(tenant, when))
 
     def renew_issuer(self, tenant: str, *, actor: str, now: dt.datetime | None = None
@@ -223,6 +223,12 @@ class Authority:
             self._tenant(tenant)
         page = self.store.audit_page(AuditQuery(tenant=tenant, limit=None))
         return list(reversed(page.entries))
+
+    def audit_page(self, query: AuditQuery) -> AuditPage:
+        """Entries matching ``query``, newest first, and the cursor of the next page."""
+        if query.tenant is not None:
+            self._tenant(query.tenant)
+        return self.store.audit_page(query)
 
     def verify_audit(self) -> AuditVerification:
         entries, head = self.store.audit_chain()

@@ -71,6 +71,18 @@ first_byte_timeout = "5s"
 listen = "127.0.0.1:9090"
 enabled = true
 
+[api]
+# The admin API and console (HTTPS, server certificate above): operators authenticate with the
+# token `switch operators add` prints. See docs/api.md.
+listen = "127.0.0.1:9444"
+enabled = true
+
+# Webhooks: signed JSON POSTs for events such as a request waiting for approval (docs/api.md).
+# [[webhooks]]
+# url = "https://hooks.example/switch"
+# secret_file = "secrets/webhook.secret"
+# events = ["request.pending", "key.revoked"]
+
 # Certificate templates for the provisioning service. Tenants use "default" unless they name
 # another profile.
 [profiles.default]

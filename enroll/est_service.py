@@ -71,7 +71,7 @@ from enroll.errors import (
     UnsupportedMediaType,
 )
 from enroll.est_status import http_status
-from enroll.issuance import Issuance
+from enroll.issuance import Issuance, PendingRequest
 from enroll.keys import KeyRecord, KeyState
 from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
 from enroll.ratelimit import Limiter, SharedFailureLimiter
@@ -111,6 +111,10 @@ class EstReply:
     serial: str | None = None
     #: The issued certificate's subject, for the request's log line.
     subject: str | None = None
+    #: A request held for approval: its id, and whether this reply's request filed it (what
+    #: notifies ``request.pending``: once, not on every repeat).
+    request_id: str | None = None
+    filed: bool = False
 
 
 def _renew_before(profile: Profile) -> tuple[str, str]:
@@ -313,10 +317,12 @@ class EstService:
                         (("Content-Transfer-Encoding", "base64"), _renew_before(profile)),
                         "ok", tenant.name, key.id if key else None, serial, subject)
 
-    def _pending_reply(self, tenant: Tenant, key: KeyRecord | None) -> EstReply:
+    def _pending_reply(self, tenant: Tenant, key: KeyRecord | None, pending: PendingRequest
+                       ) -> EstReply:
         return EstReply(202, b"202 pending_approval\n", "text/plain; charset=utf-8",
                         (("Retry-After", str(self.approval_retry_after_s)),),
-                        "pending", tenant.name, key.id if key else None)
+                        "pending", tenant.name, key.id if key else None, subject=pending.subject,
+                        request_id=pending.id, filed=pending.filed)
 
     def _enroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                 now: dt.datetime) -> EstReply:
@@ -328,7 +334,7 @@ class EstService:
             pending = self.issuance.submit(tenant.name, key,
                                            csr.public_bytes(serialization.Encoding.DER), checked, now)
             if pending.state == "pending":
-                return self._pending_reply(tenant, key)
+                return self._pending_reply(tenant, key, pending)
             if pending.state == "rejected":
                 raise RequestRejected("the request was rejected")
             if pending.state == "issued" and pending.certificate_serial:
@@ -387,7 +393,7 @@ class EstService:
             pending = self.issuance.submit_serverkeygen(
                 tenant.name, key, csr.public_bytes(serialization.Encoding.DER), common_name, now)
             if pending.state == "pending":
-                return self._pending_reply(tenant, key)
+                return self._pending_reply(tenant, key, pending)
             if pending.state == "rejected":
                 raise RequestRejected("the request was rejected")
             pending_id = pending.id  # approved: this repeat gets the one key pair it allows

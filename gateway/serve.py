@@ -51,6 +51,7 @@ from enroll.ratelimit import Limiter, SharedFailureLimiter
 from enroll.trust_view import read_trust_view
 from gateway import runfiles, sdnotify
 from gateway.admin import AdminListener
+from gateway.api.metrics import ApiMetrics, WebhookMetrics
 from gateway.enroll_listener import EnrollListener
 from gateway.gateway_listener import GatewayListener
 from gateway.metrics import Metrics
@@ -63,6 +64,7 @@ from gateway.tenant_tls import (
     load_organisation_material,
 )
 from gateway.tls_context import server_context
+from gateway.webhooks import Webhooks
 
 log = structlog.get_logger("switch")
 T = TypeVar("T")
@@ -165,7 +167,9 @@ class Switch:
         # Wrong-key lockouts, counted in the store: shared by every process and host.
         self.est_limiter = SharedFailureLimiter(self.authority.store)
         self.issuance = Issuance(self.authority)
+        self.api_metrics = ApiMetrics(self.metrics.registry)
         try:
+            self.webhooks = Webhooks(config.webhooks, WebhookMetrics(self.metrics.registry))
             self.loaded = load_all(config, self.issuance, generation, self.est_limiter)
         except BaseException:
             self.authority.close()
@@ -200,6 +204,21 @@ class Switch:
 
     def _on_est_reply(self, reply: EstReply) -> None:
         self.metrics.enrollments.labels(reply.tenant or "-", reply.result).inc()
+        if reply.filed:  # a request newly held for approval, committed with its batch
+            self.webhooks.emit("request.pending", tenant=reply.tenant, actor="est", data={
+                "request": {"id": reply.request_id, "subject": reply.subject,
+                            "key_id": reply.key_id}})
+
+    async def _serve_api(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                         = trio.TASK_STATUS_IGNORED) -> None:
+        from gateway.api.server import api_context, serve_api
+
+        api = api_context(self.authority, self.issuance, self.est_limiter, self.store_limiter,
+                          self.webhooks.emit)
+        await serve_api(api, self.started.api, self.api_metrics,
+                        lambda: (self.loaded.chain, self.loaded.key, self.loaded.config.tls.ciphers),
+                        sockets=self.sockets.get("api"), shutdown_trigger=self._stop.wait,
+                        task_status=task_status)
 
     async def _in_store(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run a store call in a worker thread, one at a time (one SQLite connection)."""
@@ -325,6 +344,11 @@ class Switch:
             if self.write_pid:
                 runfiles.write_pid(cfg.state_dir)
             async with trio.open_nursery() as connections:
+                # Webhooks and the API outlive the accept loops: queued events go out and
+                # requests in flight finish while sessions drain.
+                connections.start_soon(self.webhooks.run)
+                if cfg.api.listen.enabled and (self.worker is None or "api" in self.sockets):
+                    self.listeners["api"] = await connections.start(self._serve_api)
                 async with trio.open_nursery() as services:
                     if cfg.gateway.listen.enabled:
                         gateway = GatewayListener(self.current, self.registry, self.metrics,

@@ -6,10 +6,11 @@ I``), each inheriting the sockets' file descriptors (named in ``SWITCH_WORKER_FD
 whole Switch: its own event loop, its own store connection and store watcher. A key revoked
 through any worker, or the CLI, is in the store, and every worker's watcher enforces it within a
 second. The kernel spreads new connections over the workers accepting on a shared socket. The
-admin listener runs in worker 0 only; its /metrics shows every worker's, written by each to
-``STATE_DIR/metrics`` (``gateway.metrics``: the supervisor empties it at start and forgets a
-dead worker's gauges). Once every worker serves, the supervisor tells systemd (``READY=1``,
-``gateway.sdnotify``).
+admin listener and the admin API run in worker 0 only (operators' traffic is light, and the
+API's webhooks for operators' actions are then sent by that one process); its /metrics shows
+every worker's, written by each to ``STATE_DIR/metrics`` (``gateway.metrics``: the supervisor
+empties it at start and forgets a dead worker's gauges). Once every worker serves, the supervisor
+tells systemd (``READY=1``, ``gateway.sdnotify``).
 
 The supervisor owns the configuration in force (``config.snapshot``): it snapshots the config
 files at start and on each SIGHUP, and its workers run the snapshot, never the files on disk. On
@@ -148,7 +149,7 @@ class Supervisor:
         return True
 
     def open_sockets(self) -> None:
-        for name in ("gateway", "enroll", "admin"):
+        for name in ("gateway", "enroll", "admin", "api"):
             listen = getattr(self.config, name).listen
             if listen.enabled:
                 self.sockets[name] = open_listening_sockets(name, listen.host, listen.port)
@@ -157,7 +158,7 @@ class Supervisor:
 
     def _worker_sockets(self, index: int) -> dict[str, list[socket.socket]]:
         return {name: socks for name, socks in self.sockets.items()
-                if name != "admin" or index == 0}
+                if name not in ("admin", "api") or index == 0}
 
     async def run_worker(self, index: int) -> None:
         delay = RESTART_DELAY_S

@@ -19,6 +19,13 @@ from tests.support.postgres import PASSPHRASE, PASSWORD, PostgresServer, running
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
 
+@pytest.fixture(params=["local", "remote"])
+def cli_mode(request: pytest.FixtureRequest) -> str:
+    """How a CLI command test runs ``switch``: on the store, or through the admin API of a
+    running server (tests/support/cli.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def switch_config(tmp_path: Path) -> SwitchConfig:
     return SwitchConfig(

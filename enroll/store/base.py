@@ -211,7 +211,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def submit_request(self, tenant: str, *, key_id: str | None, csr_der: bytes, digest: str,
                        subject: str, operation: str, ts: int) -> PendingRequest:
-        """The request with this digest: the existing one, or a new pending one. A key must be
+        """The request with this digest: the existing one, or a new pending one (``filed``
+        True: this call filed it). A key must be
         active and is marked used. A ``serverkeygen`` request already issued is set aside (its
         digest suffixed with its id) and a new one opened."""
 

@@ -55,6 +55,11 @@ class AuditOps(SqlStore):
             if value is not None:
                 clauses.append(f"{column} {test} ?")
                 args.append(value)
+        if query.tenants is not None:
+            if not query.tenants:
+                return AuditPage((), None)
+            clauses.append(f"tenant IN ({', '.join('?' * len(query.tenants))})")
+            args.extend(query.tenants)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         limit = ""
         if query.limit is not None:

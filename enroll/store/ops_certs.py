@@ -155,7 +155,7 @@ class CertificateOps(SqlStore):
                        (request_id, tenant, key_id, csr_der, digest, subject, ts, operation))
             made = _request(tx, "tenant = ? AND request_digest = ?", (tenant, digest))
             assert made is not None
-            return made
+            return attrs.evolve(made, filed=made.id == request_id)
         return self._write(submit)
 
     def list_requests(self, tenant: str | None = None, state: str | None = None

@@ -58,6 +58,9 @@ class PendingRequest:
     certificate_serial: str | None
     #: ``simpleenroll`` (the client's key) or ``serverkeygen`` (the server makes the key).
     operation: str = SIMPLEENROLL
+    #: Not stored: True on the record ``Store.submit_request`` returns when that very call
+    #: filed the request (what notifies "request.pending" once, not on every repeat).
+    filed: bool = attrs.field(default=False, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -95,6 +98,9 @@ class AuditQuery:
     tenant: str | None = None
     actor: str | None = None
     action: str | None = None
+    #: Only entries of one of these tenants (None: no such limit; entries of no tenant, such
+    #: as operators', are never among them).
+    tenants: tuple[str, ...] | None = None
     #: Unix seconds, both ends included.
     since: int | None = None
     until: int | None = None

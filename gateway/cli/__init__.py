@@ -5,11 +5,16 @@ A thin shell over ``config`` (loading, checks, init) and ``enroll`` (keys, servi
 issuers, certificates, requests, audit). Its modules, by audience: ``parser`` (the commands and
 their options); ``admin_commands`` (the security admin's, acting through ``admin_backend`` and
 printed by ``admin_views``); ``server`` (init, config check, serve, reload); ``tools`` (agent,
-echo, loadtest); ``output`` (JSON, tables, times); ``common`` (the config, the actor); ``exits``
+echo, loadtest); ``operator_commands`` (``operators``: on the store only, the bootstrap path);
+``remote_backend`` (the admin commands through a server's API: ``--server``); ``output``
+(JSON, tables, times); ``common`` (the config, the local actor); ``exits``
 (the one table from reason code to exit code).
 
 Every command takes ``-c/--config`` (default ``$SWITCH_CONFIG`` or ``./switch.toml``); list
-commands take ``--json``. Refusals print one line on stderr that starts with the stable reason
+commands take ``--json``. The ``keys``, ``service``, ``ca``, ``certs``, ``requests`` and ``audit``
+commands take ``--server URL`` (or ``$SWITCH_SERVER``) with ``--token-file`` (or
+``$SWITCH_TOKEN_FILE``) and ``--ca-file`` to act through a server's admin API instead of the
+store, with the same output and exit codes. Refusals print one line on stderr that starts with the stable reason
 code and exit non-zero, with the code ``exits.EXIT_CODES`` gives that reason:
 
 ====  =====================================================================
@@ -22,7 +27,7 @@ exit  meaning
       or ``serve`` could not open a port (``listen_failed``)
 2     usage error (unknown command or option)
 3     not found (unknown tenant, key or certificate)
-4     the store could not be opened or written
+4     the store could not be opened or written, or the server (``--server``) reached
 5     the configuration does not load (``config_invalid``; ``config_missing`` when there is
       no file; ``reload_refused`` when the running server refused it)
 ====  =====================================================================
@@ -36,7 +41,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from enroll.errors import EnrollError
-from gateway.cli.common import default_actor, default_config
+from gateway.cli.common import default_config, local_actor
 from gateway.cli.exits import EXIT_OK, CliExit, exit_code
 from gateway.cli.parser import build_parser
 from gateway.logs import FORMAT_ENV, FORMATS
@@ -53,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = default_config()
-    if not hasattr(args, "actor"):
-        args.actor = default_actor()
+    args.actor = local_actor()
     log_format = getattr(args, "log_format", None) or os.environ.get(FORMAT_ENV) or "logfmt"
     if log_format not in FORMATS:
         _fail("usage", f"${FORMAT_ENV} must be one of {', '.join(FORMATS)}")

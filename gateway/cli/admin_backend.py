@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -150,11 +151,28 @@ class LocalBackend:
         return self.authority.verify_audit()
 
 
+#: Where ``--server`` comes from when it is not given (as in ``gateway.cli.remote_backend``).
+SERVER_ENV = "SWITCH_SERVER"
+
+
 @contextlib.contextmanager
 def open_backend(args: argparse.Namespace) -> Iterator[AdminBackend]:
-    """The backend for a command's options: the store of the config ``-c`` names (a config
-    that does not load is ``config_invalid``, a store that does not open ``store_error``),
-    closed when the command is done."""
+    """The backend for a command's options, closed when the command is done: with ``--server``
+    (or ``$SWITCH_SERVER``), the admin API of that server (``remote_backend``: the operator of
+    ``--token-file`` acts); else the store of the config ``-c`` names (a config that does not
+    load is ``config_invalid``, a store that does not open ``store_error``), where the OS user
+    acts (``local:<user>``)."""
+    server = getattr(args, "server", None) or os.environ.get(SERVER_ENV)
+    if server:
+        from gateway.cli.remote_backend import RemoteBackend
+
+        remote = RemoteBackend.from_options(server, getattr(args, "token_file", None),
+                                            getattr(args, "ca_file", None))
+        try:
+            yield remote
+        finally:
+            remote.close()
+        return
     from enroll.authority import Authority
 
     authority = Authority.open(load(args))

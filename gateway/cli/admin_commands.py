@@ -64,6 +64,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
+    if args.service_cmd == "disable" and not args.yes:
+        raise CliExit("acknowledgement_required", f"disabling stops enrollment for tenant "
+                      f"{args.tenant} and the gateway's trust in its provisioned certificates: "
+                      "add --yes if you understand the impact and want to proceed")
     with open_backend(args) as backend:
         if args.service_cmd == "enable":
             backend.enable_service(args.tenant, actor=args.actor)

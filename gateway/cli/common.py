@@ -1,12 +1,12 @@
-"""What every command shares: the defaults of ``-c`` and ``--actor``, the clock, and the
+"""What every command shares: the default of ``-c``, who acts locally, the clock, and the
 configuration loaded from ``-c`` (one that does not load stops the command: ``config_invalid``)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import os
+import pwd
 from pathlib import Path
 
 from config.check import format_problems
@@ -24,11 +24,17 @@ def default_config() -> str:
     return os.environ.get("SWITCH_CONFIG", "switch.toml")
 
 
-def default_actor() -> str:
+def local_actor() -> str:
+    """Who acts in a command run on the store itself: ``local:<OS user>``, the user this process
+    runs as (its effective uid, not $USER or $LOGNAME, which the caller chooses). There is no
+    option to say otherwise: whoever can run the command on the store could as well write the
+    database directly, so a name they typed would prove nothing and only mislead the audit log.
+    Through the API (``--server``) the actor is the token's operator, set by the server."""
+    uid = os.geteuid()
     try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
+        return f"local:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"local:uid-{uid}"
 
 
 def config_missing(path: object) -> CliExit | None:

@@ -1,6 +1,7 @@
 """The command line's exit codes: one table from reason code to exit status, for the reasons of
-``enroll.errors`` and the command line's own (``CliExit``); the codes are listed in the package's
-docstring and in docs/operations.md.
+``enroll.errors``, of the admin API (``gateway.api.errors``, met with ``--server``) and the
+command line's own (``CliExit``); the codes are listed in the package's docstring and in
+docs/operations.md.
 
 Every reason code of ``enroll.errors`` is in the table (a unit test checks it). A code missing
 from it exits ``EXIT_REFUSED`` (1).
@@ -32,6 +33,13 @@ EXIT_CODES: Mapping[str, int] = {
     "loadtest_stalled": EXIT_REFUSED,
     "already_running": EXIT_REFUSED,
     "unsupported_store": EXIT_REFUSED,
+    # The admin API's own refusals (gateway.api.errors), met through --server.
+    "server_unreachable": EXIT_STORE,
+    "role_forbidden": EXIT_REFUSED,
+    "acknowledgement_required": EXIT_REFUSED,
+    "invalid_request": EXIT_REFUSED,
+    "malformed_json": EXIT_REFUSED,
+    "request_timeout": EXIT_REFUSED,
     # enroll: what does not exist.
     "unknown_tenant": EXIT_NOT_FOUND,
     "unknown_key": EXIT_NOT_FOUND,

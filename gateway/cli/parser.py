@@ -1,5 +1,6 @@
 """The ``switch`` command's parser: its commands, their options and the options common to all
-(``-c``, ``--actor``, ``--log-format``); each command's function is ``args.func``."""
+(``-c``, ``--log-format``), and to the admin commands (``--server``, ``--token-file``,
+``--ca-file``); each command's function is ``args.func``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from gateway.cli.admin_commands import (
     cmd_requests_list,
     cmd_service,
 )
+from gateway.cli.operator_commands import add_operator_commands
 from gateway.cli.server import cmd_config_check, cmd_init, cmd_reload, cmd_serve
 from gateway.cli.store_commands import cmd_backup, cmd_restore, cmd_store_copy, cmd_store_migrate
 from gateway.cli.tools import cmd_agent, cmd_echo, cmd_loadtest, host_port
@@ -48,16 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: $SWITCH_CONFIG or ./switch.toml)",
     )
     common.add_argument(
-        "--actor", default=argparse.SUPPRESS,
-        help="who is acting, for the audit log (default: the OS user)",
-    )
-    common.add_argument(
         "--log-format", choices=FORMATS, default=argparse.SUPPRESS,
         help=f"log lines on stderr as logfmt (the default), json or console "
              f"(default: ${FORMAT_ENV} or logfmt)",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--server", metavar="URL", help="act through this Switch's admin API "
+                        "(https://HOST:9444) instead of the store (default: $SWITCH_SERVER); "
+                        "the audit log then names the token's operator")
+    remote.add_argument("--token-file", help="file holding the operator's API token "
+                        "(default: $SWITCH_TOKEN_FILE); never pass the token itself")
+    remote.add_argument("--ca-file", help="CA certificate(s) the server's certificate must "
+                        "chain to (default: the system's)")
 
     parser = argparse.ArgumentParser(
         prog="switch", parents=[common],
@@ -177,25 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage provisioning keys").add_subparsers(
         dest="keys_cmd", required=True, metavar="SUBCOMMAND")
-    p = add(keys, "generate", cmd_keys_generate, "create a key and print its secret once", [as_json])
+    p = add(keys, "generate", cmd_keys_generate, "create a key and print its secret once", [as_json, remote])
     p.add_argument("tenant")
     p.add_argument("name")
     p.add_argument("--profile", help="certificate profile for this key (default: the tenant's)")
-    p = add(keys, "list", cmd_keys_list, "list a tenant's keys (never their secrets)", [as_json])
+    p = add(keys, "list", cmd_keys_list, "list a tenant's keys (never their secrets)", [as_json, remote])
     p.add_argument("tenant")
-    p = add(keys, "rename", cmd_keys_rename, "rename a key")
+    p = add(keys, "rename", cmd_keys_rename, "rename a key", [remote])
     p.add_argument("tenant")
     p.add_argument("name")
     p.add_argument("new_name")
-    p = add(keys, "suspend", cmd_keys_suspend, "stop a key issuing certificates (reversible)")
+    p = add(keys, "suspend", cmd_keys_suspend, "stop a key issuing certificates (reversible)", [remote])
     p.add_argument("tenant")
     p.add_argument("name")
     p.add_argument("--reason", help="why (required, recorded in the audit log)")
-    p = add(keys, "reactivate", cmd_keys_reactivate, "make a suspended key active again")
+    p = add(keys, "reactivate", cmd_keys_reactivate, "make a suspended key active again", [remote])
     p.add_argument("tenant")
     p.add_argument("name")
     p = add(keys, "revoke", cmd_keys_revoke,
-            "revoke a key for good: its certificates stop connecting")
+            "revoke a key for good: its certificates stop connecting", [remote])
     p.add_argument("tenant")
     p.add_argument("name")
     p.add_argument("--reason", help="why (required, recorded in the audit log)")
@@ -209,44 +215,49 @@ def build_parser() -> argparse.ArgumentParser:
         ("disable", "disable provisioning: stops enrollment and trust in the provisioning CA"),
         ("status", "show whether provisioning is enabled"),
     ):
-        p = add(svc, name, cmd_service, help_, [as_json] if name == "status" else [])
+        p = add(svc, name, cmd_service, help_, [as_json, remote] if name == "status" else [remote])
         p.add_argument("tenant")
+        if name == "disable":
+            p.add_argument("--yes", action="store_true", help="I understand the impact of this "
+                           "action and want to proceed (required)")
 
     ca = sub.add_parser("ca", help="the tenants' provisioning issuers").add_subparsers(
         dest="ca_cmd", required=True, metavar="SUBCOMMAND")
     p = add(ca, "show", cmd_ca_show, "the provisioning service's state, the tenant's issuers, "
-            "their validity and whether the gateway trusts them", [as_json])
+            "their validity and whether the gateway trusts them", [as_json, remote])
     p.add_argument("tenant")
     p.add_argument("--pem", action="store_true",
                    help="print the certificates of the issuers the gateway trusts now")
-    p = add(ca, "renew", cmd_ca_renew, "add a new issuer; older ones stay trusted while needed")
+    p = add(ca, "renew", cmd_ca_renew, "add a new issuer; older ones stay trusted while needed", [remote])
     p.add_argument("tenant")
 
     certs = sub.add_parser("certs", help="issued certificates").add_subparsers(
         dest="certs_cmd", required=True, metavar="SUBCOMMAND")
-    p = add(certs, "list", cmd_certs_list, "list a tenant's issued certificates", [as_json])
+    p = add(certs, "list", cmd_certs_list, "list a tenant's issued certificates", [as_json, remote])
     p.add_argument("tenant")
     p.add_argument("--key", help="only those issued through this provisioning key (name or id)")
     p = add(certs, "revoke", cmd_certs_revoke,
-            "revoke one certificate: it stops connecting and cannot renew")
+            "revoke one certificate: it stops connecting and cannot renew", [remote])
     p.add_argument("serial", help="the serial number in hex, as `certs list` shows it")
     p.add_argument("--reason", help="why (required, recorded in the audit log)")
     p.add_argument("--tenant", help="the tenant, when a serial is not unique")
 
     reqs = sub.add_parser("requests", help="enrollment requests waiting for approval").add_subparsers(
         dest="requests_cmd", required=True, metavar="SUBCOMMAND")
-    p = add(reqs, "list", cmd_requests_list, "list pending requests", [as_json])
+    p = add(reqs, "list", cmd_requests_list, "list pending requests", [as_json, remote])
     p.add_argument("--tenant", help="only this tenant's requests")
     p.add_argument("--all", action="store_true", help="include decided requests")
-    p = add(reqs, "approve", cmd_requests_decide, "approve a pending request")
+    p = add(reqs, "approve", cmd_requests_decide, "approve a pending request", [remote])
     p.add_argument("request_id")
-    p = add(reqs, "reject", cmd_requests_decide, "reject a pending request")
+    p = add(reqs, "reject", cmd_requests_decide, "reject a pending request", [remote])
     p.add_argument("request_id")
     p.add_argument("--reason", help="why (required, recorded in the audit log)")
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit_cmd", required=True, metavar="SUBCOMMAND")
-    p = add(audit, "list", cmd_audit_list, "list audit entries", [as_json])
+    p = add(audit, "list", cmd_audit_list, "list audit entries", [as_json, remote])
     p.add_argument("--tenant", help="only this tenant's entries")
-    add(audit, "verify", cmd_audit_verify, "check the hash chain; names the first bad entry")
+    add(audit, "verify", cmd_audit_verify, "check the hash chain; names the first bad entry",
+        [remote])
+    add_operator_commands(sub, add, as_json)
     return parser

@@ -1,47 +1,52 @@
 """End-to-end tests of the ``switch`` command: real processes, a real deployment from
-``switch init``, a real SQLite file."""
+``switch init``, a real SQLite file. The admin commands' tests run twice (``cli_mode``): on the
+store, and through the admin API of a running ``switch serve`` (``--server``), with the same
+output and exit codes."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import Cli, cli_for, local_actor, switch_command
+
 Run = Callable[..., subprocess.CompletedProcess[str]]
+_switch = switch_command
 
 
-def _switch(config: Path | None, *args: str, actor: str | None = "tester") -> list[str]:
-    cmd = [sys.executable, "-m", "gateway.cli"]
-    if config is not None:
-        cmd += ["-c", str(config)]
-    if actor is not None:
-        cmd += ["--actor", actor]
-    return cmd + list(args)
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("deploy") / "switch"
-    result = subprocess.run(
-        _switch(None, "init", str(directory), actor=None), capture_output=True, text=True
-    )
+def _init_deployment(directory: Path) -> Path:
+    result = subprocess.run(_switch(None, "init", str(directory)), capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return directory / "switch.toml"
 
 
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _init_deployment(tmp_path_factory.mktemp("deploy") / "switch")
+
+
 @pytest.fixture
 def run(deployment: Path) -> Run:
-    def _run(*args: str, actor: str | None = "tester") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            _switch(deployment, *args, actor=actor), capture_output=True, text=True, timeout=60
-        )
+    def _run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(_switch(deployment, *args), capture_output=True, text=True,
+                              timeout=60)
 
     return _run
+
+
+@pytest.fixture(scope="module", params=["local", "remote"])
+def admin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Cli]:
+    """The admin commands against one deployment shared by the module's tests, in each mode."""
+    config = _init_deployment(tmp_path_factory.mktemp(f"deploy-{request.param}") / "switch")
+    with cli_for(str(request.param), config) as cli:
+        yield cli
 
 
 def test_init_writes_a_deployment_that_passes_config_check(run: Run) -> None:
@@ -53,16 +58,15 @@ def test_init_writes_a_deployment_that_passes_config_check(run: Run) -> None:
 def test_init_refuses_to_overwrite_an_existing_deployment(deployment: Path) -> None:
     before = deployment.read_bytes()
     result = subprocess.run(
-        _switch(None, "init", str(deployment.parent), actor=None), capture_output=True, text=True
+        _switch(None, "init", str(deployment.parent)), capture_output=True, text=True
     )
     assert result.returncode == 1
     assert "deployment_exists" in result.stderr
     assert deployment.read_bytes() == before
 
 
-def test_generated_secret_is_printed_once_and_never_listed_or_stored(
-    run: Run, deployment: Path
-) -> None:
+def test_generated_secret_is_printed_once_and_never_listed_or_stored(admin: Cli) -> None:
+    run, deployment = admin, admin.config
     result = run("keys", "generate", "demo", "Secret Shown Once", "--json")
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
@@ -79,6 +83,11 @@ def test_generated_secret_is_printed_once_and_never_listed_or_stored(
     for path in state.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+    if admin.server is not None:  # the server logged neither the key's secret nor the token
+        assert admin.token_file is not None
+        token = admin.token_file.read_text().strip()
+        assert "api_request" in admin.server.log
+        assert secret not in admin.server.log and token not in admin.server.log
     # clean up so the limit does not affect other tests
     revoked = run(
         "keys", "revoke", "demo", "Secret Shown Once", "--reason", "test done",
@@ -88,7 +97,8 @@ def test_generated_secret_is_printed_once_and_never_listed_or_stored(
 
 
 @pytest.mark.slow
-def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(run: Run) -> None:
+def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(admin: Cli) -> None:
+    run = admin
     assert run("keys", "generate", "demo", "Lifecycle").returncode == 0
 
     taken = run("keys", "generate", "demo", "lifecycle")
@@ -123,72 +133,73 @@ def test_key_lifecycle_refusals_have_reason_codes_and_exit_codes(run: Run) -> No
 
 @pytest.mark.slow
 def test_ten_concurrent_generate_commands_create_at_most_three_live_keys(
-    tmp_path: Path,
+    tmp_path: Path, cli_mode: str,
 ) -> None:
-    directory = tmp_path / "switch"
-    init = subprocess.run(_switch(None, "init", str(directory), actor=None), capture_output=True)
-    assert init.returncode == 0
-    config = directory / "switch.toml"
-    procs = [
-        subprocess.Popen(
-            _switch(config, "keys", "generate", "demo", f"Racer {i}", "--json"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(10)
-    ]
-    results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else "",
-                p.stderr.read() if p.stderr else "") for p in procs]
-    ok = [r for r in results if r[0] == 0]
-    refused = [r for r in results if r[0] == 1]
-    assert len(ok) == 3, results
-    assert len(refused) == 7 and all("key_limit_reached" in r[2] for r in refused), results
-    listed = subprocess.run(_switch(config, "keys", "list", "demo", "--json"),
-                            capture_output=True, text=True)
-    assert len(json.loads(listed.stdout)) == 3
+    config = _init_deployment(tmp_path / "switch")
+    with cli_for(cli_mode, config) as switch:
+        procs = [
+            subprocess.Popen(switch.command("keys", "generate", "demo", f"Racer {i}", "--json"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(10)
+        ]
+        results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else "",
+                    p.stderr.read() if p.stderr else "") for p in procs]
+        ok = [r for r in results if r[0] == 0]
+        refused = [r for r in results if r[0] == 1]
+        assert len(ok) == 3, results
+        assert len(refused) == 7 and all("key_limit_reached" in r[2] for r in refused), results
+        listed = switch("keys", "list", "demo", "--json")
+        assert len(json.loads(listed.stdout)) == 3
 
 
 @pytest.mark.slow
-def test_service_enable_creates_issuer_and_everything_is_audited(run: Run) -> None:
+def test_service_enable_creates_issuer_and_everything_is_audited(admin: Cli) -> None:
+    run = admin
     assert run("service", "status", "demo", "--json").stdout.count("false") == 1
-    enabled = run("service", "enable", "demo", actor="alice")
+    enabled = run("service", "enable", "demo")
     assert enabled.returncode == 0, enabled.stderr
     shown = json.loads(run("ca", "show", "demo", "--json").stdout)
     assert shown["provisioning_enabled"] is True
     assert len(shown["issuers"]) == 1 and shown["issuers"][0]["trusted"] is True
     pem = run("ca", "show", "demo", "--pem").stdout
     assert pem.startswith("-----BEGIN CERTIFICATE-----")
-    renewed = run("ca", "renew", "demo", actor="bob")
+    renewed = run("ca", "renew", "demo")
     assert renewed.returncode == 0, renewed.stderr
     assert len(json.loads(run("ca", "show", "demo", "--json").stdout)["issuers"]) == 2
-    assert run("service", "disable", "demo", actor="alice").returncode == 0
+    unacknowledged = run("service", "disable", "demo")
+    assert unacknowledged.returncode == 1 and "acknowledgement_required" in unacknowledged.stderr
+    assert json.loads(run("service", "status", "demo", "--json").stdout)["provisioning_enabled"]
+    assert run("service", "disable", "demo", "--yes").returncode == 0
     entries = json.loads(run("audit", "list", "--tenant", "demo", "--json").stdout)
     actions = [(e["action"], e["actor"]) for e in entries]
-    assert ("issuer.created", "alice") in actions
-    assert ("service.enabled", "alice") in actions
-    assert ("issuer.renewed", "bob") in actions
-    assert ("service.disabled", "alice") in actions
+    assert ("issuer.created", admin.actor) in actions
+    assert ("service.enabled", admin.actor) in actions
+    assert ("issuer.renewed", admin.actor) in actions
+    assert ("service.disabled", admin.actor) in actions
+    assert run("service", "enable", "demo").returncode == 0  # as the module's other tests expect
 
 
-def test_audit_verify_detects_an_edited_entry(tmp_path: Path) -> None:
-    directory = tmp_path / "switch"
-    assert subprocess.run(_switch(None, "init", str(directory), actor=None)).returncode == 0
-    config = directory / "switch.toml"
-    for name in ("One", "Two", "Three"):
-        assert subprocess.run(_switch(config, "keys", "generate", "demo", name),
-                              capture_output=True).returncode == 0
-    ok = subprocess.run(_switch(config, "audit", "verify"), capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    db = sqlite3.connect(directory / "state" / "switch.db")
-    with db:
-        triggers = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'")]
-        for trigger in triggers:
-            db.execute(f"DROP TRIGGER {trigger}")
-        db.execute("UPDATE audit_log SET actor='mallory' WHERE seq=2")
-    db.close()
-    bad = subprocess.run(_switch(config, "audit", "verify"), capture_output=True, text=True)
-    assert bad.returncode == 1
-    assert "audit_tampered" in bad.stderr and "entry 2" in bad.stderr
+def test_audit_verify_detects_an_edited_entry(tmp_path: Path, cli_mode: str) -> None:
+    config = _init_deployment(tmp_path / "switch")
+    with cli_for(cli_mode, config) as switch:
+        for name in ("One", "Two", "Three"):
+            assert switch("keys", "generate", "demo", name).returncode == 0
+        ok = switch("audit", "verify")
+        assert ok.returncode == 0, ok.stderr
+        assert "hash chain verified" in ok.stdout
+        db = sqlite3.connect(config.parent / "state" / "switch.db")
+        with db:
+            triggers = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit_log'")]
+            for trigger in triggers:
+                db.execute(f"DROP TRIGGER {trigger}")
+            seq = db.execute("SELECT MIN(seq) FROM audit_log WHERE action='key.created'"
+                             ).fetchone()[0]
+            db.execute("UPDATE audit_log SET actor='mallory' WHERE seq=?", (seq,))
+        db.close()
+        bad = switch("audit", "verify")
+        assert bad.returncode == 1
+        assert "audit_tampered" in bad.stderr and f"entry {seq}" in bad.stderr
 
 
 def test_broken_config_is_reported_and_commands_refuse_to_run(tmp_path: Path) -> None:
@@ -207,22 +218,27 @@ def test_broken_config_is_reported_and_commands_refuse_to_run(tmp_path: Path) ->
 
 def _init(tmp_path: Path, *extra: str) -> Path:
     directory = tmp_path / "switch"
-    result = subprocess.run(_switch(None, "init", str(directory), *extra, actor=None),
+    result = subprocess.run(_switch(None, "init", str(directory), *extra),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return directory / "switch.toml"
 
 
-def test_the_default_actor_is_the_os_user(tmp_path: Path) -> None:
-    import getpass
-
+def test_the_actor_is_the_os_user_locally_and_the_operator_through_the_api(
+        tmp_path: Path, cli_mode: str) -> None:
     config = _init(tmp_path)
-    made = subprocess.run(_switch(config, "keys", "generate", "demo", "Laptops", actor=None),
-                          capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    entries = json.loads(subprocess.run(_switch(config, "audit", "list", "--json"),
-                                        capture_output=True, text=True, timeout=60).stdout)
-    assert [(e["action"], e["actor"]) for e in entries] == [("key.created", f"cli:{getpass.getuser()}")]
+    with cli_for(cli_mode, config) as switch:
+        made = switch("keys", "generate", "demo", "Laptops")
+        assert made.returncode == 0, made.stderr
+        entries = json.loads(switch("audit", "list", "--json").stdout)
+    assert [(e["action"], e["actor"]) for e in entries if e["action"] == "key.created"] == \
+        [("key.created", local_actor() if cli_mode == "local" else "operator:admin")]
+
+
+def test_no_option_lets_a_command_choose_its_audit_actor(deployment: Path) -> None:
+    chosen = subprocess.run(_switch(deployment, "keys", "list", "demo", "--actor", "mallory"),
+                            capture_output=True, text=True, timeout=60)
+    assert chosen.returncode == 2 and "--actor" in chosen.stderr
 
 
 def test_init_with_keystore_through_the_cli_writes_a_deployment_that_checks_clean(
@@ -236,15 +252,16 @@ def test_init_with_keystore_through_the_cli_writes_a_deployment_that_checks_clea
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr
 
 
-def test_ca_show_says_no_issuer_is_trusted_while_the_service_is_disabled(tmp_path: Path) -> None:
-    config = _init(tmp_path)
+def test_ca_show_says_no_issuer_is_trusted_while_the_service_is_disabled(
+        tmp_path: Path, cli_mode: str) -> None:
+    with cli_for(cli_mode, _init(tmp_path)) as switch:
+        _ca_show_while_disabled(switch)
 
-    def switch(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_switch(config, *args), capture_output=True, text=True, timeout=60)
 
+def _ca_show_while_disabled(switch: Cli) -> None:
     assert switch("service", "enable", "demo").returncode == 0
     assert "yes" in switch("ca", "show", "demo").stdout.splitlines()[-1]
-    assert switch("service", "disable", "demo").returncode == 0
+    assert switch("service", "disable", "demo", "--yes").returncode == 0
     text = switch("ca", "show", "demo").stdout
     assert "provisioning service disabled: the gateway trusts none" in text
     assert text.splitlines()[-1].endswith("no (service disabled)")

@@ -21,12 +21,13 @@ from enroll import pki
 from enroll.authority import Authority
 from enroll.est_service import EstRequest, EstService
 from enroll.issuance import Issuance
+from tests.support.cli import cli_for
 from tests.support.est import enable_with_key, make_deployment, start
 
 
 def _switch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), "--actor",
-                           "admin", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), *args],
+                          capture_output=True, text=True, timeout=60)
 
 
 _KEYS: dict[str, pki.PrivateKey] = {}
@@ -52,82 +53,88 @@ def _enroll(config_path: Path, secret: str, cn: str, op: str = "simpleenroll") -
         authority.close()
 
 
-def test_certs_list_and_revoke(tmp_path: Path) -> None:
+def test_certs_list_and_revoke(tmp_path: Path, cli_mode: str) -> None:
     config = make_deployment(tmp_path / "d")
-    secret = enable_with_key(config)
-    assert _enroll(config.path, secret, "agent-1") == 200
-    listed = json.loads(_switch(config.path, "certs", "list", "demo", "--json").stdout)
-    assert len(listed) == 1 and listed[0]["state"] == "valid" and "pem" not in listed[0]
-    serial = listed[0]["serial"]
-    no_reason = _switch(config.path, "certs", "revoke", serial)
-    assert no_reason.returncode == 1 and "reason_required" in no_reason.stderr
-    done = _switch(config.path, "certs", "revoke", serial.upper(), "--reason", "stolen")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(_switch(config.path, "certs", "list", "demo", "--json").stdout)[0]["state"] \
-        == "revoked"
-    unknown = _switch(config.path, "certs", "revoke", "abc", "--reason", "x")
-    assert unknown.returncode == 3 and "unknown_certificate" in unknown.stderr
-    audit = json.loads(_switch(config.path, "audit", "list", "--json").stdout)
-    assert any(e["action"] == "certificate.revoked" and e["reason"] == "stolen" for e in audit)
-
-
-def test_requests_list_approve_reject(tmp_path: Path) -> None:
-    config = make_deployment(tmp_path / "d")
-    secret = enable_with_key(config, profile="manual")
-    assert _enroll(config.path, secret, "agent-1") == 202
-    assert _enroll(config.path, secret, "agent-2") == 202
-    pending = json.loads(_switch(config.path, "requests", "list", "--json").stdout)
-    assert [r["subject"] for r in pending] == ["agent-1", "agent-2"]
-    assert _switch(config.path, "requests", "approve", pending[0]["id"]).returncode == 0
-    rejected = _switch(config.path, "requests", "reject", pending[1]["id"], "--reason", "who?")
-    assert rejected.returncode == 0, rejected.stderr
-    again = _switch(config.path, "requests", "approve", pending[1]["id"])
-    assert again.returncode == 1 and "wrong_key_state" in again.stderr
-    assert _enroll(config.path, secret, "agent-1") == 200
-    assert _switch(config.path, "requests", "list", "--json").stdout.strip() == "[]"
-
-
-def test_certs_list_by_key_shows_only_the_certificates_that_key_authorised(tmp_path: Path) -> None:
-    config = make_deployment(tmp_path / "d")
-    fleet = enable_with_key(config, "Fleet")
-    authority = Authority.open(config)
-    kiosks_key, kiosks = authority.generate_key("demo", "Kiosks", actor="t")
-    fleet_id = authority.get_key("demo", "Fleet").id
-    authority.close()
-    assert _enroll(config.path, fleet, "agent-1") == 200
-    assert _enroll(config.path, kiosks, "kiosk-1") == 200
-    assert _enroll(config.path, kiosks, "kiosk-2") == 200
-
-    def listed(*args: str) -> list[str]:
-        done = _switch(config.path, "certs", "list", "demo", *args, "--json")
+    with cli_for(cli_mode, config.path) as switch:
+        secret = enable_with_key(config)
+        assert _enroll(config.path, secret, "agent-1") == 200
+        listed = json.loads(switch("certs", "list", "demo", "--json").stdout)
+        assert len(listed) == 1 and listed[0]["state"] == "valid" and "pem" not in listed[0]
+        serial = listed[0]["serial"]
+        no_reason = switch("certs", "revoke", serial)
+        assert no_reason.returncode == 1 and "reason_required" in no_reason.stderr
+        done = switch("certs", "revoke", serial.upper(), "--reason", "stolen")
         assert done.returncode == 0, done.stderr
-        return sorted(r["subject"] for r in json.loads(done.stdout))  # same second: any order
-
-    assert listed() == ["CN=agent-1,OU=demo", "CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
-    assert listed("--key", "Kiosks") == ["CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
-    assert listed("--key", kiosks_key.id) == listed("--key", "Kiosks")  # by id as by name
-    assert listed("--key", fleet_id) == ["CN=agent-1,OU=demo"]
-    table = _switch(config.path, "certs", "list", "demo", "--key", "Fleet").stdout
-    assert "CN=agent-1,OU=demo" in table and "kiosk" not in table
-    unknown = _switch(config.path, "certs", "list", "demo", "--key", "Nobody")
-    assert unknown.returncode == 3 and "unknown_key" in unknown.stderr
+        assert json.loads(switch("certs", "list", "demo", "--json").stdout)[0]["state"] \
+            == "revoked"
+        unknown = switch("certs", "revoke", "abc", "--reason", "x")
+        assert unknown.returncode == 3 and "unknown_certificate" in unknown.stderr
+        audit = json.loads(switch("audit", "list", "--json").stdout)
+        assert any(e["action"] == "certificate.revoked" and e["reason"] == "stolen" for e in audit)
 
 
-def test_requests_list_says_which_requests_are_for_a_server_made_key(tmp_path: Path) -> None:
+def test_requests_list_approve_reject(tmp_path: Path, cli_mode: str) -> None:
     config = make_deployment(tmp_path / "d")
-    secret = enable_with_key(config, profile="manual")
-    assert _enroll(config.path, secret, "agent-1") == 202
-    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202
-    pending = sorted(json.loads(_switch(config.path, "requests", "list", "--json").stdout),
-                     key=lambda r: str(r["subject"]))
-    assert [(r["subject"], r["operation"]) for r in pending] == [("agent-1", "simpleenroll"),
-                                                                 ("kiosk-1", "serverkeygen")]
-    table = _switch(config.path, "requests", "list").stdout
-    assert "OPERATION" in table and "serverkeygen" in table
-    assert _switch(config.path, "requests", "approve", pending[1]["id"]).returncode == 0
-    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 200
-    assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202  # a new request
-    assert len(json.loads(_switch(config.path, "requests", "list", "--all", "--json").stdout)) == 3
+    with cli_for(cli_mode, config.path) as switch:
+        secret = enable_with_key(config, profile="manual")
+        assert _enroll(config.path, secret, "agent-1") == 202
+        assert _enroll(config.path, secret, "agent-2") == 202
+        # Filed in the same second, they are listed in either order.
+        pending = sorted(json.loads(switch("requests", "list", "--json").stdout),
+                         key=lambda r: str(r["subject"]))
+        assert [r["subject"] for r in pending] == ["agent-1", "agent-2"]
+        assert switch("requests", "approve", pending[0]["id"]).returncode == 0
+        rejected = switch("requests", "reject", pending[1]["id"], "--reason", "who?")
+        assert rejected.returncode == 0, rejected.stderr
+        again = switch("requests", "approve", pending[1]["id"])
+        assert again.returncode == 1 and "wrong_key_state" in again.stderr
+        assert _enroll(config.path, secret, "agent-1") == 200
+        assert switch("requests", "list", "--json").stdout.strip() == "[]"
+
+
+def test_certs_list_by_key_shows_only_the_certificates_that_key_authorised(tmp_path: Path, cli_mode: str) -> None:
+    config = make_deployment(tmp_path / "d")
+    with cli_for(cli_mode, config.path) as switch:
+        fleet = enable_with_key(config, "Fleet")
+        authority = Authority.open(config)
+        kiosks_key, kiosks = authority.generate_key("demo", "Kiosks", actor="t")
+        fleet_id = authority.get_key("demo", "Fleet").id
+        authority.close()
+        assert _enroll(config.path, fleet, "agent-1") == 200
+        assert _enroll(config.path, kiosks, "kiosk-1") == 200
+        assert _enroll(config.path, kiosks, "kiosk-2") == 200
+
+        def listed(*args: str) -> list[str]:
+            done = switch("certs", "list", "demo", *args, "--json")
+            assert done.returncode == 0, done.stderr
+            return sorted(r["subject"] for r in json.loads(done.stdout))  # same second: any order
+
+        assert listed() == ["CN=agent-1,OU=demo", "CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
+        assert listed("--key", "Kiosks") == ["CN=kiosk-1,OU=demo", "CN=kiosk-2,OU=demo"]
+        assert listed("--key", kiosks_key.id) == listed("--key", "Kiosks")  # by id as by name
+        assert listed("--key", fleet_id) == ["CN=agent-1,OU=demo"]
+        table = switch("certs", "list", "demo", "--key", "Fleet").stdout
+        assert "CN=agent-1,OU=demo" in table and "kiosk" not in table
+        unknown = switch("certs", "list", "demo", "--key", "Nobody")
+        assert unknown.returncode == 3 and "unknown_key" in unknown.stderr
+
+
+def test_requests_list_says_which_requests_are_for_a_server_made_key(tmp_path: Path, cli_mode: str) -> None:
+    config = make_deployment(tmp_path / "d")
+    with cli_for(cli_mode, config.path) as switch:
+        secret = enable_with_key(config, profile="manual")
+        assert _enroll(config.path, secret, "agent-1") == 202
+        assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202
+        pending = sorted(json.loads(switch("requests", "list", "--json").stdout),
+                         key=lambda r: str(r["subject"]))
+        assert [(r["subject"], r["operation"]) for r in pending] == [("agent-1", "simpleenroll"),
+                                                                     ("kiosk-1", "serverkeygen")]
+        table = switch("requests", "list").stdout
+        assert "OPERATION" in table and "serverkeygen" in table
+        assert switch("requests", "approve", pending[1]["id"]).returncode == 0
+        assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 200
+        assert _enroll(config.path, secret, "kiosk-1", op="serverkeygen") == 202  # a new request
+        assert len(json.loads(switch("requests", "list", "--all", "--json").stdout)) == 3
 
 
 async def test_a_stalled_handshake_is_cut_at_the_deadline(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.doc_blocks import REPO, free_ports, fresh_clone, run_block, sh_block
 
-DEFAULT_PORTS = ("4000", "9443", "9090", "8080")
+DEFAULT_PORTS = ("4000", "9443", "9090", "8080", "9444")
 
 
 def _prepare(tmp_path: Path) -> tuple[Path, dict[str, int]]:
@@ -33,7 +33,7 @@ def _prepare(tmp_path: Path) -> tuple[Path, dict[str, int]]:
 
 
 def _with_ports(block: str, ports: dict[str, int]) -> str:
-    return re.sub(r":(4000|9443|9090|8080)\b", lambda m: f":{ports[m.group(1)]}", block)
+    return re.sub(r":(4000|9443|9090|8080|9444)\b", lambda m: f":{ports[m.group(1)]}", block)
 
 
 def _files(root: Path) -> set[str]:
@@ -48,7 +48,8 @@ def test_the_readme_first_ten_minutes_run_top_to_bottom_on_a_fresh_clone(tmp_pat
     assert "switch serve &" not in block  # ./scripts/serve serves already
     before = _files(clone)
     result = run_block(_with_ports(block, ports), clone, timeout_s=240,
-                       env={"SWITCH_CONFIG": "", "SWITCH_PROVISIONING_KEY": ""})
+                       env={"SWITCH_CONFIG": "", "SWITCH_PROVISIONING_KEY": "",
+                            "SWITCH_SERVER": "", "SWITCH_TOKEN_FILE": ""})
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "OK (1 tenant(s)" in out  # config check
@@ -57,6 +58,9 @@ def test_the_readme_first_ten_minutes_run_top_to_bottom_on_a_fresh_clone(tmp_pat
     assert (clone / "dev" / "laptop-0042").is_dir()
     # ... before the key was revoked, and everything was audited in one intact chain.
     assert out.index("hello, upstream") < out.index("revoked")
+    # An operator acts through the admin API: the key list, the revoked key in it.
+    laptops = [line for line in out.splitlines() if line.startswith("Laptops ")]
+    assert len(laptops) == 2 and "active" in laptops[0] and "revoked" in laptops[1]
     assert "Traceback" not in result.stderr
     assert _files(clone) == before  # nothing left in the working tree (no secret, no state)
 

@@ -47,7 +47,7 @@ async def _handshake_refused(gw: Gateway, agent: Agent, tls: ssl.TLSVersion | No
 
 def _cli(gw: Gateway, *args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(gw.config.path),
-                             "--actor", "admin", *args], capture_output=True, text=True, timeout=60)
+                             *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -122,7 +122,7 @@ async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(
                 lambda: _cli(gw, "certs", "revoke", serial, "--reason", "stolen"))
             await _closed_within(live1, 3)
             assert await trio.to_thread.run_sync(live2.still_works)
-            await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo"))
+            await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo", "--yes"))
             await _closed_within(live2, 3)
             await _handshake_refused(gw, second, tls)
             nursery.cancel_scope.cancel()

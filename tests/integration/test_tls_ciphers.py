@@ -72,11 +72,11 @@ def _refused_and_accepted(gw: Gateway, key_type: str) -> dict[str, dict[str, str
         "TLS 1.3": ("-tls1_3",),
     }
     return {port: {name: _s_client(gw, port, *args) for name, args in offers.items()}
-            for port in ("gateway", "enroll")}
+            for port in ("gateway", "enroll", "api")}
 
 
 @pytest.mark.parametrize("key_type", ["rsa-2048", "ec-p256"])
-async def test_tls12_offers_only_forward_secret_aead_suites_on_both_ports(
+async def test_tls12_offers_only_forward_secret_aead_suites_on_every_port(
         tmp_path: Path, key_type: str) -> None:
     _deploy(tmp_path / "d", key_type)
     auth = AUTH[key_type]
@@ -92,7 +92,7 @@ async def test_tls12_offers_only_forward_secret_aead_suites_on_both_ports(
         "ECDHE, ChaCha20": f"ECDHE-{auth}-CHACHA20-POLY1305",
         "TLS 1.3": "TLS_AES_256_GCM_SHA384",
     }
-    assert seen == {"gateway": expected, "enroll": expected}
+    assert seen == {"gateway": expected, "enroll": expected, "api": expected}
 
 
 async def test_tls_ciphers_setting_widens_tls12_for_operators_who_must(tmp_path: Path) -> None:
@@ -102,6 +102,7 @@ async def test_tls_ciphers_setting_widens_tls12_for_operators_who_must(tmp_path:
             gw = await start_gateway(nursery, tmp_path / "d")
             seen = await trio.to_thread.run_sync(lambda: {
                 port: _s_client(gw, port, "-tls1_2", "-cipher", "AES128-GCM-SHA256")
-                for port in ("gateway", "enroll")})
+                for port in ("gateway", "enroll", "api")})
             nursery.cancel_scope.cancel()
-    assert seen == {"gateway": "AES128-GCM-SHA256", "enroll": "AES128-GCM-SHA256"}
+    assert seen == {"gateway": "AES128-GCM-SHA256", "enroll": "AES128-GCM-SHA256",
+                    "api": "AES128-GCM-SHA256"}
