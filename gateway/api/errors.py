@@ -96,6 +96,11 @@ STATUS_BY_REASON: Mapping[str, int] = {
     "service_disabled": 409,
     "no_issuer": 409,
     "issuer_expired": 409,
+    "subject_taken": 409,
+    # Store administration (the command line's; no endpoint raises them today).
+    "store_exists": 409,
+    "backup_invalid": 422,
+    "store_missing": 503,
     # Switch's side.
     "internal_error": 500,
     "store_error": 503,

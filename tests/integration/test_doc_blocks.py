@@ -60,7 +60,7 @@ def test_the_readme_first_ten_minutes_run_top_to_bottom_on_a_fresh_clone(tmp_pat
     assert out.index("hello, upstream") < out.index("revoked")
     # An operator acts through the admin API: the key list, the revoked key in it.
     laptops = [line for line in out.splitlines() if line.startswith("Laptops ")]
-    assert len(laptops) == 2 and "active" in laptops[0] and "revoked" in laptops[1]
+    assert len(laptops) == 2 and "active" in laptops[0] and "revoked" in laptops[1], out
     assert "Traceback" not in result.stderr
     assert _files(clone) == before  # nothing left in the working tree (no secret, no state)
 

@@ -88,7 +88,7 @@ async def test_a_single_process_tells_systemd_it_is_ready_once_it_serves(tmp_pat
         # Ready means serving: every listener accepts now.
         ports = {name: int(port) for port, name in re.findall(
             r"address=127\.0\.0\.1:(\d+) listener=(\w+)", log.read_text())}
-        assert set(ports) == {"gateway", "enroll", "admin"}
+        assert set(ports) == {"gateway", "enroll", "admin", "api"}
         for port in ports.values():
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.aclose()

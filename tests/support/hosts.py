@@ -69,8 +69,8 @@ class Host:
         return self.directory / "pki" / "dev-root-ca.pem"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*SWITCH, "-c", str(self.config), "--actor", f"admin@{self.name}",
-                               *args], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([*SWITCH, "-c", str(self.config), *args], capture_output=True,
+                              text=True, timeout=120)
         if check:
             assert done.returncode == 0, f"{self.name}: switch {' '.join(args)}: {done.stderr}"
         return done

@@ -36,6 +36,7 @@ from gateway.api.schema import ACKNOWLEDGE, Body, Field
 from gateway.cli.exits import EXIT_CODES
 from gateway.webhook_events import WebhookEvent, headers, signature_matches
 from gateway.webhooks import Webhooks, retry_delay, retryable, where
+from tests.support.errors import all_error_classes
 
 TENANTS = ("acme", "other")
 ADMIN = Principal("a", "security-admin", None, "token")
@@ -104,9 +105,7 @@ def test_bodies_are_strict_json_objects() -> None:
 
 
 def test_every_reason_has_an_api_status_and_an_exit_code() -> None:
-    import tests.unit.test_reason_tables as tables
-
-    enroll_reasons = {cls.reason for cls in tables._all_error_classes()}
+    enroll_reasons = {cls.reason for cls in all_error_classes()}
     api_reasons = set(api_error_classes())
     assert sorted((enroll_reasons | api_reasons) - STATUS_BY_REASON.keys()) == []
     assert sorted(api_reasons - EXIT_CODES.keys()) == []

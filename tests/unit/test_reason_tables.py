@@ -6,34 +6,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
-import enroll
 from enroll.errors import EnrollError, error_classes
 from enroll.est_status import DEFAULT_STATUS, STATUS_BY_REASON, http_status
 from gateway.cli.exits import EXIT_CODES, EXIT_REFUSED, exit_code
+from tests.support.errors import all_error_classes as _all_error_classes
+from tests.support.errors import enroll_modules as _enroll_modules
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def _enroll_modules() -> list[str]:
-    return [f"enroll.{m.name}" for m in pkgutil.iter_modules(enroll.__path__)]
-
-
-def _all_error_classes() -> list[type[EnrollError]]:
-    for name in _enroll_modules():  # an error class defined anywhere in enroll is seen
-        importlib.import_module(name)
-    found: list[type[EnrollError]] = []
-    pending = list(EnrollError.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found
 
 
 def test_every_exception_raised_in_enroll_is_an_enroll_error() -> None:
