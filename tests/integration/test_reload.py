@@ -257,7 +257,7 @@ def test_load_all_reports_a_server_key_openssl_refuses_as_a_config_error(tmp_pat
 
     from config.errors import ConfigError
     from config.model import ServerTLS
-    from gateway.serve import load_all
+    from gateway.loading import load_all
 
     config = make_deployment(tmp_path / "d")
     weak = tmp_path / "weak"
