@@ -9,14 +9,24 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
 
 from config.model import Profile, ServerTLS, StoreSettings, SwitchConfig, Tenant
 from enroll.authority import Authority
 from enroll.store import Store, open_store
 from tests.support.est_service import Env, make_env
+from tests.support.gateway import Gateway, start_gateway
 from tests.support.postgres import PASSPHRASE, PASSWORD, PostgresServer, running_postgres
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def gw(nursery: trio.Nursery, tmp_path: Path) -> Gateway:
+    """A running Switch (in this process, real sockets on loopback) on a fresh dev deployment in
+    ``tmp_path / "d"`` with the acme tenant and an echo upstream (``start_gateway``); it stops
+    with the test's nursery. Tests that shape the deployment first call ``start_gateway``."""
+    return await start_gateway(nursery, tmp_path / "d")
 
 
 @pytest.fixture(params=["local", "remote"])

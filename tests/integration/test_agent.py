@@ -40,38 +40,32 @@ def _settings(gw: Gateway, directory: Path, **kw: Any) -> AgentSettings:
     return attrs.evolve(base, **kw)
 
 
-async def test_agent_enrolls_keeps_its_key_private_and_reaches_the_upstream(tmp_path: Path) -> None:
+async def test_agent_enrolls_keeps_its_key_private_and_reaches_the_upstream(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            await gw.synced()
-            agent_dir = tmp_path / "agent"
-            agent = Agent(_settings(gw, agent_dir, key_secret=secret))
-            assert await agent.once("hello") == "hello"
-            key_file = agent_dir / "certs" / "provisioned.key"
-            assert key_file.stat().st_mode & 0o777 == 0o600
-            assert gw.echo.requests[-1][1]["x-switch-identity"] == "laptop-7"
-            assert (agent_dir / "preferred").read_text().strip() == "provisioned"
-            nursery.cancel_scope.cancel()
+        secret = provisioning_key(gw)
+        await gw.synced()
+        agent_dir = tmp_path / "agent"
+        agent = Agent(_settings(gw, agent_dir, key_secret=secret))
+        assert await agent.once("hello") == "hello"
+        key_file = agent_dir / "certs" / "provisioned.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert gw.echo.requests[-1][1]["x-switch-identity"] == "laptop-7"
+        assert (agent_dir / "preferred").read_text().strip() == "provisioned"
 
 
-async def test_agent_renews_when_the_window_opens(tmp_path: Path) -> None:
+async def test_agent_renews_when_the_window_opens(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            await gw.synced()
-            agent_dir = tmp_path / "agent"
-            await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
-            first = x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
-            later = first.not_valid_after_utc - dt.timedelta(days=3)  # inside the 7-day window
-            renewing = Agent(_settings(gw, agent_dir), clock=lambda: later)
-            assert await renewing.once("second") == "second"
-            second = x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
-            assert second.serial_number != first.serial_number and second.subject == first.subject
-            assert second.public_key() != first.public_key()  # a new key pair as well
-            nursery.cancel_scope.cancel()
+        secret = provisioning_key(gw)
+        await gw.synced()
+        agent_dir = tmp_path / "agent"
+        await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
+        first = x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
+        later = first.not_valid_after_utc - dt.timedelta(days=3)  # inside the 7-day window
+        renewing = Agent(_settings(gw, agent_dir), clock=lambda: later)
+        assert await renewing.once("second") == "second"
+        second = x509.load_pem_x509_certificate((agent_dir / "certs/provisioned.pem").read_bytes())
+        assert second.serial_number != first.serial_number and second.subject == first.subject
+        assert second.public_key() != first.public_key()  # a new key pair as well
 
 
 async def test_agent_tries_its_certificates_in_turn_and_remembers_the_one_that_worked(
@@ -119,23 +113,20 @@ async def test_agent_pins_the_server_key(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_switch_agent_command_enrolls_and_answers_once(tmp_path: Path) -> None:
+async def test_switch_agent_command_enrolls_and_answers_once(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(90):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            key_file = tmp_path / "key"
-            key_file.write_text(provisioning_key(gw) + "\n")
-            await gw.synced()
-            result = await trio.run_process(
-                [sys.executable, "-m", "gateway.cli", "-c", str(gw.config.path), "agent",
-                 "--dir", str(tmp_path / "agent"), "--server-name", HOST,
-                 "--gateway", f"127.0.0.1:{gw.ports['gateway']}",
-                 "--enroll", f"127.0.0.1:{gw.ports['enroll']}", "--ca-file", str(gw.ca_file),
-                 "--key-file", str(key_file), "--name", "cli-agent", "--once", "ping"],
-                capture_stdout=True, capture_stderr=True, check=False)
-            assert result.returncode == 0, result.stderr
-            assert result.stdout.decode() == "ping\n"
-            nursery.cancel_scope.cancel()
+        key_file = tmp_path / "key"
+        key_file.write_text(provisioning_key(gw) + "\n")
+        await gw.synced()
+        result = await trio.run_process(
+            [sys.executable, "-m", "gateway.cli", "-c", str(gw.config.path), "agent",
+             "--dir", str(tmp_path / "agent"), "--server-name", HOST,
+             "--gateway", f"127.0.0.1:{gw.ports['gateway']}",
+             "--enroll", f"127.0.0.1:{gw.ports['enroll']}", "--ca-file", str(gw.ca_file),
+             "--key-file", str(key_file), "--name", "cli-agent", "--once", "ping"],
+            capture_stdout=True, capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode() == "ping\n"
 
 
 # --- the renew-before window the enrollment port names -------------------------------------------
@@ -375,41 +366,38 @@ async def test_only_a_session_that_held_resets_the_backoff(
 # --- renewal, fallback, pinning, files ----------------------------------------------------------
 
 
-async def test_agent_renews_during_a_live_session_and_reconnects_with_the_new_certificate(
+async def test_agent_renews_during_a_live_session_and_reconnects_with_the_new_certificate(gw: Gateway, nursery: trio.Nursery,
         tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            await gw.synced()
-            agent_dir = tmp_path / "agent"
-            await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
-            cert_file = agent_dir / "certs/provisioned.pem"
-            first = x509.load_pem_x509_certificate(cert_file.read_bytes())
-            # The window of the first certificate opens half a second into the session.
-            offset = first.not_valid_after_utc - dt.timedelta(days=7) - dt.datetime.now(dt.UTC) \
-                - dt.timedelta(seconds=0.5)
+        secret = provisioning_key(gw)
+        await gw.synced()
+        agent_dir = tmp_path / "agent"
+        await Agent(_settings(gw, agent_dir, key_secret=secret)).once("first")
+        cert_file = agent_dir / "certs/provisioned.pem"
+        first = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        # The window of the first certificate opens half a second into the session.
+        offset = first.not_valid_after_utc - dt.timedelta(days=7) - dt.datetime.now(dt.UTC) \
+            - dt.timedelta(seconds=0.5)
 
-            def clock() -> dt.datetime:
-                current = x509.load_pem_x509_certificate(cert_file.read_bytes())
-                shift = offset if current.serial_number == first.serial_number else dt.timedelta(0)
-                return dt.datetime.now(dt.UTC) + shift
+        def clock() -> dt.datetime:
+            current = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            shift = offset if current.serial_number == first.serial_number else dt.timedelta(0)
+            return dt.datetime.now(dt.UTC) + shift
 
-            agent = Agent(_settings(gw, agent_dir), clock=clock)
-            seen = len(gw.echo.requests)
-            async with trio.open_nursery() as running:
-                running.start_soon(agent.run_forever)
-                while len(gw.echo.requests) < seen + 2:  # noqa: ASYNC110 - polls the upstream
-                    await trio.sleep(0.02)
-                running.cancel_scope.cancel()
-            serials = [h["x-switch-cert-serial"] for _, h in gw.echo.requests[seen:seen + 2]]
-            second = x509.load_pem_x509_certificate(cert_file.read_bytes())
-            assert second.serial_number != first.serial_number
-            assert int(serials[0], 16) == first.serial_number
-            assert int(serials[1], 16) == second.serial_number
-            assert agent.last_session_end == "renewed"
-            assert (agent_dir / "certs/provisioned.key").stat().st_mode & 0o777 == 0o600
-            nursery.cancel_scope.cancel()
+        agent = Agent(_settings(gw, agent_dir), clock=clock)
+        seen = len(gw.echo.requests)
+        async with trio.open_nursery() as running:
+            running.start_soon(agent.run_forever)
+            while len(gw.echo.requests) < seen + 2:  # noqa: ASYNC110 - polls the upstream
+                await trio.sleep(0.02)
+            running.cancel_scope.cancel()
+        serials = [h["x-switch-cert-serial"] for _, h in gw.echo.requests[seen:seen + 2]]
+        second = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        assert second.serial_number != first.serial_number
+        assert int(serials[0], 16) == first.serial_number
+        assert int(serials[1], 16) == second.serial_number
+        assert agent.last_session_end == "renewed"
+        assert (agent_dir / "certs/provisioned.key").stat().st_mode & 0o777 == 0o600
 
 
 async def test_a_server_outside_the_ca_file_is_refused_without_trying_other_certificates(
@@ -432,24 +420,21 @@ async def test_a_server_outside_the_ca_file_is_refused_without_trying_other_cert
             nursery.cancel_scope.cancel()
 
 
-async def test_a_wrong_pin_keeps_the_provisioning_key_from_the_server(tmp_path: Path) -> None:
+async def test_a_wrong_pin_keeps_the_provisioning_key_from_the_server(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            await gw.synced()
-            agent = Agent(_settings(gw, tmp_path / "agent", ca_file=None, key_secret=secret,
-                                    pin_sha256="ab:" * 31 + "ab"))
-            with pytest.raises(AgentError, match="server_pin_mismatch"):
-                await agent.once("never")
-            authority = gw.authority()
-            try:
-                assert authority.get_key("demo", "Fleet").last_used_at is None
-            finally:
-                authority.close()
-            with pytest.raises(AgentError, match="64 hex digits"):
-                await Agent(_settings(gw, tmp_path / "a2", pin_sha256="sha256/abc")).once("x")
-            nursery.cancel_scope.cancel()
+        secret = provisioning_key(gw)
+        await gw.synced()
+        agent = Agent(_settings(gw, tmp_path / "agent", ca_file=None, key_secret=secret,
+                                pin_sha256="ab:" * 31 + "ab"))
+        with pytest.raises(AgentError, match="server_pin_mismatch"):
+            await agent.once("never")
+        authority = gw.authority()
+        try:
+            assert authority.get_key("demo", "Fleet").last_used_at is None
+        finally:
+            authority.close()
+        with pytest.raises(AgentError, match="64 hex digits"):
+            await Agent(_settings(gw, tmp_path / "a2", pin_sha256="sha256/abc")).once("x")
 
 
 async def test_unusable_certificates_are_skipped_and_an_expired_one_is_replaced_by_enrolling(
@@ -480,28 +465,25 @@ async def test_unusable_certificates_are_skipped_and_an_expired_one_is_replaced_
             nursery.cancel_scope.cancel()
 
 
-async def test_switch_agent_once_exit_codes_and_errors(tmp_path: Path) -> None:
+async def test_switch_agent_once_exit_codes_and_errors(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(90):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            key_file = tmp_path / "key"
-            key_file.write_text(provisioning_key(gw) + "\n")
-            await gw.synced()
-            base = [sys.executable, "-m", "gateway.cli", "agent", "--dir", str(tmp_path / "agent"),
-                    "--server-name", HOST, "--gateway", f"127.0.0.1:{gw.ports['gateway']}",
-                    "--enroll", f"127.0.0.1:{gw.ports['enroll']}", "--name", "cli-agent"]
-            wrong_pin = await trio.run_process(
-                [*base, "--pin", "00" * 32, "--key-file", str(key_file), "--once", "x"],
-                capture_stdout=True, capture_stderr=True, check=False)
-            assert wrong_pin.returncode == 1 and wrong_pin.stdout == b""
-            assert b"agent_failed:" in wrong_pin.stderr and b"server_pin_mismatch" in wrong_pin.stderr
-            assert b"Traceback" not in wrong_pin.stderr
-            no_key = await trio.run_process(
-                [*base, "--ca-file", str(gw.ca_file), "--key-file", str(tmp_path / "missing"),
-                 "--once", "x"], capture_stdout=True, capture_stderr=True, check=False)
-            assert no_key.returncode == 2 and b"--key-file" in no_key.stderr
-            assert b"Traceback" not in no_key.stderr
-            nursery.cancel_scope.cancel()
+        key_file = tmp_path / "key"
+        key_file.write_text(provisioning_key(gw) + "\n")
+        await gw.synced()
+        base = [sys.executable, "-m", "gateway.cli", "agent", "--dir", str(tmp_path / "agent"),
+                "--server-name", HOST, "--gateway", f"127.0.0.1:{gw.ports['gateway']}",
+                "--enroll", f"127.0.0.1:{gw.ports['enroll']}", "--name", "cli-agent"]
+        wrong_pin = await trio.run_process(
+            [*base, "--pin", "00" * 32, "--key-file", str(key_file), "--once", "x"],
+            capture_stdout=True, capture_stderr=True, check=False)
+        assert wrong_pin.returncode == 1 and wrong_pin.stdout == b""
+        assert b"agent_failed:" in wrong_pin.stderr and b"server_pin_mismatch" in wrong_pin.stderr
+        assert b"Traceback" not in wrong_pin.stderr
+        no_key = await trio.run_process(
+            [*base, "--ca-file", str(gw.ca_file), "--key-file", str(tmp_path / "missing"),
+             "--once", "x"], capture_stdout=True, capture_stderr=True, check=False)
+        assert no_key.returncode == 2 and b"--key-file" in no_key.stderr
+        assert b"Traceback" not in no_key.stderr
 
 
 # --- revocation ---------------------------------------------------------------------------------

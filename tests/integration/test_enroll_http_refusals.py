@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from tests.support.est import HOST, make_deployment, start
-from tests.support.gateway import start_gateway
+from tests.support.gateway import Gateway
 
 RUNS = 30
 
@@ -43,19 +43,16 @@ async def test_an_oversized_header_gets_431_every_time_and_a_large_body_413(tmp_
             nursery.cancel_scope.cancel()
 
 
-async def test_an_oversized_upgrade_request_on_the_gateway_port_gets_its_431_every_time(
+async def test_an_oversized_upgrade_request_on_the_gateway_port_gets_its_431_every_time(gw: Gateway,
         tmp_path: Path) -> None:
     headers = tmp_path / "headers.txt"
     headers.write_text("".join(f"X-Filler-{i}: {'a' * 2048}\r\n" for i in range(50)))
     with trio.fail_after(180):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            port = gw.ports["gateway"]
-            args = ["curl", "-sS", "--max-time", "20", "--cacert", str(gw.ca_file),
-                    "--resolve", f"{HOST}:{port}:127.0.0.1",
-                    "--cert", str(gw.directory / "pki/demo-agent.pem"),
-                    "--key", str(gw.directory / "pki/demo-agent.key"),
-                    "-H", f"@{headers}", "-w", "\n%{http_code}", f"https://{HOST}:{port}/agent"]
-            seen = [(await _curl(args)).stdout for _ in range(RUNS)]
-            assert seen == [b"431 bad_request\n\n431"] * RUNS
-            nursery.cancel_scope.cancel()
+        port = gw.ports["gateway"]
+        args = ["curl", "-sS", "--max-time", "20", "--cacert", str(gw.ca_file),
+                "--resolve", f"{HOST}:{port}:127.0.0.1",
+                "--cert", str(gw.directory / "pki/demo-agent.pem"),
+                "--key", str(gw.directory / "pki/demo-agent.key"),
+                "-H", f"@{headers}", "-w", "\n%{http_code}", f"https://{HOST}:{port}/agent"]
+        seen = [(await _curl(args)).stdout for _ in range(RUNS)]
+        assert seen == [b"431 bad_request\n\n431"] * RUNS

@@ -61,44 +61,38 @@ async def _refused(gateway: Gateway, agent: Agent | None, reason: str, *, tenant
 
 
 @VERSIONS
-async def test_enrolled_agent_reaches_the_upstream_with_identity_headers(
+async def test_enrolled_agent_reaches_the_upstream_with_identity_headers(gw: Gateway,
         tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
-            await gw.synced()
-            spoof = {"X-Switch-Identity": "admin", "X-Switch-Trust": "organisation",
-                     "x-switch-tenant": "acme", "X-Custom": "kept"}
-            reply = await trio.to_thread.run_sync(
-                lambda: _round_trip(gw, agent, max_version=tls, headers=spoof))
-            assert reply == "hello"
-            path, headers = gw.echo.requests[-1]
-            assert path == "/base/agent?x=1"
-            cert = agent.chain[0]
-            assert headers["x-switch-tenant"] == "demo"
-            assert headers["x-switch-identity"] == "laptop-1"
-            assert headers["x-switch-trust"] == "provisioned"
-            assert headers["x-switch-key-id"].startswith("pk_")
-            assert headers["x-switch-cert-serial"] == format(cert.serial_number, "x")
-            assert headers["x-switch-cert-sha256"] == pki.sha256_fingerprint(cert)
-            assert headers["x-custom"] == "kept"
-            nursery.cancel_scope.cancel()
+        agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
+        await gw.synced()
+        spoof = {"X-Switch-Identity": "admin", "X-Switch-Trust": "organisation",
+                 "x-switch-tenant": "acme", "X-Custom": "kept"}
+        reply = await trio.to_thread.run_sync(
+            lambda: _round_trip(gw, agent, max_version=tls, headers=spoof))
+        assert reply == "hello"
+        path, headers = gw.echo.requests[-1]
+        assert path == "/base/agent?x=1"
+        cert = agent.chain[0]
+        assert headers["x-switch-tenant"] == "demo"
+        assert headers["x-switch-identity"] == "laptop-1"
+        assert headers["x-switch-trust"] == "provisioned"
+        assert headers["x-switch-key-id"].startswith("pk_")
+        assert headers["x-switch-cert-serial"] == format(cert.serial_number, "x")
+        assert headers["x-switch-cert-sha256"] == pki.sha256_fingerprint(cert)
+        assert headers["x-custom"] == "kept"
 
 
 @VERSIONS
-async def test_organisation_agent_connects_when_that_source_is_on(tmp_path: Path,
+async def test_organisation_agent_connects_when_that_source_is_on(gw: Gateway, tmp_path: Path,
                                                                   tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            agent = Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
-            assert await trio.to_thread.run_sync(lambda: _round_trip(gw, agent, max_version=tls)) == "hello"
-            headers = gw.echo.requests[-1][1]
-            assert (headers["x-switch-trust"], headers["x-switch-identity"]) == \
-                ("organisation", "agent1@demo.switch.test")
-            assert "x-switch-key-id" not in headers
-            nursery.cancel_scope.cancel()
+        agent = Agent(gw.directory / "pki/demo-agent.pem", gw.directory / "pki/demo-agent.key", [])
+        assert await trio.to_thread.run_sync(lambda: _round_trip(gw, agent, max_version=tls)) == "hello"
+        headers = gw.echo.requests[-1][1]
+        assert (headers["x-switch-trust"], headers["x-switch-identity"]) == \
+            ("organisation", "agent1@demo.switch.test")
+        assert "x-switch-key-id" not in headers
 
 
 async def test_organisation_agent_is_refused_when_that_source_is_off(tmp_path: Path) -> None:
@@ -485,23 +479,20 @@ async def test_default_tenant_takes_connections_without_or_with_unknown_sni(tmp_
             nursery.cancel_scope.cancel()
 
 
-async def test_readyz_answers_503_when_the_store_is_unreachable(tmp_path: Path) -> None:
+async def test_readyz_answers_503_when_the_store_is_unreachable(gw: Gateway, tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            url = f"http://127.0.0.1:{gw.ports['admin']}/readyz"
+        url = f"http://127.0.0.1:{gw.ports['admin']}/readyz"
 
-            async def readyz() -> tuple[str, bytes]:
-                result = await trio.run_process(
-                    ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url], capture_stdout=True)
-                body, _, status = result.stdout.rpartition(b"\n")
-                return status.decode(), body.strip()
+        async def readyz() -> tuple[str, bytes]:
+            result = await trio.run_process(
+                ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url], capture_stdout=True)
+            body, _, status = result.stdout.rpartition(b"\n")
+            return status.decode(), body.strip()
 
-            assert (await readyz())[0] == "200"
-            # The store's connection fails from now on, as a store on a lost disk would.
-            gw.switch.authority.store.conn.close()
-            assert await readyz() == ("503", b"store_unreachable")
-            nursery.cancel_scope.cancel()
+        assert (await readyz())[0] == "200"
+        # The store's connection fails from now on, as a store on a lost disk would.
+        gw.switch.authority.store.conn.close()
+        assert await readyz() == ("503", b"store_unreachable")
 
 
 async def test_renegotiation_is_refused(tmp_path: Path) -> None:

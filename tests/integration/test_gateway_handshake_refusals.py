@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tests.support.est import HOST
-from tests.support.gateway import Gateway, org_agent, start_gateway
+from tests.support.gateway import Gateway, org_agent
 
 HELLO_TIMEOUT_S = 10
 
@@ -108,20 +108,17 @@ def _org(gw: Gateway, ca: str, name: str, emails: list[str], **kw: dt.datetime) 
     return {"cert": agent.cert, "key": agent.key}
 
 
-async def test_each_failed_handshake_is_refused_with_its_own_reason(tmp_path: Path) -> None:
+async def test_each_failed_handshake_is_refused_with_its_own_reason(gw: Gateway, tmp_path: Path) -> None:
     """One gateway, every client in turn: each refusal is counted under its reason, and no
     other reason moves."""
     with trio.fail_after(180):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            reasons = {reason for _, reason in CLIENTS.values()} | {"handshake_failed"}
-            for name, (client, reason) in CLIENTS.items():
-                before = {r: gw.refusals(r) for r in reasons}
-                await trio.to_thread.run_sync(client, gw)
-                with trio.fail_after(10):
-                    while gw.refusals(reason) == before[reason]:  # noqa: ASYNC110 - the server's count
-                        await trio.sleep(0.02)
-                after = {r: gw.refusals(r) for r in reasons}
-                moved = {r: after[r] - before[r] for r in reasons if after[r] != before[r]}
-                assert moved == {reason: 1}, name
-            nursery.cancel_scope.cancel()
+        reasons = {reason for _, reason in CLIENTS.values()} | {"handshake_failed"}
+        for name, (client, reason) in CLIENTS.items():
+            before = {r: gw.refusals(r) for r in reasons}
+            await trio.to_thread.run_sync(client, gw)
+            with trio.fail_after(10):
+                while gw.refusals(reason) == before[reason]:  # noqa: ASYNC110 - the server's count
+                    await trio.sleep(0.02)
+            after = {r: gw.refusals(r) for r in reasons}
+            moved = {r: after[r] - before[r] for r in reasons if after[r] != before[r]}
+            assert moved == {reason: 1}, name

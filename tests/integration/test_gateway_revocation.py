@@ -53,79 +53,70 @@ def _cli(gw: Gateway, *args: str) -> None:
 
 @VERSIONS
 @pytest.mark.parametrize("via", ["this process", "another process"])
-async def test_revoking_a_key_closes_its_live_session_within_a_second(
+async def test_revoking_a_key_closes_its_live_session_within_a_second(gw: Gateway,
         tmp_path: Path, via: str, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            agent = await gw.enroll(secret, "laptop-1", tmp_path)
-            await gw.synced()
-            live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
-            bystander_agent = Agent(gw.directory / "pki/demo-agent.pem",
-                                    gw.directory / "pki/demo-agent.key", [])
-            bystander = await trio.to_thread.run_sync(LiveAgent, gw, bystander_agent, tls)
-            if via == "this process":
-                authority = gw.authority()
-                authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet", actor="t")
-                authority.close()
-            else:
-                await trio.to_thread.run_sync(
-                    lambda: _cli(gw, "keys", "revoke", "demo", "Fleet", "--reason", "leaked",
-                                 "--confirm", "Fleet"))
-            # The change is committed now; the session must be gone within a second of it.
-            elapsed = await _closed_within(live, 5)
-            assert elapsed < 1.0, elapsed
-            assert live.close_code == 1008
-            assert await trio.to_thread.run_sync(bystander.still_works)
-            await _handshake_refused(gw, agent, tls)
-            assert gw.refusals("key_revoked", "demo") >= 1
-            nursery.cancel_scope.cancel()
+        secret = provisioning_key(gw)
+        agent = await gw.enroll(secret, "laptop-1", tmp_path)
+        await gw.synced()
+        live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
+        bystander_agent = Agent(gw.directory / "pki/demo-agent.pem",
+                                gw.directory / "pki/demo-agent.key", [])
+        bystander = await trio.to_thread.run_sync(LiveAgent, gw, bystander_agent, tls)
+        if via == "this process":
+            authority = gw.authority()
+            authority.revoke_key("demo", "Fleet", reason="leaked", confirm="Fleet", actor="t")
+            authority.close()
+        else:
+            await trio.to_thread.run_sync(
+                lambda: _cli(gw, "keys", "revoke", "demo", "Fleet", "--reason", "leaked",
+                             "--confirm", "Fleet"))
+        # The change is committed now; the session must be gone within a second of it.
+        elapsed = await _closed_within(live, 5)
+        assert elapsed < 1.0, elapsed
+        assert live.close_code == 1008
+        assert await trio.to_thread.run_sync(bystander.still_works)
+        await _handshake_refused(gw, agent, tls)
+        assert gw.refusals("key_revoked", "demo") >= 1
 
 
 @VERSIONS
 @pytest.mark.slow
-async def test_suspending_a_key_closes_nothing(tmp_path: Path, tls: ssl.TLSVersion) -> None:
+async def test_suspending_a_key_closes_nothing(gw: Gateway, tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
-            await gw.synced()
-            live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
-            authority = gw.authority()
-            authority.suspend_key("demo", "Fleet", reason="pause", actor="t")
-            authority.close()
-            await gw.synced()
-            await trio.sleep(0.5)
-            assert await trio.to_thread.run_sync(live.still_works)
-            # and a new connection with that certificate is still admitted
-            with await trio.to_thread.run_sync(lambda: gw.connect(agent, max_version=tls)) as ws:
-                await trio.to_thread.run_sync(ws.send, "again")
-                assert await trio.to_thread.run_sync(ws.recv, 10) == "again"
-            nursery.cancel_scope.cancel()
+        agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
+        await gw.synced()
+        live = await trio.to_thread.run_sync(LiveAgent, gw, agent, tls)
+        authority = gw.authority()
+        authority.suspend_key("demo", "Fleet", reason="pause", actor="t")
+        authority.close()
+        await gw.synced()
+        await trio.sleep(0.5)
+        assert await trio.to_thread.run_sync(live.still_works)
+        # and a new connection with that certificate is still admitted
+        with await trio.to_thread.run_sync(lambda: gw.connect(agent, max_version=tls)) as ws:
+            await trio.to_thread.run_sync(ws.send, "again")
+            assert await trio.to_thread.run_sync(ws.recv, 10) == "again"
 
 
 @VERSIONS
-async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(
+async def test_revoking_a_certificate_or_disabling_the_service_closes_sessions(gw: Gateway,
         tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            secret = provisioning_key(gw)
-            first = await gw.enroll(secret, "laptop-1", tmp_path)
-            second = await gw.enroll(secret, "laptop-2", tmp_path)
-            await gw.synced()
-            live1 = await trio.to_thread.run_sync(LiveAgent, gw, first, tls)
-            live2 = await trio.to_thread.run_sync(LiveAgent, gw, second, tls)
-            serial = format(first.chain[0].serial_number, "x")
-            await trio.to_thread.run_sync(
-                lambda: _cli(gw, "certs", "revoke", serial, "--reason", "stolen"))
-            await _closed_within(live1, 3)
-            assert await trio.to_thread.run_sync(live2.still_works)
-            await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo", "--yes"))
-            await _closed_within(live2, 3)
-            await _handshake_refused(gw, second, tls)
-            nursery.cancel_scope.cancel()
+        secret = provisioning_key(gw)
+        first = await gw.enroll(secret, "laptop-1", tmp_path)
+        second = await gw.enroll(secret, "laptop-2", tmp_path)
+        await gw.synced()
+        live1 = await trio.to_thread.run_sync(LiveAgent, gw, first, tls)
+        live2 = await trio.to_thread.run_sync(LiveAgent, gw, second, tls)
+        serial = format(first.chain[0].serial_number, "x")
+        await trio.to_thread.run_sync(
+            lambda: _cli(gw, "certs", "revoke", serial, "--reason", "stolen"))
+        await _closed_within(live1, 3)
+        assert await trio.to_thread.run_sync(live2.still_works)
+        await trio.to_thread.run_sync(lambda: _cli(gw, "service", "disable", "demo", "--yes"))
+        await _closed_within(live2, 3)
+        await _handshake_refused(gw, second, tls)
 
 
 UPGRADE = (f"GET /agent HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -173,23 +164,20 @@ def _revoke(gw: Gateway) -> None:
 
 
 @VERSIONS
-async def test_a_key_revoked_between_handshake_and_upgrade_gets_the_upgrade_refused(
+async def test_a_key_revoked_between_handshake_and_upgrade_gets_the_upgrade_refused(gw: Gateway,
         tmp_path: Path, tls: ssl.TLSVersion) -> None:
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            gw = await start_gateway(nursery, tmp_path / "d")
-            agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
-            await gw.synced()
-            stream = await _open_tls(gw, agent, tls)
-            _revoke(gw)
-            await gw.synced()
-            await stream.send_all(UPGRADE)  # too late: the session was closed as it waited
-            head = await _response_head(stream)
-            assert head.startswith(b"HTTP/1.1 403 "), head
-            assert gw.refusals("key_revoked", "demo") == 1
-            assert not gw.echo.requests  # nothing reached the upstream
-            await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
+        agent = await gw.enroll(provisioning_key(gw), "laptop-1", tmp_path)
+        await gw.synced()
+        stream = await _open_tls(gw, agent, tls)
+        _revoke(gw)
+        await gw.synced()
+        await stream.send_all(UPGRADE)  # too late: the session was closed as it waited
+        head = await _response_head(stream)
+        assert head.startswith(b"HTTP/1.1 403 "), head
+        assert gw.refusals("key_revoked", "demo") == 1
+        assert not gw.echo.requests  # nothing reached the upstream
+        await trio.aclose_forcefully(stream)
 
 
 @VERSIONS
