@@ -1,1 +1,1 @@
-"""The Switch gateway: listeners, per-tenant TLS, peer checks, live sessions, relay and the CLI."""
+"""The Switch gateway: the server (listeners, per-tenant TLS, peer checks, live sessions, relay, admin listener, admin API); ``gateway.client`` holds the client-side tools and ``gateway.cli`` the command line (docs/architecture.md)."""
