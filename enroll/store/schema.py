@@ -292,38 +292,26 @@ CREATE INDEX auth_failures_at ON auth_failures (at);
 -- PostgreSQL only: what proves a host holds the right issuer key passphrase.
 CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 """
+def _insert_order_postgres(table: str) -> str:
+    """PostgreSQL 3 -> 4 for one table: ``insert_seq`` numbered by a sequence of its own; the
+    rows already there numbered by creation time (ties in no particular order, as they were
+    listed before)."""
+    return f"""
+ALTER TABLE {table} ADD COLUMN insert_seq BIGINT;
+UPDATE {table} AS t SET insert_seq = o.n
+    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM {table}) AS o
+    WHERE t.ctid = o.rid;
+CREATE SEQUENCE {table}_insert_seq OWNED BY {table}.insert_seq;
+SELECT setval('{table}_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM {table}), false);
+ALTER TABLE {table} ALTER COLUMN insert_seq SET DEFAULT nextval('{table}_insert_seq'),
+    ALTER COLUMN insert_seq SET NOT NULL;
+CREATE INDEX {table}_insert_order ON {table} (insert_seq);
+"""
+
+
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
-    # 3 -> 4: insertion order (see SQLite's 3 -> 4), numbered by a sequence per table; the rows
-    # already there are numbered by creation time (ties in no particular order, as they were
-    # listed before).
-    """
-ALTER TABLE provisioning_keys ADD COLUMN insert_seq BIGINT;
-UPDATE provisioning_keys AS t SET insert_seq = o.n
-    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM provisioning_keys) AS o
-    WHERE t.ctid = o.rid;
-CREATE SEQUENCE provisioning_keys_insert_seq OWNED BY provisioning_keys.insert_seq;
-SELECT setval('provisioning_keys_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM provisioning_keys), false);
-ALTER TABLE provisioning_keys ALTER COLUMN insert_seq SET DEFAULT nextval('provisioning_keys_insert_seq'),
-    ALTER COLUMN insert_seq SET NOT NULL;
-CREATE INDEX provisioning_keys_insert_order ON provisioning_keys (insert_seq);
-ALTER TABLE certificates ADD COLUMN insert_seq BIGINT;
-UPDATE certificates AS t SET insert_seq = o.n
-    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM certificates) AS o
-    WHERE t.ctid = o.rid;
-CREATE SEQUENCE certificates_insert_seq OWNED BY certificates.insert_seq;
-SELECT setval('certificates_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM certificates), false);
-ALTER TABLE certificates ALTER COLUMN insert_seq SET DEFAULT nextval('certificates_insert_seq'),
-    ALTER COLUMN insert_seq SET NOT NULL;
-CREATE INDEX certificates_insert_order ON certificates (insert_seq);
-ALTER TABLE pending_requests ADD COLUMN insert_seq BIGINT;
-UPDATE pending_requests AS t SET insert_seq = o.n
-    FROM (SELECT ctid AS rid, row_number() OVER (ORDER BY created_at) AS n FROM pending_requests) AS o
-    WHERE t.ctid = o.rid;
-CREATE SEQUENCE pending_requests_insert_seq OWNED BY pending_requests.insert_seq;
-SELECT setval('pending_requests_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM pending_requests), false);
-ALTER TABLE pending_requests ALTER COLUMN insert_seq SET DEFAULT nextval('pending_requests_insert_seq'),
-    ALTER COLUMN insert_seq SET NOT NULL;
-CREATE INDEX pending_requests_insert_order ON pending_requests (insert_seq);
-""",
+    # 3 -> 4: insertion order (see SQLite's 3 -> 4).
+    "".join(_insert_order_postgres(t)
+            for t in ("provisioning_keys", "certificates", "pending_requests")),
 )
 assert POSTGRES_BASELINE_VERSION + len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION
