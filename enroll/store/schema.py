@@ -156,6 +156,21 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         BEGIN UPDATE pending_requests SET insert_seq = (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM pending_requests)
               WHERE rowid = NEW.rowid; END;
     """,
+    # 4 -> 5: the console's sign-in sessions (gateway.api.session). Only a hash of each
+    # session id is kept; each row carries its own idle timeout and absolute expiry.
+    """
+    CREATE TABLE console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        idle_timeout INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX console_sessions_operator ON console_sessions (operator);
+    CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
@@ -167,7 +182,7 @@ INSERT_ORDERED: tuple[str, ...] = ("provisioning_keys", "certificates", "pending
 #: ``switch_schema`` are PostgreSQL's own and are not copied).
 TABLES: tuple[str, ...] = (
     "tenant_state", "provisioning_keys", "issuers", "certificates", "pending_requests",
-    "audit_log", "audit_head", "changes", "operators", "auth_failures",
+    "audit_log", "audit_head", "changes", "operators", "auth_failures", "console_sessions",
 )
 
 POSTGRES_BASELINE_VERSION = 3
@@ -324,6 +339,20 @@ SELECT setval('pending_requests_insert_seq', (SELECT COALESCE(MAX(insert_seq), 0
 ALTER TABLE pending_requests ALTER COLUMN insert_seq SET DEFAULT nextval('pending_requests_insert_seq'),
     ALTER COLUMN insert_seq SET NOT NULL;
 CREATE INDEX pending_requests_insert_order ON pending_requests (insert_seq);
+""",
+    # 4 -> 5: the console's sign-in sessions (see SQLite's 4 -> 5).
+    """
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_seen_at BIGINT NOT NULL,
+    idle_timeout BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE INDEX console_sessions_operator ON console_sessions (operator);
+CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
 """,
 )
 assert POSTGRES_BASELINE_VERSION + len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION
