@@ -133,10 +133,11 @@ class SessionCookie:
         return record
 
     def proves_intent(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
-        expected = csrf_token(cookies.get(COOKIE, ""))
+        session_id = cookies.get(COOKIE, "")
+        expected = csrf_token(session_id)
         sent = headers.get(CSRF_HEADER, "")
         token_ok = hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode())
-        return token_ok and same_origin(headers)
+        return token_ok and bool(_SESSION_RE.fullmatch(session_id)) and same_origin(headers)
 
 
 @attrs.frozen
