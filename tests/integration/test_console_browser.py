@@ -20,7 +20,9 @@ import httpx
 import pytest
 import trio
 from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from enroll import pki
 from enroll.secrets import SECRET_PREFIX
@@ -153,6 +155,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield Console(config, server, driver, Screenshots(directory / "screenshots"), tokens)
 
 
+def focused(driver: WebDriver, text: str) -> None:
+    """Wait until the element with the keyboard focus reads ``text``."""
+    wait(driver).until(lambda d: d.switch_to.active_element.text == text)
+
+
 def _audit_time(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -190,6 +197,9 @@ def test_a_security_admin_takes_a_key_through_its_life_and_the_audit_log_names_t
     assert secret.startswith(SECRET_PREFIX) and len(secret) > 40
     assert not driver.find_element(By.ID, "close-secret").is_enabled()
     shots.take(driver, "generate-key-secret", whole_page=False)
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()  # not before it was copied
+    assert secret_field.is_displayed()
+    assert not driver.find_element(By.ID, "close-secret").is_enabled()
     driver.find_element(By.ID, "copy-secret").click()
     enabled(driver, "#close-secret").click()
     console.notice("Key \u201cLaptops\u201d was generated.")
@@ -361,7 +371,32 @@ def test_the_other_pages_search_revoke_approve_renew_and_rename(console: Console
     console.notice("The key is now named \u201cFleet East\u201d.")
     assert driver.find_element(By.ID, "key-name").text == "Fleet East"
     shots.take(driver, "key-details")
+
+    # The keyboard alone: the actions menu, the suspend dialog, its fields and its button.
     console.open("/tenants/demo/provisioning")
+    summary = enabled(driver, '#keys tr[data-key="Held"] details.menu summary')
+    summary.send_keys(Keys.ENTER)
+    focused(driver, "Details")  # opening the menu moves the focus to its first item
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    shots.take(driver, "key-actions-menu", whole_page=False)
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    assert absent(driver, "details.menu[open]")
+    assert driver.switch_to.active_element.tag_name == "summary"
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    focused(driver, "Details")
+    ActionChains(driver).send_keys(Keys.TAB, Keys.TAB).perform()
+    focused(driver, "Suspend key")
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    wait(driver).until(lambda d: d.switch_to.active_element.get_attribute("id") ==
+                       "suspend-reason")
+    ActionChains(driver).send_keys("approvals paused", Keys.TAB, Keys.SPACE, Keys.TAB,
+                                   Keys.TAB).perform()
+    assert driver.switch_to.active_element.get_attribute("id") == "suspend-submit"
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    console.notice("Key \u201cHeld\u201d was suspended.")
+    assert console.key_state("Held") == "Suspended"
+    shots.take(driver, "provisioning")
+
     enabled(driver, "#service-toggle").click()
     assert not visible(driver, "#disable-submit").is_enabled()
     driver.find_element(By.ID, "disable-ack").click()
