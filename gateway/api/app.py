@@ -50,7 +50,7 @@ log = structlog.get_logger("switch.api")
 PREFIX = "/api/v1"
 #: Reasons of a request refused before its operator was known (counted in /metrics).
 _AUTH_REASONS = frozenset({"unauthorized", "credentials_required", "bad_credentials",
-                           "rate_limited"})
+                           "session_expired", "rate_limited"})
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 #: Nothing but this listener's own scripts, styles and images, in no frame, posting to itself.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "

@@ -6,8 +6,8 @@ Theory of operation. Signing in (``sign_in``) checks the source's failure count 
 store-backed ``SharedFailureLimiter``, under its own key ``signin:ADDRESS``: five failures a
 minute from one address, on every process and host together), then the password with argon2id,
 doing the same work whether or not the name is an operator's or has a password
-(``enroll.operators.password_matches``), in a thread of its own (``HASHING``, two at a time:
-argon2's memory is bounded and the store's thread is never held by it). A failure is counted,
+(``enroll.operators.password_matches``), in a thread of its own (two at a time: argon2's
+memory is bounded and the store's thread is never held by it). A failure is counted,
 audited (``operator.signin_failed``, actor ``anonymous``, the name typed and the address) and
 answered with the same words whatever was wrong. A success makes a new session id (256 random
 bits, ``sws_...``; a new one at every sign-in, so an id planted before sign-in is worthless),
@@ -69,9 +69,9 @@ _CSRF_LABEL = b"switch console csrf v1"
 TOUCH_INTERVAL_S = 60
 #: Longer input is not a password anyone set (argon2 is not given megabytes to hash).
 MAX_PASSWORD_CHARS = 1024
-#: Password checks at once in this process: argon2id's RFC 9106 low-memory profile takes
-#: 64 MiB each.
-HASHING = trio.CapacityLimiter(2)
+#: Password checks at once in one process (``sign_in``'s ``hashing``): argon2id's RFC 9106
+#: low-memory profile takes 64 MiB each.
+HASHING_AT_ONCE = 2
 #: Who the audit log says failed to sign in (the address is in the entry's details).
 ANONYMOUS = "anonymous"
 FAILED_MESSAGE = "the operator name or the password is wrong"
@@ -165,10 +165,11 @@ def _name_for_audit(name: str) -> str | None:
 
 
 async def sign_in(api: ApiContext, settings: ApiSettings, name: str, password: str,
-                  source: str) -> SignedIn:
+                  source: str, hashing: trio.CapacityLimiter) -> SignedIn:
     """A new session for operator ``name`` if ``password`` is its console password; else
     ``RateLimited`` (the source failed too often: nothing checked) or ``BadCredentials`` (the
-    same words whatever was wrong; counted and audited)."""
+    same words whatever was wrong; counted and audited). The password is checked in a thread
+    taken under ``hashing`` (at most ``HASHING_AT_ONCE``), never the store's."""
     admin = api.authenticator.operators
     limiter = api.authenticator.limiter
     store = admin.store
@@ -180,7 +181,7 @@ async def sign_in(api: ApiContext, settings: ApiSettings, name: str, password: s
     record = await api.run(store.get_operator, name) if name else None
     stored = record.password_hash if record is not None else None
     ok = await trio.to_thread.run_sync(operators.password_matches,
-                                       password[:MAX_PASSWORD_CHARS + 1], stored, limiter=HASHING)
+                                       password[:MAX_PASSWORD_CHARS + 1], stored, limiter=hashing)
     ts = int(admin.authority.clock().timestamp())
     if not ok or record is None or len(password) > MAX_PASSWORD_CHARS:
         def failed() -> None:

@@ -94,7 +94,7 @@ async def signin(request: Request, console: Console) -> Response:
         if not same_origin(request.headers):
             raise CsrfFailed("the sign-in form came from another site")
         signed = await sign_in(console.api, console.settings, name, form.get("password", ""),
-                               source)
+                               source, console.hashing)
     except (EnrollError, ApiError) as exc:
         result = exc.reason
         console.metrics.console_signins.labels(result).inc()

@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 import attrs
 import jinja2
 import structlog
+import trio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -45,7 +46,7 @@ from gateway.api.errors import ApiError, SessionExpired, http_status
 from gateway.api.metrics import ApiMetrics
 from gateway.api.routes import ENDPOINTS, ApiContext, Call
 from gateway.api.schema import parse_query
-from gateway.api.session import COOKIE, csrf_token
+from gateway.api.session import COOKIE, HASHING_AT_ONCE, csrf_token
 from gateway.console import messages, views
 
 log = structlog.get_logger("switch.console")
@@ -77,6 +78,8 @@ class Console:
         self.api = api
         self.settings = settings
         self.metrics = metrics
+        #: Sign-in's password checks (``gateway.api.session.sign_in``).
+        self.hashing = trio.CapacityLimiter(HASHING_AT_ONCE)
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("gateway.console", "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
