@@ -49,7 +49,13 @@ import trio
 from config.model import ApiSettings
 from enroll import operators
 from enroll.audit import Action
-from enroll.errors import BadCredentials, InvalidOperator, MalformedCredentials, RateLimited
+from enroll.errors import (
+    BadCredentials,
+    InvalidOperator,
+    MalformedCredentials,
+    RateLimited,
+    UnknownOperator,
+)
 from enroll.operator_admin import OperatorAdmin
 from enroll.operators import OperatorRecord
 from enroll.store import ConsoleSession
@@ -195,7 +201,10 @@ async def sign_in(api: ApiContext, settings: ApiSettings, name: str, password: s
                              max(1, round(settings.session_idle_timeout_s)),
                              ts + max(1, round(settings.session_lifetime_s)), source)
     principal = Principal.of(record, SessionCookie.kind)
-    await api.run(lambda: store.create_console_session(session, actor=principal.actor))
+    try:
+        await api.run(lambda: store.create_console_session(session, actor=principal.actor))
+    except UnknownOperator:  # removed since its password was checked
+        raise BadCredentials(FAILED_MESSAGE) from None
     return SignedIn(session_id, session, principal)
 
 

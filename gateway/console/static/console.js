@@ -243,12 +243,16 @@
   }
 
   function closeSecret(button) {
-    const dialog = button.closest("dialog");
+    button.closest("dialog").close();
+  }
+
+  function secretClosed(dialog) {
+    // However the dialog closed once copied (CLOSE, Escape): the secret leaves the page, and
+    // the page reloads to list the new key.
     const name = dialog.dataset.keyName;
     dialog.querySelector("#secret-value").value = "";
     delete dialog.dataset.secretShown;
     delete dialog.dataset.copied;
-    dialog.close();
     reloadWith("key-created", name);
   }
 
@@ -300,8 +304,11 @@
     dialog.addEventListener("cancel", function (event) {
       if (dialog.dataset.secretShown && !dialog.dataset.copied) { event.preventDefault(); }
     });
-    dialog.addEventListener("copy", function () {
-      if (dialog.dataset.secretShown) { copied(dialog); }
+    dialog.addEventListener("copy", function (event) {
+      if (dialog.dataset.secretShown && event.target.id === "secret-value") { copied(dialog); }
+    });
+    dialog.addEventListener("close", function () {
+      if (dialog.dataset.secretShown) { secretClosed(dialog); }
     });
   });
 
