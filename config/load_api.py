@@ -8,6 +8,9 @@ into their model values; ``config.load`` hands over each table. The keys, with t
     idle_timeout = "30s"                #  -> idle_timeout_s: between requests on a connection
     max_body_size = "64KiB"             #  -> max_body_bytes
     max_header_size = "16KiB"           #  -> max_header_bytes: request line and headers
+    console = true                      # the security admin console at / (docs/console.md)
+    session_idle_timeout = "30m"        #  -> session_idle_timeout_s: a console session unused
+    session_lifetime = "8h"             #  -> session_lifetime_s: a console session at most
 
     [[webhooks]]                        # any number; each event POSTed to every subscriber
     url = "https://hooks.example/switch"   # https:// (http:// only to a loopback address)
@@ -44,6 +47,8 @@ class Table(Protocol):
     def string(self, name: str, default: str | None = None, required: bool = False
                ) -> str | None: ...
 
+    def boolean(self, name: str, default: bool) -> bool: ...
+
     def strings(self, name: str, required: bool = False) -> tuple[str, ...]: ...
 
     def convert(self, name: str, parse: Callable[[Any], T], default: T) -> T: ...
@@ -66,11 +71,20 @@ def read_api(t: Table, listener: Listener) -> ApiSettings:
         idle_timeout_s=t.duration("idle_timeout", d.idle_timeout_s),
         max_body_bytes=t.size("max_body_size", d.max_body_bytes),
         max_header_bytes=t.size("max_header_size", d.max_header_bytes),
+        console=t.boolean("console", d.console),
+        session_idle_timeout_s=t.duration("session_idle_timeout", d.session_idle_timeout_s),
+        session_lifetime_s=t.duration("session_lifetime", d.session_lifetime_s),
     )
     for key, value in (("request_timeout", settings.request_timeout_s),
                        ("idle_timeout", settings.idle_timeout_s)):
         if value <= 0:
             t.error(key, "must be more than 0")
+    for key, value in (("session_idle_timeout", settings.session_idle_timeout_s),
+                       ("session_lifetime", settings.session_lifetime_s)):
+        if value < 60:
+            t.error(key, "must be at least 1m")
+    if settings.session_idle_timeout_s > settings.session_lifetime_s:
+        t.error("session_idle_timeout", "must not be longer than session_lifetime")
     if settings.max_header_bytes < 1024:
         t.error("max_header_size", "must be at least 1KiB")
     t.finish()

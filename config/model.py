@@ -77,7 +77,7 @@ class AdminSettings:
 @attrs.frozen
 class ApiSettings:
     """The admin API (and the console built on it): HTTPS with the server certificate, operators
-    authenticated by bearer token (docs/api.md)."""
+    authenticated by bearer token or console session (docs/api.md, docs/console.md)."""
 
     listen: Listener = Listener("127.0.0.1", 9444)
     #: The TLS handshake, and each read of a request once it started.
@@ -87,6 +87,13 @@ class ApiSettings:
     max_body_bytes: int = 64 * 1024
     #: The request line and headers together.
     max_header_bytes: int = 16 * 1024
+    #: The security admin console at ``/`` (its pages, sign-in and session cookie).
+    console: bool = True
+    #: A console session unused this long ends (OWASP's guidance for sensitive applications:
+    #: 15 to 30 minutes).
+    session_idle_timeout_s: float = 30 * 60.0
+    #: A console session ends this long after sign-in, however much it is used (a working day).
+    session_lifetime_s: float = 8 * 3600.0
 
 
 #: What a webhook may subscribe to (docs/api.md, "Webhooks").

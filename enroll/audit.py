@@ -54,6 +54,9 @@ class Action:
     OPERATOR_TOKEN_REPLACED = "operator.token_replaced"
     OPERATOR_PASSWORD_SET = "operator.password_set"
     OPERATOR_REMOVED = "operator.removed"
+    OPERATOR_SIGNED_IN = "operator.signed_in"
+    OPERATOR_SIGNED_OUT = "operator.signed_out"
+    OPERATOR_SIGNIN_FAILED = "operator.signin_failed"
 
 
 @attrs.frozen

@@ -76,6 +76,11 @@ enabled = true
 # token `switch operators add` prints. See docs/api.md.
 listen = "127.0.0.1:9444"
 enabled = true
+# The security admin console at https://127.0.0.1:9444/ : operators sign in with the password
+# `switch operators set-password NAME` sets. See docs/console.md.
+console = true
+session_idle_timeout = "30m"          # a console session unused this long ends
+session_lifetime = "8h"               # a console session ends this long after sign-in
 
 # Webhooks: signed JSON POSTs for events such as a request waiting for approval (docs/api.md).
 # [[webhooks]]

@@ -142,11 +142,16 @@ class Switch:
     async def _serve_api(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
                          = trio.TASK_STATUS_IGNORED) -> None:
         from gateway.api.server import api_context, serve_api
+        from gateway.console import console_routes
 
         api = api_context(self.authority, self.issuance, self.est_limiter, self.store_limiter,
                           self.webhooks.emit)
-        await serve_api(api, self.started.api, self.api_metrics,
+        settings = self.started.api
+        pages, not_found = console_routes(api, settings, self.api_metrics) if settings.console \
+            else ([], None)
+        await serve_api(api, settings, self.api_metrics,
                         lambda: (self.loaded.chain, self.loaded.key, self.loaded.config.tls.ciphers),
+                        pages=pages, not_found=not_found,
                         sockets=self.sockets.get("api"), shutdown_trigger=self._stop.wait,
                         task_status=task_status)
 

@@ -21,6 +21,7 @@ from enroll.store.records import (
     AuditPage,
     AuditQuery,
     CertificateRecord,
+    ConsoleSession,
     IssuerFactory,
     IssuerListing,
     PendingRequest,
@@ -31,7 +32,7 @@ from enroll.store.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION", "SERVERKEYGEN", "SIMPLEENROLL", "AuditPage", "AuditQuery",
-    "CertificateRecord", "ChangeFeed", "IssuerFactory", "IssuerListing", "PendingRequest",
+    "CertificateRecord", "ChangeFeed", "ConsoleSession", "IssuerFactory", "IssuerListing", "PendingRequest",
     "Store", "TenantTrustInputs", "TrustInputs", "describe_store", "open_sqlite", "open_store",
 ]
 

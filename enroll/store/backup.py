@@ -6,9 +6,10 @@ Theory of operation. A plain copy of ``switch.db`` misses what is still in its w
 store with SQLite's online backup API instead, in one step, which reads one consistent snapshot
 of the database *with* its WAL while Switch goes on serving (WAL readers do not block writers;
 a write committed after the snapshot began is simply not in the copy). The copy is switched to a
-self-contained single file, checked (``PRAGMA integrity_check``, the audit chain) and archived
-with the issuers' private keys it names: those files are written before their issuer's row is
-committed and never changed, so every key a copied row names is on disk.
+self-contained single file without the console's sign-in sessions, checked (``PRAGMA
+integrity_check``, the audit chain) and archived with the issuers' private keys it names: those
+files are written before their issuer's row is committed and never changed, so every key a
+copied row names is on disk.
 
 The archive is a gzip-compressed tar, mode 0600 (it holds private keys), written beside its
 destination and renamed into place:
@@ -103,7 +104,10 @@ def _describe(conn: sqlite3.Connection, what: str) -> tuple[int, dict[str, int],
     if version > SCHEMA_VERSION:
         raise BackupInvalid(f"{what} has schema version {version}, newer than this Switch "
                           f"understands ({SCHEMA_VERSION}): restore it with a newer Switch")
-    rows = {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in TABLES}
+    held = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    # A backup from an older schema lacks the newer tables (the store migrates when opened).
+    rows = {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in TABLES
+            if t in held}
     entries = (audit.entry_from_row(tuple(r)) for r in conn.execute(
         "SELECT seq, ts, actor, tenant, action, target, reason, details, prev_hash, hash"
         " FROM audit_log ORDER BY seq"))
@@ -149,6 +153,11 @@ def backup(db_path: Path, out: Path, *, now: dt.datetime) -> Manifest:
                 # database and its WAL, whatever is committed while it runs.
                 source.backup(target, pages=-1)
                 target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                # Console sessions are not backed up: a restore never revives one that was
+                # signed out since (everyone signs in again).
+                if target.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
+                                  " name = 'console_sessions'").fetchone():
+                    target.execute("DELETE FROM console_sessions")
             with _connect(copy) as conn:
                 version, rows, head, found = _describe(conn, f"the copy of {db_path}")
         except sqlite3.Error as exc:

@@ -38,6 +38,7 @@ from enroll.store.records import (
     AuditPage,
     AuditQuery,
     CertificateRecord,
+    ConsoleSession,
     IssuerFactory,
     IssuerListing,
     PendingRequest,
@@ -294,3 +295,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove_operator(self, name: str, *, actor: str, ts: int) -> None:
         """``UnknownOperator`` when there is none. Audited."""
+
+    # --- console sessions (enroll.store.ops_sessions) -------------------------------------------
+
+    @abc.abstractmethod
+    def create_console_session(self, session: ConsoleSession, *, actor: str) -> None:
+        """Audited (``operator.signed_in``). ``UnknownOperator``."""
+
+    @abc.abstractmethod
+    def console_session(self, id_hash: str) -> tuple[ConsoleSession, OperatorRecord] | None:
+        """The session and its operator now; None when either is gone."""
+
+    @abc.abstractmethod
+    def touch_console_session(self, id_hash: str, ts: int) -> None: ...
+
+    @abc.abstractmethod
+    def end_console_session(self, id_hash: str, *, actor: str | None, ts: int) -> bool:
+        """With ``actor``: audited (``operator.signed_out``)."""
+
+    @abc.abstractmethod
+    def count_console_sessions(self, operator: str) -> int: ...

@@ -50,7 +50,8 @@ class AuditOps(SqlStore):
         clauses: list[str] = []
         args: list[object] = []
         for column, value, test in (("tenant", query.tenant, "="), ("actor", query.actor, "="),
-                                    ("action", query.action, "="), ("ts", query.since, ">="),
+                                    ("action", query.action, "="), ("target", query.target, "="),
+                                    ("ts", query.since, ">="),
                                     ("ts", query.until, "<="), ("seq", query.before_seq, "<")):
             if value is not None:
                 clauses.append(f"{column} {test} ?")
@@ -117,12 +118,14 @@ class AuditOps(SqlStore):
         return [_operator(r) for r in rows]
 
     def _change_operator(self, name: str, assignments: str, args: tuple[object, ...], *,
-                         action: str, details: Mapping[str, Any], actor: str, ts: int
-                         ) -> OperatorRecord:
+                         action: str, details: Mapping[str, Any], actor: str, ts: int,
+                         end_sessions: bool = False) -> OperatorRecord:
         def change(tx: Tx) -> OperatorRecord:
             _get_operator(tx, name)
             tx.execute(f"UPDATE operators SET {assignments}, updated_at = ? WHERE name = ?",
                        (*args, ts, name))
+            if end_sessions:
+                tx.execute("DELETE FROM console_sessions WHERE operator = ?", (name,))
             tx.audit(ts=ts, actor=actor, tenant=None, action=action, target=name,
                      details=details)
             return _get_operator(tx, name)
@@ -147,15 +150,17 @@ class AuditOps(SqlStore):
 
     def set_operator_password(self, name: str, password_hash: str | None, *, actor: str,
                               ts: int) -> OperatorRecord:
+        # A new (or no) password ends every console session signed in with the old one.
         return self._change_operator(name, "password_hash = ?", (password_hash,),
                                      action=Action.OPERATOR_PASSWORD_SET,
                                      details={"password": password_hash is not None},
-                                     actor=actor, ts=ts)
+                                     actor=actor, ts=ts, end_sessions=True)
 
     def remove_operator(self, name: str, *, actor: str, ts: int) -> None:
         def remove(tx: Tx) -> None:
             record = _get_operator(tx, name)
             tx.execute("DELETE FROM operators WHERE name = ?", (name,))
+            tx.execute("DELETE FROM console_sessions WHERE operator = ?", (name,))
             tx.audit(ts=ts, actor=actor, tenant=None, action=Action.OPERATOR_REMOVED, target=name,
                      details={"role": record.role, "token_id": record.token_id})
         self._write(remove, audited=True)

@@ -48,6 +48,7 @@ from enroll.store.base import ChangeFeed
 from enroll.store.ops_audit import AuditOps
 from enroll.store.ops_certs import PRUNE_BATCH, CertificateOps
 from enroll.store.ops_keys import KeyOps
+from enroll.store.ops_sessions import SessionOps
 from enroll.store.postgres_feed import PostgresChangeFeed
 from enroll.store.schema import (
     POSTGRES_BASELINE,
@@ -95,7 +96,7 @@ def describe_url(conninfo: str) -> str:
     return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
-class PostgresStore(KeyOps, CertificateOps, AuditOps):
+class PostgresStore(KeyOps, CertificateOps, AuditOps, SessionOps):
     engine = "postgresql"
     #: The safety net under NOTIFY: a change whose notice was lost is still seen within this.
     poll_interval_s = 0.5

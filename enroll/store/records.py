@@ -98,6 +98,8 @@ class AuditQuery:
     tenant: str | None = None
     actor: str | None = None
     action: str | None = None
+    #: Entries about one thing: a key's id, a certificate's serial, a request's id, ...
+    target: str | None = None
     #: Only entries of one of these tenants (None: no such limit; entries of no tenant, such
     #: as operators', are never among them).
     tenants: tuple[str, ...] | None = None
@@ -107,6 +109,26 @@ class AuditQuery:
     #: At most this many entries (None: all that match).
     limit: int | None = 100
     before_seq: int | None = None
+
+
+@attrs.frozen
+class ConsoleSession:
+    """A console sign-in (``gateway.api.session``): the operator it proves, kept under the
+    SHA-256 of its id (the id itself is only in the browser's cookie). Times are Unix seconds."""
+
+    id_hash: str
+    operator: str
+    created_at: int
+    last_seen_at: int
+    #: Seconds without a request after which it ends.
+    idle_timeout: int
+    #: When it ends whatever its use (the absolute lifetime).
+    expires_at: int
+    #: The address it was signed in from (for the audit log and the operator).
+    source: str
+
+    def expired(self, now: int) -> bool:
+        return now >= self.expires_at or now >= self.last_seen_at + self.idle_timeout
 
 
 @attrs.frozen

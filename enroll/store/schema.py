@@ -156,6 +156,21 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         BEGIN UPDATE pending_requests SET insert_seq = (SELECT COALESCE(MAX(insert_seq), 0) + 1 FROM pending_requests)
               WHERE rowid = NEW.rowid; END;
     """,
+    # 4 -> 5: the console's sign-in sessions (gateway.api.session). Only a hash of each
+    # session id is kept; each row carries its own idle timeout and absolute expiry.
+    """
+    CREATE TABLE console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        idle_timeout INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX console_sessions_operator ON console_sessions (operator);
+    CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
@@ -167,7 +182,7 @@ INSERT_ORDERED: tuple[str, ...] = ("provisioning_keys", "certificates", "pending
 #: ``switch_schema`` are PostgreSQL's own and are not copied).
 TABLES: tuple[str, ...] = (
     "tenant_state", "provisioning_keys", "issuers", "certificates", "pending_requests",
-    "audit_log", "audit_head", "changes", "operators", "auth_failures",
+    "audit_log", "audit_head", "changes", "operators", "auth_failures", "console_sessions",
 )
 
 POSTGRES_BASELINE_VERSION = 3
@@ -292,6 +307,8 @@ CREATE INDEX auth_failures_at ON auth_failures (at);
 -- PostgreSQL only: what proves a host holds the right issuer key passphrase.
 CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 """
+
+
 def _insert_order_postgres(table: str) -> str:
     """PostgreSQL 3 -> 4 for one table: ``insert_seq`` numbered by a sequence of its own; the
     rows already there numbered by creation time (ties in no particular order, as they were
@@ -313,5 +330,19 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # 3 -> 4: insertion order (see SQLite's 3 -> 4).
     "".join(_insert_order_postgres(t)
             for t in ("provisioning_keys", "certificates", "pending_requests")),
+    # 4 -> 5: the console's sign-in sessions (see SQLite's 4 -> 5).
+    """
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_seen_at BIGINT NOT NULL,
+    idle_timeout BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE INDEX console_sessions_operator ON console_sessions (operator);
+CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
+""",
 )
 assert POSTGRES_BASELINE_VERSION + len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION

@@ -29,6 +29,7 @@ from enroll.store.base import ChangeFeed
 from enroll.store.ops_audit import AuditOps
 from enroll.store.ops_certs import CertificateOps
 from enroll.store.ops_keys import KeyOps
+from enroll.store.ops_sessions import SessionOps
 from enroll.store.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 from enroll.store.sql import Cursor, Tx
 
@@ -75,7 +76,7 @@ def has_store(path: Path) -> bool:
         return True
 
 
-class SqliteStore(KeyOps, CertificateOps, AuditOps):
+class SqliteStore(KeyOps, CertificateOps, AuditOps, SessionOps):
     """One connection to the file. Used by one thread at a time (see ``enroll.store.base``)."""
 
     engine = "sqlite"

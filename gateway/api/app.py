@@ -16,16 +16,19 @@ any of them).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 import trio
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config.model import ApiSettings
 from enroll.errors import (
@@ -47,8 +50,50 @@ log = structlog.get_logger("switch.api")
 PREFIX = "/api/v1"
 #: Reasons of a request refused before its operator was known (counted in /metrics).
 _AUTH_REASONS = frozenset({"unauthorized", "credentials_required", "bad_credentials",
-                           "rate_limited"})
+                           "session_expired", "rate_limited"})
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+#: Nothing but this listener's own scripts, styles and images, in no frame, posting to itself.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                           "frame-ancestors 'none'; base-uri 'none'")
+#: On every response of the listener, API and console alike (a response may set its own
+#: ``Cache-Control``; one that does not is ``no-store``).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    # Not "no-referrer": with it, browsers send "Origin: null" on the console's own form posts
+    # (sign-in, sign-out), whose Origin the CSRF check reads. Nothing goes to other sites.
+    "Referrer-Policy": "same-origin",
+    # The listener is TLS only: a browser that met it once never tries plain HTTP (a year).
+    "Strict-Transport-Security": "max-age=31536000",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+NotFound = Callable[[Request], Awaitable[Response]]
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``SECURITY_HEADERS`` on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def refusal(reason: str, message: str, *, retry_after: int | None = None) -> JSONResponse:
@@ -138,9 +183,22 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return response
 
 
-def build_app(api: ApiContext, settings: ApiSettings, metrics: ApiMetrics) -> Starlette:
+def build_app(api: ApiContext, settings: ApiSettings, metrics: ApiMetrics, *,
+              pages: Sequence[BaseRoute] = (), not_found: NotFound | None = None) -> Starlette:
+    """The API's routes, then ``pages`` (the console's, ``gateway.console``); a path that no
+    route serves is the API's JSON 404 under ``/api/``, else ``not_found``'s answer."""
     endpoints = (*ENDPOINTS, openapi_endpoint(ENDPOINTS, PREFIX))
-    routes = [Route(PREFIX + e.path, guard(e, api, settings, metrics), methods=[e.method],
-                    name=e.name) for e in endpoints]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    routes: list[BaseRoute] = [
+        Route(PREFIX + e.path, guard(e, api, settings, metrics), methods=[e.method], name=e.name)
+        for e in endpoints]
+    routes.extend(pages)
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        if (not_found is not None and not request.url.path.startswith("/api/")
+                and isinstance(exc, HTTPException) and exc.status_code == 404):
+            return await not_found(request)
+        return await _http_exception(request, exc)
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: unrouted},
+                     middleware=[Middleware(SecurityHeaders)])
 

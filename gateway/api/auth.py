@@ -2,11 +2,15 @@
 check. Every route goes through both, in ``gateway.api.app.guard``; nothing else decides.
 
 Authentication. A request proves its operator with one credential; each kind is a
-``Credential`` (today ``BearerToken``: ``Authorization: Bearer swo_...``; the console adds its
-session cookie as a second kind, identified the same way). ``Authenticator.authenticate`` tries
-the kinds in order and returns a ``Principal``: the operator as the store holds it *now*. There is
-no cache: each request reads the operator by its token id (one indexed row), so a removed
-operator or a replaced token is refused on its very next request, on every process and host.
+``Credential``: ``BearerToken`` (``Authorization: Bearer swo_...``) and the console's session
+cookie (``gateway.api.session.SessionCookie``), identified the same way.
+``Authenticator.authenticate`` tries the kinds in order and returns a ``Principal``: the operator
+as the store holds it *now*. There is no cache: each request reads the operator by its token id
+or its session (one indexed row), so a removed operator, a replaced token or an ended session is
+refused on its very next request, on every process and host. The credential also says whether
+the request proves it is no cross-site forgery (``Principal.csrf_ok``): a bearer token always
+does (a page of another site cannot set ``Authorization``); a session cookie, which the browser
+sends by itself, only with its CSRF token and same-origin headers.
 Failed attempts (a credential that does not parse or names no current operator) are counted per
 source address in the store (``enroll.ratelimit.SharedFailureLimiter``, the EST port's rule:
 five a minute, shared by every process and host) and refused with 429 past that; the reason of
@@ -17,7 +21,9 @@ Authorisation (``authorize``), a pure function of the principal, the route's dec
 
 1. a tenant that is not in the configuration, or not one of the operator's, is ``unknown_tenant``
    (404: an operator cannot tell another tenant from no tenant);
-2. a change by an operator whose role changes nothing (``security-read``) is ``role_forbidden``
+2. a change (``CHANGE``, or ``SESSION``: signing out) whose request does not prove it is no
+   cross-site forgery is ``csrf_failed`` (403);
+3. a change by an operator whose role changes nothing (``security-read``) is ``role_forbidden``
    (403), before anything is read or written.
 
 The audit log's actor is ``Principal.actor`` (``operator:NAME``), never anything the request
@@ -42,16 +48,18 @@ from enroll.errors import (
 from enroll.operator_admin import OperatorAdmin
 from enroll.operators import SECURITY_ADMIN, OperatorRecord
 from enroll.ratelimit import Limiter
-from gateway.api.errors import RoleForbidden
+from gateway.api.errors import CsrfFailed, RoleForbidden
 
 #: A bearer credential longer than this is malformed (an operator token is 64 characters).
 MAX_TOKEN_CHARS = 256
 
 
 class Access(enum.StrEnum):
-    """What a route does: reads (every role) or changes (``security-admin`` only)."""
+    """What a route does: reads (every role), changes (``security-admin`` only), or changes
+    only the operator's own sign-in (``SESSION``: every role, but a change, so CSRF-checked)."""
 
     READ = "read"
+    SESSION = "session"
     CHANGE = "change"
 
 
@@ -65,10 +73,13 @@ class Principal:
     tenants: tuple[str, ...] | None
     #: The kind of credential that proved it (``Credential.kind``).
     credential: str
+    #: The request cannot be a cross-site forgery (``Credential.proves_intent``); changes need
+    #: it. False unless the credential said so (fail closed).
+    csrf_ok: bool = False
 
     @classmethod
-    def of(cls, record: OperatorRecord, credential: str) -> Principal:
-        return cls(record.name, record.role, record.tenants, credential)
+    def of(cls, record: OperatorRecord, credential: str, *, csrf_ok: bool = False) -> Principal:
+        return cls(record.name, record.role, record.tenants, credential, csrf_ok)
 
     @property
     def actor(self) -> str:
@@ -90,7 +101,10 @@ class Principal:
 class Credential(Protocol):
     """One way a request proves its operator. ``carried`` says whether the request holds this
     kind at all (cheap, no store); ``identify`` (run in the store's thread) returns the operator
-    it proves, None when it proves none, or raises ``MalformedCredentials``."""
+    it proves, None when it proves none, or raises ``MalformedCredentials`` (both counted
+    against the source) or another refusal (not counted: e.g. an expired session);
+    ``proves_intent`` says whether the request, with this credential, cannot be a cross-site
+    forgery (what a change needs)."""
 
     kind: ClassVar[str]
 
@@ -98,6 +112,8 @@ class Credential(Protocol):
 
     def identify(self, headers: Mapping[str, str], cookies: Mapping[str, str],
                  operators: OperatorAdmin) -> OperatorRecord | None: ...
+
+    def proves_intent(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool: ...
 
 
 class BearerToken:
@@ -115,6 +131,11 @@ class BearerToken:
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
             raise MalformedCredentials("expected Authorization: Bearer <operator token>")
         return operators.by_token(token)
+
+    def proves_intent(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
+        """Always: a browser never adds ``Authorization`` by itself, and another site's page
+        cannot set it (that would need a CORS preflight, which Switch never allows)."""
+        return True
 
 
 @attrs.define(eq=False)
@@ -147,17 +168,22 @@ class Authenticator:
             if record is None:
                 self.limiter.record_failure(key, now)
                 raise BadCredentials("not the credential of a current operator")
-            return Principal.of(record, credential.kind)
-        raise CredentialsRequired("an operator token is required: Authorization: Bearer swo_...")
+            return Principal.of(record, credential.kind,
+                                csrf_ok=credential.proves_intent(headers, cookies))
+        raise CredentialsRequired("an operator token (Authorization: Bearer swo_...) or a "
+                                  "console session is required")
 
 
 def authorize(principal: Principal, access: Access, tenant: str | None,
               known_tenants: Iterable[str]) -> None:
     """The one authorisation check (see the module docstring): returns, or raises
-    ``UnknownTenant`` (404) or ``RoleForbidden`` (403). Fails closed: a tenant the configuration
-    does not hold is unknown to everyone."""
+    ``UnknownTenant`` (404), ``CsrfFailed`` (403) or ``RoleForbidden`` (403). Fails closed: a
+    tenant the configuration does not hold is unknown to everyone."""
     if tenant is not None and (tenant not in set(known_tenants) or not principal.may_see(tenant)):
         raise UnknownTenant(f"no tenant {tenant!r}")
+    if access is not Access.READ and not principal.csrf_ok:
+        raise CsrfFailed("this change came without the console's CSRF token, or from another "
+                         "site: reload the page and try again")
     if access is Access.CHANGE and not principal.can_change:
         raise RoleForbidden(f"operator {principal.operator} has role {principal.role}, which "
                             "changes nothing")

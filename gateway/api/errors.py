@@ -55,6 +55,19 @@ class RoleForbidden(ApiError):
     reason = "role_forbidden"
 
 
+class CsrfFailed(ApiError):
+    """A change made with a console session came without its CSRF token (or a wrong one), or
+    its browser said it came from another site (``Origin``, ``Sec-Fetch-Site``)."""
+
+    reason = "csrf_failed"
+
+
+class SessionExpired(ApiError):
+    """A console session that ended by itself (idle or absolute lifetime): sign in again."""
+
+    reason = "session_expired"
+
+
 def api_error_classes() -> dict[str, type[ApiError]]:
     """Every API error class by its reason code."""
     classes: list[type[ApiError]] = [ApiError, *ApiError.__subclasses__()]
@@ -78,8 +91,10 @@ STATUS_BY_REASON: Mapping[str, int] = {
     "unauthorized": 401,
     "credentials_required": 401,
     "bad_credentials": 401,
+    "session_expired": 401,
     "rate_limited": 429,
     "role_forbidden": 403,
+    "csrf_failed": 403,
     # What does not exist, or is not this operator's to see (the same answer: 404).
     "not_found": 404,
     "unknown_tenant": 404,

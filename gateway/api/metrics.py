@@ -12,8 +12,14 @@ class ApiMetrics:
                                 "status", ["method", "route", "status"], registry=registry)
         self.auth_failures = Counter("switch_api_auth_failures", "Admin API requests refused "
                                      "before an operator was known, by reason (bad_credentials, "
-                                     "credentials_required, unauthorized, rate_limited)",
+                                     "credentials_required, unauthorized, session_expired, "
+                                     "rate_limited)",
                                      ["reason"], registry=registry)
+        self.console_signins = Counter("switch_console_signins", "Console sign-in attempts by "
+                                       "result (ok, bad_credentials, rate_limited, csrf_failed)",
+                                       ["result"], registry=registry)
+        self.console_pages = Counter("switch_console_pages", "Console page requests by page and "
+                                     "status", ["page", "status"], registry=registry)
 
 
 class WebhookMetrics:

@@ -111,11 +111,15 @@ def document(endpoints: Sequence[Endpoint], prefix: str) -> dict[str, Any]:
                                 "service, issuers, certificates, requests and the audit log. "
                                 "Errors are {\"error\": reason, \"message\": text}. See "
                                 "docs/api.md."},
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "an operator token (swo_...)"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "an operator token (swo_...)"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "__Host-switch-session",
+                            "description": "the console's session (docs/console.md); a change "
+                                           "also needs the X-CSRF-Token header"}},
             "schemas": SCHEMAS,
             "responses": {"Error": {"description": "refused", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}}},

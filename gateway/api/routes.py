@@ -294,7 +294,7 @@ async def audit_list(call: Call) -> Reply:
     if tenant is not None:  # a filter on a tenant the operator cannot see finds nothing: 404
         authorize(p, Access.READ, tenant, call.api.authority.config.tenants)
     query = AuditQuery(tenant=tenant, actor=q.get("actor"), action=q.get("action"),
-                       since=q.get("since"), until=q.get("until"),
+                       target=q.get("target"), since=q.get("since"), until=q.get("until"),
                        limit=q.get("limit", 100), before_seq=q.get("cursor"),
                        tenants=None if p.tenants is None else p.tenants)
     if query.since is not None and query.until is not None and query.since > query.until:
@@ -367,6 +367,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/audit", R, audit_list, "Audit entries, newest first, a page at a time "
              "(of the operator's tenants only, for a tenant-scoped operator)",
              query=(Field("tenant", str), Field("actor", str), Field("action", str),
+                    Field("target", str, description="a key's id, a certificate's serial, "
+                          "a request's id, an operator's name"),
                     Field("since", int, description="Unix seconds", minimum=0),
                     Field("until", int, description="Unix seconds", minimum=0),
                     Field("limit", int, minimum=1, maximum=MAX_AUDIT_PAGE),

@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
+from starlette.routing import BaseRoute
 
 from config.ciphers import DEFAULT_TLS12_CIPHERS
 from config.model import ApiSettings
@@ -42,19 +43,20 @@ from enroll.authority import Authority
 from enroll.issuance import Issuance
 from enroll.operator_admin import OperatorAdmin
 from enroll.ratelimit import Limiter
-from gateway.api.app import build_app
+from gateway.api.app import NotFound, build_app
 from gateway.api.auth import Authenticator, BearerToken, Credential
 from gateway.api.metrics import ApiMetrics
 from gateway.api.routes import ApiContext, Emit
+from gateway.api.session import SessionCookie
 from gateway.listening import format_address, open_listening_sockets
 
 log = structlog.get_logger("switch.api")
 
 #: The server certificate chain, its key and the TLS 1.2 cipher string (``[tls] ciphers``).
 Credentials = tuple[Sequence[x509.Certificate], PrivateKey, str | None]
-#: The kinds of credential the API accepts, in the order they are tried (the console adds its
-#: session cookie here: ``gateway.api.auth.Credential``).
-CREDENTIALS: tuple[Credential, ...] = (BearerToken(),)
+#: The kinds of credential the API accepts, in the order they are tried
+#: (``gateway.api.auth.Credential``): operators' tokens, and the console's session cookie.
+CREDENTIALS: tuple[Credential, ...] = (BearerToken(), SessionCookie())
 
 
 def api_context(authority: Authority, issuance: Issuance, limiter: Limiter,
@@ -140,18 +142,20 @@ class _Config(Config):
 
 async def serve_api(api: ApiContext, settings: ApiSettings, metrics: ApiMetrics,
                     credentials: Callable[[], Credentials], *,
+                    pages: Sequence[BaseRoute] = (), not_found: NotFound | None = None,
                     sockets: Sequence[socket.socket] | None = None,
                     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                     task_status: trio.TaskStatus[list[trio.SocketListener]]
                     = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on ``sockets`` (the supervisor's) or on ``[api] listen``, until
     ``shutdown_trigger`` returns (then in-flight requests get ``request_timeout`` to finish) or
-    the task is cancelled. Reports the listening sockets."""
+    the task is cancelled. Reports the listening sockets. ``pages`` and ``not_found``: the
+    console's (``gateway.api.app.build_app``)."""
     listen = settings.listen
     own = list(sockets) if sockets else await trio.to_thread.run_sync(
         open_listening_sockets, "api", listen.host, listen.port)
     config = _Config(own, TlsContexts(credentials), settings)
-    app = build_app(api, settings, metrics)
+    app = build_app(api, settings, metrics, pages=pages, not_found=not_found)
     for sock in own:
         log.info("listening", listener="api", address=format_address(sock.getsockname()))
 

@@ -36,6 +36,8 @@ EXIT_CODES: Mapping[str, int] = {
     # The admin API's own refusals (gateway.api.errors), met through --server.
     "server_unreachable": EXIT_STORE,
     "role_forbidden": EXIT_REFUSED,
+    "csrf_failed": EXIT_REFUSED,
+    "session_expired": EXIT_REFUSED,
     "acknowledgement_required": EXIT_REFUSED,
     "invalid_request": EXIT_REFUSED,
     "malformed_json": EXIT_REFUSED,

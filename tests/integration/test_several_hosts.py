@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -218,6 +219,38 @@ async def test_agents_behind_a_load_balancer_move_to_the_other_hosts_when_one_is
     assert reconnects["time_to_reopen"]["max_ms"] <= (backoff_cap_s(1) + settings.timeout_s) * 1000
     # ... and with the certificates they hold: nothing enrolled again.
     assert len(h1.certificates()) == certificates[0]
+
+
+def test_a_console_session_signed_in_on_one_host_works_on_another_and_ends_on_all(
+        hosts: list[Host], tmp_path: Path) -> None:
+    from gateway.api.session import COOKIE, csrf_token
+    from tests.support.processes import log_ports
+
+    first = hosts[0]
+    first.cli("operators", "add", "console-admin", "--role", "security-admin")
+    (tmp_path / "pw").write_text("a console password\n")
+    first.cli("operators", "set-password", "console-admin", "--password-file",
+              str(tmp_path / "pw"))
+    bases = [f"https://127.0.0.1:{log_ports(h.log.read_text())['api']}" for h in hosts]
+    verify = ssl.create_default_context(cafile=str(first.ca_file))
+    with httpx.Client(verify=verify, timeout=30) as browser:  # one jar: cookies are per host name
+        signed = browser.post(f"{bases[0]}/signin", data={
+            "name": "console-admin", "password": "a console password"},
+            headers={"Origin": bases[0]})
+        assert signed.status_code == 303, signed.text
+        csrf = csrf_token(browser.cookies[COOKIE])
+        for base in bases:  # the session is in the store: every host knows it
+            whoami = browser.get(f"{base}/api/v1/whoami").json()
+            assert (whoami["operator"], whoami["credential"]) == ("console-admin", "session")
+        changed = browser.put(f"{bases[1]}/api/v1/tenants/demo/service", json={"enabled": True},
+                              headers={"X-CSRF-Token": csrf, "Origin": bases[1]})
+        assert changed.status_code == 200, changed.text
+        out = browser.post(f"{bases[2]}/signout", data={"csrf_token": csrf},
+                           headers={"Origin": bases[2]})
+        assert out.status_code == 303
+        browser.cookies.set(COOKIE, signed.cookies[COOKIE])  # a copy kept by whoever stole it
+        for base in bases:
+            assert browser.get(f"{base}/api/v1/whoami").status_code == 401
 
 
 async def test_store_copy_moves_a_deployment_with_live_agents_to_postgresql(

@@ -87,3 +87,22 @@ def test_plain_http_webhooks_may_go_to_this_host(tmp_path: Path, scheme: str) ->
     path.write_text(GOOD + f'[[webhooks]]\nurl = "{scheme}"\nsecret_file = '
                     f'"{_secret(tmp_path)}"\nevents = ["key.created"]\n')
     assert load_config(path).webhooks[0].url == scheme
+
+
+@pytest.mark.usefixtures("pkidir")
+def test_the_console_and_its_session_lifetimes_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "switch.toml"
+    path.write_text(GOOD)
+    api = load_config(path).api
+    assert (api.console, api.session_idle_timeout_s, api.session_lifetime_s) == \
+        (True, 1800.0, 28800.0)
+    path.write_text(GOOD + '[api]\nconsole = false\nsession_idle_timeout = "10m"\n'
+                    'session_lifetime = "1h"\n')
+    api = load_config(path).api
+    assert (api.console, api.session_idle_timeout_s, api.session_lifetime_s) == \
+        (False, 600.0, 3600.0)
+    problems = _by_key(_load(tmp_path, GOOD + '[api]\nconsole = "yes"\n'
+                             'session_idle_timeout = "2h"\nsession_lifetime = "30s"\n'))
+    assert "true or false" in problems["api.console"]
+    assert "at least 1m" in problems["api.session_lifetime"]
+    assert "not be longer than session_lifetime" in problems["api.session_idle_timeout"]

@@ -26,6 +26,7 @@ from enroll.ratelimit import FailureLimiter
 from gateway.api.auth import Access, Authenticator, BearerToken, Principal, authorize
 from gateway.api.errors import (
     STATUS_BY_REASON,
+    CsrfFailed,
     InvalidRequest,
     MalformedJson,
     RoleForbidden,
@@ -39,9 +40,13 @@ from gateway.webhooks import Webhooks, retry_delay, retryable, where
 from tests.support.errors import all_error_classes
 
 TENANTS = ("acme", "other")
-ADMIN = Principal("a", "security-admin", None, "token")
-READER = Principal("r", "security-read", None, "token")
-ACME_ADMIN = Principal("s", "security-admin", ("acme",), "token")
+ADMIN = Principal("a", "security-admin", None, "token", csrf_ok=True)
+READER = Principal("r", "security-read", None, "token", csrf_ok=True)
+ACME_ADMIN = Principal("s", "security-admin", ("acme",), "token", csrf_ok=True)
+#: Console sessions whose request came without its CSRF token (or from another site).
+FORGED_ADMIN = Principal("a", "security-admin", None, "session")
+FORGED_READER = Principal("r", "security-read", None, "session")
+FORGED_ACME_ADMIN = Principal("s", "security-admin", ("acme",), "session")
 
 
 @pytest.mark.parametrize(("principal", "access", "tenant", "refused"), [
@@ -50,12 +55,18 @@ ACME_ADMIN = Principal("s", "security-admin", ("acme",), "token")
     (READER, Access.READ, "other", None),
     (READER, Access.CHANGE, "acme", RoleForbidden),
     (READER, Access.CHANGE, None, RoleForbidden),
+    (READER, Access.SESSION, None, None),
     (ACME_ADMIN, Access.CHANGE, "acme", None),
     (ACME_ADMIN, Access.READ, "other", UnknownTenant),
     (ACME_ADMIN, Access.CHANGE, "other", UnknownTenant),
     (ADMIN, Access.READ, "nosuch", UnknownTenant),
+    (FORGED_ADMIN, Access.READ, "acme", None),
+    (FORGED_ADMIN, Access.CHANGE, "acme", CsrfFailed),
+    (FORGED_ADMIN, Access.SESSION, None, CsrfFailed),
+    (FORGED_READER, Access.CHANGE, "acme", CsrfFailed),
+    (FORGED_ACME_ADMIN, Access.CHANGE, "other", UnknownTenant),
 ])
-def test_authorize_checks_the_tenant_then_the_role(
+def test_authorize_checks_the_tenant_then_the_forgery_proof_then_the_role(
         principal: Principal, access: Access, tenant: str | None, refused: type | None) -> None:
     if refused is None:
         authorize(principal, access, tenant, TENANTS)
@@ -73,7 +84,7 @@ def test_authentication_reads_the_operator_from_the_store_each_time(authority: A
     _, token = operators.add("alice", role="security-read", tenants=["acme"], actor="local:t")
     auth = Authenticator((BearerToken(),), operators, FailureLimiter(max_failures=3))
     ok = auth.authenticate({"authorization": f"Bearer {token}"}, {}, "10.0.0.1", 1000.0)
-    assert ok == Principal("alice", "security-read", ("acme",), "token")
+    assert ok == Principal("alice", "security-read", ("acme",), "token", csrf_ok=True)
     operators.set_role("alice", "security-admin", actor="local:t")
     assert auth.authenticate({"authorization": f"bearer {token}"}, {}, "10.0.0.1", 1000.0).role \
         == "security-admin"
