@@ -101,10 +101,15 @@ def classify(exc: BaseException) -> str:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLError):
             return classify(cause)
+        if isinstance(cause, OSError) and cause.errno:  # e.g. ECONNRESET: a server going away
+            return classify(cause)
         return "refused"
     if isinstance(exc, ServerNotTrusted):
         return "server_pin_mismatch"
     if isinstance(exc, OSError):
+        if not exc.errno and isinstance(exc.__cause__, ExceptionGroup):
+            # trio.open_tcp_stream: "all attempts to connect failed", the reasons in a group.
+            return classify(exc.__cause__.exceptions[0])
         return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     return type(exc).__name__
 

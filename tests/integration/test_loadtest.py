@@ -246,6 +246,14 @@ def test_failures_have_short_stable_reasons() -> None:
     broken = trio.BrokenResourceError("x")
     broken.__cause__ = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
     assert classify(broken).startswith("tls:")
+    reset = trio.BrokenResourceError("x")
+    reset.__cause__ = ConnectionResetError(104, "reset")
+    assert classify(reset) == "ECONNRESET"
+    assert classify(trio.BrokenResourceError("x")) == "refused"
+    # trio.open_tcp_stream's "all attempts failed" keeps the reasons in a group.
+    group = OSError("all attempts to connect to 127.0.0.1:1 failed")
+    group.__cause__ = ExceptionGroup("x", [ConnectionRefusedError(111, "refused")])
+    assert classify(group) == "ECONNREFUSED"
 
 
 # --- one session: nothing it meets ends the others ---------------------------------------------
