@@ -166,6 +166,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
         sessions_at_sample = fleet.total(4)
         if during_hold is not None:
             during_hold(HoldContext(sessions_at_sample))
+            _catch_up(fleet, queue)  # what the workers said meanwhile: the counts are current
 
         def hold_over() -> bool:
             if settings.until_all_closed and fleet.total(4) == 0:
@@ -295,6 +296,15 @@ def _handle(fleet: _Fleet, message: tuple[str, int, Any]) -> None:
         fleet.counts[worker] = tuple(body["counts"])
     elif kind == "crashed":
         fleet.crashed[worker] = body
+
+
+def _catch_up(fleet: _Fleet, queue: multiprocessing.Queue[Any]) -> None:
+    """Handle every message already queued, without waiting for more."""
+    while True:
+        try:
+            _handle(fleet, queue.get_nowait())
+        except queue_module.Empty:
+            return
 
 
 def _drain(fleet: _Fleet, queue: multiprocessing.Queue[Any]) -> None:
