@@ -179,7 +179,8 @@ POLICY_CLOSE = 1008
 
 async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: WorkerState,
                       stop: trio.Event, attempted: Callable[[], None],
-                      rng: random.Random | None = None) -> None:
+                      rng: random.Random | None = None,
+                      opening: trio.Semaphore | None = None) -> None:
     """One agent: open its session, exchange messages until ``stop``, close it. ``attempted``
     is called once the first attempt has opened the session or failed to. Nothing a session
     meets ends other sessions: every failure is counted by reason (``open_session`` keeps
@@ -192,7 +193,11 @@ async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: Work
     the server dropped at once comes back spread out; the time from losing the session to having
     it again is sampled as ``reconnect``. A server close with 1001 or 1012 (going away,
     restarting) is then not a failure; a close with 1008 (evicted: its credential was revoked)
-    is, and that session is not reopened."""
+    is, and that session is not reopened. ``opening`` (``connect_concurrency``) bounds the
+    attempts this process makes at once, reconnections included: on a machine the server and
+    the load generator share, a generator that opened thousands at once would starve its own
+    attempts of CPU and see the server time them out (real agents each have a CPU of their
+    own); an attempt waiting for a slot waits as a device that is slow to retry would."""
     reconnects = Reconnects(rng)
     held, code = await _attempt(settings, agent, state, stop, attempted)
     down_since = time.perf_counter()
@@ -202,7 +207,10 @@ async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: Work
             await stop.wait()
         if stop.is_set():
             return
-        held, code = await _attempt(settings, agent, state, stop, None, down_since)
+        if opening is not None:
+            await opening.acquire()  # released by _attempt once the attempt opened or failed
+        held, code = await _attempt(settings, agent, state, stop,
+                                    opening.release if opening is not None else None, down_since)
         if held is not None:
             down_since = time.perf_counter()
 
@@ -405,7 +413,9 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                         await trio.sleep_until(next_at)
                         next_at += interval
                         await opening.acquire()
-                        sessions.start_soon(run_session, settings, agent, state, stop, attempted)
+                        sessions.start_soon(run_session, settings, agent, state, stop, attempted,
+                                            None, opening if settings.connect_concurrency > 0
+                                            else None)
                     # Every attempt ends (opened or failed) within its timeout.
                     with trio.move_on_after(settings.timeout_s + 1):
                         await all_attempted.wait()
