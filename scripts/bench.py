@@ -6,7 +6,9 @@ each; (b) idle relayed sessions held and server memory per session, Switch vs ng
 certificates per second vs a bare ``cryptography`` CSR-to-certificate loop (and ``openssl speed``
 for context); (d) ``switch keys revoke`` to the last of 1,000 dependent sessions closed; (c) and
 (d) also with a PostgreSQL store and three Switch processes as hosts (``benchlib/several.py``); (e) relay
-throughput on one session per core, vs nginx ``proxy_pass``; (f) ``gateway.lightlock.LightLock``
+throughput on one session per core, vs nginx ``proxy_pass``; (f) 50,000 relayed sessions on this
+host (``--fleet N``), (g) a reconnection storm after a restart and (h) one revocation closing
+10,000 of them, in one run of the fleet (``benchlib/fleet.py``); (i) ``gateway.lightlock.LightLock``
 against trio's locks on the relay's write path (CPU per write, memory). Prints a markdown table with the
 machine it ran on and writes it to ``--out``.
 """
@@ -26,6 +28,9 @@ if str(ROOT) not in sys.path:
 
 from scripts.benchlib import env  # noqa: E402
 from scripts.benchlib.sections import SECTIONS, Options, Row  # noqa: E402
+
+#: Sections run together: the storm (g) and the revocation (h) happen on the fleet of (f).
+ALIASES = {"g": "f", "h": "f"}
 
 
 def render(rows: list[Row], machine: dict[str, str], elapsed: float, quick: bool) -> str:
@@ -48,17 +53,23 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,c")
     parser.add_argument("--out", default="bench-results.md", help="where to write the table")
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--fleet", type=int, default=0, metavar="N",
+                        help="sessions of sections f, g, h (default 50,000; --quick 1,500)")
     args = parser.parse_args()
-    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    wanted: list[str] = []
+    for name in (s.strip() for s in args.only.split(",")):
+        name = ALIASES.get(name, name)
+        if name and name not in wanted:
+            wanted.append(name)
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
-        parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+        parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}, g, h")
     started = time.monotonic()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="switch-bench-") as tmp:
         work = Path(tmp)
         deploy = env.Deployment.create(work / "deploy")
-        opts = Options(quick=args.quick, work=work)
+        opts = Options(quick=args.quick, work=work, fleet=args.fleet)
         for name in wanted:
             print(f"== section {name}: {SECTIONS[name].__name__}", file=sys.stderr, flush=True)
             try:

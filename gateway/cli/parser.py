@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
             "a WebSocket echo upstream for trying Switch out, load tests and benchmarks (no TLS)")
     p.add_argument("--listen", type=host_port, default=("127.0.0.1", 8080),
                    help="HOST:PORT to listen on (default 127.0.0.1:8080, the dev config's upstream)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the port with other `switch echo --reuse-port` processes "
+                        "(SO_REUSEPORT: the kernel spreads connections over them)")
 
     p = add(sub, "loadtest", cmd_loadtest,
             "simulate N agents against a running Switch: enroll, connect, hold, report")
@@ -124,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
     p.add_argument("--connect-rate", type=float, default=200.0,
                    help="new sessions per second, in all (default 200; 0: as fast as possible)")
+    p.add_argument("--connect-concurrency", type=int, default=0,
+                   help="sessions being opened at once, in all (default 0: no limit; "
+                        "--connect-rate alone paces)")
     p.add_argument("--enroll-concurrency", type=int, default=16,
                    help="EST requests in flight, in all (default 16)")
     p.add_argument("--hold", default="10s", help="how long to hold the sessions (default 10s)")
@@ -131,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each agent sends a message this often (default 5s; 0 sends none)")
     p.add_argument("--message-size", type=int, default=64, help="message bytes (default 64)")
     p.add_argument("--timeout", default="30s", help="limit on every network wait (default 30s)")
+    p.add_argument("--reconnect", action="store_true",
+                   help="reopen a session the server ends (or that fails to open) with the "
+                        "reference agent's jittered back-off, until the hold ends")
     p.add_argument("--key-type", default="ec-p256", help="agents' key type (default ec-p256)")
     p.add_argument("--tls", choices=("1.2", "1.3"), help="pin the sessions' TLS version")
     p.add_argument("--server-pid", type=int, action="append",

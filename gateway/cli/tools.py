@@ -76,7 +76,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(lambda task_status: serve_echo(host, port, task_status=task_status))
+            bound = await nursery.start(lambda task_status: serve_echo(
+                host, port, reuse_port=args.reuse_port, task_status=task_status))
             print(f"echo upstream on ws://{host}:{bound}/", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -134,10 +135,12 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
         agents=args.agents, processes=args.processes or (os.cpu_count() or 1),
         gateway=gateway, enroll=enroll, server_name=server_name, key_secret=secret,
         ca_file=Path(args.ca_file) if args.ca_file else None, pin_sha256=pin, path=args.path,
-        connect_rate=args.connect_rate, enroll_concurrency=args.enroll_concurrency,
+        connect_rate=args.connect_rate, connect_concurrency=args.connect_concurrency,
+        enroll_concurrency=args.enroll_concurrency,
         hold_s=parse_duration(args.hold), message_interval_s=parse_duration(args.message_interval),
         message_size=args.message_size, timeout_s=parse_duration(args.timeout),
         key_type=args.key_type, tls_version=args.tls, server_pids=server_pids,
+        reconnect=args.reconnect,
     )
 
 

@@ -92,11 +92,6 @@ class HoldContext:
     open_sessions: int
 
 
-def _shares(agents: int, processes: int) -> list[int]:
-    processes = max(1, min(processes, agents))
-    return [agents // processes + (1 if i < agents % processes else 0) for i in range(processes)]
-
-
 def _server_sample(pids: tuple[int, ...]) -> tuple[list[int], int | None, float | None]:
     tree = sorted({p for root in pids for p in procstat.tree(root)})
     return tree, procstat.rss_kib(tree), procstat.cpu_seconds(tree)
@@ -113,7 +108,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     queue: multiprocessing.Queue[Any] = ctx.Queue()
     go_connect, stop_event = ctx.Event(), ctx.Event()
     run_id = secrets.token_hex(4)
-    fleet = _Fleet(_shares(settings.agents, settings.processes))
+    fleet = _Fleet(settings.shares())
     workers = len(fleet.shares)
     processes = [ctx.Process(target=worker_main, name=f"switch-loadtest-{i}", daemon=True,
                              args=(settings, i, workers, share, queue, go_connect, stop_event, run_id))
@@ -171,6 +166,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
         sessions_at_sample = fleet.total(4)
         if during_hold is not None:
             during_hold(HoldContext(sessions_at_sample))
+            _catch_up(fleet, queue)  # what the workers said meanwhile: the counts are current
 
         def hold_over() -> bool:
             if settings.until_all_closed and fleet.total(4) == 0:
@@ -201,6 +197,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     pings_while_closing = 0
     reconnect_failures: Counter[str] = Counter()
     reconnected_at: list[float] = []
+    groups: dict[str, dict[str, Any]] = {}
     for result in fleet.results.values():
         for kind, values in result["samples"].items():
             samples.setdefault(kind, []).extend(values)
@@ -210,6 +207,14 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
         pings_while_closing += result["pings_while_closing"]
         reconnect_failures.update(result["reconnect_failures"])
         reconnected_at.extend(result["reconnected_at"])
+        for group, enrolled in result["groups"].items():
+            figures = groups.setdefault(group, {"enrolled": 0, "sessions_closed": Counter(),
+                                                "closed_by_server_at": []})
+            figures["enrolled"] += enrolled
+        for group, ends in result["group_closes"].items():
+            groups[group]["sessions_closed"].update(ends)
+        for group, at in result["group_closed_at"].items():
+            groups[group]["closed_by_server_at"].extend(at)
     for worker, why in fleet.crashed.items():
         failures[f"worker {worker} crashed: {why}"] += 1
     counts = {
@@ -223,6 +228,11 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
                           closes=closes, pings_while_closing=pings_while_closing,
                           generator=generator)
     report["closed_by_server_at"] = sorted(closed_at)
+    if settings.key_groups:
+        report["groups"] = {g: {"enrolled": f["enrolled"],
+                                "sessions_closed": dict(sorted(f["sessions_closed"].items())),
+                                "closed_by_server_at": sorted(f["closed_by_server_at"])}
+                            for g, f in sorted(groups.items())}
     if settings.reconnect:
         report["reconnects"] = reconnect_figures(fleet.total(6), reconnect_failures,
                                                  samples.get("reconnect", []))
@@ -286,6 +296,15 @@ def _handle(fleet: _Fleet, message: tuple[str, int, Any]) -> None:
         fleet.counts[worker] = tuple(body["counts"])
     elif kind == "crashed":
         fleet.crashed[worker] = body
+
+
+def _catch_up(fleet: _Fleet, queue: multiprocessing.Queue[Any]) -> None:
+    """Handle every message already queued, without waiting for more."""
+    while True:
+        try:
+            _handle(fleet, queue.get_nowait())
+        except queue_module.Empty:
+            return
 
 
 def _drain(fleet: _Fleet, queue: multiprocessing.Queue[Any]) -> None:

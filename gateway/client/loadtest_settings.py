@@ -9,6 +9,9 @@ from typing import Any
 
 import attrs
 
+#: The group of the agents that enroll with ``LoadSettings.key_secret``.
+MAIN_GROUP = "main"
+
 
 @attrs.frozen
 class LoadSettings:
@@ -23,6 +26,10 @@ class LoadSettings:
     path: str = "/"
     #: New sessions per second, all workers together; 0 opens them as fast as possible.
     connect_rate: float = 200.0
+    #: Sessions being opened at once, all workers together (each opening when one before it
+    #: opened or failed): the connect phase then runs as fast as the server answers without
+    #: piling up handshakes that time out. 0: no limit (``connect_rate`` alone paces).
+    connect_concurrency: int = 0
     #: EST requests in flight, all workers together.
     enroll_concurrency: int = 16
     hold_s: float = 10.0
@@ -44,6 +51,28 @@ class LoadSettings:
     #: Gateways beside ``gateway`` (several hosts with no load balancer in front): each worker
     #: spreads its agents over them all, round robin (``gateway_for``).
     more_gateways: tuple[tuple[str, int], ...] = ()
+    #: Provisioning keys beside ``key_secret``, as (group, secret, agents): that many agents of
+    #: the fleet enroll with that key instead (spread over the worker processes), and the report
+    #: counts how the sessions of each group ended (a revocation that must close one key's
+    #: sessions and none of the others'). The rest are group ``main``.
+    key_groups: tuple[tuple[str, str, int], ...] = ()
+
+    def shares(self) -> list[int]:
+        """The agents each worker process simulates (as even as can be, none idle)."""
+        processes = max(1, min(self.processes, self.agents))
+        return [self.agents // processes + (1 if i < self.agents % processes else 0)
+                for i in range(processes)]
+
+    def group_of(self, worker: int, index: int) -> tuple[str, str]:
+        """(group, provisioning key) of worker ``worker``'s agent number ``index``. Agents are
+        numbered across the fleet round robin over the workers, so that each group is spread
+        over them all."""
+        number = worker + index * len(self.shares())
+        for name, secret, agents in self.key_groups:
+            if number < agents:
+                return name, secret
+            number -= agents
+        return MAIN_GROUP, self.key_secret
 
     def gateway_for(self, index: int) -> tuple[str, int]:
         """The gateway a worker's simulated agent number ``index`` connects to."""
@@ -51,6 +80,7 @@ class LoadSettings:
         return every[index % len(every)]
 
     def public(self) -> dict[str, Any]:
-        """The settings for the report (never the provisioning key)."""
-        out = attrs.asdict(self, filter=lambda a, _: a.name != "key_secret")
+        """The settings for the report (never a provisioning key)."""
+        out = attrs.asdict(self, filter=lambda a, _: a.name not in ("key_secret", "key_groups"))
+        out["key_groups"] = [[name, agents] for name, _, agents in self.key_groups]
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}

@@ -35,7 +35,7 @@ from gateway.client import pki
 from gateway.client.agent_settings import ServerNotTrusted
 from gateway.client.backoff import Reconnects
 from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
-from gateway.client.loadtest_settings import LoadSettings
+from gateway.client.loadtest_settings import MAIN_GROUP, LoadSettings
 from gateway.client.session import SESSION_OPEN_ERRORS, AgentConnection, open_session
 
 PROGRESS_INTERVAL_S = 0.25
@@ -45,6 +45,8 @@ PROGRESS_INTERVAL_S = 0.25
 class SimulatedAgent:
     index: int
     context: ssl.SSLContext
+    #: The provisioning key's group (``LoadSettings.key_groups``) it enrolled with.
+    group: str = MAIN_GROUP
 
 
 @attrs.define
@@ -73,6 +75,9 @@ class WorkerState:
     reconnected: int = 0
     reconnect_failures: Counter[str] = attrs.field(factory=Counter)
     reconnected_at: list[float] = attrs.field(factory=list)
+    #: With ``key_groups``: per group, how its sessions ended and when the server closed them.
+    group_closes: dict[str, Counter[str]] = attrs.field(factory=dict)
+    group_closed_at: dict[str, list[float]] = attrs.field(factory=dict)
 
     def counts(self) -> tuple[int, int, int, int, int, int, int]:
         return (self.enrolled, self.enroll_failed, self.connected, self.connect_failed,
@@ -96,10 +101,15 @@ def classify(exc: BaseException) -> str:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLError):
             return classify(cause)
+        if isinstance(cause, OSError) and cause.errno:  # e.g. ECONNRESET: a server going away
+            return classify(cause)
         return "refused"
     if isinstance(exc, ServerNotTrusted):
         return "server_pin_mismatch"
     if isinstance(exc, OSError):
+        if not exc.errno and isinstance(exc.__cause__, ExceptionGroup):
+            # trio.open_tcp_stream: "all attempts to connect failed", the reasons in a group.
+            return classify(exc.__cause__.exceptions[0])
         return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     return type(exc).__name__
 
@@ -128,6 +138,7 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
     host, port = settings.enroll
     server = EstServer(host, port, settings.server_name, settings.ca_file, settings.pin_sha256)
     todo = iter(range(share))
+    groups = [settings.group_of(worker, index) for index in range(share)]
     agents: list[SimulatedAgent] = []
 
     async def slot() -> None:
@@ -135,10 +146,11 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
             for index in todo:
                 key = pki.generate_key(settings.key_type)
                 csr = make_csr(f"lt-{run_id}-{worker}-{index}", key)
+                group, secret = groups[index]
                 started = time.perf_counter()
                 try:
                     with trio.fail_after(settings.timeout_s):
-                        cert = await client.simpleenroll(csr, settings.key_secret)
+                        cert = await client.simpleenroll(csr, secret)
                 except (EstClientError, OSError, trio.TooSlowError, trio.BrokenResourceError,
                         ssl.SSLError) as exc:
                     state.enroll_failed += 1
@@ -148,7 +160,7 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
                 state.samples["enroll"].append(time.perf_counter() - started)
                 state.enrolled += 1
                 agents.append(SimulatedAgent(index, _client_context(
-                    settings, pki.cert_pem(cert), pki.key_pem(key), scratch)))
+                    settings, pki.cert_pem(cert), pki.key_pem(key), scratch), group))
 
     async with trio.open_nursery() as nursery:
         for _ in range(max(1, min(concurrency, share))):
@@ -156,9 +168,19 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
     return agents
 
 
+#: Close codes of a server that is going away or restarting (RFC 6455 7.4.1, IANA's registry):
+#: with ``reconnect`` such a close is part of a restart, not a failure, when the session is
+#: opened again.
+RESTART_CLOSE_CODES = frozenset({1001, 1012})
+#: The close code of an eviction (a revoked key or certificate, ...): the agent's credential
+#: no longer holds, so it is not reopened (the reference agent would re-enroll).
+POLICY_CLOSE = 1008
+
+
 async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: WorkerState,
                       stop: trio.Event, attempted: Callable[[], None],
-                      rng: random.Random | None = None) -> None:
+                      rng: random.Random | None = None,
+                      opening: trio.Semaphore | None = None) -> None:
     """One agent: open its session, exchange messages until ``stop``, close it. ``attempted``
     is called once the first attempt has opened the session or failed to. Nothing a session
     meets ends other sessions: every failure is counted by reason (``open_session`` keeps
@@ -169,28 +191,37 @@ async def run_session(settings: LoadSettings, agent: SimulatedAgent, state: Work
     or could not be opened before ``stop`` is tried again after the back-off of
     ``gateway.client.backoff.Reconnects`` (full jitter, the first wait random too), so a fleet
     the server dropped at once comes back spread out; the time from losing the session to having
-    it again is sampled as ``reconnect``."""
+    it again is sampled as ``reconnect``. A server close with 1001 or 1012 (going away,
+    restarting) is then not a failure; a close with 1008 (evicted: its credential was revoked)
+    is, and that session is not reopened. ``opening`` (``connect_concurrency``) bounds the
+    attempts this process makes at once, reconnections included: on a machine the server and
+    the load generator share, a generator that opened thousands at once would starve its own
+    attempts of CPU and see the server time them out (real agents each have a CPU of their
+    own); an attempt waiting for a slot waits as a device that is slow to retry would."""
     reconnects = Reconnects(rng)
-    held = await _attempt(settings, agent, state, stop, attempted)
+    held, code = await _attempt(settings, agent, state, stop, attempted)
     down_since = time.perf_counter()
-    while settings.reconnect and not stop.is_set():
+    while settings.reconnect and not stop.is_set() and code != POLICY_CLOSE:
         delay = reconnects.after_failure() if held is None else reconnects.after_session(held)
         with trio.move_on_after(delay):
             await stop.wait()
         if stop.is_set():
             return
-        held = await _attempt(settings, agent, state, stop, None, down_since)
+        if opening is not None:
+            await opening.acquire()  # released by _attempt once the attempt opened or failed
+        held, code = await _attempt(settings, agent, state, stop,
+                                    opening.release if opening is not None else None, down_since)
         if held is not None:
             down_since = time.perf_counter()
 
 
 async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerState,
                    stop: trio.Event, attempted: Callable[[], None] | None,
-                   down_since: float | None = None) -> float | None:
+                   down_since: float | None = None) -> tuple[float | None, int | None]:
     """Open the session and hold it until ``stop`` or the server ends it; the seconds it was
-    open, or None when it did not open. ``attempted`` is given for the first attempt (counted as
-    ``connected``/``connect_failed``), ``down_since`` for the following ones (``reconnected``,
-    ``reconnect_failures``)."""
+    open (None when it did not open) and the code the server closed it with (None: it did not).
+    ``attempted`` is given for the first attempt (counted as ``connected``/``connect_failed``),
+    ``down_since`` for the following ones (``reconnected``, ``reconnect_failures``)."""
     first = down_since is None
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -209,7 +240,7 @@ async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerS
             nursery.cancel_scope.cancel()
             if attempted is not None:
                 attempted()
-            return None
+            return None, None
         opened = time.perf_counter()
         if down_since is None:
             state.samples["handshake"].append(tls_s)
@@ -222,20 +253,23 @@ async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerS
         state.open += 1
         if attempted is not None:
             attempted()
+        code = None
         try:
-            await _exchange(settings, ws, state, stop)
+            code = await _exchange(settings, ws, state, stop, agent.group)
         finally:
             state.open -= 1
             state.pings_while_closing += ws.pings_while_closing
             nursery.cancel_scope.cancel()
-        return time.perf_counter() - opened
+        return time.perf_counter() - opened, code
 
 
 async def _exchange(settings: LoadSettings, ws: AgentConnection, state: WorkerState,
-                    stop: trio.Event) -> None:
+                    stop: trio.Event, group: str = MAIN_GROUP) -> int | None:
+    """Messages until ``stop`` or the server ends the session; the code the server closed it
+    with (1006 when the connection dropped), or None when this side closed it."""
     payload = secrets.token_bytes(settings.message_size)
     replied = trio.Event()
-    closed_by_server = False
+    closed_by_server: int | None = None
 
     async def reader() -> None:
         nonlocal replied, closed_by_server
@@ -245,10 +279,16 @@ async def _exchange(settings: LoadSettings, ws: AgentConnection, state: WorkerSt
                 replied.set()
         except trio_websocket.ConnectionClosed as exc:
             if not stop.is_set():
-                closed_by_server = True
-                state.closed_at.append(time.time())
-                state.failures[f"session: {classify(exc)}"] += 1
-                state.closes[f"server: {ws.end_reason()}"] += 1
+                now = time.time()
+                closed_by_server = exc.reason.code if exc.reason else 1006
+                how = f"server: {ws.end_reason()}"
+                state.closed_at.append(now)
+                if not (settings.reconnect and closed_by_server in RESTART_CLOSE_CODES):
+                    state.failures[f"session: {classify(exc)}"] += 1
+                state.closes[how] += 1
+                if settings.key_groups:
+                    state.group_closes.setdefault(group, Counter())[how] += 1
+                    state.group_closed_at.setdefault(group, []).append(now)
             replied.set()
             sessions.cancel_scope.cancel()
 
@@ -289,7 +329,7 @@ async def _exchange(settings: LoadSettings, ws: AgentConnection, state: WorkerSt
         if settings.message_interval_s > 0:
             sessions.start_soon(writer)
         sessions.start_soon(until_stop)
-    if not closed_by_server:
+    if closed_by_server is None:
         # Bounded by timeout_s like every network wait. Every session closes at once, so this
         # bounds the whole wave of closes, not one: with a fixed 2 s, a busy machine counted
         # up to 725 of 1,000 as close_timeout (they took up to ~3 s there, all answered).
@@ -298,6 +338,9 @@ async def _exchange(settings: LoadSettings, ws: AgentConnection, state: WorkerSt
             await ws.aclose(1000, "load test done")
             how = ws.end_reason()
         state.closes[f"load test: {how}"] += 1
+        if settings.key_groups:
+            state.group_closes.setdefault(group, Counter())[f"load test: {how}"] += 1
+    return closed_by_server
 
 
 async def _wait_mp_event(event: multiprocessing.synchronize.Event, deadline_s: float) -> bool:
@@ -349,7 +392,12 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                 mark("connect")
                 all_attempted = trio.Event()
 
+                # connect_concurrency: this worker's share of the sessions opening at once.
+                opening = trio.Semaphore(max(1, -(-settings.connect_concurrency // workers))
+                                         if settings.connect_concurrency > 0 else len(agents) or 1)
+
                 def attempted() -> None:
+                    opening.release()
                     if state.connected + state.connect_failed >= len(agents):
                         all_attempted.set()
 
@@ -364,7 +412,10 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                             break
                         await trio.sleep_until(next_at)
                         next_at += interval
-                        sessions.start_soon(run_session, settings, agent, state, stop, attempted)
+                        await opening.acquire()
+                        sessions.start_soon(run_session, settings, agent, state, stop, attempted,
+                                            None, opening if settings.connect_concurrency > 0
+                                            else None)
                     # Every attempt ends (opened or failed) within its timeout.
                     with trio.move_on_after(settings.timeout_s + 1):
                         await all_attempted.wait()
@@ -380,7 +431,10 @@ async def _worker_async(settings: LoadSettings, worker: int, workers: int, share
                 "closed_at": state.closed_at, "counts": state.counts(),
                 "closes": dict(state.closes), "pings_while_closing": state.pings_while_closing,
                 "cpu": state.cpu, "reconnect_failures": dict(state.reconnect_failures),
-                "reconnected_at": state.reconnected_at}))
+                "reconnected_at": state.reconnected_at,
+                "group_closes": {g: dict(c) for g, c in state.group_closes.items()},
+                "group_closed_at": state.group_closed_at,
+                "groups": dict(Counter(agent.group for agent in agents))}))
             nursery.cancel_scope.cancel()
 
 

@@ -72,6 +72,8 @@ class Deployment:
         text = text.replace('"0.0.0.0:4000"', f'"127.0.0.1:{deploy.gateway}"')
         text = text.replace('"0.0.0.0:9443"', f'"127.0.0.1:{deploy.enroll}"')
         text = text.replace('"127.0.0.1:9090"', f'"127.0.0.1:{deploy.admin}"')
+        # The admin API's port too: a fixed port may be taken on a shared machine.
+        text = text.replace('listen = "127.0.0.1:9444"', f'listen = "127.0.0.1:{free_port()}"')
         text = text.replace("ws://127.0.0.1:8080/", f"ws://127.0.0.1:{deploy.echo}/")
         # Pings every 5 s so that idle sessions really are pinged during a short hold; no SNI
         # (openssl s_time sends none) lands in the demo tenant.
@@ -155,20 +157,29 @@ def _port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def switch(deploy: Deployment, workers: int, log_dir: Path) -> Iterator[Server]:
-    log = log_dir / f"switch-w{workers}.log"
-    with running([*SWITCH, "-c", str(deploy.config), "serve", "--workers", str(workers)], log,
-                 lambda: _http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")
+def switch(deploy: Deployment, workers: int, log_dir: Path, *, config: Path | None = None,
+           tag: str = "") -> Iterator[Server]:
+    """``switch serve --workers N`` on the deployment (or on another ``config`` of it), until
+    every worker serves; stopped with SIGTERM (drain, then 1001) when the block ends."""
+    log = log_dir / f"switch-w{workers}{tag}.log"
+    with running([*SWITCH, "-c", str(config or deploy.config), "serve", "--workers", str(workers)],
+                 log, lambda: _http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")
                  and (workers == 1 or log.read_text().count("listener=gateway") > workers),
                  "switch") as server:
         yield server
 
 
 @contextlib.contextmanager
-def echo(deploy: Deployment, log_dir: Path) -> Iterator[Server]:
-    with running([*SWITCH, "echo", "--listen", f"127.0.0.1:{deploy.echo}"], log_dir / "echo.log",
-                 lambda: _port_open(deploy.echo), "echo") as server:
-        yield server
+def echo(deploy: Deployment, log_dir: Path, processes: int = 1) -> Iterator[Server]:
+    """The echo upstream on the deployment's upstream port: one ``switch echo``, or several
+    sharing the port (``--reuse-port``); the figures are the first process's."""
+    with contextlib.ExitStack() as stack:
+        reuse = ["--reuse-port"] if processes > 1 else []
+        servers = [stack.enter_context(running(
+            [*SWITCH, "echo", "--listen", f"127.0.0.1:{deploy.echo}", *reuse],
+            log_dir / f"echo-{n}.log", lambda: _port_open(deploy.echo), "echo"))
+            for n in range(processes)]
+        yield servers[0]
 
 
 NGINX_CONF = """
@@ -220,13 +231,13 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool = True
-          ) -> Iterator[tuple[Server, int]]:
+def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool = True,
+          port: int | None = None) -> Iterator[tuple[Server, int]]:
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (scripts/bench installs it from Debian)")
     directory = log_dir / f"nginx-w{workers}"
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     conf = directory / "nginx.conf"
     log_line = f"access_log {directory}/access.log combined;" if access_log else "access_log off;"
     conf.write_text(NGINX_CONF.format(workers=workers, dir=directory, port=port, host=HOST,

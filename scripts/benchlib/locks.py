@@ -1,4 +1,4 @@
-"""Section (f): does ``gateway.lightlock.LightLock`` pay against trio's own locks on the relay's
+"""Section (i): does ``gateway.lightlock.LightLock`` pay against trio's own locks on the relay's
 write path? ``python -m scripts.benchlib.locks [--quick]`` prints the figures alone.
 
 Three measurements, each lock kind in turn, in alternating rounds (the median is kept, because
@@ -147,13 +147,13 @@ def rows(quick: bool) -> list[tuple[str, str, str, float | None, str]]:
     f = trio.run(measure, quick)
     light, lock, fifo = f["LightLock"], f["trio.Lock"], f["trio.StrictFIFOLock"]
     return [
-        ("(f) relay write of a 64-byte frame over TLS, CPU per write, LightLock vs trio.Lock",
+        ("(i) relay write of a 64-byte frame over TLS, CPU per write, LightLock vs trio.Lock",
          f"{light['write_us']:.1f} µs", f"{lock['write_us']:.1f} µs (trio.Lock)",
          round(light["write_us"] / lock["write_us"], 2),
          f"trio.StrictFIFOLock {fifo['write_us']:.1f} µs; uncontended acquire+release "
          f"{light['uncontended_ns']:.0f} ns vs {lock['uncontended_ns']:.0f} ns "
          f"({fifo['uncontended_ns']:.0f} ns)"),
-        ("(f) memory of a relayed session's 5 locks, LightLock vs trio.Lock",
+        ("(i) memory of a relayed session's 5 locks, LightLock vs trio.Lock",
          f"{light['session_bytes']:.0f} B", f"{lock['session_bytes']:.0f} B (trio.Lock)",
          round(light["session_bytes"] / lock["session_bytes"], 2),
          f"{light['bytes']:.0f} vs {lock['bytes']:.0f} B per lock (tracemalloc)"),

@@ -22,6 +22,8 @@ class Row:
 class Options:
     quick: bool
     work: Path
+    #: Sessions of the fleet sections (f, g, h); 0: their default (50,000; --quick 1,500).
+    fleet: int = 0
 
 
 def ratio(a: float, b: float) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from scripts.benchlib import env, issuance
+from scripts.benchlib import env, fleet, issuance
 from scripts.benchlib.rows import Options, Row
 from scripts.benchlib.rows import ratio as _ratio
 
@@ -270,7 +270,7 @@ def relay(deploy: env.Deployment, opts: Options) -> list[Row]:
         "the client and the echo upstream on the same 2 cores")]
 
 
-# --- (f) LightLock against trio's locks on the relay's write path ------------------------------
+# --- (i) LightLock against trio's locks on the relay's write path ------------------------------
 
 
 def locks(deploy: env.Deployment, opts: Options) -> list[Row]:
@@ -282,5 +282,6 @@ def locks(deploy: env.Deployment, opts: Options) -> list[Row]:
 
 
 SECTIONS: dict[str, Callable[[env.Deployment, Options], list[Row]]] = {
-    "a": handshakes, "b": idle, "c": issuance.est, "d": revoke, "e": relay, "f": locks,
+    "a": handshakes, "b": idle, "c": issuance.est, "d": revoke, "e": relay,
+    "f": fleet.fleet, "i": locks,
 }

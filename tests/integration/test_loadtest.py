@@ -21,7 +21,7 @@ from rich.console import Console
 
 from config.load import load_config
 from enroll.authority import Authority
-from gateway.client.loadtest import HoldContext, _generator_figures, _shares, run_loadtest
+from gateway.client.loadtest import HoldContext, _generator_figures, run_loadtest
 from gateway.client.loadtest_report import (
     build_report,
     percentile,
@@ -212,10 +212,29 @@ def test_percentiles_are_nearest_rank_and_observed() -> None:
         percentile([], 0.5)
 
 
+def _fleet(agents: int, processes: int, **changes: Any) -> LoadSettings:
+    return LoadSettings(agents=agents, processes=processes, gateway=("127.0.0.1", 1),
+                        enroll=("127.0.0.1", 2), server_name=HOST, key_secret="main-secret",
+                        **changes)
+
+
 def test_agents_are_shared_evenly_and_never_to_an_idle_process() -> None:
-    assert _shares(1000, 2) == [500, 500]
-    assert _shares(7, 3) == [3, 2, 2]
-    assert _shares(2, 8) == [1, 1]
+    assert _fleet(1000, 2).shares() == [500, 500]
+    assert _fleet(7, 3).shares() == [3, 2, 2]
+    assert _fleet(2, 8).shares() == [1, 1]
+
+
+def test_key_groups_take_their_share_of_agents_spread_over_every_worker() -> None:
+    settings = _fleet(10, 3, key_groups=(("revoked", "other-secret", 4),))
+    groups = [settings.group_of(w, i) for w, share in enumerate(settings.shares())
+              for i in range(share)]
+    assert sorted(groups).count(("revoked", "other-secret")) == 4
+    assert groups.count(("main", "main-secret")) == 6
+    # Round robin over the workers: each of the three holds some of the group.
+    assert {w for w, share in enumerate(settings.shares()) for i in range(share)
+            if settings.group_of(w, i)[0] == "revoked"} == {0, 1, 2}
+    public = settings.public()
+    assert public["key_groups"] == [["revoked", 4]] and "other-secret" not in json.dumps(public)
 
 
 def test_failures_have_short_stable_reasons() -> None:
@@ -227,6 +246,14 @@ def test_failures_have_short_stable_reasons() -> None:
     broken = trio.BrokenResourceError("x")
     broken.__cause__ = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
     assert classify(broken).startswith("tls:")
+    reset = trio.BrokenResourceError("x")
+    reset.__cause__ = ConnectionResetError(104, "reset")
+    assert classify(reset) == "ECONNRESET"
+    assert classify(trio.BrokenResourceError("x")) == "refused"
+    # trio.open_tcp_stream's "all attempts failed" keeps the reasons in a group.
+    group = OSError("all attempts to connect to 127.0.0.1:1 failed")
+    group.__cause__ = ExceptionGroup("x", [ConnectionRefusedError(111, "refused")])
+    assert classify(group) == "ECONNREFUSED"
 
 
 # --- one session: nothing it meets ends the others ---------------------------------------------

@@ -75,10 +75,11 @@ class Host:
             assert done.returncode == 0, f"{self.name}: switch {' '.join(args)}: {done.stderr}"
         return done
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, workers: int = 1) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([*SWITCH, "-c", str(self.config), "serve", "--workers",
-                                          "1", *extra], stdout=out, stderr=subprocess.STDOUT)
+                                          str(workers), *extra], stdout=out,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready():
             code = self.proc.poll()
@@ -151,25 +152,28 @@ def make_host(directory: Path, name: str, *, upstream: int, like: Host | None = 
 
 
 @contextlib.contextmanager
-def echo_upstream(log_dir: Path) -> Iterator[int]:
-    """``switch echo`` on a free port, for as long as the block runs."""
+def echo_upstream(log_dir: Path, processes: int = 1) -> Iterator[int]:
+    """``switch echo`` on a free port (``processes`` of them sharing it with ``--reuse-port``),
+    for as long as the block runs."""
     port = free_port()
-    with (log_dir / "echo.log").open("wb") as out:
-        proc = subprocess.Popen([*SWITCH, "echo", "--listen", f"127.0.0.1:{port}"], stdout=out,
-                                stderr=subprocess.STDOUT)
+    procs = []
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "echo did not start"
+        for n in range(processes):
+            with (log_dir / f"echo-{n}.log").open("wb") as out:
+                procs.append(subprocess.Popen(
+                    [*SWITCH, "echo", "--listen", f"127.0.0.1:{port}",
+                     *(["--reuse-port"] if processes > 1 else [])],
+                    stdout=out, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while f"127.0.0.1:{port}" not in (log_dir / f"echo-{n}.log").read_text():
+                assert procs[-1].poll() is None and time.monotonic() < deadline, \
+                    "echo did not start"
                 time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def stop_all(hosts: list[Host]) -> None:
