@@ -52,6 +52,23 @@ def parse_when(text: str, *, end: bool) -> int:
     return int(start.timestamp())
 
 
+#: Audit detail fields that hold a Unix time (``enroll.store.ops_keys``: an issuer's validity).
+_TIME_DETAILS = frozenset({"not_before", "not_after"})
+
+
+def detail(name: str, value: object) -> str:
+    """One audit entry's detail as people read it: times as dates, lists joined, a dash for
+    none."""
+    if value is None:
+        return "\u2014"
+    if (name in _TIME_DETAILS or name.endswith("_at")) and isinstance(value, int) \
+            and not isinstance(value, bool):
+        return when(value)
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "\u2014"
+    return str(value)
+
+
 def short(digest: str, keep: int = 16) -> str:
     return digest if len(digest) <= keep else digest[:keep] + "\u2026"
 

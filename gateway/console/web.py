@@ -83,7 +83,7 @@ class Console:
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("gateway.console", "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(when=views.when, short=views.short,
+        self.env.filters.update(when=views.when, short=views.short, detail=views.detail,
                                 action=lambda a: messages.ACTIONS.get(a, a))
         self.env.globals.update(messages_table=messages.script_table(), said=messages.said)
 

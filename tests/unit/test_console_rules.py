@@ -20,7 +20,7 @@ from gateway.api.session import (
     session_hash,
 )
 from gateway.console import messages
-from gateway.console.views import parse_when, when
+from gateway.console.views import detail, parse_when, when
 from gateway.console.web import local_path
 
 
@@ -107,3 +107,13 @@ def test_every_refusal_an_operator_can_meet_in_the_console_has_words_and_a_place
         "a key name must start with a letter"
     assert messages.said("no_such_reason_code") == messages.REASONS["internal_error"].text
     assert set(error_classes()).isdisjoint(set(api_error_classes()))
+
+
+def test_audit_details_show_times_as_dates_lists_joined_and_none_as_a_dash() -> None:
+    at = int(dt.datetime(2031, 12, 2, 12, 34, tzinfo=dt.UTC).timestamp())
+    assert detail("not_after", at) == "2031-12-02 12:34 UTC"
+    assert detail("revoked_at", at) == "2031-12-02 12:34 UTC"
+    assert detail("count", at) == str(at)
+    assert detail("password", True) == "True"
+    assert detail("tenants", ["demo", "acme"]) == "demo, acme"
+    assert detail("tenants", None) == "\u2014"
