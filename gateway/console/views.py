@@ -56,7 +56,7 @@ def parse_when(text: str, *, end: bool) -> int:
 _TIME_DETAILS = frozenset({"not_before", "not_after"})
 
 
-def detail(name: str, value: object) -> str:
+def detail(value: object, name: str) -> str:
     """One audit entry's detail as people read it: times as dates, lists joined, a dash for
     none."""
     if value is None:

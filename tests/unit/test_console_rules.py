@@ -111,9 +111,9 @@ def test_every_refusal_an_operator_can_meet_in_the_console_has_words_and_a_place
 
 def test_audit_details_show_times_as_dates_lists_joined_and_none_as_a_dash() -> None:
     at = int(dt.datetime(2031, 12, 2, 12, 34, tzinfo=dt.UTC).timestamp())
-    assert detail("not_after", at) == "2031-12-02 12:34 UTC"
-    assert detail("revoked_at", at) == "2031-12-02 12:34 UTC"
-    assert detail("count", at) == str(at)
-    assert detail("password", True) == "True"
-    assert detail("tenants", ["demo", "acme"]) == "demo, acme"
-    assert detail("tenants", None) == "\u2014"
+    assert detail(at, "not_after") == "2031-12-02 12:34 UTC"
+    assert detail(at, "revoked_at") == "2031-12-02 12:34 UTC"
+    assert detail(at, "count") == str(at)
+    assert detail(True, "password") == "True"
+    assert detail(["demo", "acme"], "tenants") == "demo, acme"
+    assert detail(None, "tenants") == "\u2014"
