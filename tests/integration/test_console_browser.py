@@ -160,6 +160,12 @@ def focused(driver: WebDriver, text: str) -> None:
     wait(driver).until(lambda d: d.switch_to.active_element.text == text)
 
 
+def _subjects(driver: WebDriver) -> list[str]:
+    """The subject column of the certificates table as it stands."""
+    return [str(r.find_elements(By.TAG_NAME, "td")[1].text)
+            for r in driver.find_elements(By.CSS_SELECTOR, "#certificates tbody tr")]
+
+
 def _audit_time(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -260,6 +266,7 @@ def test_a_security_admin_takes_a_key_through_its_life_and_the_audit_log_names_t
     driver.find_element(By.ID, "filter-until").send_keys(_audit_time(time.time() + 60))
     driver.find_element(By.ID, "filter-tenant").send_keys("demo")
     driver.find_element(By.ID, "filter-submit").click()
+    wait(driver).until(lambda d: "tenant=demo" in d.current_url)  # the filtered page, not the old
     visible(driver, "#audit-entries")
     rows = driver.find_elements(By.CSS_SELECTOR, "#audit-entries tbody tr")
     seen = [(r.get_attribute("data-action"), r.find_elements(By.TAG_NAME, "td")[1].text)
@@ -323,8 +330,11 @@ def test_the_other_pages_search_revoke_approve_renew_and_rename(console: Console
     enabled(driver, 'nav a[href$="/certificates"]').click()
     visible(driver, "#search-name").send_keys("kiosk")
     driver.find_element(By.CSS_SELECTOR, "#certificate-search button[type=submit]").click()
-    rows = wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#certificates tbody tr"))
-    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["CN=kiosk-9,OU=demo"]
+    # Read the rows only once the search's page has replaced the unfiltered one: rows found
+    # on the page being left go stale under the reader's hand (a CI failure, stop 18).
+    wait(driver).until(lambda d: "name=kiosk" in d.current_url and _subjects(d) == [
+        "CN=kiosk-9,OU=demo"])
+    rows = driver.find_elements(By.CSS_SELECTOR, "#certificates tbody tr")
     serial = str(rows[0].get_attribute("data-serial"))
     shots.take(driver, "certificates")
     rows[0].find_element(By.CSS_SELECTOR, "button[data-dialog]").click()
