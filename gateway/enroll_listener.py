@@ -42,7 +42,7 @@ from gateway.listening import (
     serve_tcp,
     source_of,
 )
-from gateway.tls import TLSStream, tls_server
+from gateway.tls import tls_server
 from gateway.tls_refusals import handshake_reason, verify_result
 
 log = structlog.get_logger("switch.enroll")
