@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import attrs
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -70,7 +69,9 @@ from enroll.errors import (
     UnknownTenant,
     UnsupportedMediaType,
 )
-from enroll.est_status import http_status
+from enroll.est_messages import EstReply as EstReply
+from enroll.est_messages import EstRequest as EstRequest
+from enroll.est_messages import refusal
 from enroll.issuance import CertificateRecord, Issuance, PendingRequest
 from enroll.keys import KeyRecord, KeyState
 from enroll.policy import Issued, check_pkcs12_password, check_renewal, pkcs12_bundle
@@ -82,58 +83,10 @@ PKCS10 = "application/pkcs10"
 PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
 #: The issuing profile's ``renew_before`` in whole seconds, on every reply with a certificate.
 RENEW_BEFORE_HEADER = "Switch-Renew-Before"
-#: ``Retry-After`` on a 503 for a store that could not be read or written.
-STORE_RETRY_AFTER_S = 5
-
-
-@attrs.frozen
-class EstRequest:
-    method: str
-    path: str
-    headers: Mapping[str, bytes]  # lower-case names
-    body: bytes
-    server_name: str | None
-    #: DER of the client's TLS certificate (unparsed, unverified), or None.
-    client_cert_der: bytes | None
-    source: str
-
-
-@attrs.frozen
-class EstReply:
-    status: int
-    body: bytes = b""
-    content_type: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    #: For logs and metrics: "ok", "pending", or the refusal's reason code.
-    result: str = "ok"
-    tenant: str | None = None
-    key_id: str | None = None
-    serial: str | None = None
-    #: The issued certificate's subject, for the request's log line.
-    subject: str | None = None
-    #: A request held for approval: its id, and whether this reply's request filed it (what
-    #: notifies ``request.pending``: once, not on every repeat).
-    request_id: str | None = None
-    filed: bool = False
 
 
 def _renew_before(profile: Profile) -> tuple[str, str]:
     return (RENEW_BEFORE_HEADER, str(int(profile.renew_before_s)))
-
-
-def _refusal(exc: EnrollError, tenant: str | None = None) -> EstReply:
-    """The reply refusing a request: the status from ``est_status``'s table and a body naming
-    only the reason code (the message stays in local logs)."""
-    status = http_status(exc)
-    headers: list[tuple[str, str]] = []
-    if isinstance(exc, RateLimited):
-        headers.append(("Retry-After", str(exc.retry_after)))
-    elif isinstance(exc, StoreError):  # the store is down or busy: come back shortly
-        headers.append(("Retry-After", str(STORE_RETRY_AFTER_S)))
-    if status == 401:
-        headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
-    return EstReply(status, f"{status} {exc.reason}\n".encode(),
-                    "text/plain; charset=utf-8", tuple(headers), exc.reason, tenant)
 
 
 class EstService:
@@ -181,7 +134,7 @@ class EstService:
                     replies[index] = self._record(replies[index], record, profile)
         except StoreError as exc:
             log.error("est_batch_not_stored", requests=len(batch), error=exc.message)
-            return [_refusal(StoreUnavailable("the store could not record this request"))
+            return [refusal(StoreUnavailable("the store could not record this request"))
                     ] * len(batch)
         return replies
 
@@ -193,7 +146,7 @@ class EstService:
             raise  # nothing of the batch can be stored: every request gets 503
         except Exception:  # noqa: BLE001 - one request must not fail the others
             log.exception("est_request_failed", path=request.path, source=request.source)
-            return _refusal(InternalError("internal error"))
+            return refusal(InternalError("internal error"))
 
     def _record(self, reply: EstReply, record: CertificateRecord, profile: Profile) -> EstReply:
         """``reply`` once its certificate is recorded (in the batch), else the refusal."""
@@ -202,13 +155,13 @@ class EstService:
         except StoreUnavailable:
             raise
         except EnrollError as exc:
-            refused = _refusal(exc, reply.tenant)
+            refused = refusal(exc, reply.tenant)
             if refused.status >= 500:
                 log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
             return refused
         except Exception:  # noqa: BLE001 - one request must not fail the others
             log.exception("est_record_failed", serial=record.serial)
-            return _refusal(InternalError("internal error"))
+            return refusal(InternalError("internal error"))
         return reply
 
     def _issue(self, tenant: Tenant, checked: CsrRequest, *, profile: Profile,
@@ -246,7 +199,7 @@ class EstService:
             return self._serverkeygen(request, tenant, key, holder, now,
                                       pkcs12=op == "serverkeygen-pkcs12")
         except EnrollError as exc:
-            reply = _refusal(exc, tenant.name if tenant else None)
+            reply = refusal(exc, tenant.name if tenant else None)
             if reply.status >= 500:  # Switch's side: a store problem or a change made meanwhile
                 log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
             return reply
