@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import attrs
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -70,10 +69,12 @@ from enroll.errors import (
     UnknownTenant,
     UnsupportedMediaType,
 )
-from enroll.est_status import http_status
-from enroll.issuance import Issuance, PendingRequest
+from enroll.est_messages import EstReply as EstReply
+from enroll.est_messages import EstRequest as EstRequest
+from enroll.est_messages import refusal
+from enroll.issuance import CertificateRecord, Issuance, PendingRequest
 from enroll.keys import KeyRecord, KeyState
-from enroll.policy import check_pkcs12_password, check_renewal, pkcs12_bundle
+from enroll.policy import Issued, check_pkcs12_password, check_renewal, pkcs12_bundle
 from enroll.ratelimit import Limiter, SharedFailureLimiter
 
 log = structlog.get_logger("switch.enroll")
@@ -82,58 +83,10 @@ PKCS10 = "application/pkcs10"
 PKCS12_PASSWORD_HEADER = "x-switch-pkcs12-password"
 #: The issuing profile's ``renew_before`` in whole seconds, on every reply with a certificate.
 RENEW_BEFORE_HEADER = "Switch-Renew-Before"
-#: ``Retry-After`` on a 503 for a store that could not be read or written.
-STORE_RETRY_AFTER_S = 5
-
-
-@attrs.frozen
-class EstRequest:
-    method: str
-    path: str
-    headers: Mapping[str, bytes]  # lower-case names
-    body: bytes
-    server_name: str | None
-    #: DER of the client's TLS certificate (unparsed, unverified), or None.
-    client_cert_der: bytes | None
-    source: str
-
-
-@attrs.frozen
-class EstReply:
-    status: int
-    body: bytes = b""
-    content_type: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    #: For logs and metrics: "ok", "pending", or the refusal's reason code.
-    result: str = "ok"
-    tenant: str | None = None
-    key_id: str | None = None
-    serial: str | None = None
-    #: The issued certificate's subject, for the request's log line.
-    subject: str | None = None
-    #: A request held for approval: its id, and whether this reply's request filed it (what
-    #: notifies ``request.pending``: once, not on every repeat).
-    request_id: str | None = None
-    filed: bool = False
 
 
 def _renew_before(profile: Profile) -> tuple[str, str]:
     return (RENEW_BEFORE_HEADER, str(int(profile.renew_before_s)))
-
-
-def _refusal(exc: EnrollError, tenant: str | None = None) -> EstReply:
-    """The reply refusing a request: the status from ``est_status``'s table and a body naming
-    only the reason code (the message stays in local logs)."""
-    status = http_status(exc)
-    headers: list[tuple[str, str]] = []
-    if isinstance(exc, RateLimited):
-        headers.append(("Retry-After", str(exc.retry_after)))
-    elif isinstance(exc, StoreError):  # the store is down or busy: come back shortly
-        headers.append(("Retry-After", str(STORE_RETRY_AFTER_S)))
-    if status == 401:
-        headers.append(("WWW-Authenticate", 'Basic realm="switch-est"'))
-    return EstReply(status, f"{status} {exc.reason}\n".encode(),
-                    "text/plain; charset=utf-8", tuple(headers), exc.reason, tenant)
 
 
 class EstService:
@@ -147,31 +100,81 @@ class EstService:
                         else SharedFailureLimiter(issuance.authority.store))
         self.approval_retry_after_s = approval_retry_after_s
         self.max_body_bytes = config.enroll.max_body_bytes
+        #: Certificates signed by the batch being handled, recorded at its end (``handle_batch``).
+        self._deferred: list[tuple[int, CertificateRecord, Profile]] | None = None
 
     def handle_batch(self, batch: Sequence[tuple[EstRequest, dt.datetime, float]]
                      ) -> list[EstReply]:
         """Requests handled in turn, each as ``handle`` does, with one commit for them all (the
-        store's group commit: one fsync however many certificates the batch issued). A request
-        that fails unexpectedly gets 500 and its changes are rolled back without touching the
-        others'; if the commit fails or the store cannot be reached, nothing of the batch was
-        stored and every request gets 503 ``store_unavailable``. The replies may be sent only once this has returned."""
+        store's group commit: one fsync however many certificates the batch issued). The
+        certificates are signed first, with no write lock held, and recorded together after the
+        batch's last request was handled: the store's writer lock (SQLite's one writer, shared by
+        every worker process) is held for the inserts and the commit, not for the signing. A
+        certificate whose record is refused then (its key revoked meanwhile, its subject taken)
+        is never sent: that request gets the refusal. A request that fails unexpectedly gets 500
+        and its certificate is not recorded; if the commit fails or the store cannot be reached,
+        nothing of the batch was stored and every request gets 503 ``store_unavailable``. The
+        replies may be sent only once this has returned. One thread at a time (as the store)."""
         replies: list[EstReply] = []
+        deferred: list[tuple[int, CertificateRecord, Profile]] = []
         try:
             with self.authority.store.batch():
-                for request, now, monotonic in batch:
-                    try:
-                        with self.authority.store.transaction():  # this request's savepoint
-                            replies.append(self.handle(request, now, monotonic))
-                    except StoreUnavailable:
-                        raise  # nothing of the batch can be stored: every request gets 503
-                    except Exception:  # noqa: BLE001 - one request must not fail the others
-                        log.exception("est_request_failed", path=request.path, source=request.source)
-                        replies.append(_refusal(InternalError("internal error")))
+                self._deferred = deferred
+                try:
+                    for index, (request, now, monotonic) in enumerate(batch):
+                        kept = len(deferred)
+                        replies.append(self._handle_in_batch(request, now, monotonic))
+                        # Only the certificate this reply carries is recorded (none for a refusal).
+                        deferred[kept:] = [(index, record, profile)
+                                           for _, record, profile in deferred[kept:]
+                                           if record.serial == replies[index].serial]
+                finally:
+                    self._deferred = None
+                for index, record, profile in deferred:
+                    replies[index] = self._record(replies[index], record, profile)
         except StoreError as exc:
             log.error("est_batch_not_stored", requests=len(batch), error=exc.message)
-            return [_refusal(StoreUnavailable("the store could not record this request"))
+            return [refusal(StoreUnavailable("the store could not record this request"))
                     ] * len(batch)
         return replies
+
+    def _handle_in_batch(self, request: EstRequest, now: dt.datetime, monotonic: float
+                         ) -> EstReply:
+        try:
+            return self.handle(request, now, monotonic)
+        except StoreUnavailable:
+            raise  # nothing of the batch can be stored: every request gets 503
+        except Exception:  # noqa: BLE001 - one request must not fail the others
+            log.exception("est_request_failed", path=request.path, source=request.source)
+            return refusal(InternalError("internal error"))
+
+    def _record(self, reply: EstReply, record: CertificateRecord, profile: Profile) -> EstReply:
+        """``reply`` once its certificate is recorded (in the batch), else the refusal."""
+        try:
+            self.issuance.record(record, profile=profile)
+        except StoreUnavailable:
+            raise
+        except EnrollError as exc:
+            refused = refusal(exc, reply.tenant)
+            if refused.status >= 500:
+                log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
+            return refused
+        except Exception:  # noqa: BLE001 - one request must not fail the others
+            log.exception("est_record_failed", serial=record.serial)
+            return refusal(InternalError("internal error"))
+        return reply
+
+    def _issue(self, tenant: Tenant, checked: CsrRequest, *, profile: Profile,
+               key: KeyRecord | None, now: dt.datetime, pending_id: str | None = None
+               ) -> tuple[Issued, CertificateRecord]:
+        """Sign, and record now or (in ``handle_batch``, for a request not held for approval)
+        with the batch."""
+        if self._deferred is None or pending_id is not None:
+            return self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
+                                       pending_id=pending_id)
+        cert, record = self.issuance.sign(tenant.name, checked, profile=profile, key=key, now=now)
+        self._deferred.append((-1, record, profile))
+        return cert, record
 
     def handle(self, request: EstRequest, now: dt.datetime, monotonic: float) -> EstReply:
         tenant: Tenant | None = None
@@ -196,7 +199,7 @@ class EstService:
             return self._serverkeygen(request, tenant, key, holder, now,
                                       pkcs12=op == "serverkeygen-pkcs12")
         except EnrollError as exc:
-            reply = _refusal(exc, tenant.name if tenant else None)
+            reply = refusal(exc, tenant.name if tenant else None)
             if reply.status >= 500:  # Switch's side: a store problem or a change made meanwhile
                 log.warning("est_store_refusal", reason=exc.reason, error=exc.message)
             return reply
@@ -310,9 +313,9 @@ class EstService:
             raise UnsupportedMediaType(f"expected {PKCS10}")
         return parse_csr(est_wire.decode_base64_body(request.body, max_bytes=self.max_body_bytes))
 
-    def _certificate_reply(self, tenant: Tenant, cert: x509.Certificate, key: KeyRecord | None,
+    def _certificate_reply(self, tenant: Tenant, cert_der: bytes, key: KeyRecord | None,
                            profile: Profile, serial: str, subject: str | None = None) -> EstReply:
-        return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only([cert])),
+        return EstReply(200, est_wire.encode_base64_body(est_wire.certs_only_der(cert_der)),
                         est_wire.PKCS7_CERTS_ONLY,
                         (("Content-Transfer-Encoding", "base64"), _renew_before(profile)),
                         "ok", tenant.name, key.id if key else None, serial, subject)
@@ -341,9 +344,9 @@ class EstService:
                 return self._issued_again(tenant, key, profile, pending.certificate_serial,
                                           now)
             pending_id = pending.id
-        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
-                                           pending_id=pending_id)
-        return self._certificate_reply(tenant, cert, key, profile, record.serial,
+        issued, record = self._issue(tenant, checked, profile=profile, key=key, now=now,
+                                   pending_id=pending_id)
+        return self._certificate_reply(tenant, issued.der, key, profile, record.serial,
                                        record.subject)
 
     def _issued_again(self, tenant: Tenant, key: KeyRecord | None, profile: Profile, serial: str,
@@ -357,7 +360,8 @@ class EstService:
         cert = record.certificate()
         if pki.validity_problem(cert, now) is not None:
             raise CertificateExpired(f"certificate {serial} of this request is not valid now")
-        return self._certificate_reply(tenant, cert, key, profile, record.serial)
+        return self._certificate_reply(tenant, cert.public_bytes(serialization.Encoding.DER),
+                                       key, profile, record.serial)
 
     def _reenroll(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
                   current: x509.Certificate, now: dt.datetime) -> EstReply:
@@ -365,8 +369,8 @@ class EstService:
         profile = self._profile(tenant, key)
         checked = check_csr(csr, profile)
         check_renewal(current, checked.common_name, now)
-        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now)
-        return self._certificate_reply(tenant, cert, key, profile, record.serial,
+        issued, record = self._issue(tenant, checked, profile=profile, key=key, now=now)
+        return self._certificate_reply(tenant, issued.der, key, profile, record.serial,
                                        record.subject)
 
     def _serverkeygen(self, request: EstRequest, tenant: Tenant, key: KeyRecord | None,
@@ -400,11 +404,11 @@ class EstService:
         key_type = profile.key_types[0]
         private_key = pki.generate_key(key_type)
         checked = CsrRequest(private_key.public_key(), key_type, common_name)
-        cert, record = self.issuance.issue(tenant.name, checked, profile=profile, key=key, now=now,
-                                           pending_id=pending_id)
+        issued, record = self._issue(tenant, checked, profile=profile, key=key, now=now,
+                                   pending_id=pending_id)
         if pkcs12:
             chain = self.issuance.trusted_issuer_certificates(tenant.name, now)[:1]
-            bundle, used = pkcs12_bundle(private_key, cert, chain, password)
+            bundle, used = pkcs12_bundle(private_key, issued.certificate, chain, password)
             headers: tuple[tuple[str, str], ...] = (("Content-Transfer-Encoding", "base64"),
                                                     _renew_before(profile))
             if password is None:
@@ -415,7 +419,8 @@ class EstService:
         der = private_key.private_bytes(serialization.Encoding.DER,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-        content_type, body = est_wire.multipart_serverkeygen(der, est_wire.certs_only([cert]))
+        content_type, body = est_wire.multipart_serverkeygen(der,
+                                                             est_wire.certs_only_der(issued.der))
         return EstReply(200, body, content_type, (_renew_before(profile),), "ok", tenant.name,
                         key.id if key else None, record.serial, record.subject)
 

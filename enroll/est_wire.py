@@ -101,6 +101,20 @@ def certs_only(certs: list[x509.Certificate]) -> bytes:
     return pkcs7.serialize_certificates(certs, Encoding.DER)
 
 
+#: signedData's OID (1.2.840.113549.1.7.2) and, with no signers, the fixed fields before the
+#: certificates: version 1, no digest algorithms, id-data (1.2.840.113549.1.7.1) content.
+_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
+_SIGNED_DATA_HEAD = bytes.fromhex("0201013100300b06092a864886f70d010701")
+_NO_SIGNER_INFOS = bytes.fromhex("3100")
+
+
+def certs_only_der(cert_der: bytes) -> bytes:
+    """``certs_only`` of one certificate given as DER, encoded here (the same bytes): the
+    reply to every enrollment, with no certificate parsed or serialised again."""
+    signed = _der_tlv(0x30, _SIGNED_DATA_HEAD + _der_tlv(0xA0, cert_der) + _NO_SIGNER_INFOS)
+    return _der_tlv(0x30, _SIGNED_DATA_OID + _der_tlv(0xA0, signed))
+
+
 def parse_authorization(header: bytes | None) -> str | None:
     """The provisioning-key secret from ``Authorization``: the password of HTTP Basic (the user
     name is ignored) or a Bearer token. None when there is no header; refused when it is

@@ -31,7 +31,7 @@ from enroll.csr import CsrRequest
 from enroll.errors import ReasonRequired, UnknownCertificate, UnknownRequest
 from enroll.issuers import IssuerRecord
 from enroll.keys import MAX_REASON_CHARS, KeyRecord
-from enroll.policy import build_certificate
+from enroll.policy import Issued, Signer, issue_certificate
 from enroll.store import SERVERKEYGEN, SIMPLEENROLL, CertificateRecord, PendingRequest
 
 __all__ = ["SERVERKEYGEN", "SIMPLEENROLL", "CertificateRecord", "Issuance", "PendingRequest",
@@ -47,35 +47,54 @@ class Issuance:
 
     def __init__(self, authority: Authority) -> None:
         self.authority = authority
-        self._issuer_keys: dict[str, pki.PrivateKey] = {}
+        self._signers: dict[str, Signer] = {}
 
     # --- issuing -------------------------------------------------------------------------------
 
-    def _issuer(self, tenant: str) -> tuple[IssuerRecord, x509.Certificate, pki.PrivateKey]:
+    def _signer(self, tenant: str) -> tuple[IssuerRecord, Signer]:
+        """The tenant's current issuer (read from the store: a renewal takes effect at once) and
+        its ``Signer``, made once per issuer (its certificate parsed, its key loaded)."""
         record = self.authority.current_issuer(tenant)
-        key = self._issuer_keys.get(record.id)
-        if key is None:
-            key = self._issuer_keys[record.id] = self.authority.store.load_issuer_key(record)
-        return record, record.certificate(), key
+        signer = self._signers.get(record.id)
+        if signer is None:
+            key = self.authority.store.load_issuer_key(record)
+            signer = self._signers[record.id] = Signer.of(record.certificate(), key)
+        return record, signer
+
+    def sign(
+        self, tenant: str, request: CsrRequest, *, profile: Profile, key: KeyRecord | None,
+        now: dt.datetime,
+    ) -> tuple[Issued, CertificateRecord]:
+        """Sign per the profile and make the record, storing nothing: the caller must
+        ``record`` it (and see it committed) before it sends the certificate."""
+        issuer, signer = self._signer(tenant)
+        issued = issue_certificate(request, profile=profile, tenant=tenant,
+                                   key_id=key.id if key else None, signer=signer, now=now)
+        record = CertificateRecord(
+            serial=format(issued.serial, "x"), issuer_id=issuer.id, tenant=tenant,
+            key_id=key.id if key else None, subject=issued.subject.rfc4514_string(),
+            not_before=_ts(issued.not_before), not_after=_ts(issued.not_after),
+            sha256=hashlib.sha256(issued.der).hexdigest(),
+            pem=pki.der_to_pem(issued.der, "CERTIFICATE"), state="valid",
+            revoked_at=None, revoke_reason=None, created_at=_ts(now),
+        )
+        return issued, record
+
+    def record(self, record: CertificateRecord, *, profile: Profile,
+               pending_id: str | None = None) -> None:
+        """Store a certificate ``sign`` made: counted on its key (still active), its subject
+        still free when the profile wants unique subjects, an approved request marked issued."""
+        self.authority.store.record_certificate(record, pending_id=pending_id,
+                                                unique_subject=profile.unique_subject)
 
     def issue(
         self, tenant: str, request: CsrRequest, *, profile: Profile, key: KeyRecord | None,
         now: dt.datetime, pending_id: str | None = None,
-    ) -> tuple[x509.Certificate, CertificateRecord]:
-        """Sign per the profile and record it; committed before this returns."""
-        issuer, issuer_cert, issuer_key = self._issuer(tenant)
-        cert = build_certificate(request, profile=profile, tenant=tenant,
-                                 key_id=key.id if key else None,
-                                 issuer=(issuer_cert, issuer_key), now=now)
-        record = CertificateRecord(
-            serial=format(cert.serial_number, "x"), issuer_id=issuer.id, tenant=tenant,
-            key_id=key.id if key else None, subject=cert.subject.rfc4514_string(),
-            not_before=_ts(cert.not_valid_before_utc), not_after=_ts(cert.not_valid_after_utc),
-            sha256=pki.sha256_fingerprint(cert), pem=pki.cert_pem(cert).decode(), state="valid",
-            revoked_at=None, revoke_reason=None, created_at=_ts(now),
-        )
-        self.authority.store.record_certificate(record, pending_id=pending_id,
-                                                unique_subject=profile.unique_subject)
+    ) -> tuple[Issued, CertificateRecord]:
+        """Sign per the profile and record it; committed before this returns (or with the
+        caller's unit of work)."""
+        cert, record = self.sign(tenant, request, profile=profile, key=key, now=now)
+        self.record(record, profile=profile, pending_id=pending_id)
         return cert, record
 
     # --- certificates --------------------------------------------------------------------------

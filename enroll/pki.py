@@ -6,6 +6,7 @@ the clock: every function that needs a time takes ``now``.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import os
@@ -39,7 +40,7 @@ def generate_key(key_type: str = "ec-p256") -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}")
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def hash_for(key: PrivateKey) -> hashes.HashAlgorithm | None:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
@@ -94,7 +95,7 @@ def make_ca(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
-    return builder.sign(signer_key, _hash_for(signer_key))  # type: ignore[arg-type]
+    return builder.sign(signer_key, hash_for(signer_key))  # type: ignore[arg-type]
 
 
 def make_leaf(
@@ -152,11 +153,18 @@ def make_leaf(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     for ext, critical in extra_extensions:
         builder = builder.add_extension(ext, critical=critical)
-    return builder.sign(issuer_key, _hash_for(issuer_key))  # type: ignore[arg-type]
+    return builder.sign(issuer_key, hash_for(issuer_key))  # type: ignore[arg-type]
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def der_to_pem(der: bytes, label: str) -> str:
+    """PEM of ``der`` as OpenSSL and ``cryptography`` write it: base64 in lines of 64."""
+    encoded = base64.b64encode(der).decode("ascii")
+    lines = "".join(encoded[i:i + 64] + "\n" for i in range(0, len(encoded), 64))
+    return f"-----BEGIN {label}-----\n{lines}-----END {label}-----\n"
 
 
 def key_pem(key: PrivateKey) -> bytes:

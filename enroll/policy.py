@@ -18,10 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from config.model import Profile
 from enroll import pki
@@ -74,28 +76,98 @@ def key_id_of(cert: x509.Certificate) -> str | None:
         return None
 
 
-def build_certificate(
-    request: CsrRequest, *, profile: Profile, tenant: str, key_id: str | None,
-    issuer: tuple[x509.Certificate, pki.PrivateKey], now: dt.datetime, serial: int | None = None,
-) -> x509.Certificate:
-    issuer_cert, _ = issuer
-    not_after = min(now + dt.timedelta(seconds=profile.validity_s), issuer_cert.not_valid_after_utc)
+#: The extensions every certificate from a CSR carries whoever it is for (made once).
+_CLIENT_BASIC = x509.BasicConstraints(ca=False, path_length=None)
+_CLIENT_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def _key_usage(rsa_key: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=True, content_commitment=False,
+                         key_encipherment=rsa_key, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=False, crl_sign=False, encipher_only=False,
+                         decipher_only=False)
+
+
+_KEY_USAGE = {False: _key_usage(False), True: _key_usage(True)}
+
+
+@attrs.frozen
+class Signer:
+    """What an issuer puts in every certificate it signs, worked out once per issuer: its name,
+    its key and signature hash, its notAfter and the AuthorityKeyIdentifier (a hash of its
+    public key)."""
+
+    name: x509.Name
+    key: pki.PrivateKey
+    hash: hashes.HashAlgorithm | None
+    not_after: dt.datetime
+    authority_key_id: x509.AuthorityKeyIdentifier
+
+    @classmethod
+    def of(cls, cert: x509.Certificate, key: pki.PrivateKey) -> Signer:
+        return cls(cert.subject, key, pki.hash_for(key), cert.not_valid_after_utc,
+                   x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       cert.public_key()))  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class Issued:
+    """A certificate just signed, with what its record holds, taken from what went into it
+    rather than parsed back out of it."""
+
+    certificate: x509.Certificate
+    der: bytes
+    serial: int
+    subject: x509.Name
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+def issue_certificate(
+    request: CsrRequest, *, profile: Profile, tenant: str, key_id: str | None, signer: Signer,
+    now: dt.datetime, serial: int | None = None,
+) -> Issued:
+    """Sign the certificate for ``request`` (see the module docstring for its fields)."""
+    not_after = min(now + dt.timedelta(seconds=profile.validity_s), signer.not_after)
     if not_after <= now:
         raise IssuerExpired("the issuer has expired; renew it with `switch ca renew`")
     subject = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, tenant),
         x509.NameAttribute(NameOID.COMMON_NAME, request.common_name),
     ])
-    extra: list[tuple[x509.ExtensionType, bool]] = [
-        (x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
-            identity_uri(tenant, request.common_name))]), False),
-    ]
-    if key_id is not None:
-        extra.append((key_binding_extension(key_id), False))
-    return pki.make_leaf(
-        subject, request.public_key, issuer, now=now, validity=not_after - now,
-        server=False, client=True, serial=serial, extra_extensions=extra,
+    serial = serial if serial is not None else pki.random_serial()
+    not_before = now - pki.CLOCK_SKEW
+    public_key = request.public_key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer.name)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(_CLIENT_BASIC, critical=True)
+        .add_extension(_KEY_USAGE[isinstance(public_key, rsa.RSAPublicKey)], critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(signer.authority_key_id, critical=False)
+        .add_extension(_CLIENT_EKU, critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+            identity_uri(tenant, request.common_name))]), critical=False)
     )
+    if key_id is not None:
+        builder = builder.add_extension(key_binding_extension(key_id), critical=False)
+    cert = builder.sign(signer.key, signer.hash)  # type: ignore[arg-type]
+    return Issued(cert, cert.public_bytes(serialization.Encoding.DER), serial, subject,
+                  not_before, not_after)
+
+
+def build_certificate(
+    request: CsrRequest, *, profile: Profile, tenant: str, key_id: str | None,
+    issuer: tuple[x509.Certificate, pki.PrivateKey], now: dt.datetime, serial: int | None = None,
+) -> x509.Certificate:
+    """``issue_certificate`` by ``issuer`` (its certificate and key), the certificate alone."""
+    return issue_certificate(request, profile=profile, tenant=tenant, key_id=key_id,
+                             signer=Signer.of(*issuer), now=now, serial=serial).certificate
 
 
 def common_name_of(cert: x509.Certificate) -> str | None:

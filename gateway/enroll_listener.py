@@ -42,7 +42,7 @@ from gateway.listening import (
     serve_tcp,
     source_of,
 )
-from gateway.tls import TLSStream, tls_server
+from gateway.tls import tls_server
 from gateway.tls_refusals import handshake_reason, verify_result
 
 log = structlog.get_logger("switch.enroll")
@@ -205,7 +205,10 @@ class EnrollListener:
                 else:  # an alert was written: let the client read it before the socket closes
                     await close_lingering(stream)
                 return
-            handler = functools.partial(self._handle_request, tls=tls, source=source, conn_id=conn_id)
+            # Read once per connection: neither changes on it (renegotiation is off).
+            handler = functools.partial(self._handle_request, server_name=tls.server_name,
+                                        client_cert_der=_peer_certificate_der(tls.connection),
+                                        source=source, conn_id=conn_id)
             try:
                 await serve_http(tls, handler, idle_timeout_s=self.idle_timeout_s,
                                  request_timeout_s=self.request_timeout_s,
@@ -224,13 +227,13 @@ class EnrollListener:
     def _log_refusal(self, source: str, conn_id: int, status: int, reason: str) -> None:
         log.info("est_request", conn_id=conn_id, peer=source, status=status, result=reason)
 
-    async def _handle_request(self, request: Request, *, tls: TLSStream, source: str,
-                              conn_id: int) -> Response:
+    async def _handle_request(self, request: Request, *, server_name: str | None,
+                              client_cert_der: bytes | None, source: str, conn_id: int
+                              ) -> Response:
         est_request = EstRequest(
-            method=request.method, path=request.path,
-            headers={k: v for k, v in request.headers},
-            body=request.body, server_name=tls.server_name,
-            client_cert_der=_peer_certificate_der(tls.connection), source=source,
+            method=request.method, path=request.path, headers=dict(request.headers),
+            body=request.body, server_name=server_name, client_cert_der=client_cert_der,
+            source=source,
         )
         started = time.monotonic()
         reply = await self.batcher.submit(est_request)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
 import re
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from scripts.benchlib import env
 from scripts.benchlib.rows import Options, Row
@@ -59,51 +58,28 @@ def _bare_issue_loop(seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def _enroll_worker(deploy: dict[str, Any], csrs: list[bytes], concurrency: int,
-                   go: Any, results: Any) -> None:
-    import trio
-    from cryptography import x509
-
-    from gateway.client.est_client import EstClient, EstServer
-
-    async def run() -> None:
-        server = EstServer("127.0.0.1", deploy["enroll"], env.HOST, ca_file=Path(deploy["ca"]))
-        todo = iter(csrs)
-        failures = 0
-
-        async def slot() -> None:
-            nonlocal failures
-            async with EstClient(server, timeout_s=30) as client:
-                await client.cacerts()  # the connection is up before the clock starts
-                go.wait()
-                for der in todo:
-                    try:
-                        await client.simpleenroll(x509.load_der_x509_csr(der), deploy["secret"])
-                    except Exception:  # noqa: BLE001 - counted, reported
-                        failures += 1
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(slot)
-        results.put((len(csrs), failures, time.monotonic()))
-
-    trio.run(run)
+#: Requests in flight over all generator processes: the same for every row of (c).
+IN_FLIGHT = 16
+GENERATORS = 2
 
 
-def _issue(deploy: env.Deployment, enroll_ports: list[int], csrs: list[bytes], quick: bool,
+def _issue(deploy: env.Deployment, enroll_ports: list[int], requests: list[bytes], quick: bool,
            cpu: Callable[[], float]) -> dict[str, float]:
-    """One generator process per enrollment port (two for one port), ``concurrency`` requests
-    in flight each, all released together; certificates issued, failures, wall time and the
-    servers' CPU (``cpu``) over the run."""
-    processes = max(2, len(enroll_ports))
-    concurrency = 8 if len(enroll_ports) == 1 else 6
+    """``GENERATORS`` load generator processes (``est_load``: prepared requests on keep-alive
+    connections, replies not parsed), spread over the enrollment ports, ``IN_FLIGHT`` requests in
+    flight in all, released together; certificates issued, failures, wall time, the servers' CPU
+    (``cpu``) and the generators' own CPU over the run."""
+    from scripts.benchlib import est_load
+
+    processes = max(GENERATORS, len(enroll_ports))
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
-    specs = [{"enroll": enroll_ports[i % len(enroll_ports)],
-              "ca": str(deploy.pki / "dev-root-ca.pem"), "secret": deploy.secret}
+    specs = [{"port": enroll_ports[i % len(enroll_ports)],
+              "ca": str(deploy.pki / "dev-root-ca.pem"), "host": env.HOST}
              for i in range(processes)]
-    procs = [ctx.Process(target=_enroll_worker,
-                         args=(specs[i], csrs[i::processes], concurrency, go, results))
+    procs = [ctx.Process(target=est_load.run,
+                         args=(specs[i], requests[i::processes], IN_FLIGHT // processes, go,
+                               results))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -111,13 +87,13 @@ def _issue(deploy: env.Deployment, enroll_ports: list[int], csrs: list[bytes], q
     cpu0, t0 = cpu(), time.monotonic()
     go.set()
     outcomes = [results.get(timeout=600) for _ in procs]
-    wall = max(end for _, _, end in outcomes) - t0
+    wall = max(end for _, _, end, _ in outcomes) - t0
     used = cpu() - cpu0
     for p in procs:
         p.join(timeout=30)
-    issued = sum(n - f for n, f, _ in outcomes)
-    return {"issued": issued, "failures": sum(f for _, f, _ in outcomes), "wall": wall,
-            "cpu": used}
+    issued = sum(n - f for n, f, _, _ in outcomes)
+    return {"issued": issued, "failures": sum(f for _, f, _, _ in outcomes), "wall": wall,
+            "cpu": used, "generator_cpu": sum(g for _, _, _, g in outcomes)}
 
 
 def est(deploy: env.Deployment, opts: Options) -> list[Row]:
@@ -125,18 +101,28 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
 
     from enroll import pki
     from gateway.client.est_client import make_csr
-    from scripts.benchlib import several
+    from scripts.benchlib import est_load, several
 
     total = 1000 if opts.quick else 4000
     csrs = [make_csr(f"est-{i}", pki.generate_key("ec-p256")).public_bytes(serialization.Encoding.DER)
             for i in range(total)]
+    path = "/.well-known/est/simpleenroll"
+    requests = [est_load.prepared(env.HOST, path, deploy.secret, der) for der in csrs]
     with env.echo(deploy, opts.work), env.switch(deploy, 1, opts.work) as sw:
-        lite = _issue(deploy, [deploy.enroll], csrs, opts.quick, sw.cpu)
-    with env.echo(deploy, opts.work), several.several(deploy, opts.work) as hosts:
-        pg_cpu0 = hosts.postgres_cpu()
-        shared = _issue(deploy, [h.enroll for h in hosts.hosts], csrs, opts.quick,
-                        hosts.switch_cpu)
-        pg_cpu = hosts.postgres_cpu() - pg_cpu0
+        lite = _issue(deploy, [deploy.enroll], requests, opts.quick, sw.cpu)
+    with env.echo(deploy, opts.work), env.switch(deploy, 2, opts.work, tag="-est") as sw:
+        two = _issue(deploy, [deploy.enroll], requests, opts.quick, sw.cpu)
+    try:
+        with env.echo(deploy, opts.work), several.several(deploy, opts.work) as hosts:
+            pg_cpu0 = hosts.postgres_cpu()
+            shared = _issue(deploy, [h.enroll for h in hosts.hosts], requests, opts.quick,
+                            hosts.switch_cpu)
+            pg_cpu = hosts.postgres_cpu() - pg_cpu0
+    except Exception as exc:  # noqa: BLE001 - the SQLite rows stand on their own
+        shared, pg_cpu, pg_failure = {"issued": 0.0, "failures": 0.0, "wall": 1.0, "cpu": 0.0,
+                                      "generator_cpu": 0.0}, 0.0, f"{type(exc).__name__}: {exc}"
+    else:
+        pg_failure = ""
     issued, failures, cpu = lite["issued"], lite["failures"], lite["cpu"]
     rate = issued / lite["wall"]
     bare = _bare_issue_loop(3 if opts.quick else 8)
@@ -149,23 +135,48 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
     core_ratio = _ratio(per_core, bare)
     pg_rate = shared["issued"] / shared["wall"]
     pg_per_core = shared["issued"] / shared["cpu"] if shared["cpu"] else 0.0
+    two_rate = two["issued"] / two["wall"]
+    scaling = _ratio(two_rate, rate)
+    cores = os.cpu_count() or 1
+
+    def ms(run: dict[str, float], what: str) -> float:
+        return run[what] * 1000 / max(run["issued"], 1)
+
+    # What the machine could give two workers at most: every core busy with the servers' and
+    # the generator's CPU per certificate as measured.
+    ceiling = cores / ((two["cpu"] + two["generator_cpu"]) / max(two["issued"], 1))
     return [
         Row("(c) certificates issued per core-second of server CPU through EST",
             f"{per_core:.0f}/s", f"{bare:.0f}/s (bare loop, 1 core)", core_ratio,
-            "", None, "the same run as the row below, per second of Switch's CPU: what a core "
+            "≥ 0.25× the bare loop", core_ratio is not None and core_ratio >= 0.25,
+            "the same run as the row below, per second of Switch's CPU: what a core "
             "of Switch issues while the load generator has the other"),
         Row("(c) certificates issued per second through EST (keep-alive, 1 Switch process)",
             f"{rate:.0f}/s", f"{bare:.0f}/s (bare `cryptography` CSR→certificate loop, 1 core)",
             ratio, "≥ 0.5× the bare loop", ratio is not None and ratio >= 0.5,
-            f"{issued:.0f} issued, {failures:.0f} failed; Switch CPU "
-            f"{cpu * 1000 / max(issued, 1):.2f} ms per certificate; every certificate committed "
-            f"(fsync) before it is sent; `openssl speed ecdsap256`: {sign_rate:.0f} signs/s"),
+            f"{issued:.0f} issued, {failures:.0f} failed, {IN_FLIGHT} in flight; Switch CPU "
+            f"{ms(lite, 'cpu'):.2f} ms per certificate, the generator's {ms(lite, 'generator_cpu'):.2f} ms "
+            f"(`benchlib/est_load.py`: prepared requests on keep-alive connections, replies not "
+            f"parsed); every certificate committed (fsync) before it is sent; "
+            f"`openssl speed ecdsap256`: {sign_rate:.0f} signs/s"),
+        Row("(c) the same with `switch serve --workers 2`, against 1 worker",
+            f"{two_rate:.0f}/s", f"{rate:.0f}/s (1 worker, above)", scaling, "≥ 1.7×",
+            scaling is not None and scaling >= 1.7,
+            f"{two['issued']:.0f} issued, {two['failures']:.0f} failed, the same {IN_FLIGHT} in "
+            f"flight; Switch CPU {ms(two, 'cpu'):.2f} ms per certificate "
+            f"({two['cpu'] / max(two['wall'], 1e-9) / cores:.0%} of the {cores} cores), the "
+            f"generator's {ms(two, 'generator_cpu'):.2f} ms "
+            f"({two['generator_cpu'] / max(two['wall'], 1e-9) / cores:.0%}), on the same cores; "
+            f"with those costs the {cores} cores allow at most {ceiling:.0f}/s "
+            f"({ceiling / max(rate, 1e-9):.2f}× one worker's rate)"),
+        Row(f"(c) the same, PostgreSQL store, {several.HOSTS} Switch processes as hosts",
+            "failed", "", None, "", False, pg_failure) if pg_failure else
         Row(f"(c) the same, PostgreSQL store, {several.HOSTS} Switch processes as hosts",
             f"{pg_rate:.0f}/s", f"{rate:.0f}/s (SQLite, 1 process, above)",
             _ratio(pg_rate, rate), "", None,
             f"{shared['issued']:.0f} issued, {shared['failures']:.0f} failed, spread over the "
             f"{several.HOSTS} enrollment ports; {pg_per_core:.0f} per core-second of Switch CPU "
-            f"({shared['cpu'] * 1000 / max(shared['issued'], 1):.2f} ms each) and "
+            f"({ms(shared, 'cpu'):.2f} ms each) and "
             f"{pg_cpu * 1000 / max(shared['issued'], 1):.2f} ms of PostgreSQL's per certificate, "
             "all on the same cores as the generator (PostgreSQL without fsync, as in the tests)"),
     ]

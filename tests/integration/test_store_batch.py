@@ -4,11 +4,14 @@ store's own batches are in test_store_contract, on both engines)."""
 from __future__ import annotations
 
 import base64
+import sqlite3
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from enroll.authority import Authority
 from enroll.errors import StoreError
 from enroll.est_service import EstReply, EstRequest
 from gateway.enroll_listener import Batcher
@@ -66,6 +69,83 @@ def test_when_the_commit_fails_every_request_of_the_batch_gets_503_and_nothing_i
     replies = env.service.handle_batch([(_enroll_request(env, f"a{i}"), NOW, float(i)) for i in range(3)])
     assert {(r.status, r.result) for r in replies} == {(503, "store_unavailable")}
     assert env.issuance.list_certificates("acme") == []
+
+
+def _write_lock_is_free(rig: Env) -> bool:
+    """Whether another connection (another worker process) could take the store's write lock now."""
+    other = sqlite3.connect(rig.authority.store.path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def test_a_batch_signs_with_the_write_lock_free_and_records_its_certificates_after(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Another worker can write while this one signs: the batch holds SQLite's one writer lock
+    only to record and commit, and every certificate is in the store once it has returned."""
+    free_while_signing: list[bool] = []
+    sign = env.issuance.sign
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        free_while_signing.append(_write_lock_is_free(env))
+        return sign(*args, **kwargs)
+
+    monkeypatch.setattr(env.issuance, "sign", watched)
+    replies = env.service.handle_batch(
+        [(_enroll_request(env, f"agent-{i}"), NOW, float(i)) for i in range(4)])
+    assert free_while_signing == [True] * 4
+    assert [r.status for r in replies] == [200] * 4
+    stored = {c.serial for c in env.issuance.list_certificates("acme")}
+    assert stored == {r.serial for r in replies}
+    assert env.authority.get_key("acme", "Fleet").certificates_issued == 4
+
+
+def test_certificates_signed_before_their_key_is_revoked_elsewhere_are_never_sent(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The key is revoked by another process after the batch authenticated it and while it
+    signs: recording re-checks the key, so no certificate is stored and none is sent."""
+    sign = env.issuance.sign
+    signed: list[str] = []
+
+    def revoked_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        issued, record = sign(*args, **kwargs)
+        signed.append(record.serial)
+        if len(signed) == 2:
+            other = Authority.open(env.authority.config)
+            try:
+                other.revoke_key("acme", "Fleet", reason="leaked", confirm="Fleet", actor="t")
+            finally:
+                other.close()
+        return issued, record
+
+    monkeypatch.setattr(env.issuance, "sign", revoked_meanwhile)
+    replies = env.service.handle_batch(
+        [(_enroll_request(env, f"agent-{i}"), NOW, float(i)) for i in range(2)])
+    assert len(signed) == 2
+    assert [(r.status, r.result, r.serial) for r in replies] == [(503, "wrong_key_state", None)] * 2
+    assert all(b"BEGIN" not in r.body for r in replies)
+    assert env.issuance.list_certificates("acme") == []
+
+
+def test_two_requests_of_one_batch_for_a_unique_subject_one_is_issued_the_other_refused(
+        env: Env) -> None:  # noqa: F811
+    """Recorded together, the checks at recording still see the batch's earlier certificates."""
+    env.authority.revoke_key("acme", "Fleet", reason="unused", confirm="Fleet", actor="t")
+    _, first = env.authority.generate_key("acme", "First", actor="t", profile="unique")
+    _, second = env.authority.generate_key("acme", "Second", actor="t", profile="unique")
+    requests = []
+    for secret in (first, second):
+        env.secret = secret
+        requests.append((_enroll_request(env, "agent-7"), NOW, 1.0))
+    replies = env.service.handle_batch(requests)
+    assert [(r.status, r.result) for r in replies] == [(200, "ok"), (409, "subject_taken")]
+    [record] = env.issuance.list_certificates("acme")
+    assert record.serial == replies[0].serial
 
 
 # --- the listener's batcher --------------------------------------------------------------------

@@ -237,6 +237,26 @@ def test_certs_only_pkcs7_holds_the_certificates_for_openssl(tmp_path: Path) -> 
     assert {x509.load_pem_x509_certificate(b) for b in _pem_blocks(out)} == set(certs)
 
 
+def test_one_certificates_pkcs7_from_its_der_is_the_same_bytes_as_from_cryptography(
+        tmp_path: Path) -> None:
+    """The enrollment reply is encoded here from the DER the certificate was signed to; it must
+    be exactly what ``cryptography`` (OpenSSL's encoder) writes, for short and long lengths."""
+    for cert in _two_certs():
+        der = cert.public_bytes(serialization.Encoding.DER)
+        assert est_wire.certs_only_der(der) == est_wire.certs_only([cert])
+    # A certificate over 64 KiB (a three-byte length) still encodes as the library's does.
+    big = pki.make_ca(pki.name("Big"), pki.generate_key(), now=NOW, validity=dt.timedelta(days=1))
+    padded = x509.CertificateBuilder().subject_name(big.subject).issuer_name(big.subject) \
+        .public_key(big.public_key()).serial_number(1).not_valid_before(NOW) \
+        .not_valid_after(NOW + dt.timedelta(days=1)).add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"),
+                                       b"\x04\x83\x01\x00\x00" + b"x" * 65536), critical=False) \
+        .sign(pki.generate_key(), hashes.SHA256())
+    der = padded.public_bytes(serialization.Encoding.DER)
+    assert len(der) > 65536
+    assert est_wire.certs_only_der(der) == est_wire.certs_only([padded])
+
+
 def _pem_blocks(text: str) -> list[bytes]:
     end = "-----END CERTIFICATE-----"
     blocks = text.split(end)[:-1]

@@ -27,9 +27,11 @@ from enroll.errors import (
 from enroll.est_status import http_status
 from enroll.policy import (
     KEY_BINDING_OID,
+    Signer,
     build_certificate,
     check_renewal,
     identity_uri,
+    issue_certificate,
     key_id_of,
     pkcs12_bundle,
 )
@@ -320,3 +322,33 @@ def test_pkcs12_with_the_clients_password_opens_with_openssl(
     wrong = subprocess.run(["openssl", "pkcs12", "-in", str(path), "-passin", "pass:nope",
                             "-nodes"], capture_output=True, text=True)
     assert wrong.returncode != 0
+
+
+# ------------------------------------------------------------ what a record is made from
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048", "ed25519"])
+def test_what_the_record_takes_from_issuing_is_what_the_certificate_says(
+        issuer: Issuer, key_type: str) -> None:
+    """The record's fields come from what went into the certificate (not parsed back out of
+    it, see ``Issued``): they must be exactly what parsing the certificate gives."""
+    request = CsrRequest(pki.generate_key(key_type).public_key(), key_type, "agent,+7=#x")
+    at = NOW.replace(microsecond=654321)
+    issued = issue_certificate(request, profile=PROFILE, tenant="acme", key_id=KEY_ID,
+                               signer=Signer.of(*issuer), now=at)
+    cert = x509.load_der_x509_certificate(issued.der)
+    assert issued.certificate.public_bytes(serialization.Encoding.DER) == issued.der
+    assert issued.serial == cert.serial_number
+    assert issued.subject.rfc4514_string() == cert.subject.rfc4514_string()
+    assert int(issued.not_before.timestamp()) == int(cert.not_valid_before_utc.timestamp())
+    assert int(issued.not_after.timestamp()) == int(cert.not_valid_after_utc.timestamp())
+    assert pki.der_to_pem(issued.der, "CERTIFICATE") == pki.cert_pem(cert).decode()
+
+
+def test_a_signer_made_once_signs_as_the_issuer_itself(issuer: Issuer) -> None:
+    signer = Signer.of(*issuer)
+    first, second = (issue_certificate(request_for(pki.generate_key()), profile=PROFILE,
+                                       tenant="acme", key_id=KEY_ID, signer=signer, now=NOW)
+                     for _ in range(2))
+    for issued in (first, second):
+        issued.certificate.verify_directly_issued_by(issuer[0])
+    assert first.serial != second.serial
