@@ -1,6 +1,9 @@
 """The gateway listener: accept, per-tenant mTLS handshake, then the agent's session.
 
-Each connection runs in its own task. A source (an address, an IPv6 /64) with
+The accept loop takes a connection only while this process has fewer than
+``HANDSHAKES_IN_PROGRESS`` handshakes in progress (``gateway.listening.HandshakeCapacity``): in a
+reconnection storm the rest wait in the kernel's listen queue, where no deadline runs, instead of
+timing out behind each other here. Each connection runs in its own task. A source (an address, an IPv6 /64) with
 ``max_handshakes_per_source`` connections still in their handshake, or a listener with
 ``max_connections``, has a new connection closed at once (live sessions are untouched; see
 ``gateway.listening``). The first byte must arrive within ``first_byte_timeout_s``, the whole
