@@ -232,7 +232,8 @@ async def _accept_gated(listener: trio.SocketListener, nursery: trio.Nursery,
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("accept_failed", error=os.strerror(exc.errno or 0), retry_s=0.1)
+                log.error("accept_failed", errno=errno.errorcode.get(exc.errno or 0, exc.errno),
+                          error=os.strerror(exc.errno or 0), retry_s=0.1)
                 await trio.sleep(0.1)
                 continue
             capacity.take()
