@@ -1,11 +1,16 @@
-"""What every listener shares: opening the sockets, the accept loop, the peer's address, the
-per-source limit on connections still in their handshake with the first-byte deadline, and the
-lingering close after a refusal."""
+"""What every listener shares: opening the sockets, the accept loop (optionally gated on the
+handshakes a process has in progress), the peer's address, the per-source limit on connections
+still in their handshake with the first-byte deadline, and the lingering close after a refusal."""
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import ipaddress
+import os
 import socket
+import termios
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -137,6 +142,19 @@ class HandshakeSlots:
         return self._counts.get(source, 0)
 
 
+def has_data(stream: trio.abc.Stream) -> bool:
+    """Whether the peer of a socket ``stream`` has bytes waiting to be read now (``FIONREAD``:
+    one system call, no wait). True for another stream (memory streams in tests)."""
+    if not isinstance(stream, trio.SocketStream):
+        return True
+    waiting = array.array("i", [0])
+    try:
+        fcntl.ioctl(stream.socket.fileno(), termios.FIONREAD, waiting, True)
+    except OSError:
+        return False
+    return waiting[0] > 0
+
+
 async def first_byte(stream: trio.abc.Stream, timeout_s: float) -> bool:
     """Wait until the peer of a socket ``stream`` has sent something (or closed) within
     ``timeout_s`` of now; False when it has not. Another stream (memory streams in tests): True."""
@@ -158,17 +176,92 @@ def peer_address(stream: trio.abc.Stream) -> str:
         return "unknown"
 
 
+# --- handshakes in progress in one process ---------------------------------------------------
+#
+# A process that accepts every connection the kernel has queued takes on more handshakes than it
+# can do before their deadlines: after a restart thousands of agents reconnect within seconds, a
+# handshake costs a millisecond or two of this process's CPU, and each accepted connection's
+# first-byte and handshake deadlines run from its accept while it waits its turn behind all the
+# others. So the gateway's accept loop takes a connection only while the process has fewer than
+# ``HandshakeCapacity.limit`` handshakes in progress; the others wait in the kernel's listen
+# queue, where no deadline runs (and another worker process sharing the socket may take them).
+# A connection holds its place from accept to the end of its handshake, except while it waits for
+# its first byte: a silent connection costs no CPU, is bounded by the per-source limit and the
+# first-byte deadline, and so cannot hold the accept loop back (slowloris).
+
+
+class HandshakeCapacity:
+    """The handshakes one process is working on, and the accept loops waiting for room."""
+
+    __slots__ = ("limit", "busy", "_room")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._room = trio.lowlevel.ParkingLot()
+
+    def take(self) -> None:
+        """One more handshake in progress (never refused: the accept loop is what waits)."""
+        self.busy += 1
+
+    def give_back(self) -> None:
+        self.busy -= 1
+        if self.busy < self.limit and self._room:
+            self._room.unpark_all()
+
+    async def room(self) -> None:
+        """Return once fewer than ``limit`` handshakes are in progress."""
+        while self.busy >= self.limit:
+            await self._room.park()
+
+
+#: ``accept`` errors that mean "out of descriptors or memory for now" (as trio's own loop).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def _accept_gated(listener: trio.SocketListener, nursery: trio.Nursery,
+                        handler: Callable[[trio.SocketStream], Awaitable[None]],
+                        capacity: HandshakeCapacity) -> None:
+    """Accept while ``capacity`` has room; each connection is counted in it before its handler
+    starts (the handler gives it back)."""
+    async with listener:
+        while True:
+            await capacity.room()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept_failed", errno=errno.errorcode.get(exc.errno or 0, exc.errno),
+                          error=os.strerror(exc.errno or 0), retry_s=0.1)
+                await trio.sleep(0.1)
+                continue
+            capacity.take()
+            nursery.start_soon(_run_handler, handler, stream)
+
+
+async def _run_handler(handler: Callable[[trio.SocketStream], Awaitable[None]],
+                       stream: trio.SocketStream) -> None:
+    try:
+        await handler(stream)
+    finally:
+        if stream.socket.fileno() != -1:  # the handler closes it on every path it knows
+            await trio.aclose_forcefully(stream)
+
+
 async def serve_tcp(
     name: str, handler: Callable[[trio.SocketStream], Awaitable[None]], host: str, port: int, *,
     handler_nursery: trio.Nursery | None = None, backlog: int | None = None,
     sockets: Sequence[socket.socket] | None = None,
+    capacity: HandshakeCapacity | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and accept until cancelled. Connections run in ``handler_nursery``
     (so that cancelling the accept loop stops accepting without touching live connections); each
     in its own task, never in the accept loop. Trio's accept loop backs off when file
     descriptors run out instead of failing. ``sockets``: already listening sockets to accept on
-    instead (several worker processes share them).
+    instead (several worker processes share them). ``capacity``: accept only while it has room,
+    counting each connection in it (``HandshakeCapacity``; the handler must give it back).
 
     ``open_listening_sockets`` below is the blocking counterpart for the supervisor."""
     if sockets:  # opened by the supervisor and shared by its workers
@@ -182,7 +275,12 @@ async def serve_tcp(
     for listener in listeners:
         log.info("listening", listener=name, address=format_address(listener.socket.getsockname()))
     task_status.started(listeners)
-    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+    if capacity is None:
+        await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+    async with trio.open_nursery() as nursery:  # (serve_listeners never returns)
+        for listener in listeners:
+            nursery.start_soon(_accept_gated, listener, handler_nursery or nursery, handler,
+                               capacity)
 
 
 def open_listening_sockets(name: str, host: str, port: int, backlog: int = 4096

@@ -200,24 +200,26 @@ def organisation_identity(leaf: x509.Certificate, rule: IdentityRule) -> tuple[s
 
 
 def check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime, *,
-               anchor_fingerprint: bytes | None = None) -> Decision:
+               anchor_fingerprint: bytes | None = None,
+               leaf_fingerprint: bytes | None = None) -> Decision:
     """Decide about a chain OpenSSL verified for ``tenant`` (leaf first, anchor last). A
     certificate whose extensions do not parse is refused, never an exception.
-    ``anchor_fingerprint``: the anchor's SHA-256 when the caller knows it already (the gateway
-    looks trust anchors up by their DER), saving its computation per handshake."""
+    ``anchor_fingerprint``, ``leaf_fingerprint``: their SHA-256 when the caller knows them
+    already (the gateway hashes the DER it has, and looks trust anchors up by their DER), saving
+    their computation per handshake."""
     try:
-        return _check_peer(tenant, chain, now, anchor_fingerprint)
+        return _check_peer(tenant, chain, now, anchor_fingerprint, leaf_fingerprint)
     except ValueError:
         return _refuse(tenant, "malformed_certificate")
 
 
 def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.datetime,
-                anchor_fingerprint: bytes | None) -> Decision:
+                anchor_fingerprint: bytes | None, leaf_fingerprint: bytes | None) -> Decision:
     if not chain:
         return _refuse(tenant, "no_client_certificate")
     leaf, anchor = chain[0], chain[-1]
     anchor_fp = anchor_fingerprint or fingerprint(anchor)
-    sha = leaf.fingerprint(hashes.SHA256()).hex()
+    sha = (leaf_fingerprint or fingerprint(leaf)).hex()
     serial = format(leaf.serial_number, "x")
     common = {"sha256": sha, "serial": serial, "anchor": anchor_fp}
     if anchor_fp in tenant.provisioning_issuers:
@@ -244,8 +246,12 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
             return _refuse(tenant, "identity_invalid", trust=source, key_id=key_id, **common)
         return Decision(True, "ok", tenant.name, source, identity, key_id, serial, sha, anchor_fp,
                         leaf.not_valid_after_utc)
-    # Organisation certificates: CRLs of any CA in the chain, then the identity rule.
-    chain_serials = tuple((child.issuer, child.serial_number) for child in chain[:-1])
+    # Organisation certificates: CRLs of any CA in the chain, then the identity rule. Each
+    # certificate is named by its parent's subject (the name OpenSSL chained it by, and the CRL's
+    # issuer): the parents are the anchors and intermediates the gateway keeps parsed, so no
+    # name of the leaf's own is parsed per handshake.
+    chain_serials = tuple((parent.subject, child.serial_number)
+                          for child, parent in zip(chain, chain[1:], strict=False))
     revoked = revocation_reason(tenant, source, None, sha, anchor_fp, chain_serials)
     if revoked is not None:
         return _refuse(tenant, revoked, trust=source, **common)

@@ -33,6 +33,7 @@ decision with the identity.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +68,10 @@ VERIFY_REQUIRED = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 ALERT_UNRECOGNIZED_NAME = 112
 #: The alert when the SNI callback itself failed (a bug): ``internal_error``.
 ALERT_INTERNAL_ERROR = 80
+
+
+#: Intermediates ``TrustState`` keeps parsed; the cache starts again when full.
+INTERMEDIATES_CACHED = 1024
 
 
 @attrs.define(eq=False)
@@ -130,6 +135,8 @@ class TrustState:
     #: Every tenant's trust anchors by their DER: (SHA-256, certificate). The verify callback
     #: finds the anchor OpenSSL chained to here instead of converting and hashing it each time.
     anchors: Mapping[bytes, tuple[bytes, x509.Certificate]] = attrs.field(factory=dict)
+    #: Intermediate CAs of verified chains by their DER, parsed once (``judge``; bounded).
+    intermediates: dict[bytes, x509.Certificate] = attrs.field(factory=dict, eq=False)
 
     def tenant_name_for(self, server_name: str | bytes | None) -> str | None:
         """The tenant an SNI name chooses (``SwitchConfig.tenant_for_hostname``), or None."""
@@ -181,16 +188,30 @@ class TrustState:
             decision = check_peer(trust, [leaf], self.clock())
             info.decision = decision
             return None if decision.allowed else decision.reason
-        chain = _verified_chain(store_ctx)
-        if not chain:
+        ders = _verified_chain_der(store_ctx)
+        if not ders:
             return "no_client_certificate"
-        certificates = [c.to_cryptography() for c in chain[:-1]]
-        known = self.anchors.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[-1]))
-        certificates.append(known[1] if known else chain[-1].to_cryptography())
+        # The anchor and any intermediate from the caches (per DER, never per leaf: a leaf is
+        # parsed and hashed at each handshake, so a first connection costs what a reconnection
+        # does); the leaf from its DER, hashed as it is.
+        known = self.anchors.get(ders[-1])
+        certificates = [x509.load_der_x509_certificate(ders[0])] if len(ders) > 1 else []
+        certificates += [self._intermediate(der) for der in ders[1:-1]]
+        certificates.append(known[1] if known else x509.load_der_x509_certificate(ders[-1]))
         decision = check_peer(trust, certificates, self.clock(),
-                              anchor_fingerprint=known[0] if known else None)
+                              anchor_fingerprint=known[0] if known else None,
+                              leaf_fingerprint=hashlib.sha256(ders[0]).digest())
         info.decision = decision
         return None if decision.allowed else decision.reason
+
+    def _intermediate(self, der: bytes) -> x509.Certificate:
+        """An intermediate CA of a verified chain, parsed once per trust state (bounded)."""
+        cert = self.intermediates.get(der)
+        if cert is None:
+            if len(self.intermediates) >= INTERMEDIATES_CACHED:
+                self.intermediates.clear()
+            cert = self.intermediates[der] = x509.load_der_x509_certificate(der)
+        return cert
 
 
 def _current_certificate(store_ctx: Any) -> crypto.X509:
@@ -200,16 +221,33 @@ def _current_certificate(store_ctx: Any) -> crypto.X509:
     return crypto.X509._from_raw_x509_ptr(cert)
 
 
-def _verified_chain(store_ctx: Any) -> list[crypto.X509]:
-    """The chain OpenSSL built, leaf first (``X509_STORE_CTX_get1_chain``: each certificate
-    up-referenced, and released when its ``crypto.X509`` is collected)."""
+def _verified_chain_der(store_ctx: Any) -> list[bytes]:
+    """The DER of each certificate of the chain OpenSSL built, leaf first
+    (``X509_STORE_CTX_get1_chain``, each certificate written out with ``i2d_X509_bio``: no
+    Python certificate object per certificate)."""
     stack = _lib.X509_STORE_CTX_get1_chain(store_ctx)
     if stack == _ffi.NULL:
         return []
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
     try:
-        return [crypto.X509._from_raw_x509_ptr(_lib.sk_X509_value(stack, i))
-                for i in range(_lib.sk_X509_num(stack))]
+        if bio == _ffi.NULL:
+            raise MemoryError("BIO_new failed")
+        ders = []
+        for i in range(_lib.sk_X509_num(stack)):
+            if _lib.i2d_X509_bio(bio, _lib.sk_X509_value(stack, i)) != 1:
+                raise ValueError("i2d_X509_bio failed")
+            data = _ffi.new("char **")
+            size = _lib.BIO_get_mem_data(bio, data)
+            buffer = _ffi.new("char[]", size)
+            if _lib.BIO_read(bio, buffer, size) != size:
+                raise ValueError("BIO_read failed")
+            ders.append(_ffi.buffer(buffer, size)[:])
+        return ders
     finally:
+        if bio != _ffi.NULL:
+            _lib.BIO_free(bio)
+        for i in range(_lib.sk_X509_num(stack)):
+            _lib.X509_free(_lib.sk_X509_value(stack, i))
         _lib.sk_X509_free(stack)
 
 

@@ -119,3 +119,18 @@ async def test_a_crashed_request_handler_logs_its_traceback_without_the_requests
         [crash] = [e for e in events if e["event"] == "est_request_failed"]
         assert crash["level"] == "error" and crash["timestamp"].endswith("Z")
         assert crash["exception"].startswith("Traceback")
+
+
+def test_the_timestamp_is_now_in_utc_with_microseconds() -> None:
+    import datetime as dt
+    before = dt.datetime.now(dt.UTC)
+    stamp = logs.add_timestamp(None, "info", {})["timestamp"]
+    after = dt.datetime.now(dt.UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before.replace(microsecond=0) <= dt.datetime.fromisoformat(stamp) <= after
+
+
+def test_a_value_seen_before_renders_as_it_did_the_first_time() -> None:
+    for value in ("needs quoting\n", "bare", "needs quoting\n", "bare"):
+        assert _render({"event": "e", "k": value}) == (
+            'event=e k="needs quoting\\n"' if value != "bare" else "event=e k=bare")
