@@ -44,7 +44,7 @@ from enroll.est_service import EstReply
 from enroll.issuance import Issuance
 from enroll.ratelimit import SharedFailureLimiter
 from enroll.trust_view import read_trust_view
-from gateway import runfiles, sdnotify
+from gateway import gc_tuning, runfiles, sdnotify
 from gateway.admin import AdminListener
 from gateway.api.metrics import ApiMetrics, WebhookMetrics
 from gateway.enroll_listener import EnrollListener
@@ -374,6 +374,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
         reload_config = functools.partial(snapshot.load_current, state_dir=config.state_dir)
     switch = Switch(config, sockets=sockets, write_pid=worker is None, worker=worker,
                     generation=generation, reload_config=reload_config)
+    gc_tuning.tune()  # everything loaded at start out of the collector's way
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if worker is not None:

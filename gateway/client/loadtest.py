@@ -87,9 +87,12 @@ class _Fleet:
 
 @attrs.frozen
 class HoldContext:
-    """Given to ``during_hold``: the number of sessions open when it is called."""
+    """Given to ``during_hold``: the number of sessions open when it is called, and the load
+    generator's worker processes (to count their CPU: a bench that times the agents must know
+    whether the generator kept up)."""
 
     open_sessions: int
+    generator_pids: tuple[int, ...] = ()
 
 
 def _server_sample(pids: tuple[int, ...]) -> tuple[list[int], int | None, float | None]:
@@ -165,7 +168,8 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
         during = _server_sample(settings.server_pids) if settings.server_pids else None
         sessions_at_sample = fleet.total(4)
         if during_hold is not None:
-            during_hold(HoldContext(sessions_at_sample))
+            during_hold(HoldContext(sessions_at_sample,
+                                    tuple(p.pid for p in processes if p.pid is not None)))
             _catch_up(fleet, queue)  # what the workers said meanwhile: the counts are current
 
         def hold_over() -> bool:

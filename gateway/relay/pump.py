@@ -1,6 +1,6 @@
 """The frame pump of a relaying session: one direction's loop (``forward``), the writes to each
 side under its lock (``Side``), liveness pings, and the closing handshake owed to each side when
-the session ends (``outcome``, ``close_side``).
+the session ends (``outcome``, ``close_sides``).
 
 Theory of operation: after the two opening handshakes the relay forwards WebSocket frames as
 they are (``gateway.wsframes``): the agent's masked frames go to the upstream unchanged, the
@@ -249,26 +249,40 @@ async def forward(src: Side, dst: Side, inbound: bool, settings: GatewaySettings
             bytes_metric.inc(unreported)
 
 
-async def close_side(side: Side, code: int, reason: str | None, close_timeout_s: float) -> None:
-    """Finish one side's closing handshake: answer its close, or send ours and wait (bounded)
-    for the answer. Never raises for a peer that is gone; writes nothing to a side whose last
-    write was cut off or whose stream is inside a relayed frame (the stream is just closed)."""
-    if side.cut or side.in_frame:
-        return
+async def close_sides(owed: list[tuple[Side, CloseOwed]], close_timeout_s: float) -> None:
+    """Finish each side's closing handshake: answer its close, or send ours and wait for the
+    answer; the closes go out first (the agent's first), then the answers are read, so the two
+    round trips overlap and the whole waits at most ``close_timeout_s``. Never raises for a peer
+    that is gone; writes nothing to a side whose last write was cut off or whose stream is inside
+    a relayed frame (the stream is just closed)."""
     with trio.move_on_after(close_timeout_s) as cs:
         cs.shield = True
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                                 trio.BusyResourceError):
-            await side.inject(close_frame(code, reason, mask=side.mask))
-            while not side.close_received:  # their answer; anything else they send is dropped
-                data = side.pending or await side.stream.receive_some(RECV_BYTES)
-                side.pending = b""
-                if not data:
-                    return
-                items = side.reader.feed(data)
-                if items and isinstance(items[-1], Violation):
-                    return  # no answer will make sense: just close
-                side.close_received = bool(items) and isinstance(items[-1], Close)
+        waiting = []
+        for side, (code, reason) in owed:
+            if side.cut or side.in_frame:
+                continue
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     trio.BusyResourceError):
+                await side.inject(close_frame(code, reason, mask=side.mask))
+                waiting.append(side)
+        for side in waiting:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     trio.BusyResourceError):
+                await _close_answer(side)
+
+
+async def _close_answer(side: Side) -> None:
+    """Read until the side's close (anything else it sends is dropped), its EOF, or a frame that
+    makes no sense."""
+    while not side.close_received:
+        data = side.pending or await side.stream.receive_some(RECV_BYTES)
+        side.pending = b""
+        if not data:
+            return
+        items = side.reader.feed(data)
+        if items and isinstance(items[-1], Violation):
+            return  # no answer will make sense: just close
+        side.close_received = bool(items) and isinstance(items[-1], Close)
 
 
 def _passable(code: int) -> int:

@@ -28,7 +28,7 @@ from config.model import GatewaySettings, SwitchConfig, Tenant
 from gateway.listening import linger
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
-from gateway.relay.pump import Counters, Ended, Side, close_side, forward, outcome
+from gateway.relay.pump import Counters, Ended, Side, close_sides, forward, outcome
 from gateway.relay.upgrade import (
     RECV_BYTES,
     Upgrade,
@@ -218,11 +218,10 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
             await one_way(agent, upstream, True)
     finally:
         reason, agent_close, upstream_close = outcome(session.close_reason, ended)
-        with trio.CancelScope(shield=True):
-            if agent_close is not None:
-                await close_side(agent, *agent_close, settings.close_timeout_s)
-            if upstream_close is not None:
-                await close_side(upstream, *upstream_close, settings.close_timeout_s)
+        owed = [(side, close) for side, close in ((agent, agent_close),
+                                                  (upstream, upstream_close))
+                if close is not None]
+        await close_sides(owed, settings.close_timeout_s)
         metrics.sessions.labels(tenant).dec()
         metrics.session_ends.labels(tenant, metric_reason(reason)).inc()
         log.info("session", tenant=tenant, identity=decision.identity,

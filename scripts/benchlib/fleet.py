@@ -38,6 +38,7 @@ from typing import Any
 
 import attrs
 
+from gateway.client import procstat
 from gateway.client.backoff import Reconnects
 from scripts.benchlib import env
 from scripts.benchlib.rows import Options, Row
@@ -144,6 +145,11 @@ class Marks:
     revoke: float = 0.0
     revoked: float = 0.0
     closed: bool = False
+    #: CPU seconds of the load generator's processes and of Switch from the revocation's start
+    #: until two seconds after Switch's sessions were down (is the generator the bottleneck?).
+    revoke_generator_cpu_s: float = 0.0
+    revoke_server_cpu_s: float = 0.0
+    revoke_window_s: float = 0.0
     #: When Switch's live sessions (``switch_sessions``, every worker) were down by the key's.
     server_closed: float = 0.0
 
@@ -198,6 +204,8 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
                 marks.back = time.time()
             if revoke_key is not None:
                 time.sleep(2)  # a quiet moment: every session up, none closing
+                generator_cpu0 = procstat.cpu_seconds(ctx.generator_pids) or 0.0
+                server_cpu0, window0 = current[0].cpu(), time.monotonic()
                 marks.revoke = time.time()
                 deploy.cli("keys", "revoke", "demo", revoke_key, "--reason", "bench",
                            "--confirm", revoke_key)
@@ -207,6 +215,10 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
                                             REVOKE_TIMEOUT_S)
                 marks.server_closed = time.time()
                 time.sleep(2)  # would any other session close? (counted from the report)
+                marks.revoke_generator_cpu_s = \
+                    (procstat.cpu_seconds(ctx.generator_pids) or 0.0) - generator_cpu0
+                marks.revoke_server_cpu_s = current[0].cpu() - server_cpu0
+                marks.revoke_window_s = time.monotonic() - window0
 
         groups: tuple[tuple[str, str, int], ...] = ()
         if revoke_key is not None:
@@ -381,7 +393,9 @@ def _revoke_rows(size: Sizing, s: dict[str, Any], sm: Marks) -> list[Row]:
         f"every 50 ms), from the command's start (the command itself, a new Python process, "
         f"took {sm.revoked - sm.revoke:.2f} s); as the agents saw it, the last close came "
         f"{last:.2f} s after the start (the load generator reading that many closes on the "
-        f"same 2 cores); closed by the server: {len(closed_revoked):,} of the key's "
+        f"same 2 cores; over the {sm.revoke_window_s:.1f} s from the command's start until 2 s "
+        f"after, the load generator used {sm.revoke_generator_cpu_s:.2f} s of CPU and Switch "
+        f"{sm.revoke_server_cpu_s:.2f} s); closed by the server: {len(closed_revoked):,} of the key's "
         f"{revoked.get('enrolled', 0):,}, {len(closed_others)} of the other "
         f"{others.get('enrolled', 0):,}")]
 

@@ -425,3 +425,41 @@ async def test_data_arriving_as_the_ping_timer_fires_is_relayed_not_taken_for_a_
         assert not rig.result and len(rig.registry) == 1
         nursery.cancel_scope.cancel()
 
+
+
+async def test_an_evicted_session_closes_the_upstream_while_the_agent_has_not_answered(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Both closes go out first, then both answers are read: an agent slow to answer its 1008
+    does not hold back the upstream's close, and the whole waits one close_timeout at most."""
+    settings = GatewaySettings()
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings)
+        [session] = list(rig.registry)
+        started = trio.current_time()
+        session.evict("key_revoked")
+        told = await rig.agent.next_event()
+        assert isinstance(told, CloseConnection) and told.code == 1008
+        gone = await rig.upstream.next_event()  # the agent has not answered
+        assert isinstance(gone, CloseConnection) and gone.reason == "agent_evicted"
+        await rig.upstream.send(gone.response())
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.result == []  # still waiting (bounded) for the agent's answer
+        await rig.agent.send(told.response())
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.result == ["key_revoked"]
+        assert trio.current_time() - started < settings.close_timeout_s
+
+
+async def test_closing_sides_that_never_answer_waits_one_close_timeout_in_all(
+        autojump_clock: trio.abc.Clock) -> None:
+    settings = GatewaySettings()
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings)
+        [session] = list(rig.registry)
+        session.evict("key_revoked")
+        assert isinstance(await rig.agent.next_event(), CloseConnection)
+        assert isinstance(await rig.upstream.next_event(), CloseConnection)
+        await trio.sleep(settings.close_timeout_s - 0.1)
+        assert rig.result == []  # still waiting for the answers
+        await trio.sleep(0.2)
+        assert rig.result == ["key_revoked"]  # one close_timeout, not one per side

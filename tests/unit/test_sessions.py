@@ -96,3 +96,61 @@ async def test_admit_registers_and_evicts_at_once_what_the_current_state_refuses
     assert stale.cancel_scope.cancel_called and stale.close_reason == "key_revoked"
     assert not fine.cancel_scope.cancel_called
     assert evicted == [(stale.id, "key_revoked")]
+
+
+def test_key_delta_names_only_keys_newly_revoked_when_nothing_else_changed() -> None:
+    from gateway.sessions import key_delta
+
+    before = {"acme": _tenant(revoked_keys=frozenset({"pk_0"}))}
+    assert key_delta(before, {"acme": _tenant(revoked_keys=frozenset({"pk_0", "pk_1"}))}) == \
+        frozenset({"pk_1"})
+    assert key_delta(None, before) is None  # nothing checked yet
+    assert key_delta(before, {"acme": _tenant(revoked_keys=frozenset({"pk_0"}))}) is None  # equal
+    assert key_delta(before, {"acme": _tenant()}) is None  # a key un-revoked (none are, but safe)
+    assert key_delta(before, {"acme": _tenant(revoked_keys=frozenset({"pk_0", "pk_1"}),
+                                              organisation_cas={})}) is None
+    assert key_delta(before, {"acme": _tenant(revoked_keys=frozenset({"pk_0", "pk_1"}),
+                                              revoked_certificates=frozenset({"ab"}))}) is None
+    assert key_delta(before, {}) is None  # a tenant removed
+
+
+async def test_a_key_revoked_alone_closes_exactly_its_sessions_through_the_key_index() -> None:
+    evicted: list[tuple[int, str]] = []
+    registry = SessionRegistry(on_evict=lambda s, r: evicted.append((s.id, r)))
+    state = {"acme": _tenant()}
+    registry.reevaluate(state, NOW)  # the full pass the index's narrow passes follow
+    of_key = [Session(_decision("provisioned"), trio.CancelScope(), f"10.0.0.{i}")
+              for i in range(3)]
+    other = Session(_decision("provisioned", key_id="pk_2"), trio.CancelScope(), "10.0.1.1")
+    org = Session(_decision("organisation"), trio.CancelScope(), "10.0.1.2")
+    # expired by now + 2 days, but a narrow pass asks only the revoked key's sessions
+    expiring = Session(_decision("provisioned", key_id="pk_3", not_after=NOW),
+                       trio.CancelScope(), "10.0.1.3")
+    for session in (*of_key, other, org, expiring):
+        registry.admit(session, state, NOW)
+    registry.remove(of_key[2])  # a session that ended leaves the index
+    assert registry.sessions_of_key("pk_1") == 2
+    later = NOW + dt.timedelta(seconds=1)
+    registry.reevaluate({"acme": _tenant(revoked_keys=frozenset({"pk_1"}))}, later)
+    assert sorted(evicted) == sorted((s.id, "key_revoked") for s in of_key[:2])
+    assert not any(s.cancel_scope.cancel_called for s in (of_key[2], other, org, expiring))
+    # the same state again (a rebuild for time's sake) is a full pass: the expiry is seen
+    registry.reevaluate({"acme": _tenant(revoked_keys=frozenset({"pk_1"}))}, later)
+    assert evicted[-1] == (expiring.id, "certificate_expired")
+    for session in (*of_key, other, org, expiring):
+        registry.remove(session)
+    assert registry.sessions_of_key("pk_1") == 0 and len(registry) == 0
+
+
+async def test_a_narrow_pass_waits_for_no_longer_than_the_full_pass_interval() -> None:
+    from gateway.sessions import FULL_PASS_INTERVAL
+
+    evicted: list[tuple[int, str]] = []
+    registry = SessionRegistry(on_evict=lambda s, r: evicted.append((s.id, r)))
+    registry.reevaluate({"acme": _tenant()}, NOW)
+    expiring = Session(_decision("provisioned", key_id="pk_3", not_after=NOW),
+                       trio.CancelScope(), "10.0.1.3")
+    registry.admit(expiring, {"acme": _tenant()}, NOW)
+    registry.reevaluate({"acme": _tenant(revoked_keys=frozenset({"pk_1"}))},
+                        NOW + FULL_PASS_INTERVAL)
+    assert evicted == [(expiring.id, "certificate_expired")]
