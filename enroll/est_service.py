@@ -6,8 +6,8 @@ client presented (accepted by TLS whatever it is: it is judged here, per tenant)
 by the operations that use it (re-enrollment, serverkeygen without a provisioning key): OpenSSL
 accepts encodings that cryptography's strict DER parser refuses (a BOOLEAN TRUE as 0x01), and such
 a certificate is refused there as ``certificate_untrusted`` (fail closed), never a crash, and
-never a concern of the requests that do not use it. ``handle`` is synchronous (the store's calls block) and runs in a worker thread; ``now`` is
-passed in (the wrong-key rate limit counts in it, shared by every host through the store).
+never a concern of the requests that do not use it. ``handle`` is synchronous (the store's calls
+block) and runs in a worker thread; ``now`` is passed in (the wrong-key rate limit counts in it, shared by every host through the store).
 
 Order of checks for ``simpleenroll``: route and tenant; the provisioning service is on; the source
 is not rate limited; the provisioning key authenticates (a failure counts against the source); the
@@ -30,9 +30,7 @@ from collections.abc import Sequence
 
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from config.model import Profile, SwitchConfig, Tenant
 from enroll import est_wire, pki
@@ -74,7 +72,13 @@ from enroll.est_messages import EstRequest as EstRequest
 from enroll.est_messages import refusal
 from enroll.issuance import CertificateRecord, Issuance, PendingRequest
 from enroll.keys import KeyRecord, KeyState
-from enroll.policy import Issued, check_pkcs12_password, check_renewal, pkcs12_bundle
+from enroll.policy import (
+    Issued,
+    check_pkcs12_password,
+    check_renewal,
+    issued_for_client_auth,
+    pkcs12_bundle,
+)
 from enroll.ratelimit import Limiter, SharedFailureLimiter
 
 log = structlog.get_logger("switch.enroll")
@@ -269,7 +273,7 @@ class EstService:
         except ValueError as exc:
             raise CertificateUntrusted(f"the client certificate does not parse: {exc}") from exc
         issuers = self.issuance.trusted_issuer_certificates(tenant.name, now)
-        if not any(_directly_issued_by(leaf, issuer) for issuer in issuers):
+        if not any(issued_for_client_auth(leaf, issuer) for issuer in issuers):
             raise CertificateUntrusted("the certificate is not from this tenant's provisioning CA")
         if pki.validity_problem(leaf, now) is not None:
             raise CertificateExpired("the current certificate is not valid now")
@@ -438,18 +442,3 @@ class EstService:
         return EstReply(200, est_wire.encode_base64_body(est_wire.csrattrs(items)),
                         "application/csrattrs", (("Content-Transfer-Encoding", "base64"),),
                         "ok", tenant.name)
-
-
-def _directly_issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Signed by ``issuer`` and fit for client auth. False for anything that does not parse
-    (cryptography parses names and extensions lazily: a ValueError can come from any of them)."""
-    try:
-        if leaf.issuer != issuer.subject:
-            return False
-        leaf.verify_directly_issued_by(issuer)
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku

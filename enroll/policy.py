@@ -20,6 +20,7 @@ import secrets
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -220,3 +221,19 @@ def pkcs12_bundle(
     )
     data = pkcs12.serialize_key_and_certificates(b"switch-agent", key, cert, chain or None, encryption)
     return data, password
+
+
+def issued_for_client_auth(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``leaf`` (a renewal's current certificate) is signed by ``issuer`` and fit for client
+    auth. False for anything that does not parse (cryptography parses names and extensions
+    lazily: a ValueError can come from any of them)."""
+    try:
+        if leaf.issuer != issuer.subject:
+            return False
+        leaf.verify_directly_issued_by(issuer)
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in eku

@@ -32,6 +32,7 @@ from enroll.policy import (
     check_renewal,
     identity_uri,
     issue_certificate,
+    issued_for_client_auth,
     key_id_of,
     pkcs12_bundle,
 )
@@ -352,3 +353,22 @@ def test_a_signer_made_once_signs_as_the_issuer_itself(issuer: Issuer) -> None:
     for issued in (first, second):
         issued.certificate.verify_directly_issued_by(issuer[0])
     assert first.serial != second.serial
+
+
+def test_a_renewals_certificate_counts_only_when_signed_by_the_issuer_for_client_auth(
+        issuer: Issuer) -> None:
+    agent = issue(issuer)
+    assert issued_for_client_auth(agent, issuer[0])
+    lookalike_key = pki.generate_key("ec-p256")  # the same name, another key
+    lookalike = pki.make_ca(issuer[0].subject, lookalike_key, now=NOW,
+                            validity=dt.timedelta(days=365))
+    forged = pki.make_leaf(agent.subject, pki.generate_key().public_key(),
+                           (lookalike, lookalike_key), now=NOW, validity=dt.timedelta(days=1))
+    assert not issued_for_client_auth(forged, issuer[0])
+    server_only = pki.make_leaf(agent.subject, pki.generate_key().public_key(), issuer,
+                                now=NOW, validity=dt.timedelta(days=1), server=True,
+                                client=False)
+    assert not issued_for_client_auth(server_only, issuer[0])
+    other = pki.make_ca(pki.name("another CA"), lookalike_key, now=NOW,
+                        validity=dt.timedelta(days=365))
+    assert not issued_for_client_auth(agent, other)
