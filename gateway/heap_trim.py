@@ -9,10 +9,11 @@ among the sessions' memory, resident for nothing. ``malloc_trim(0)`` returns eve
 page (``madvise``); measured holding 2,000 relayed sessions just connected, about 1 KiB per
 session of resident memory (docs/performance.md, "Reading the figures").
 
-``trim_after_handshakes`` trims at most every ``TRIM_EVERY_S`` and only when at least
-``TRIM_AFTER`` handshakes ended since the last trim: a burst is followed by a trim within a few
-seconds, and an idle process never trims. Where the C library has no ``malloc_trim`` (musl,
-macOS) nothing is done.
+``trim_after_handshakes`` trims once a burst is over: at least ``TRIM_AFTER`` handshakes
+ended since the last trim and fewer than ``QUIET`` in the last ``TICK_S`` (so the trim comes a
+second or two after a storm, not in its midst), or, under a steady stream of handshakes,
+``TRIM_AT_LEAST_EVERY_S`` after the last trim. An idle process never trims. Where the C library
+has no ``malloc_trim`` (musl, macOS) nothing is done.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from collections.abc import Callable
 import trio
 
 #: Seconds between two looks at the handshake count.
-TRIM_EVERY_S = 5.0
-#: Handshakes (ended, whatever their outcome) since the last trim that make the next look trim.
+TICK_S = 1.0
+#: Handshakes (ended, whatever their outcome) since the last trim that make a burst.
 TRIM_AFTER = 64
+#: Fewer handshakes than this in the last tick: the burst is over.
+QUIET = 16
+#: Under a steady stream of handshakes (never quiet), trim this often all the same.
+TRIM_AT_LEAST_EVERY_S = 60.0
 
 
 def malloc_trim() -> Callable[[], bool] | None:
@@ -44,17 +49,21 @@ def malloc_trim() -> Callable[[], bool] | None:
 
 
 async def trim_after_handshakes(handshakes: Callable[[], int], *,
-                                trim: Callable[[], bool] | None = None,
-                                every_s: float = TRIM_EVERY_S, after: int = TRIM_AFTER) -> None:
-    """Run until cancelled: every ``every_s``, trim (``trim``, else ``malloc_trim()``) when
-    ``handshakes()`` (a count that only grows) moved by at least ``after`` since the last trim."""
+                                trim: Callable[[], bool] | None = None) -> None:
+    """Run until cancelled, trimming (``trim``, else ``malloc_trim()``) after each burst of
+    handshakes; ``handshakes()`` is a count that only grows (see the module docstring)."""
     trim = trim or malloc_trim()
     if trim is None:
         return
-    last = handshakes()
+    last = previous = handshakes()
+    trimmed_at = trio.current_time()
     while True:
-        await trio.sleep(every_s)
+        await trio.sleep(TICK_S)
         count = handshakes()
-        if count - last >= after:
+        burst_over = count - previous < QUIET
+        overdue = trio.current_time() - trimmed_at >= TRIM_AT_LEAST_EVERY_S
+        previous = count
+        if count - last >= TRIM_AFTER and (burst_over or overdue):
             last = count
+            trimmed_at = trio.current_time()
             trim()
