@@ -155,12 +155,14 @@ async def run_session(
             else:
                 del http, upgrade, extra, url  # a relaying session keeps only what it needs
                 relaying = True
-                limit = settings.max_message_bytes
-                return await _relay(Side.agent(stream, limit, agent_trailing),
-                                    Side.upstream(up_stream, limit, up_trailing), session,
-                                    settings, metrics)
-        if relaying:  # evicted while relaying: _relay closed both sides with the reason
-            return session.close_reason or "evicted"
+        if relaying:
+            # Outside the upgrade's scope: the relay's own scope becomes the session's (one
+            # cancel scope fewer per idle session); an eviction meanwhile is seen by _relay.
+            assert up_stream is not None
+            limit = settings.max_message_bytes
+            return await _relay(Side.agent(stream, limit, agent_trailing),
+                                Side.upstream(up_stream, limit, up_trailing), session,
+                                settings, metrics)
         if refusal is None:
             # Evicted (or shut down) before the relay began: refuse the upgrade with the reason.
             reason = session.close_reason or "evicted"
@@ -226,9 +228,10 @@ async def _upstream_to_agent(state: _Relaying, upstream: Side, agent: Side,
 
 async def _relay(agent: Side, upstream: Side, session: Session, settings: GatewaySettings,
                  metrics: Metrics) -> str:
-    """Relay both ways until one side ends or the session is evicted (its cancel scope, which
-    the caller has entered, is cancelled: then the relay ends by raising ``Cancelled`` out of
-    this function's body — the closing below runs shielded in ``finally``).
+    """Relay both ways until one side ends or the session is evicted; returns the close reason.
+    The relay's nursery scope becomes the session's ``cancel_scope``: an eviction cancels it,
+    both directions end, and the closing below (shielded, in ``finally``) sends the reason. An
+    eviction that came before (the session's scope already cancelled) ends the relay at once.
 
     The agent's direction runs in this task and the upstream's in one more; neither keeps a
     closure or a wrapper frame per session (memory per idle session, docs/performance.md)."""
@@ -240,6 +243,10 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
     try:
         async with trio.open_nursery() as relay:
             state = _Relaying(relay.cancel_scope)
+            evicted = session.cancel_scope.cancel_called
+            session.cancel_scope = relay.cancel_scope
+            if evicted:
+                relay.cancel_scope.cancel()
             relay.start_soon(_upstream_to_agent, state, upstream, agent, settings, counters,
                              session, metrics, name=UPSTREAM_TASK)
             try:
