@@ -58,6 +58,8 @@ class GatewayListener:
         self.metrics = metrics
         self.upstream_tls = relay.UpstreamTLS(upstream_ssl)
         self.open_connections = 0
+        #: Handshakes ended, whatever their outcome (``gateway.heap_trim`` trims after bursts).
+        self.handshakes_ended = 0
         #: Connections of each source still in their handshake (``max_handshakes_per_source``).
         self.handshakes = HandshakeSlots()
         #: Handshakes this process works on at once (``gateway.listening.HandshakeCapacity``).
@@ -100,6 +102,7 @@ class GatewayListener:
                 finally:
                     held = False
                     self.capacity.give_back()
+                    self.handshakes_ended += 1
                 if tls is not None:
                     await self._session(tls, state, peer)
             except Exception:  # noqa: BLE001 - one connection's failure must not end the others

@@ -219,6 +219,11 @@ class HandshakeCapacity:
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+#: The name of every connection's task (a constant: trio would format one per task, and an idle
+#: session keeps it).
+HANDLER_TASK = "gateway.listening.connection"
+
+
 async def _accept_gated(listener: trio.SocketListener, nursery: trio.Nursery,
                         handler: Callable[[trio.SocketStream], Awaitable[None]],
                         capacity: HandshakeCapacity) -> None:
@@ -237,7 +242,7 @@ async def _accept_gated(listener: trio.SocketListener, nursery: trio.Nursery,
                 await trio.sleep(0.1)
                 continue
             capacity.take()
-            nursery.start_soon(_run_handler, handler, stream)
+            nursery.start_soon(_run_handler, handler, stream, name=HANDLER_TASK)
 
 
 async def _run_handler(handler: Callable[[trio.SocketStream], Awaitable[None]],

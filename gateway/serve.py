@@ -44,7 +44,7 @@ from enroll.est_service import EstReply
 from enroll.issuance import Issuance
 from enroll.ratelimit import SharedFailureLimiter
 from enroll.trust_view import read_trust_view
-from gateway import gc_tuning, runfiles, sdnotify
+from gateway import gc_tuning, heap_trim, runfiles, sdnotify
 from gateway.admin import AdminListener
 from gateway.api.metrics import ApiMetrics, WebhookMetrics
 from gateway.enroll_listener import EnrollListener
@@ -291,6 +291,9 @@ class Switch:
                         self.listeners["gateway"] = await services.start(
                             _serve, gateway.serve, cfg.gateway.listen.host, cfg.gateway.listen.port,
                             connections, self.sockets.get("gateway"))
+                        # The heap back to the system after bursts of handshakes.
+                        services.start_soon(heap_trim.trim_after_handshakes,
+                                            lambda: gateway.handshakes_ended)
                     if cfg.enroll.listen.enabled:
                         enroll = EnrollListener(
                             lambda: self.loaded.est, lambda: self.loaded.enroll_context,

@@ -301,6 +301,22 @@ class SocketTLSStream(TLSStream):
         # Partial writes are on (pyOpenSSL's default): ``send`` says how much it took.
         return await self._call(self.connection.send, chunk)
 
+    async def wait_readable(self) -> None:
+        """Wait until ``receive_some`` may find bytes (OpenSSL holds decrypted ones, or the
+        socket is readable), without starting a read: an idle reader waiting here keeps only
+        this call and Trio's wait alive, not the frames of ``receive_some`` (memory per idle
+        session, ``gateway.relay.pump``). Readable may mean part of a record, so the
+        ``receive_some`` after it can still wait; cancelling this wait has no effect."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream is closed")
+        if self.connection.pending() or self._readable.locked():
+            # Bytes already here, or another task waits for readability (a send that needs a
+            # read): receive_some takes it from there.
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._readable:
+            await trio.lowlevel.wait_readable(self._socket)
+
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(self._writable, trio.lowlevel.wait_writable)
 

@@ -20,6 +20,7 @@ import datetime as dt
 import ssl
 from collections.abc import Mapping
 
+import attrs
 import h11
 import structlog
 import trio
@@ -154,12 +155,14 @@ async def run_session(
             else:
                 del http, upgrade, extra, url  # a relaying session keeps only what it needs
                 relaying = True
-                limit = settings.max_message_bytes
-                return await _relay(Side.agent(stream, limit, agent_trailing),
-                                    Side.upstream(up_stream, limit, up_trailing), session,
-                                    settings, metrics)
-        if relaying:  # evicted while relaying: _relay closed both sides with the reason
-            return session.close_reason or "evicted"
+        if relaying:
+            # Outside the upgrade's scope: the relay's own scope becomes the session's (one
+            # cancel scope fewer per idle session); an eviction meanwhile is seen by _relay.
+            assert up_stream is not None
+            limit = settings.max_message_bytes
+            return await _relay(Side.agent(stream, limit, agent_trailing),
+                                Side.upstream(up_stream, limit, up_trailing), session,
+                                settings, metrics)
         if refusal is None:
             # Evicted (or shut down) before the relay began: refuse the upgrade with the reason.
             reason = session.close_reason or "evicted"
@@ -187,36 +190,75 @@ def metric_reason(reason: str) -> str:
     return reason
 
 
+@attrs.define(eq=False)
+class _Relaying:
+    """What both directions of one relaying session share: the first side to end, and the
+    scope that ends the other direction then."""
+
+    scope: trio.CancelScope
+    ended: Ended | None = None
+
+    def end(self, inbound: bool, exc: BaseException | None = None) -> None:
+        """One direction is over (``exc``: how, if it raised): stop the other."""
+        if isinstance(exc, Ended):
+            self.ended = self.ended or exc
+        elif exc is not None:  # its stream broke or was closed
+            self.ended = self.ended or Ended(inbound, 1006, None)
+        self.scope.cancel()
+
+
+#: The upstream direction's task name (a constant: trio would format one per task).
+UPSTREAM_TASK = "gateway.relay.session.upstream_to_agent"
+
+
+async def _upstream_to_agent(state: _Relaying, upstream: Side, agent: Side,
+                             settings: GatewaySettings, counters: Counters, session: Session,
+                             metrics: Metrics) -> None:
+    """The upstream's direction of a relay, in its own task."""
+    tenant = session.decision.tenant
+    try:
+        await forward(upstream, agent, False, settings, counters, session,
+                      metrics.relay_bytes.labels(tenant, "out"),
+                      metrics.relay_messages.labels(tenant, "out"))
+    except (Ended, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        state.end(False, exc)
+    else:  # forward only returns by raising; stop the relay all the same
+        state.end(False)
+
+
 async def _relay(agent: Side, upstream: Side, session: Session, settings: GatewaySettings,
                  metrics: Metrics) -> str:
-    """Relay both ways until one side ends or the session is evicted (its cancel scope, which
-    the caller has entered, is cancelled: then the relay ends by raising ``Cancelled`` out of
-    this function's body — the closing below runs shielded in ``finally``)."""
+    """Relay both ways until one side ends or the session is evicted; returns the close reason.
+    The relay's nursery scope becomes the session's ``cancel_scope``: an eviction cancels it,
+    both directions end, and the closing below (shielded, in ``finally``) sends the reason. An
+    eviction that came before (the session's scope already cancelled) ends the relay at once.
+
+    The agent's direction runs in this task and the upstream's in one more; neither keeps a
+    closure or a wrapper frame per session (memory per idle session, docs/performance.md)."""
     decision = session.decision
     counters = Counters()
     tenant = decision.tenant
     metrics.sessions.labels(tenant).inc()
-    ended: Ended | None = None
+    state: _Relaying | None = None
     try:
         async with trio.open_nursery() as relay:
-
-            async def one_way(src: Side, dst: Side, inbound: bool) -> None:
-                nonlocal ended
-                direction = "in" if inbound else "out"
-                try:
-                    await forward(src, dst, inbound, settings, counters, session,
-                                   metrics.relay_bytes.labels(tenant, direction),
-                                   metrics.relay_messages.labels(tenant, direction))
-                except Ended as exc:
-                    ended = ended or exc
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    ended = ended or Ended(inbound, 1006, None)
+            state = _Relaying(relay.cancel_scope)
+            evicted = session.cancel_scope.cancel_called
+            session.cancel_scope = relay.cancel_scope
+            if evicted:
                 relay.cancel_scope.cancel()
-
-            # The agent's direction runs in this task: one task fewer per session.
-            relay.start_soon(one_way, upstream, agent, False)
-            await one_way(agent, upstream, True)
+            relay.start_soon(_upstream_to_agent, state, upstream, agent, settings, counters,
+                             session, metrics, name=UPSTREAM_TASK)
+            try:
+                await forward(agent, upstream, True, settings, counters, session,
+                              metrics.relay_bytes.labels(tenant, "in"),
+                              metrics.relay_messages.labels(tenant, "in"))
+            except (Ended, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                state.end(True, exc)
+            else:
+                state.end(True)
     finally:
+        ended = state.ended if state is not None else None
         reason, agent_close, upstream_close = outcome(session.close_reason, ended)
         owed = [(side, close) for side, close in ((agent, agent_close),
                                                   (upstream, upstream_close))

@@ -391,3 +391,88 @@ async def test_a_tls13_client_gets_no_session_ticket(certs: Pki, tmp_path: Path)
             version, has_ticket = await trio.to_thread.run_sync(client, port)
             n.cancel_scope.cancel()
     assert version == "TLSv1.3" and not has_ticket
+
+
+async def test_socket_stream_wait_readable_returns_when_bytes_arrive(certs: Pki) -> None:
+    """The idle relay's wait (``gateway.relay.pump``): it returns once the peer sends, and the
+    receive after it finds the bytes."""
+    server, client = await _connected(certs)
+    assert isinstance(server, SocketTLSStream)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+            got: list[bytes] = []
+
+            async def reader() -> None:
+                await server.wait_readable()
+                got.append(await server.receive_some())
+
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # still waiting: nothing was sent
+            await client.send_all(b"hello")
+    assert got == [b"hello"]
+    await server.aclose()
+    await client.aclose()
+
+
+async def test_socket_stream_wait_readable_sees_bytes_openssl_already_holds(certs: Pki) -> None:
+    """A record read in part leaves the rest decrypted inside OpenSSL and nothing on the socket:
+    the wait must not sleep on the socket then."""
+    server, client = await _connected(certs)
+    assert isinstance(server, SocketTLSStream)
+    await client.send_all(b"0123456789")
+    with trio.fail_after(5):
+        assert await server.receive_some(4) == b"0123"
+        await server.wait_readable()  # would wait forever on the socket alone
+        assert await server.receive_some() == b"456789"
+    await server.aclose()
+    await client.aclose()
+
+
+async def test_socket_stream_wait_readable_after_close_or_on_close(certs: Pki) -> None:
+    server, client = await _connected(certs)
+    assert isinstance(server, SocketTLSStream)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+
+            async def waiter() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await server.wait_readable()
+
+            n.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            await server.aclose()  # wakes the waiter
+    with pytest.raises(trio.ClosedResourceError):
+        await server.wait_readable()
+    await client.aclose()
+
+
+async def test_relay_waits_for_readability_on_sockets_only(certs: Pki) -> None:
+    """``pump.readable_wait``: the relay's idle wait is the TLS stream's own, Trio's for a plain
+    socket stream, and none (a plain read) for other streams."""
+    from gateway.relay.pump import readable_wait
+
+    server, client = await _connected(certs)
+    assert isinstance(server, SocketTLSStream)
+    assert readable_wait(server) == server.wait_readable
+    plain_server, plain_client = await tcp_pair()
+    wait = readable_wait(plain_server)
+    assert wait is not None
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+            done = trio.Event()
+
+            async def waiter() -> None:
+                await wait()
+                done.set()
+
+            n.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()
+            await plain_client.send_all(b"x")
+            await done.wait()
+    assert await plain_server.receive_some() == b"x"
+    memory, _ = trio.testing.memory_stream_pair()
+    assert readable_wait(memory) is None
+    for stream in (server, client, plain_server, plain_client):
+        await stream.aclose()

@@ -81,7 +81,8 @@ async def _start(nursery: trio.Nursery, settings: GatewaySettings, *,
               Peer(up_end, Connection(ConnectionType.SERVER)), registry, metrics)
 
     async def run() -> None:
-        # As run_session does once the upgrade is done: registered, inside the session's scope.
+        # As run_session does once the upgrade is done: registered; an eviction cancels the
+        # relay's scope (the session's while relaying), and _relay returns the reason.
         session = Session(DECISION, trio.CancelScope(), "127.0.0.1:1")
         registry.add(session)
         try:
