@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -37,6 +38,7 @@ from typing import Literal
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.model import IdentityRule
@@ -44,6 +46,23 @@ from enroll.pki import validity_problem
 from enroll.policy import key_id_of
 
 TrustSource = Literal["provisioned", "organisation"]
+
+#: A CA as its CRLs name it and as a certificate's verified parent is matched against them: its
+#: subject and the SHA-256 of its SubjectPublicKeyInfo. A CRL speaks for the certificates its
+#: signer issued (RFC 5280 6.3.3: the CRL's issuer is the certificate's, and the CRL verifies
+#: with that issuer's key), so the name alone is not enough: two CAs of one name (a CA renewed
+#: with a new key, both configured) would each have the other's list applied to them.
+CrlIssuer = tuple[x509.Name, bytes]
+
+
+@functools.lru_cache(maxsize=4096)
+def crl_issuer(ca: x509.Certificate) -> CrlIssuer:
+    """``ca``'s ``CrlIssuer``: for a CRL's verified signer when the CRLs are loaded, and for each
+    parent of a verified chain at a handshake. Cached per certificate (the parents are the trust
+    anchors and intermediates the gateway keeps parsed; one tuple shared by all the sessions
+    under that CA): a lookup costs a hash of the DER, about 1 us."""
+    spki = ca.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return ca.subject, hashlib.sha256(spki).digest()
 
 
 @attrs.frozen
@@ -56,12 +75,13 @@ class TenantTrust:
     organisation_cas: Mapping[bytes, x509.Certificate]
     #: SHA-256 of trusted provisioning issuers (empty when the service is off).
     provisioning_issuers: Mapping[bytes, x509.Certificate]
-    #: Organisation CRLs by issuer name: the set of revoked serial numbers.
-    revoked_serials: Mapping[x509.Name, frozenset[int]]
+    #: Organisation CRLs by their verified signer (``CrlIssuer``): the revoked serial numbers.
+    revoked_serials: Mapping[CrlIssuer, frozenset[int]]
     revoked_keys: frozenset[str]
     revoked_certificates: frozenset[str]
-    #: Organisation CRLs by issuer name: their ``nextUpdate`` (a CRL without one never goes stale).
-    crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
+    #: Organisation CRLs by their verified signer (``CrlIssuer``): their ``nextUpdate`` (a CRL
+    #: without one never goes stale).
+    crl_next_update: Mapping[CrlIssuer, dt.datetime] = attrs.field(factory=dict)
     #: SHA-256 of the client certificates the organisation supplied one by one
     #: (``organisation_certs``): each trusted as it is, as its own anchor, and nothing it signs.
     organisation_leaves: frozenset[bytes] = frozenset()
@@ -80,8 +100,9 @@ class Decision:
     #: SHA-256 of the trust anchor the chain ended at (a removed CA closes its sessions).
     anchor: bytes | None = None
     not_after: dt.datetime | None = None
-    #: (issuer, serial) of every certificate below the anchor, to re-check CRLs after a reload.
-    chain_serials: tuple[tuple[x509.Name, int], ...] = ()
+    #: (issuer, serial) of every certificate below the anchor, the issuer as its verified parent
+    #: (``CrlIssuer``), to re-check CRLs after a reload.
+    chain_serials: tuple[tuple[CrlIssuer, int], ...] = ()
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:
@@ -247,10 +268,11 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
         return Decision(True, "ok", tenant.name, source, identity, key_id, serial, sha, anchor_fp,
                         leaf.not_valid_after_utc)
     # Organisation certificates: CRLs of any CA in the chain, then the identity rule. Each
-    # certificate is named by its parent's subject (the name OpenSSL chained it by, and the CRL's
-    # issuer): the parents are the anchors and intermediates the gateway keeps parsed, so no
-    # name of the leaf's own is parsed per handshake.
-    chain_serials = tuple((parent.subject, child.serial_number)
+    # certificate is named by its verified parent: the parent's subject (the CRL's issuer; the
+    # leaf's own issuer field may differ from it in case or spacing, which OpenSSL's name match
+    # ignores) and key (the one the CRL verified with). The parents are the anchors and
+    # intermediates the gateway keeps parsed, so nothing of the leaf's own is parsed here.
+    chain_serials = tuple((crl_issuer(parent), child.serial_number)
                           for child, parent in zip(chain, chain[1:], strict=False))
     revoked = revocation_reason(tenant, source, None, sha, anchor_fp, chain_serials)
     if revoked is not None:
@@ -264,7 +286,7 @@ def _check_peer(tenant: TenantTrust, chain: Sequence[x509.Certificate], now: dt.
                     leaf.not_valid_after_utc, chain_serials)
 
 
-def _on_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]]) -> bool:
+def _on_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[CrlIssuer, int]]) -> bool:
     for issuer, serial in chain_serials:
         revoked = tenant.revoked_serials.get(issuer)
         if revoked is not None and serial in revoked:
@@ -272,7 +294,7 @@ def _on_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]])
     return False
 
 
-def _stale_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int]],
+def _stale_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[CrlIssuer, int]],
                now: dt.datetime) -> bool:
     """Whether a CRL configured for a CA of the chain is past its ``nextUpdate`` at ``now``: its
     issuer may have revoked certificates since, which Switch cannot know (fail closed)."""
@@ -285,7 +307,7 @@ def _stale_crl(tenant: TenantTrust, chain_serials: Sequence[tuple[x509.Name, int
 
 def revocation_reason(tenant: TenantTrust, trust: TrustSource, key_id: str | None,
                       sha256: str | None, anchor: bytes,
-                      chain_serials: Sequence[tuple[x509.Name, int]]) -> str | None:
+                      chain_serials: Sequence[tuple[CrlIssuer, int]]) -> str | None:
     """Why ``tenant``'s trust state no longer covers a certificate, or None: the one home of the
     revocation rules, asked by the handshake check (``check_peer``) and by the re-check of live
     sessions (``still_allowed``), so the two can never disagree.
@@ -295,7 +317,8 @@ def revocation_reason(tenant: TenantTrust, trust: TrustSource, key_id: str | Non
     ``issuer_untrusted`` when that issuer alone went), its key is not revoked (``key_revoked``;
     a suspended key is not) and the certificate is not (``certificate_revoked``). Organisation:
     the CA is still configured (``ca_removed``) and no certificate of the chain below it
-    (``chain_serials``: issuer and serial) is on a configured CRL (``certificate_revoked``); a
+    (``chain_serials``: issuer and serial) is on a configured CRL of that issuer, its name and
+    key (``certificate_revoked``); a
     pinned leaf (its own anchor) is still pinned (``pin_removed``).
     ``check_peer`` chose ``trust`` by finding ``anchor``, so the anchor rules speak only to live
     sessions."""

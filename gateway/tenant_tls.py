@@ -55,7 +55,15 @@ from config.tls_material import (
     load_crl,
 )
 from enroll.trust_view import TrustView
-from gateway.peer import Decision, TenantTrust, check_peer, fingerprint, pinned
+from gateway.peer import (
+    CrlIssuer,
+    Decision,
+    TenantTrust,
+    check_peer,
+    crl_issuer,
+    fingerprint,
+    pinned,
+)
 from gateway.tls import new_connection
 from gateway.tls_context import VERIFY_CALLBACK, connection_of, server_context, set_verify_callback
 from gateway.tls_refusals import verify_error_for, verify_error_sent_for, x509_error_reason
@@ -93,29 +101,33 @@ class HandshakeInfo:
 @attrs.frozen
 class OrganisationMaterial:
     cas: tuple[x509.Certificate, ...]
-    revoked_serials: Mapping[x509.Name, frozenset[int]]
+    #: Revoked serials by the CRLs' verified signer (``peer.CrlIssuer``: name and key).
+    revoked_serials: Mapping[CrlIssuer, frozenset[int]]
     #: The latest ``nextUpdate`` of each issuer's CRLs (``datetime.max`` for a CRL without one).
-    crl_next_update: Mapping[x509.Name, dt.datetime] = attrs.field(factory=dict)
+    crl_next_update: Mapping[CrlIssuer, dt.datetime] = attrs.field(factory=dict)
     #: SHA-256 of the pinned leaves (``organisation_certs``: the files' and the fingerprints).
     pinned: frozenset[bytes] = frozenset()
 
 
 def load_organisation_material(config: SwitchConfig) -> dict[str, OrganisationMaterial]:
     """Read every tenant's organisation CAs and CRLs. A CRL must be signed by one of the tenant's
-    CAs (else ValueError: an unsigned revocation list is no list)."""
+    CAs (else ValueError: an unsigned revocation list is no list), and applies to what that CA
+    issued: it is filed under its signer's name and key (``peer.crl_issuer``)."""
     material: dict[str, OrganisationMaterial] = {}
     for tenant in config.tenants.values():
         cas = tuple(c for path in tenant.organisation_cas for c in load_ca_certificates(path))
-        revoked: dict[x509.Name, set[int]] = {}
-        next_update: dict[x509.Name, dt.datetime] = {}
+        revoked: dict[CrlIssuer, set[int]] = {}
+        next_update: dict[CrlIssuer, dt.datetime] = {}
         for path in tenant.organisation_crls:
             crl = load_crl(path)
-            if crl_signer(crl, list(cas)) is None:  # as the loader checks; defence in depth
+            signer = crl_signer(crl, list(cas))
+            if signer is None:  # as the loader checks; defence in depth
                 raise ValueError(f"{path}: the CRL is not signed by an organisation CA of tenant "
                                  f"{tenant.name}")
-            revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)
+            issuer = crl_issuer(signer)
+            revoked.setdefault(issuer, set()).update(r.serial_number for r in crl)
             when = crl.next_update_utc or dt.datetime.max.replace(tzinfo=dt.UTC)
-            next_update[crl.issuer] = max(next_update.get(crl.issuer, when), when)
+            next_update[issuer] = max(next_update.get(issuer, when), when)
         leaves = {fingerprint(c) for path in tenant.organisation_certs
                   for c in load_client_certificates(path)}
         leaves.update(bytes.fromhex(f) for f in tenant.organisation_cert_sha256)

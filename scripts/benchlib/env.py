@@ -26,19 +26,43 @@ HOST = "demo.switch.test"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports nothing listens on now: all bound at once, so that none is
+    handed out twice (one port at a time, the kernel may give a port just released again)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_until(predicate: object, timeout: float, what: str,
+               gone: object = lambda: None) -> None:
+    """Poll ``predicate`` until it holds; TimeoutError after ``timeout`` seconds, or as soon as
+    ``gone()`` says why it never will (a process that exited)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             if predicate():  # type: ignore[operator]
                 return
+        reason = gone()  # type: ignore[operator]
+        if reason:
+            raise RuntimeError(f"{what} not ready: {reason}")
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready within {timeout}s")
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    """The last lines of a process's log, for the error that says it did not start."""
+    with contextlib.suppress(OSError):
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    return ""
 
 
 @attrs.define
@@ -51,6 +75,8 @@ class Deployment:
     admin: int
     echo: int
     secret: str = ""
+    #: The admin API's port (``[api] listen``).
+    api: int = 0
 
     @property
     def config(self) -> Path:
@@ -67,13 +93,14 @@ class Deployment:
     @classmethod
     def create(cls, directory: Path) -> Deployment:
         subprocess.run([*SWITCH, "init", str(directory)], check=True, capture_output=True, timeout=120)
-        deploy = cls(directory, free_port(), free_port(), free_port(), free_port())
+        gateway, enroll, admin, echo, api = free_ports(5)
+        deploy = cls(directory, gateway, enroll, admin, echo, api=api)
         text = deploy.config.read_text()
         text = text.replace('"0.0.0.0:4000"', f'"127.0.0.1:{deploy.gateway}"')
         text = text.replace('"0.0.0.0:9443"', f'"127.0.0.1:{deploy.enroll}"')
         text = text.replace('"127.0.0.1:9090"', f'"127.0.0.1:{deploy.admin}"')
         # The admin API's port too: a fixed port may be taken on a shared machine.
-        text = text.replace('listen = "127.0.0.1:9444"', f'listen = "127.0.0.1:{free_port()}"')
+        text = text.replace('listen = "127.0.0.1:9444"', f'listen = "127.0.0.1:{deploy.api}"')
         text = text.replace("ws://127.0.0.1:8080/", f"ws://127.0.0.1:{deploy.echo}/")
         # Pings every 5 s so that idle sessions really are pinged during a short hold; no SNI
         # (openssl s_time sends none) lands in the demo tenant.
@@ -129,7 +156,9 @@ def running(args: list[str], log: Path, ready: object, what: str, *,
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=cwd)
     try:
-        wait_until(lambda: proc.poll() is None and ready(), 60, what)  # type: ignore[operator]
+        # A process that exits (a port taken, a bad config) fails at once, with its log's end.
+        wait_until(ready, 60, what, lambda: proc.poll() is not None
+                   and f"exited with {proc.returncode} ({log}: {_log_tail(log)})")
         root = proc.pid
         if pid_file is not None:
             wait_until(lambda: procstat.read_pid_file(pid_file) is not None, 30, f"{what} pid file")
@@ -146,7 +175,7 @@ def running(args: list[str], log: Path, ready: object, what: str, *,
             proc.wait(timeout=10)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as reply:
         return bool(reply.status == 200)
 
@@ -163,7 +192,7 @@ def switch(deploy: Deployment, workers: int, log_dir: Path, *, config: Path | No
     every worker serves; stopped with SIGTERM (drain, then 1001) when the block ends."""
     log = log_dir / f"switch-w{workers}{tag}.log"
     with running([*SWITCH, "-c", str(config or deploy.config), "serve", "--workers", str(workers)],
-                 log, lambda: _http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")
+                 log, lambda: http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")
                  and (workers == 1 or log.read_text().count("listener=gateway") > workers),
                  "switch") as server:
         yield server

@@ -77,9 +77,10 @@ def _issue(deploy: env.Deployment, enroll_ports: list[int], requests: list[bytes
     specs = [{"port": enroll_ports[i % len(enroll_ports)],
               "ca": str(deploy.pki / "dev-root-ca.pem"), "host": env.HOST}
              for i in range(processes)]
+    # IN_FLIGHT connections in all, however many processes share them.
+    threads = [IN_FLIGHT // processes + (i < IN_FLIGHT % processes) for i in range(processes)]
     procs = [ctx.Process(target=est_load.run,
-                         args=(specs[i], requests[i::processes], IN_FLIGHT // processes, go,
-                               results))
+                         args=(specs[i], requests[i::processes], threads[i], go, results))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -94,6 +95,50 @@ def _issue(deploy: env.Deployment, enroll_ports: list[int], requests: list[bytes
     issued = sum(n - f for n, f, _, _ in outcomes)
     return {"issued": issued, "failures": sum(f for _, f, _, _ in outcomes), "wall": wall,
             "cpu": used, "generator_cpu": sum(g for _, _, _, g in outcomes)}
+
+
+def _on_postgres(deploy: env.Deployment, opts: Options, requests: list[bytes],
+                 hosts: int) -> dict[str, float]:
+    """``_issue`` against ``hosts`` Switch processes (one worker each) sharing one PostgreSQL
+    store, the requests spread over their enrollment ports; PostgreSQL's CPU over the run too.
+    Each run has a PostgreSQL and a copy of the deployment of its own, so that both start from
+    the same empty database."""
+    from scripts.benchlib import several
+
+    with env.echo(deploy, opts.work), several.several(deploy, opts.work, hosts) as on:
+        pg_cpu0 = on.postgres_cpu()
+        run = _issue(deploy, [h.enroll for h in on.hosts], requests, opts.quick, on.switch_cpu)
+        run["postgres_cpu"] = on.postgres_cpu() - pg_cpu0
+    return run
+
+
+def _postgres_row(one: dict[str, float], many: dict[str, float], failure: str, sqlite_rate: float,
+                  cores: int) -> Row:
+    """N hosts on one PostgreSQL against one host on it: certificates per second, and where the
+    CPU went per certificate (Switch, PostgreSQL, the generator) in each run."""
+    from scripts.benchlib import several
+
+    measure = (f"(c) certificates per second through EST, {several.HOSTS} Switch hosts on one "
+               "PostgreSQL, against 1 host on it")
+    if failure:
+        return Row(measure, "failed", "", None, "", False, failure)
+
+    def figures(run: dict[str, float]) -> str:
+        n, wall = max(run["issued"], 1), max(run["wall"], 1e-9)
+        busy = (run["cpu"] + run["postgres_cpu"] + run["generator_cpu"]) / wall / cores
+        return (f"{run['issued']:.0f} issued, {run['failures']:.0f} failed; per certificate "
+                f"{run['cpu'] * 1000 / n:.2f} ms of Switch's CPU, "
+                f"{run['postgres_cpu'] * 1000 / n:.2f} ms of PostgreSQL's, "
+                f"{run['generator_cpu'] * 1000 / n:.2f} ms of the generator's "
+                f"({busy:.0%} of the {cores} cores busy)")
+
+    one_rate, many_rate = one["issued"] / one["wall"], many["issued"] / many["wall"]
+    return Row(measure, f"{many_rate:.0f}/s", f"{one_rate:.0f}/s (1 host, same PostgreSQL setup)",
+               _ratio(many_rate, one_rate), "", None,
+               f"the same {IN_FLIGHT} requests in flight, spread over the hosts' enrollment ports; "
+               f"{several.HOSTS} hosts: {figures(many)}; 1 host: {figures(one)}; SQLite, 1 host "
+               f"(above): {sqlite_rate:.0f}/s. Everything on the same cores (PostgreSQL without "
+               "fsync, as in the tests)")
 
 
 def est(deploy: env.Deployment, opts: Options) -> list[Row]:
@@ -113,14 +158,11 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
     with env.echo(deploy, opts.work), env.switch(deploy, 2, opts.work, tag="-est") as sw:
         two = _issue(deploy, [deploy.enroll], requests, opts.quick, sw.cpu)
     try:
-        with env.echo(deploy, opts.work), several.several(deploy, opts.work) as hosts:
-            pg_cpu0 = hosts.postgres_cpu()
-            shared = _issue(deploy, [h.enroll for h in hosts.hosts], requests, opts.quick,
-                            hosts.switch_cpu)
-            pg_cpu = hosts.postgres_cpu() - pg_cpu0
+        pg_one = _on_postgres(deploy, opts, requests, 1)
+        pg_many = _on_postgres(deploy, opts, requests, several.HOSTS)
     except Exception as exc:  # noqa: BLE001 - the SQLite rows stand on their own
-        shared, pg_cpu, pg_failure = {"issued": 0.0, "failures": 0.0, "wall": 1.0, "cpu": 0.0,
-                                      "generator_cpu": 0.0}, 0.0, f"{type(exc).__name__}: {exc}"
+        pg_one = pg_many = {}
+        pg_failure = f"{type(exc).__name__}: {exc}"
     else:
         pg_failure = ""
     issued, failures, cpu = lite["issued"], lite["failures"], lite["cpu"]
@@ -133,8 +175,6 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
     ratio = _ratio(rate, bare)
     per_core = issued / cpu if cpu else 0.0
     core_ratio = _ratio(per_core, bare)
-    pg_rate = shared["issued"] / shared["wall"]
-    pg_per_core = shared["issued"] / shared["cpu"] if shared["cpu"] else 0.0
     two_rate = two["issued"] / two["wall"]
     scaling = _ratio(two_rate, rate)
     cores = os.cpu_count() or 1
@@ -169,14 +209,5 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
             f"({two['generator_cpu'] / max(two['wall'], 1e-9) / cores:.0%}), on the same cores; "
             f"with those costs the {cores} cores allow at most {ceiling:.0f}/s "
             f"({ceiling / max(rate, 1e-9):.2f}× one worker's rate)"),
-        Row(f"(c) the same, PostgreSQL store, {several.HOSTS} Switch processes as hosts",
-            "failed", "", None, "", False, pg_failure) if pg_failure else
-        Row(f"(c) the same, PostgreSQL store, {several.HOSTS} Switch processes as hosts",
-            f"{pg_rate:.0f}/s", f"{rate:.0f}/s (SQLite, 1 process, above)",
-            _ratio(pg_rate, rate), "", None,
-            f"{shared['issued']:.0f} issued, {shared['failures']:.0f} failed, spread over the "
-            f"{several.HOSTS} enrollment ports; {pg_per_core:.0f} per core-second of Switch CPU "
-            f"({ms(shared, 'cpu'):.2f} ms each) and "
-            f"{pg_cpu * 1000 / max(shared['issued'], 1):.2f} ms of PostgreSQL's per certificate, "
-            "all on the same cores as the generator (PostgreSQL without fsync, as in the tests)"),
+        _postgres_row(pg_one, pg_many, pg_failure, rate, cores),
     ]

@@ -23,7 +23,7 @@ from cryptography import x509
 from OpenSSL import crypto
 
 from config.model import IdentityRule
-from gateway.peer import TenantTrust, check_peer, fingerprint
+from gateway.peer import CrlIssuer, TenantTrust, check_peer, crl_issuer, fingerprint
 
 #: Vendored from ../shared/testdata (C2SP x509-limbo, Apache-2.0; see tests/data/x509-limbo/README.md)
 #: so that a clean clone runs every vector wherever it is checked out.
@@ -76,13 +76,14 @@ def _decide(case: dict[str, Any]) -> tuple[bool, str]:
         return False, f"openssl: {exc}"
     except Exception as exc:  # noqa: BLE001 - an unparsable vector is a refusal too
         return False, f"error: {exc}"
-    revoked: dict[x509.Name, set[int]] = {}
+    revoked: dict[CrlIssuer, set[int]] = {}
     for pem in case.get("crls") or []:
         crl = x509.load_pem_x509_crl(pem.encode())
-        signer = next((c for c in [*trusted, *intermediates] if c.subject == crl.issuer), None)
-        if signer is None or not crl.is_signature_valid(signer.public_key()):  # type: ignore[arg-type]
+        signer = next((c for c in [*trusted, *intermediates] if c.subject == crl.issuer
+                       and crl.is_signature_valid(c.public_key())), None)  # type: ignore[arg-type]
+        if signer is None:
             continue
-        revoked.setdefault(crl.issuer, set()).update(r.serial_number for r in crl)
+        revoked.setdefault(crl_issuer(signer), set()).update(r.serial_number for r in crl)
     tenant = TenantTrust(
         name="limbo", identity=IdentityRule("any"),
         organisation_cas={fingerprint(c): c for c in trusted}, provisioning_issuers={},

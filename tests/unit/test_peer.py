@@ -22,6 +22,7 @@ from gateway.peer import (
     TenantTrust,
     allow_matches,
     check_peer,
+    crl_issuer,
     fingerprint,
     revocation_reason,
     still_allowed,
@@ -114,9 +115,9 @@ CASES: dict[str, tuple[Case, str]] = {
         Case(_org(subject="host-7"), _rule("common-name", "host-*"), "host-7"), "ok"),
     "ok/organisation-any": (Case(_org(subject="whoever"), _rule("any"), "CN=whoever"), "ok"),
     "ok/organisation-crl-still-fresh": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
-        p, crl_next_update={p.org[0].subject: NOW + DAY})), "ok"),
+        p, crl_next_update={crl_issuer(p.org[0]): NOW + DAY})), "ok"),
     "ok/organisation-not-on-the-crl": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
-        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number + 1})})), "ok"),
+        p, revoked_serials={crl_issuer(p.org[0]): frozenset({chain[0].serial_number + 1})})), "ok"),
     # --- refused ----------------------------------------------------------------------------
     "fail/no-chain": (Case(lambda p: []), "no_client_certificate"),
     "fail/another-tenants-provisioning-issuer": (Case(
@@ -148,11 +149,11 @@ CASES: dict[str, tuple[Case, str]] = {
     "fail/provisioned-identity-with-a-line-break": (Case(_prov(subject="laptop\r\nX-Evil: 1")),
                                                     "identity_invalid"),
     "fail/organisation-on-the-crl": (Case(_org(emails=["a@example.com"]), lambda p, chain: _tenant(
-        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number})})),
+        p, revoked_serials={crl_issuer(p.org[0]): frozenset({chain[0].serial_number})})),
         "certificate_revoked"),
     "fail/organisation-crl-past-next-update": (Case(
         _org(emails=["a@example.com"]), lambda p, chain: _tenant(
-            p, crl_next_update={p.org[0].subject: NOW - dt.timedelta(seconds=1)})),
+            p, crl_next_update={crl_issuer(p.org[0]): NOW - dt.timedelta(seconds=1)})),
         "crl_expired"),
     "fail/organisation-no-email-san": (Case(_org()), "identity_email_count"),
     "fail/organisation-two-email-sans": (Case(_org(emails=["a@example.com", "b@example.com"])),
@@ -243,13 +244,13 @@ REVOCATIONS: dict[str, tuple[Callable[[Pki], list[x509.Certificate]], Revocation
     "provisioned/another-certificate-revoked": (_prov(), lambda p, chain: _tenant(
         p, revoked_certificates=frozenset({"00" * 32}))),
     "organisation/leaf-on-the-crl": (_org(emails=["a@example.com"]), lambda p, chain: _tenant(
-        p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number})})),
+        p, revoked_serials={crl_issuer(p.org[0]): frozenset({chain[0].serial_number})})),
     "organisation/intermediate-on-the-crl": (_org_via_intermediate, lambda p, chain: _tenant(
-        p, revoked_serials={p.org[0].subject: frozenset({chain[1].serial_number})})),
+        p, revoked_serials={crl_issuer(p.org[0]): frozenset({chain[1].serial_number})})),
     "organisation/leaf-on-the-intermediates-crl": (_org_via_intermediate, lambda p, chain: _tenant(
-        p, revoked_serials={p.org_intermediate[0].subject: frozenset({chain[0].serial_number})})),
+        p, revoked_serials={crl_issuer(p.org_intermediate[0]): frozenset({chain[0].serial_number})})),
     "organisation/another-serial-on-the-crl": (_org(emails=["a@example.com"]), lambda p, chain:
-        _tenant(p, revoked_serials={p.org[0].subject: frozenset({chain[0].serial_number + 1})})),
+        _tenant(p, revoked_serials={crl_issuer(p.org[0]): frozenset({chain[0].serial_number + 1})})),
 }
 
 

@@ -16,7 +16,7 @@ from gateway.sessions import Session, SessionRegistry
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 ORG, ISSUER = b"o" * 32, b"i" * 32
-NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "org CA")])
+NAME = (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "org CA")]), b"k" * 32)
 
 
 def _tenant(**kw: object) -> TenantTrust:
