@@ -20,6 +20,7 @@ import datetime as dt
 import ssl
 from collections.abc import Mapping
 
+import attrs
 import h11
 import structlog
 import trio
@@ -114,7 +115,7 @@ async def run_session(
     http = new_request_reader()
     up_stream: trio.abc.Stream | None = None
     refusal: UpgradeRefused | None = None
-    relaying = False
+    relay: Relay | None = None
     try:
         with session.cancel_scope:
             try:
@@ -153,13 +154,13 @@ async def run_session(
                 await _refuse_upgrade(stream, exc.status, exc.reason, settings.close_timeout_s)
             else:
                 del http, upgrade, extra, url  # a relaying session keeps only what it needs
-                relaying = True
                 limit = settings.max_message_bytes
-                return await _relay(Side.agent(stream, limit, agent_trailing),
-                                    Side.upstream(up_stream, limit, up_trailing), session,
-                                    settings, metrics)
-        if relaying:  # evicted while relaying: _relay closed both sides with the reason
-            return session.close_reason or "evicted"
+                relay = Relay(Side.agent(stream, limit, agent_trailing),
+                              Side.upstream(up_stream, limit, up_trailing), session, settings,
+                              metrics)
+                await relay.pump()
+        if relay is not None:  # ended, or evicted: close both sides, outside the session's scope
+            return await relay.finish()
         if refusal is None:
             # Evicted (or shut down) before the relay began: refuse the upgrade with the reason.
             reason = session.close_reason or "evicted"
@@ -168,13 +169,19 @@ async def run_session(
             await _refuse_upgrade(stream, refusal.status, reason, settings.close_timeout_s)
         return refusal.reason
     finally:
-        registry.remove(session)
-        if up_stream is not None and not relaying:
-            await trio.aclose_forcefully(up_stream)
-        elif up_stream is not None:
-            with trio.move_on_after(settings.close_timeout_s) as cs:
-                cs.shield = True
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        try:
+            if relay is not None and not relay.finished:
+                # Cancelled from outside (a shutdown's drain deadline): no closing handshake
+                # (``finish`` returns at its first wait), the session still counted and logged.
+                await relay.finish()
+        finally:
+            # Only now: a shutdown waits for the registry to empty, closing handshakes included.
+            registry.remove(session)
+            if up_stream is not None and relay is None:
+                await trio.aclose_forcefully(up_stream)
+            elif up_stream is not None:
+                with trio.move_on_after(settings.close_timeout_s), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError):
                     await up_stream.aclose()
 
 
@@ -187,48 +194,64 @@ def metric_reason(reason: str) -> str:
     return reason
 
 
-async def _relay(agent: Side, upstream: Side, session: Session, settings: GatewaySettings,
-                 metrics: Metrics) -> str:
-    """Relay both ways until one side ends or the session is evicted (its cancel scope, which
-    the caller has entered, is cancelled: then the relay ends by raising ``Cancelled`` out of
-    this function's body — the closing below runs shielded in ``finally``)."""
-    decision = session.decision
-    counters = Counters()
-    tenant = decision.tenant
-    metrics.sessions.labels(tenant).inc()
+@attrs.define(eq=False)
+class Relay:
+    """One relaying session's two sides and what it relayed. ``pump`` relays both ways until one
+    side ends (``ended``) or the session is evicted: its cancel scope, which the caller has
+    entered around ``pump``, is cancelled, and ``pump`` ends by raising ``Cancelled`` into it.
+    ``finish``, awaited once *outside* that scope, owes each side its closing handshake (bounded
+    by ``close_timeout_s``, and cut short by a cancellation from outside, which is how a
+    shutdown's drain deadline ends the closes still waiting), counts and logs the session."""
+
+    agent: Side
+    upstream: Side
+    session: Session
+    settings: GatewaySettings
+    metrics: Metrics
+    counters: Counters = attrs.field(factory=Counters)
     ended: Ended | None = None
-    try:
+    finished: bool = False
+
+    async def pump(self) -> None:
+        tenant = self.session.decision.tenant
+        self.metrics.sessions.labels(tenant).inc()
         async with trio.open_nursery() as relay:
 
             async def one_way(src: Side, dst: Side, inbound: bool) -> None:
-                nonlocal ended
                 direction = "in" if inbound else "out"
                 try:
-                    await forward(src, dst, inbound, settings, counters, session,
-                                   metrics.relay_bytes.labels(tenant, direction),
-                                   metrics.relay_messages.labels(tenant, direction))
+                    await forward(src, dst, inbound, self.settings, self.counters, self.session,
+                                  self.metrics.relay_bytes.labels(tenant, direction),
+                                  self.metrics.relay_messages.labels(tenant, direction))
                 except Ended as exc:
-                    ended = ended or exc
+                    self.ended = self.ended or exc
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    ended = ended or Ended(inbound, 1006, None)
+                    self.ended = self.ended or Ended(inbound, 1006, None)
                 relay.cancel_scope.cancel()
 
             # The agent's direction runs in this task: one task fewer per session.
-            relay.start_soon(one_way, upstream, agent, False)
-            await one_way(agent, upstream, True)
-    finally:
-        reason, agent_close, upstream_close = outcome(session.close_reason, ended)
-        owed = [(side, close) for side, close in ((agent, agent_close),
-                                                  (upstream, upstream_close))
-                if close is not None]
-        await close_sides(owed, settings.close_timeout_s)
-        metrics.sessions.labels(tenant).dec()
-        metrics.session_ends.labels(tenant, metric_reason(reason)).inc()
-        log.info("session", tenant=tenant, identity=decision.identity,
-                 trust=decision.trust, key_id=decision.key_id, serial=decision.serial,
-                 peer=session.peer, duration_s=round(trio.current_time() - session.opened_at, 3),
-                 bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
-                 messages_in=counters.messages_in, messages_out=counters.messages_out,
-                 close_reason=reason)
-    return reason
+            relay.start_soon(one_way, self.upstream, self.agent, False)
+            await one_way(self.agent, self.upstream, True)
 
+    async def finish(self) -> str:
+        """Close both sides as ``outcome`` says, count and log the session; its close reason."""
+        self.finished = True
+        session, counters = self.session, self.counters
+        decision = session.decision
+        reason, agent_close, upstream_close = outcome(session.close_reason, self.ended)
+        owed = [(side, close) for side, close in ((self.agent, agent_close),
+                                                  (self.upstream, upstream_close))
+                if close is not None]
+        try:
+            await close_sides(owed, self.settings.close_timeout_s)
+        finally:
+            self.metrics.sessions.labels(decision.tenant).dec()
+            self.metrics.session_ends.labels(decision.tenant, metric_reason(reason)).inc()
+            log.info("session", tenant=decision.tenant, identity=decision.identity,
+                     trust=decision.trust, key_id=decision.key_id, serial=decision.serial,
+                     peer=session.peer,
+                     duration_s=round(trio.current_time() - session.opened_at, 3),
+                     bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
+                     messages_in=counters.messages_in, messages_out=counters.messages_out,
+                     close_reason=reason)
+        return reason

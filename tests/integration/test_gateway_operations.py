@@ -29,7 +29,7 @@ def _wait_for_ports(log: Path, proc: trio.Process | subprocess.Popen[bytes]) -> 
     raise AssertionError("no listeners: " + log.read_text())
 
 
-async def test_sigterm_drains_then_closes_sessions_with_going_away_and_exits_0(tmp_path: Path) -> None:
+async def test_sigterm_closes_sessions_with_going_away_at_once_and_exits_0(tmp_path: Path) -> None:
     directory = tmp_path / "d"
     make_deployment(directory)
     add_acme_tenant(directory)
@@ -42,7 +42,8 @@ async def test_sigterm_drains_then_closes_sessions_with_going_away_and_exits_0(t
             config = directory / "switch.toml"
             text = config.read_text().replace('upstream = "ws://127.0.0.1:8080/"',
                                               f'upstream = "ws://127.0.0.1:{server.port}/"')
-            text = re.sub(r'drain_timeout = "[^"]+"', 'drain_timeout = "1s"', text)
+            # A drain deadline far away: the close must not wait for it.
+            text = re.sub(r'drain_timeout = "[^"]+"', 'drain_timeout = "60s"', text)
             config.write_text(text)
             log = tmp_path / "serve.log"
             proc = await trio.lowlevel.open_process(
@@ -67,15 +68,13 @@ async def test_sigterm_drains_then_closes_sessions_with_going_away_and_exits_0(t
                     done.set()
 
                 threading.Thread(target=wait_close, daemon=True).start()
-                started = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                await trio.to_thread.run_sync(done.wait, 10)
-                waited = time.monotonic() - started
+                assert await trio.to_thread.run_sync(done.wait, 30)
                 assert codes == [1001]
-                assert 0.8 <= waited < 5, waited
-                with trio.fail_after(20):
+                with trio.fail_after(30):
                     assert await proc.wait() == 0
-                assert "draining" in log.read_text()
+                text = log.read_text()
+                assert "event=draining" in text and "cut=0" in text
             finally:
                 if proc.poll() is None:
                     proc.kill()

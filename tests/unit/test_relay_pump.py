@@ -81,17 +81,17 @@ async def _start(nursery: trio.Nursery, settings: GatewaySettings, *,
               Peer(up_end, Connection(ConnectionType.SERVER)), registry, metrics)
 
     async def run() -> None:
-        # As run_session does once the upgrade is done: registered, inside the session's scope.
+        # As run_session does once the upgrade is done: registered, the pump inside the
+        # session's scope (an eviction ends it there), the closing outside it.
         session = Session(DECISION, trio.CancelScope(), "127.0.0.1:1")
         registry.add(session)
+        relay = relay_session.Relay(pump.Side.agent(gw_agent, settings.max_message_bytes),
+                                    pump.Side.upstream(gw_up, settings.max_message_bytes),
+                                    session, settings, metrics)
         try:
             with session.cancel_scope:
-                rig.result.append(await relay_session._relay(
-                    pump.Side.agent(gw_agent, settings.max_message_bytes),
-                    pump.Side.upstream(gw_up, settings.max_message_bytes),
-                    session, settings, metrics))
-                return
-            rig.result.append(session.close_reason or "?")  # evicted: _relay ended by Cancelled
+                await relay.pump()
+            rig.result.append(await relay.finish())
         finally:
             registry.remove(session)
 
