@@ -345,6 +345,7 @@ class Switch:
                              deadline_s=cfg.gateway.drain_timeout_s)
                     services.cancel_scope.cancel()  # stop accepting
                 sessions = len(self.registry)
+                gc_tuning.stop_collecting()  # the process ends after this: see gc_tuning
                 # Every session at once: each sends its closes and waits for the answers in its
                 # own task, so the round trips overlap instead of adding up.
                 self.registry.close_all("shutdown")
