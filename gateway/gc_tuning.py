@@ -40,5 +40,6 @@ def stop_collecting() -> None:
     handshakes, its log line) and the collector ran about once per 15 sessions, a quarter of
     the drain's CPU (0.5 of 2.1 s for 5,000 sessions, docs/performance.md). What it would
     reclaim is reference cycles of sessions already closed, a few KiB each, bounded by the
-    sessions the process held; the process exits right after and frees everything."""
+    sessions the process held; the process exits right after and frees everything. Called by
+    ``gateway.serve.main`` when its stop begins, never by an embedded ``Switch`` (tests)."""
     gc.disable()

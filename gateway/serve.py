@@ -19,10 +19,8 @@ all of them concurrently: a relaying session sends 1001 (going away) to its agen
 and waits for their answers, a session still before its upgrade gets ``503 shutdown``. The whole
 shutdown has one deadline, ``drain_timeout_s`` from the signal: what is still open then (an agent
 that never answers its close) is cut (its sockets closed) and the process ends; ``switch serve``
-exits 0. Long-lived WebSocket sessions never end by themselves, so waiting for them before
-closing them (as this did until issue 14) only delayed every restart by the whole drain timeout.
-A second SIGTERM or SIGINT cuts at once (``Switch.stop(now=True)``; a worker leaves that to its
-supervisor, see ``gateway.workers``).
+exits 0 (agents' sessions never end by themselves: nothing waits for that). A second SIGTERM or
+SIGINT cuts at once (``Switch.stop(now=True)``; a worker leaves that to its supervisor).
 """
 
 from __future__ import annotations
@@ -345,7 +343,6 @@ class Switch:
                              deadline_s=cfg.gateway.drain_timeout_s)
                     services.cancel_scope.cancel()  # stop accepting
                 sessions = len(self.registry)
-                gc_tuning.stop_collecting()  # the process ends after this: see gc_tuning
                 # Every session at once: each sends its closes and waits for the answers in its
                 # own task, so the round trips overlap instead of adding up.
                 self.registry.close_all("shutdown")
@@ -425,6 +422,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                         if worker is None:
                             sdnotify.notify("STOPPING=1")
                         stopping = True
+                        gc_tuning.stop_collecting()  # the process ends after this: gc_tuning
                         switch.stop()
                     elif worker is None:  # a second signal: cut every connection now
                         log.warning("stopping_now", signal=name)
@@ -440,6 +438,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
 
                 async def stop_when_orphaned() -> None:
                     await orphaned.wait()
+                    gc_tuning.stop_collecting()
                     switch.stop()
 
                 nursery.start_soon(stop_when_orphaned)
