@@ -343,9 +343,7 @@ class Switch:
                              deadline_s=cfg.gateway.drain_timeout_s)
                     services.cancel_scope.cancel()  # stop accepting
                 sessions = len(self.registry)
-                # Every session at once: each sends its closes and waits for the answers in its
-                # own task, so the round trips overlap instead of adding up.
-                self.registry.close_all("shutdown")
+                self.registry.close_all("shutdown")  # all at once: the round trips overlap
                 with self._drain:
                     await self.registry.wait_empty()
                 left = len(self.registry)
@@ -427,9 +425,8 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                     elif worker is None:  # a second signal: cut every connection now
                         log.warning("stopping_now", signal=name)
                         switch.stop(now=True)
-                    # A worker gets its stop signal twice when it is sent to the whole process
-                    # group (a terminal's Ctrl-C, ``kill -- -PGID``) and the supervisor forwards
-                    # it too: the supervisor alone decides on a second one (gateway.workers).
+                    # A worker gets a group's signal and its supervisor's: the supervisor alone
+                    # acts on a second one (gateway.workers).
 
             nursery.start_soon(on_signal)
             if worker is not None:

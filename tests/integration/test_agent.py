@@ -374,7 +374,9 @@ async def test_a_gateway_going_away_with_1001_is_reconnected_to_after_a_jittered
         seen = len(gw.echo.requests)
         async with trio.open_nursery() as running:
             running.start_soon(functools.partial(agent.run_forever, rng=rng))
-            while len(gw.switch.registry) == 0:  # noqa: ASYNC110 - relaying at the gateway
+            # Relaying (the upgrade answered): an eviction before it would refuse the upgrade.
+            while not gw.switch.metrics.registry.get_sample_value(  # noqa: ASYNC110 - a gauge
+                    "switch_sessions", {"tenant": "demo"}):
                 await trio.sleep(0.02)
             gw.switch.registry.close_all("shutdown")  # what a stopping gateway does
             while len(gw.echo.requests) < seen + 2:  # noqa: ASYNC110 - back at the upstream
