@@ -64,8 +64,8 @@ RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 #: A worker that ran this long before dying was healthy: restart it at once.
 HEALTHY_RUN_S = 60.0
-#: After its drain deadline a worker still closes its sockets and its store and exits (well under
-#: a second with 9,000 sessions, docs/performance.md); one that overstays this is killed.
+#: After its drain deadline a worker still closes its sockets and its store and exits (about
+#: 0.3 s with 5,000 sessions, docs/performance.md); one that overstays this is killed.
 STOP_GRACE_S = 5.0
 
 
