@@ -28,7 +28,7 @@ everywhere. The keys, with their defaults::
     idle_timeout = "300s"               #  -> idle_timeout_s
     upstream_connect_timeout = "10s"    #  -> upstream_connect_timeout_s
     close_timeout = "5s"                #  -> close_timeout_s
-    drain_timeout = "10s"               #  -> drain_timeout_s (graceful shutdown)
+    drain_timeout = "10s"               #  -> drain_timeout_s (a stop's one deadline)
     ping_interval = "30s"               #  -> ping_interval_s
     write_timeout = "30s"               #  -> write_timeout_s (a write to an agent or upstream)
     max_connections = 20000             #  at least 1

@@ -183,8 +183,9 @@ class GatewayListener:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            with trio.move_on_after(settings.close_timeout_s) as cs:
-                cs.shield = True
+            # Not shielded: close_notify goes out with the socket's close even when cancelled
+            # (the end of a shutdown's drain), which then closes the socket at once.
+            with trio.move_on_after(settings.close_timeout_s):
                 await tls.aclose()
 
     def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None,

@@ -14,8 +14,13 @@ cannot be read, the last trust state stays in force (``StoreWatch`` shows it in 
 /readyz). The state is also rebuilt every ``REBUILD_INTERVAL_S`` so that time alone (a retired issuer
 whose certificates all expired, a session whose certificate expired) takes effect.
 
-Shutdown (SIGTERM, SIGINT, or ``Switch.stop``): stop accepting, wait up to ``drain_timeout_s`` for
-sessions to end, close the rest with 1001 (going away), then end; ``switch serve`` exits 0.
+Shutdown (SIGTERM, SIGINT, or ``Switch.stop``): stop accepting, and close every session at once,
+all of them concurrently: a relaying session sends 1001 (going away) to its agent and its upstream
+and waits for their answers, a session still before its upgrade gets ``503 shutdown``. The whole
+shutdown has one deadline, ``drain_timeout_s`` from the signal: what is still open then (an agent
+that never answers its close) is cut (its sockets closed) and the process ends; ``switch serve``
+exits 0 (agents' sessions never end by themselves: nothing waits for that). A second SIGTERM or
+SIGINT cuts at once (``Switch.stop(now=True)``; a worker leaves that to its supervisor).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from gateway.gateway_listener import GatewayListener
 from gateway.loading import ConfigReader, ReloadResult, load_all, read_from_disk
 from gateway.metrics import Metrics
 from gateway.sessions import Session, SessionRegistry
+from gateway.stopsignals import repeats_ignored_once_stopping
 from gateway.store_watch import StoreWatch
 from gateway.tenant_tls import (
     TrustState,
@@ -113,6 +119,8 @@ class Switch:
         self.trust_stale = False
         self.listeners: dict[str, list[trio.SocketListener]] = {}
         self._stop = trio.Event()
+        #: The shutdown's drain: its deadline is set at the stop, ``stop(now=True)`` cancels it.
+        self._drain = trio.CancelScope()
         self.upstream_ssl = ssl.create_default_context()
 
     @property
@@ -123,8 +131,16 @@ class Switch:
         assert self.state is not None
         return self.state
 
-    def stop(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, *, now: bool = False) -> None:
+        """Begin the shutdown (module docstring); ``now``: do not wait for closing handshakes,
+        cut every connection at once (a second signal)."""
         self._stop.set()
+        if now:
+            self._drain.cancel()
 
     def _evicted(self, session: Session, reason: str) -> None:
         # Counted here; logged once per change (``sessions_evicted`` in refresh_trust, reload)
@@ -324,15 +340,19 @@ class Switch:
                     self._write_reload_status()
                     task_status.started(self.listeners)
                     await self._stop.wait()
+                    stopping = trio.current_time()
+                    self._drain.deadline = stopping + cfg.gateway.drain_timeout_s
                     log.info("draining", sessions=len(self.registry),
                              deadline_s=cfg.gateway.drain_timeout_s)
                     services.cancel_scope.cancel()  # stop accepting
-                with trio.move_on_after(cfg.gateway.drain_timeout_s):
+                sessions = len(self.registry)
+                self.registry.close_all("shutdown")  # all at once: the round trips overlap
+                with self._drain:
                     await self.registry.wait_empty()
-                self.registry.close_all("shutdown")
-                with trio.move_on_after(cfg.gateway.close_timeout_s + 1):
-                    await self.registry.wait_empty()
-                connections.cancel_scope.cancel()
+                left = len(self.registry)
+                connections.cancel_scope.cancel()  # the rest (and EST, API) cut at once
+                log.info("drained", sessions=sessions, cut=left,
+                         drain_s=round(trio.current_time() - stopping, 3))
         finally:
             if self.write_pid:
                 with contextlib.suppress(OSError):
@@ -378,7 +398,8 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
     switch = Switch(config, sockets=sockets, write_pid=worker is None, worker=worker,
                     generation=generation, reload_config=reload_config)
     gc_tuning.tune()  # everything loaded at start out of the collector's way
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with repeats_ignored_once_stopping(lambda: switch.stopping), \
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if worker is not None:
                 # A SIGHUP the supervisor sent before this receiver existed was lost: if its
@@ -389,16 +410,26 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                         nursery.start_soon(switch.reload)
 
             async def on_signal() -> None:
+                stopping = False
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        log.info("reloading", signal="SIGHUP")
-                        nursery.start_soon(switch.reload)
+                        if not stopping:
+                            log.info("reloading", signal="SIGHUP")
+                            nursery.start_soon(switch.reload)
                         continue
-                    log.info("stopping", signal=signal.Signals(signum).name)
-                    if worker is None:
-                        sdnotify.notify("STOPPING=1")
-                    switch.stop()
-                    return
+                    name = signal.Signals(signum).name
+                    if not stopping:
+                        log.info("stopping", signal=name)
+                        if worker is None:
+                            sdnotify.notify("STOPPING=1")
+                        stopping = True
+                        gc_tuning.stop_collecting()  # the process ends after this: gc_tuning
+                        switch.stop()
+                    elif worker is None:  # a second signal: cut every connection now
+                        log.warning("stopping_now", signal=name)
+                        switch.stop(now=True)
+                    # A worker gets a group's signal and its supervisor's: the supervisor alone
+                    # acts on a second one (gateway.workers).
 
             nursery.start_soon(on_signal)
             if worker is not None:
@@ -407,6 +438,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
 
                 async def stop_when_orphaned() -> None:
                     await orphaned.wait()
+                    gc_tuning.stop_collecting()
                     switch.stop()
 
                 nursery.start_soon(stop_when_orphaned)

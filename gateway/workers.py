@@ -16,7 +16,11 @@ The supervisor owns the configuration in force (``config.snapshot``): it snapsho
 files at start and on each SIGHUP, and its workers run the snapshot, never the files on disk. On
 SIGHUP it takes a new snapshot (or records why the files do not load) and then forwards the signal;
 each worker reloads from the snapshot, so a reload applies to all of them or to none. SIGTERM and
-SIGINT (drain and stop) are forwarded as they are.
+SIGINT (stop: every session closed with 1001 at once, within ``drain_timeout``) are forwarded as
+they are; a worker still running ``STOP_GRACE_S`` after its drain deadline is killed, and a second
+SIGTERM or SIGINT kills the workers at once. Workers ignore a repeated stop signal (they get two
+when a signal goes to the whole process group and the supervisor forwards it too), so the second
+one's meaning is the supervisor's alone.
 
 A worker that exits while the supervisor is not stopping is logged and started again on the
 last good snapshot, so it serves what its siblings serve even if the files were edited since or
@@ -36,6 +40,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
@@ -47,6 +52,7 @@ from config.model import SwitchConfig
 from gateway import metrics, sdnotify
 from gateway.listening import format_address, open_listening_sockets
 from gateway.runfiles import RELOAD_STATUS_GLOB, reload_status_name, write_pid
+from gateway.stopsignals import repeats_ignored_once_stopping
 
 log = structlog.get_logger("switch.supervisor")
 
@@ -58,6 +64,9 @@ RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 #: A worker that ran this long before dying was healthy: restart it at once.
 HEALTHY_RUN_S = 60.0
+#: After its drain deadline a worker still closes its sockets and its store and exits (about
+#: 0.3 s with 5,000 sessions, docs/performance.md); one that overstays this is killed.
+STOP_GRACE_S = 5.0
 
 
 def encode_fds(sockets: dict[str, list[socket.socket]]) -> str:
@@ -214,6 +223,39 @@ class Supervisor:
             if proc.returncode is None:
                 proc.send_signal(signum)
 
+    def kill_all(self, why: str) -> None:
+        for index, proc in list(self.processes.items()):
+            if proc.returncode is None:
+                log.warning("worker_killed", worker=index, pid=proc.pid, reason=why)
+                proc.kill()
+
+    async def take_signals(self, signals: AsyncIterator[int], workers: trio.CancelScope) -> None:
+        """SIGHUP: a new snapshot, then every worker reloads. The first SIGTERM or SIGINT is
+        forwarded (every worker drains and stops) and bounds the workers' nursery by the drain
+        deadline plus ``STOP_GRACE_S``; a second one kills them now."""
+        settings = self.config.gateway
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if self.stopping.is_set():
+                    continue
+                # The workers reload from a new snapshot, taken first.
+                if not await trio.to_thread.run_sync(self.take_snapshot):
+                    self.new_snapshot.set()
+                    self.new_snapshot = trio.Event()
+                log.info("forwarding", signal=name, workers=len(self.processes))
+                self.signal_all(signum)
+            elif not self.stopping.is_set():
+                log.info("forwarding", signal=name, workers=len(self.processes))
+                self.signal_all(signum)
+                sdnotify.notify("STOPPING=1")
+                self.stopping.set()
+                self.new_snapshot.set()
+                workers.deadline = trio.current_time() + settings.drain_timeout_s + STOP_GRACE_S
+            else:
+                log.warning("stopping_now", signal=name)
+                self.kill_all("second_signal")
+
     async def run(self) -> int:
         """Raises ``ConfigError`` when the configuration does not load (into a snapshot)."""
         self.take_snapshot()
@@ -229,34 +271,21 @@ class Supervisor:
                 stale.unlink()
         self.metrics_dir = metrics.prepare_multiprocess_dir(self.config.state_dir)
         pid_file = write_pid(self.config.state_dir)
-        settings = self.config.gateway
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            with repeats_ignored_once_stopping(self.stopping.is_set), \
+                    trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
-                    for index in range(self.workers):
-                        nursery.start_soon(self.run_worker, index)
-                    nursery.start_soon(self.announce_ready)
-                    async for signum in signals:
-                        # On SIGHUP the workers reload from a new snapshot, taken first.
-                        if signum == signal.SIGHUP and \
-                                not await trio.to_thread.run_sync(self.take_snapshot):
-                            self.new_snapshot.set()
-                            self.new_snapshot = trio.Event()
-                        log.info("forwarding", signal=signal.Signals(signum).name,
-                                 workers=len(self.processes))
-                        self.signal_all(signum)
-                        if signum != signal.SIGHUP:
-                            sdnotify.notify("STOPPING=1")
-                            self.stopping.set()
-                            self.new_snapshot.set()
-                            break
-                    # Workers drain, then exit; past that deadline they are killed.
-                    nursery.cancel_scope.deadline = trio.current_time() + settings.drain_timeout_s \
-                        + settings.close_timeout_s + 10
+                    # Until a stop, then until every worker has exited (or was killed at the
+                    # deadline ``take_signals`` sets).
+                    async with trio.open_nursery() as workers:
+                        for index in range(self.workers):
+                            workers.start_soon(self.run_worker, index)
+                        workers.start_soon(self.announce_ready)
+                        nursery.start_soon(self.take_signals, signals, workers.cancel_scope)
+                    nursery.cancel_scope.cancel()
         finally:
-            for proc in list(self.processes.values()):
-                if proc.returncode is None:
-                    proc.kill()
+            # None is left when every worker stopped in time.
+            self.kill_all("stop_deadline" if self.stopping.is_set() else "supervisor_exiting")
             with contextlib.suppress(OSError):
                 pid_file.unlink()
             snapshot.remove_all(self.config.state_dir)  # copies of private keys: do not leave them

@@ -29,7 +29,8 @@ Closing: a close code on either side is passed to the other; an upstream that fa
 mid-session closes the agent with 1011 (reason ``upstream_failed``); an eviction closes it with
 1008 and the reason; shutdown with 1001; a message over ``max_message_bytes`` gets 1009; a side
 that breaks the protocol gets 1002 (1007 for a bad close reason) and the other side 1001 (the
-agent 1011 when it was the upstream). Closing waits at most ``close_timeout_s``.
+agent 1011 when it was the upstream). Closing waits at most ``close_timeout_s``; at shutdown every
+session closes at once, all under the process's one drain deadline (``gateway.serve``).
 """
 
 from __future__ import annotations
@@ -291,9 +292,10 @@ async def close_sides(owed: list[tuple[Side, CloseOwed]], close_timeout_s: float
     answer; the closes go out first (the agent's first), then the answers are read, so the two
     round trips overlap and the whole waits at most ``close_timeout_s``. Never raises for a peer
     that is gone; writes nothing to a side whose last write was cut off or whose stream is inside
-    a relayed frame (the stream is just closed)."""
-    with trio.move_on_after(close_timeout_s) as cs:
-        cs.shield = True
+    a relayed frame (the stream is just closed). Not shielded: the caller runs it outside the
+    session's cancel scope, so an eviction cannot cut it, and a cancellation from outside (the
+    end of a shutdown's drain) ends it at once."""
+    with trio.move_on_after(close_timeout_s):
         waiting = []
         for side, (code, reason) in owed:
             if side.cut or side.in_frame:

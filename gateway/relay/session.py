@@ -171,14 +171,14 @@ async def run_session(
             await _refuse_upgrade(stream, refusal.status, reason, settings.close_timeout_s)
         return refusal.reason
     finally:
+        # Only now, after the closing handshakes: a shutdown waits for the registry to empty.
         registry.remove(session)
         if up_stream is not None and not relaying:
             await trio.aclose_forcefully(up_stream)
-        elif up_stream is not None:
-            with trio.move_on_after(settings.close_timeout_s) as cs:
-                cs.shield = True
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await up_stream.aclose()
+        elif up_stream is not None:  # not shielded: a shutdown's drain deadline cuts it
+            with trio.move_on_after(settings.close_timeout_s), contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError):
+                await up_stream.aclose()
 
 
 def metric_reason(reason: str) -> str:
@@ -230,7 +230,8 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
                  metrics: Metrics) -> str:
     """Relay both ways until one side ends or the session is evicted; returns the close reason.
     The relay's nursery scope becomes the session's ``cancel_scope``: an eviction cancels it,
-    both directions end, and the closing below (shielded, in ``finally``) sends the reason. An
+    both directions end, and the closing below (in ``finally``, outside that scope, so an
+    eviction cannot cut it but a shutdown's drain deadline can) sends the reason. An
     eviction that came before (the session's scope already cancelled) ends the relay at once.
 
     The agent's direction runs in this task and the upstream's in one more; neither keeps a
@@ -263,14 +264,17 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
         owed = [(side, close) for side, close in ((agent, agent_close),
                                                   (upstream, upstream_close))
                 if close is not None]
-        await close_sides(owed, settings.close_timeout_s)
-        metrics.sessions.labels(tenant).dec()
-        metrics.session_ends.labels(tenant, metric_reason(reason)).inc()
-        log.info("session", tenant=tenant, identity=decision.identity,
-                 trust=decision.trust, key_id=decision.key_id, serial=decision.serial,
-                 peer=session.peer, duration_s=round(trio.current_time() - session.opened_at, 3),
-                 bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
-                 messages_in=counters.messages_in, messages_out=counters.messages_out,
-                 close_reason=reason)
+        try:
+            await close_sides(owed, settings.close_timeout_s)
+        finally:  # also when a shutdown's drain deadline cuts the closes short
+            metrics.sessions.labels(tenant).dec()
+            metrics.session_ends.labels(tenant, metric_reason(reason)).inc()
+            log.info("session", tenant=tenant, identity=decision.identity,
+                     trust=decision.trust, key_id=decision.key_id, serial=decision.serial,
+                     peer=session.peer,
+                     duration_s=round(trio.current_time() - session.opened_at, 3),
+                     bytes_in=counters.bytes_in, bytes_out=counters.bytes_out,
+                     messages_in=counters.messages_in, messages_out=counters.messages_out,
+                     close_reason=reason)
     return reason
 

@@ -189,7 +189,7 @@ def _port_open(port: int) -> bool:
 def switch(deploy: Deployment, workers: int, log_dir: Path, *, config: Path | None = None,
            tag: str = "") -> Iterator[Server]:
     """``switch serve --workers N`` on the deployment (or on another ``config`` of it), until
-    every worker serves; stopped with SIGTERM (drain, then 1001) when the block ends."""
+    every worker serves; stopped with SIGTERM (1001 to every session at once) when the block ends."""
     log = log_dir / f"switch-w{workers}{tag}.log"
     with running([*SWITCH, "-c", str(config or deploy.config), "serve", "--workers", str(workers)],
                  log, lambda: http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")

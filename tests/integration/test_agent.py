@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sys
 from pathlib import Path
@@ -361,6 +362,30 @@ async def test_only_a_session_that_held_resets_the_backoff(
     await agent.run_forever(max_sessions=5, rng=rng)
     # Sessions the upstream ends at once keep backing off; one held two minutes starts over.
     assert rng.caps == [1, 2, 4, 1]
+
+
+async def test_a_gateway_going_away_with_1001_is_reconnected_to_after_a_jittered_wait(
+        gw: Gateway, tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        secret = provisioning_key(gw)
+        await gw.synced()
+        agent = Agent(_settings(gw, tmp_path / "agent", key_secret=secret))
+        rng = RecordingRandom()
+        seen = len(gw.echo.requests)
+        async with trio.open_nursery() as running:
+            running.start_soon(functools.partial(agent.run_forever, rng=rng))
+            # Relaying (the upgrade answered): an eviction before it would refuse the upgrade.
+            while not gw.switch.metrics.registry.get_sample_value(  # noqa: ASYNC110 - a gauge
+                    "switch_sessions", {"tenant": "demo"}):
+                await trio.sleep(0.02)
+            gw.switch.registry.close_all("shutdown")  # what a stopping gateway does
+            while len(gw.echo.requests) < seen + 2:  # noqa: ASYNC110 - back at the upstream
+                await trio.sleep(0.02)
+            running.cancel_scope.cancel()
+        # The session ended with 1001, no reason to give up: the agent waited a draw from
+        # [0, 1 s] (full jitter; the recording draw returns the cap) and came back.
+        assert agent.last_session_end == "closed_1001"
+        assert rng.caps == [1.0]
 
 
 # --- renewal, fallback, pinning, files ----------------------------------------------------------

@@ -6,7 +6,11 @@ workers. One run of the load test holds the three; each test asserts one of them
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +31,8 @@ REVOKED = 100
 WORKERS = 2
 #: Bounds on waits (not on speed): a loaded machine takes a while to reconnect 300 agents.
 BACK_TIMEOUT_S = 180.0
+#: The stop's own bound is drain_timeout (10 s) + 5 s, after which the supervisor kills; with room.
+STOP_BOUND_S = 60.0
 
 
 @attrs.define
@@ -37,6 +43,10 @@ class Fleet:
     workers: set[int] = attrs.field(factory=set)
     echo_holders: int = 0
     restart_at: float = 0.0
+    #: The supervisor's exit status after SIGTERM (None: still running at STOP_BOUND_S) and the
+    #: log lines of that stop.
+    stop_code: int | None = None
+    stop_log: str = ""
     back: bool = False
     revoke_at: float = 0.0
     closed: bool = False
@@ -81,7 +91,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 result.workers = pids
                 result.holders = connection_holders(host.ports["gateway"], pids)
                 result.restart_at = time.time()
-                host.stop()
+                assert host.proc is not None
+                logged = len(host.log.read_text())
+                host.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    result.stop_code = host.proc.wait(timeout=STOP_BOUND_S)
+                result.stop_log = host.log.read_text()[logged:]
+                host.stop()  # kills it, should it still run
                 host.start(workers=WORKERS)
                 result.back = _until(host, lambda n: n >= AGENTS, BACK_TIMEOUT_S)
                 result.revoke_at = time.time()
@@ -120,6 +136,17 @@ def test_after_a_restart_every_agent_comes_back_with_its_back_off(fleet: Fleet) 
     back = [t for t in report["reconnected_at"] if fleet.restart_at <= t <= fleet.revoke_at]
     assert len(back) == AGENTS
     assert report["reconnects"]["time_to_reopen"]["count"] >= AGENTS
+
+
+def test_a_stop_closes_every_session_with_going_away_and_every_process_exits_0(
+        fleet: Fleet) -> None:
+    # Every agent was sent 1001 (test above); the supervisor and both workers exited 0 within the
+    # drain deadline's bound, each worker's sessions all closed by it.
+    assert fleet.stop_code == 0, fleet.stop_log
+    assert fleet.stop_log.count("event=worker_stopped exit_code=0") == WORKERS, fleet.stop_log
+    assert "event=worker_killed" not in fleet.stop_log
+    drained = re.findall(r"event=drained cut=\d+ drain_s=\S+ sessions=(\d+)", fleet.stop_log)
+    assert len(drained) == WORKERS and sum(map(int, drained)) == AGENTS, fleet.stop_log
 
 
 def test_a_revoked_key_closes_exactly_its_sessions_in_every_worker(fleet: Fleet) -> None:
