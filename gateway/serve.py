@@ -307,8 +307,7 @@ class Switch:
                         self.listeners["gateway"] = await services.start(
                             _serve, gateway.serve, cfg.gateway.listen.host, cfg.gateway.listen.port,
                             connections, self.sockets.get("gateway"))
-                        # The heap back to the system after bursts of handshakes.
-                        services.start_soon(heap_trim.trim_after_handshakes,
+                        services.start_soon(heap_trim.trim_after_handshakes,  # after bursts
                                             lambda: gateway.handshakes_ended)
                     if cfg.enroll.listen.enabled:
                         enroll = EnrollListener(
@@ -402,8 +401,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
             trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if worker is not None:
-                # A SIGHUP the supervisor sent before this receiver existed was lost: if its
-                # snapshot moved on since this worker was started, catch up now.
+                # A SIGHUP sent before this receiver existed was lost: catch up on the snapshot.
                 with contextlib.suppress(ValueError):
                     current = snapshot.read_current(config.state_dir)
                     if (current.generation, current.ok) != (generation, True):
@@ -428,8 +426,7 @@ async def main(config: SwitchConfig, *, worker: int | None = None, generation: i
                     elif worker is None:  # a second signal: cut every connection now
                         log.warning("stopping_now", signal=name)
                         switch.stop(now=True)
-                    # A worker gets a group's signal and its supervisor's: the supervisor alone
-                    # acts on a second one (gateway.workers).
+                    # (a worker gets a group's signal and its supervisor's: gateway.workers)
 
             nursery.start_soon(on_signal)
             if worker is not None:
