@@ -2,7 +2,7 @@
 revocation covering a key's sessions, in one run of the fleet (enrolling 50,000 agents takes
 minutes: they enroll once and the three sections follow each other on the same sessions).
 
-Sizing (``sizing``; docs/operations.md "Sizing --workers"): a relayed session holds two
+Sizing (``sizing``; docs/performance.md, section (f)): a relayed session holds two
 descriptors in Switch (agent, upstream) and one in the load generator and in the echo upstream,
 and a process may open 20,000; so Switch gets one worker per ``SESSIONS_PER_WORKER`` sessions
 (9,000: under the ~9,900 a process can hold, with room for the kernel's uneven spread over the
@@ -57,6 +57,9 @@ IDLE_S, QUICK_IDLE_S = 65.0, 10.0
 #: How long the storm and the revocation may take before the section gives up waiting.
 STORM_TIMEOUT_S = 900.0
 REVOKE_TIMEOUT_S = 60.0
+#: The ephemeral port range, and the ports left for other connections (TIME_WAIT, the bench's).
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_MARGIN = 1_000
 #: Why an attempt did not open while the server restarted, which is no refusal.
 _RESTARTING = frozenset({"ECONNREFUSED", "ECONNRESET", "EPIPE"})
 
@@ -268,9 +271,26 @@ def _spread_figure(agents: int) -> str:
             f"{busiest3} ({busiest3 / agents:.1%}), spread over {max(third):.1f} s")
 
 
+def ports_per_destination(path: Path = PORT_RANGE) -> int | None:
+    """How many connections the kernel lets this host open to one address and port (its
+    ephemeral port range), or None where it does not say."""
+    try:
+        low, high = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return high - low + 1
+
+
 def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
     """Sections (f), (g), (h) for Switch; (f) and (g) for nginx on the same fleet."""
     n = opts.fleet or (QUICK_FLEET if opts.quick else FLEET)
+    ports = ports_per_destination()
+    if ports is not None and n > ports - PORT_MARGIN:
+        # Every agent dials the one gateway address from 127.0.0.1: past the port range every
+        # connect fails with EADDRNOTAVAIL (docs/performance.md, "the loopback's ceiling").
+        raise RuntimeError(f"--fleet {n:,} is over the {ports:,} connections this host opens to "
+                           f"one address and port (ip_local_port_range), less {PORT_MARGIN:,}; "
+                           "run --fleet 25000 or less")
     size = sizing(n, os.cpu_count() or 1)
     config = fleet_config(deploy)
     rows: list[Row] = []
