@@ -20,26 +20,10 @@ from pathlib import Path
 import attrs
 
 from gateway.client import procstat
+from tests.support.processes import free_port, free_ports
 
 SWITCH = [sys.executable, "-m", "gateway.cli"]
 HOST = "demo.switch.test"
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` different ports nothing listens on now: all bound at once, so that none is
-    handed out twice (one port at a time, the kernel may give a port just released again)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def wait_until(predicate: object, timeout: float, what: str,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.doc_blocks import REPO, free_ports, fresh_clone, run_block, sh_block
+from tests.support.doc_blocks import REPO, fresh_clone, run_block, sh_block
+from tests.support.processes import free_ports
 
 DEFAULT_PORTS = ("4000", "9443", "9090", "8080", "9444")
 

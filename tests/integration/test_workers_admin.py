@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,7 @@ import pytest
 import trio
 
 from tests.support.est import make_deployment
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.processes import free_port
 
 
 def worker_pids(text: str) -> dict[int, int]:
@@ -35,7 +29,7 @@ def worker_pids(text: str) -> dict[int, int]:
 @pytest.mark.slow
 async def test_two_workers_with_a_fixed_admin_port_all_stay_up(tmp_path: Path) -> None:
     config = make_deployment(tmp_path / "d")
-    admin_port = _free_port()
+    admin_port = free_port()
     text = config.path.read_text()
     admin = text.index("[admin]")
     config.path.write_text(text[:admin] + text[admin:].replace(

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -29,18 +28,6 @@ def sh_block(document: Path, heading: str, index: int = 0) -> str:
     blocks = re.findall(r"^```sh\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
     assert len(blocks) > index, f"no sh block {index} under {heading!r} in {document}"
     return str(blocks[index])
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (a block names its ports: port 0 cannot be used)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def fresh_clone(directory: Path) -> Path:

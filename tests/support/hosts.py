@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ import attrs
 
 from tests.support.est import make_deployment
 from tests.support.postgres import PASSPHRASE, PASSWORD, PostgresServer
+from tests.support.processes import free_port
 
 SWITCH = [sys.executable, "-m", "gateway.cli"]
 #: Starting a host (a new Python process, the store opened, listeners bound) takes about a second
 #: alone; this bounds it on a loaded machine.
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def store_table(directory: Path, server: PostgresServer, database: str) -> str:

@@ -20,7 +20,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import attrs
 import psycopg
+
+from tests.support.processes import free_port
 
 ROLE = "switch"
 PASSWORD = "switch-test-password"
@@ -43,12 +44,6 @@ def postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parent.parent.name))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @attrs.define(eq=False)
@@ -130,7 +125,7 @@ def start_postgres(bin_dir: Path) -> PostgresServer:
                               "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                               "--no-sync", "--no-instructions"]),
                    check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     log = (directory / "server.log").open("wb")  # read back when the server does not start
     process = subprocess.Popen(
         _as_owner([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),

@@ -7,9 +7,28 @@ import contextlib
 import os
 import re
 import secrets
+import socket
 from pathlib import Path
 
 import trio
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback ports nothing listens on now, for what cannot take port 0
+    (a server told its port, a documented block): all bound at once, so that none is handed out
+    twice (one at a time, the kernel may give a port just released again)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def log_ports(text: str) -> dict[str, int]:
