@@ -11,11 +11,17 @@ host (``--fleet N``), (g) a reconnection storm after a restart and (h) one revoc
 10,000 of them, in one run of the fleet (``benchlib/fleet.py``); (i) ``gateway.lightlock.LightLock``
 against trio's locks on the relay's write path (CPU per write, memory). Prints a markdown table with the
 machine it ran on and writes it to ``--out``.
+
+The run's servers write their logs into a temporary directory that goes with the run; when a
+section fails or misses its budget (or with ``--keep-logs``) the logs (``*.log`` files only: no
+keys, no secrets, which Switch never logs) are copied first to ``--logs`` (default: beside
+``--out``, ``<out>-logs/``), so the miss can be explained afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +54,21 @@ def render(rows: list[Row], machine: dict[str, str], elapsed: float, quick: bool
     return "\n".join(head + lines + ["", "Notes:", *notes]) + "\n"
 
 
+def keep_logs(work: Path, target: Path) -> int:
+    """Copy every ``*.log`` under ``work`` to ``target`` (same relative paths, replacing an earlier
+    copy); returns how many were copied."""
+    if target.exists():
+        shutil.rmtree(target)
+    copied = 0
+    for log in sorted(work.rglob("*.log")):
+        if log.is_file():
+            dest = target / log.relative_to(work)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, dest)
+            copied += 1
+    return copied
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,c")
@@ -55,6 +76,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--fleet", type=int, default=0, metavar="N",
                         help="sessions of sections f, g, h (default 50,000; --quick 1,500)")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the servers' logs even when every section met its budget")
+    parser.add_argument("--logs", default="", metavar="DIR",
+                        help="where kept logs go (default: <out>-logs beside --out)")
     args = parser.parse_args()
     wanted: list[str] = []
     for name in (s.strip() for s in args.only.split(",")):
@@ -78,6 +103,14 @@ def main() -> int:
                 traceback.print_exc()
                 rows.append(Row(f"({name}) {SECTIONS[name].__name__}", "failed", "", None, "", False,
                                 f"{type(exc).__name__}: {exc}"))
+        missed = [r for r in rows if r.switch == "failed" or r.met is False]
+        if missed or args.keep_logs:
+            out = Path(args.out)
+            target = Path(args.logs) if args.logs else out.with_name(out.stem + "-logs")
+            copied = keep_logs(work, target)
+            print(f"kept {copied} logs in {target}"
+                  + (f" ({len(missed)} rows failed or missed their budget)" if missed else ""),
+                  file=sys.stderr)
     text = render(rows, env.machine(), time.monotonic() - started, args.quick)
     Path(args.out).write_text(text)
     print(text)
