@@ -36,6 +36,9 @@ everywhere. The keys, with their defaults::
     max_handshakes_per_source = 500     #  connections of one address (IPv6: /64) still in their
                                         #    TLS handshake; more are closed at once
     first_byte_timeout = "5s"           #  -> first_byte_timeout_s: silent after accept this long
+    upstream_source_addresses = []      #  local IPs (one family, of this host) to connect to the
+                                        #    upstreams from, round robin (nginx's proxy_bind);
+                                        #    [] lets the kernel choose
 
     [enroll]                            # EST (RFC 7030)
     listen = "0.0.0.0:9443"

@@ -4,6 +4,8 @@ and their defaults are listed in ``config.load``."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,9 +45,48 @@ def read_gateway(root: Table) -> GatewaySettings:
         max_handshakes_per_source=t.integer("max_handshakes_per_source",
                                             d.max_handshakes_per_source, minimum=1),
         first_byte_timeout_s=positive(t, "first_byte_timeout", d.first_byte_timeout_s),
+        upstream_source_addresses=_source_addresses(t, "upstream_source_addresses"),
     )
     t.finish()
     return settings
+
+
+def _source_addresses(t: Table, name: str) -> tuple[str, ...]:
+    """Local IP addresses to connect from: each an address of this host (it binds), all of one
+    family, none twice; written in their usual form."""
+    out: list[str] = []
+    versions: set[int] = set()
+    value = t.raw(name)
+    if value is MISSING:
+        return ()
+    if not isinstance(value, list):
+        t.error(name, f"expected a list of IP addresses, got {tname(value)}")
+        return ()
+    for i, text in enumerate(value):
+        key = f"{name}[{i}]"
+        if not isinstance(text, str):
+            t.error(key, f"expected a string, got {tname(text)}")
+            continue
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            t.error(key, f"{text!r} is not an IP address")
+            continue
+        if str(address) in out:
+            t.error(key, f"{address} is listed twice")
+            continue
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((str(address), 0))
+            except OSError as exc:
+                t.error(key, f"{address} is not an address of this host ({exc.strerror or exc})")
+                continue
+        versions.add(address.version)
+        out.append(str(address))
+    if len(versions) > 1:
+        t.error(name, "mixes IPv4 and IPv6 addresses: list those of the upstreams' family")
+    return tuple(out)
 
 
 def read_enroll(root: Table) -> EnrollSettings:

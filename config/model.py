@@ -54,6 +54,10 @@ class GatewaySettings:
     max_handshakes_per_source: int = 500
     #: A connection that sends no byte for this long after it was accepted is closed.
     first_byte_timeout_s: float = 5.0
+    #: Local IP addresses (one family) the upstream connections are opened from, round robin
+    #: (nginx's ``proxy_bind``): one address opens at most the ephemeral port range's
+    #: connections to one upstream address and port. Empty: the kernel chooses.
+    upstream_source_addresses: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", help="SNI and Host (default: the tenant's first hostname)")
     p.add_argument("--gateway", type=host_port, help="HOST:PORT (default: from the config)")
     p.add_argument("--enroll", type=host_port, help="HOST:PORT (default: from the config)")
+    p.add_argument("--source-address", action="append", metavar="IP",
+                   help="a local address to open sessions from; repeat it to spread the agents "
+                        "over several, round robin (one address reaches one gateway port at "
+                        "most ip_local_port_range times; default: the kernel chooses)")
     p.add_argument("--ca-file", help="CA certificate(s) to authenticate the server "
                    "(default: pin the config's server certificate)")
     p.add_argument("--pin", help="SHA-256 (hex) of the server's public key")

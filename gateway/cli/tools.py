@@ -92,6 +92,7 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
     from gateway.client import procstat
     from gateway.client.est_client import spki_sha256
     from gateway.client.loadtest import LoadSettings
+    from gateway.client.loadtest_settings import check_source_addresses
     from gateway.runfiles import PID_FILE
 
     secret = _provisioning_secret(args)
@@ -131,6 +132,10 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
                 pid = procstat.read_pid_file(cfg.state_dir / PID_FILE)
                 server_pids = (pid,) if pid is not None else ()
     assert gateway is not None and enroll is not None and server_name is not None
+    try:
+        sources = check_source_addresses(args.source_address or (), (gateway,))
+    except ValueError as exc:
+        raise CliExit("usage", f"--source-address: {exc}") from exc
     return LoadSettings(
         agents=args.agents, processes=args.processes or (os.cpu_count() or 1),
         gateway=gateway, enroll=enroll, server_name=server_name, key_secret=secret,
@@ -140,7 +145,7 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
         hold_s=parse_duration(args.hold), message_interval_s=parse_duration(args.message_interval),
         message_size=args.message_size, timeout_s=parse_duration(args.timeout),
         key_type=args.key_type, tls_version=args.tls, server_pids=server_pids,
-        reconnect=args.reconnect,
+        reconnect=args.reconnect, source_addresses=sources,
     )
 
 

@@ -51,7 +51,7 @@ import attrs
 
 from gateway.client import procstat
 from gateway.client.loadtest_report import build_report, reconnect_figures
-from gateway.client.loadtest_settings import LoadSettings
+from gateway.client.loadtest_settings import LoadSettings, check_source_addresses
 from gateway.client.loadtest_worker import worker_main
 
 #: What the command line and the bench import from here.
@@ -107,6 +107,7 @@ def run_loadtest(settings: LoadSettings, *, progress: Callable[[str, _Fleet, flo
     server's memory was read in the hold phase (a bench revokes a key there)."""
     if settings.agents < 1:
         raise ValueError("at least one agent")
+    check_source_addresses(settings.source_addresses, (settings.gateway, *settings.more_gateways))
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[Any] = ctx.Queue()
     go_connect, stop_event = ctx.Event(), ctx.Event()

@@ -1,9 +1,13 @@
 """What ``switch loadtest`` is told: the fleet's size, the server's addresses and how the
-simulated agents behave (``LoadSettings``)."""
+simulated agents behave (``LoadSettings``), and the check of the local addresses its sessions
+are opened from (``check_source_addresses``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,10 @@ class LoadSettings:
     #: counts how the sessions of each group ended (a revocation that must close one key's
     #: sessions and none of the others'). The rest are group ``main``.
     key_groups: tuple[tuple[str, str, int], ...] = ()
+    #: Local IP addresses the sessions are opened from, the agents spread over them round robin
+    #: (``source_for``): one source address opens at most the ephemeral port range's connections
+    #: to one gateway address and port (28,232 by default on Linux). Empty: the kernel chooses.
+    source_addresses: tuple[str, ...] = ()
 
     def shares(self) -> list[int]:
         """The agents each worker process simulates (as even as can be, none idle)."""
@@ -79,8 +87,48 @@ class LoadSettings:
         every = (self.gateway, *self.more_gateways)
         return every[index % len(every)]
 
+    def source_for(self, worker: int, index: int) -> str | None:
+        """The local address worker ``worker``'s agent number ``index`` connects from (numbered
+        across the fleet as in ``group_of``, so that each address gets an even share)."""
+        if not self.source_addresses:
+            return None
+        number = worker + index * len(self.shares())
+        return self.source_addresses[number % len(self.source_addresses)]
+
     def public(self) -> dict[str, Any]:
         """The settings for the report (never a provisioning key)."""
         out = attrs.asdict(self, filter=lambda a, _: a.name not in ("key_secret", "key_groups"))
         out["key_groups"] = [[name, agents] for name, _, agents in self.key_groups]
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def check_source_addresses(addresses: Sequence[str], targets: Sequence[tuple[str, int]]
+                           ) -> tuple[str, ...]:
+    """The source addresses, each checked: an IP address (written in its usual form), of this
+    host (it binds), of the family of every target given as an IP address, listed once. Raises
+    ``ValueError`` saying which one is wrong and why."""
+    out: list[str] = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            raise ValueError(f"source address {text!r} is not an IP address") from None
+        for host, _ in targets:
+            try:
+                target = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                continue  # a name: the connection tries its addresses of the source's family
+            if target.version != address.version:
+                raise ValueError(f"source address {address} is IPv{address.version}, the "
+                                 f"gateway {host} IPv{target.version}")
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((str(address), 0))
+            except OSError as exc:
+                raise ValueError(f"source address {address} is not an address of this host "
+                                 f"({exc.strerror or exc})") from None
+        if str(address) in out:
+            raise ValueError(f"source address {address} is given twice")
+        out.append(str(address))
+    return tuple(out)

@@ -13,7 +13,6 @@ back-off (``gateway.client.backoff``).
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -32,9 +31,9 @@ import trio
 import trio_websocket
 
 from gateway.client import pki
-from gateway.client.agent_settings import ServerNotTrusted
 from gateway.client.backoff import Reconnects
 from gateway.client.est_client import EstClient, EstClientError, EstServer, make_csr
+from gateway.client.loadtest_reasons import classify
 from gateway.client.loadtest_settings import MAIN_GROUP, LoadSettings
 from gateway.client.session import SESSION_OPEN_ERRORS, AgentConnection, open_session
 
@@ -47,6 +46,8 @@ class SimulatedAgent:
     context: ssl.SSLContext
     #: The provisioning key's group (``LoadSettings.key_groups``) it enrolled with.
     group: str = MAIN_GROUP
+    #: The local address its sessions are opened from (``LoadSettings.source_for``).
+    source: str | None = None
 
 
 @attrs.define
@@ -82,36 +83,6 @@ class WorkerState:
     def counts(self) -> tuple[int, int, int, int, int, int, int]:
         return (self.enrolled, self.enroll_failed, self.connected, self.connect_failed,
                 self.open, self.messages, self.reconnected)
-
-
-def classify(exc: BaseException) -> str:
-    """A short, stable reason for a failure, for the report's "failures by reason"."""
-    if isinstance(exc, EstClientError):
-        return f"{exc.status} {exc.reason}" if exc.status else exc.reason
-    if isinstance(exc, trio.TooSlowError):
-        return "timeout"
-    if isinstance(exc, trio_websocket.ConnectionRejected):
-        return f"http_{exc.status_code}"
-    if isinstance(exc, trio_websocket.ConnectionClosed):
-        code = exc.reason.code if exc.reason else None
-        return f"closed_{code}"
-    if isinstance(exc, ssl.SSLError):
-        return f"tls:{(getattr(exc, 'reason', None) or type(exc).__name__).lower()}"
-    if isinstance(exc, trio.BrokenResourceError):
-        cause = exc.__cause__
-        if isinstance(cause, ssl.SSLError):
-            return classify(cause)
-        if isinstance(cause, OSError) and cause.errno:  # e.g. ECONNRESET: a server going away
-            return classify(cause)
-        return "refused"
-    if isinstance(exc, ServerNotTrusted):
-        return "server_pin_mismatch"
-    if isinstance(exc, OSError):
-        if not exc.errno and isinstance(exc.__cause__, ExceptionGroup):
-            # trio.open_tcp_stream: "all attempts to connect failed", the reasons in a group.
-            return classify(exc.__cause__.exceptions[0])
-        return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    return type(exc).__name__
 
 
 def _client_context(settings: LoadSettings, cert_pem: bytes, key_pem: bytes, scratch: Path) -> ssl.SSLContext:
@@ -160,7 +131,8 @@ async def _enroll_all(settings: LoadSettings, worker: int, share: int, concurren
                 state.samples["enroll"].append(time.perf_counter() - started)
                 state.enrolled += 1
                 agents.append(SimulatedAgent(index, _client_context(
-                    settings, pki.cert_pem(cert), pki.key_pem(key), scratch), group))
+                    settings, pki.cert_pem(cert), pki.key_pem(key), scratch), group,
+                    settings.source_for(worker, index)))
 
     async with trio.open_nursery() as nursery:
         for _ in range(max(1, min(concurrency, share))):
@@ -230,7 +202,7 @@ async def _attempt(settings: LoadSettings, agent: SimulatedAgent, state: WorkerS
                 ws, tls_s = await open_session(nursery, agent.context,
                                                settings.gateway_for(agent.index),
                                                settings.server_name, settings.path,
-                                               settings.pin_sha256)
+                                               settings.pin_sha256, agent.source)
         except SESSION_OPEN_ERRORS as exc:
             if first:
                 state.connect_failed += 1

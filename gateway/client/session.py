@@ -108,7 +108,7 @@ SESSION_OPEN_ERRORS: tuple[type[BaseException], ...] = (
 
 async def open_session(
     nursery: trio.Nursery, context: ssl.SSLContext, gateway: tuple[str, int], server_name: str,
-    path: str, pin_sha256: str | None = None,
+    path: str, pin_sha256: str | None = None, local_address: str | None = None,
 ) -> tuple[AgentConnection, float]:
     """Open one WebSocket session over mTLS to the gateway: TCP, TLS (server checked by
     ``context`` and/or the public-key pin), then the upgrade, whose reader task runs in
@@ -116,10 +116,12 @@ async def open_session(
     took. Failures raise one of ``SESSION_OPEN_ERRORS``: ``OSError`` (no connection),
     ``trio.BrokenResourceError`` (TLS refused, or the connection dropped; ``__cause__`` says how
     when known), ``ServerNotTrusted`` (the pin), ``trio_websocket.ConnectionRejected`` (an HTTP
-    refusal of the upgrade). The caller bounds the whole with a deadline."""
+    refusal of the upgrade). The caller bounds the whole with a deadline. ``local_address``:
+    the local IP address to connect from (trio binds it with ``IP_BIND_ADDRESS_NO_PORT``, so
+    the port is chosen per destination at connect time); None lets the kernel choose."""
     started = trio.current_time()
     host, port = gateway
-    tcp = await trio.open_tcp_stream(host, port)
+    tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
     stream = trio.SSLStream(tcp, context, server_hostname=server_name)
     try:
         await stream.do_handshake()

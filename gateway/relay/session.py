@@ -43,7 +43,7 @@ from gateway.relay.upgrade import (
     refusal_response,
     upstream_url,
 )
-from gateway.relay.upstream import UpstreamUnavailable, open_upstream
+from gateway.relay.upstream import UpstreamUnavailable, open_upstream, source_address
 from gateway.sessions import Session, SessionRegistry
 
 log = structlog.get_logger("switch.gateway")
@@ -133,7 +133,8 @@ async def run_session(
                 try:
                     with trio.fail_after(settings.upstream_connect_timeout_s):
                         up_stream, up_trailing, subprotocol = await open_upstream(
-                            url, upgrade, extra, upstream_ssl)
+                            url, upgrade, extra, upstream_ssl,
+                            source_address(settings.upstream_source_addresses))
                 except trio.TooSlowError as exc:
                     raise UpgradeRefused(502, "upstream_unavailable",
                                          f"{url}: no WebSocket handshake within "

@@ -12,6 +12,7 @@ which the session answers with ``502``. ``wss://`` upstreams are verified agains
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import ssl
 import urllib.parse
@@ -67,20 +68,36 @@ class UpstreamTLS:
         return ctx
 
 
+#: Upstream connections this process opened, for ``source_address``'s round robin.
+_dialled = itertools.count()
+
+
+def source_address(addresses: Sequence[str]) -> str | None:
+    """The local address the next upstream connection is opened from: ``[gateway]
+    upstream_source_addresses`` in turn (each process its own turn), None (the kernel chooses)
+    when there are none. One source address opens at most the ephemeral port range's
+    connections to one upstream address and port (28,232 by default on Linux)."""
+    if not addresses:
+        return None
+    return addresses[next(_dialled) % len(addresses)]
+
+
 async def open_upstream(url: str, upgrade: Upgrade, extra_headers: list[tuple[bytes, bytes]],
-                         upstream_ssl: ssl.SSLContext | None
+                         upstream_ssl: ssl.SSLContext | None, local_address: str | None = None,
                          ) -> tuple[trio.abc.Stream, bytes, str | None]:
     """Connect to the upstream and complete its WebSocket handshake (the caller sets the
     deadline); returns the stream, what the upstream sent after its 101 (frames already) and the
     chosen subprotocol. Raises ``UpstreamUnavailable`` with the reason: ``upstream_unavailable``
     (cannot connect, closed, broke the protocol, refused the upgrade), ``upstream_tls_error`` (its
-    certificate did not verify, or TLS failed)."""
+    certificate did not verify, or TLS failed). ``local_address``: the local IP address to
+    connect from (``source_address``; trio binds it with ``IP_BIND_ADDRESS_NO_PORT``, the port
+    chosen per destination at connect time); a bind that fails is ``upstream_unavailable``."""
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "wss"
     host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
     try:
-        tcp = await trio.open_tcp_stream(host, port)
+        tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
     except OSError as exc:
         raise UpstreamUnavailable("upstream_unavailable", f"{type(exc).__name__}: {exc}") from exc
     stream: trio.abc.Stream = tcp

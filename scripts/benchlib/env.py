@@ -213,6 +213,7 @@ http {{
     uwsgi_temp_path {dir}/tmp;
     scgi_temp_path {dir}/tmp;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    {split_sources}
     server {{
         listen 127.0.0.1:{port} ssl;
         server_name {host} localhost;
@@ -237,15 +238,31 @@ http {{
             proxy_read_timeout 600s;
             proxy_send_timeout 600s;
             proxy_buffering off;
+            {proxy_bind}
         }}
     }}
 }}
 """
 
 
+def nginx_source_split(addresses: tuple[str, ...]) -> tuple[str, str]:
+    """nginx's ``proxy_bind`` over several source addresses (Switch's ``[gateway]
+    upstream_source_addresses``): ``split_clients`` hashes each client's address and port into
+    one of them, evenly (shares to two decimals, the last one taking the rest). Returns the
+    ``http`` block's directive and the ``location``'s; empty with no address."""
+    if not addresses:
+        return "", ""
+    share = int(10_000 / len(addresses)) / 100
+    lines = [f"{share:.2f}% {a};" for a in addresses[:-1]] + [f"* {addresses[-1]};"]
+    split = ('split_clients "$remote_addr$remote_port" $upstream_source {{ {} }}'
+             .format(" ".join(lines)))
+    return split, "proxy_bind $upstream_source;"
+
+
 @contextlib.contextmanager
 def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool = True,
-          port: int | None = None) -> Iterator[tuple[Server, int]]:
+          port: int | None = None, source_addresses: tuple[str, ...] = ()
+          ) -> Iterator[tuple[Server, int]]:
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (scripts/bench installs it from Debian)")
     directory = log_dir / f"nginx-w{workers}"
@@ -253,8 +270,10 @@ def nginx(deploy: Deployment, workers: int, log_dir: Path, *, access_log: bool =
     port = port or free_port()
     conf = directory / "nginx.conf"
     log_line = f"access_log {directory}/access.log combined;" if access_log else "access_log off;"
+    split, bind = nginx_source_split(source_addresses)
     conf.write_text(NGINX_CONF.format(workers=workers, dir=directory, port=port, host=HOST,
-                                      pki=deploy.pki, echo=deploy.echo, access_log=log_line))
+                                      pki=deploy.pki, echo=deploy.echo, access_log=log_line,
+                                      split_sources=split, proxy_bind=bind))
     with running(["nginx", "-c", str(conf), "-p", str(directory)], directory / "stdout.log",
                  lambda: _port_open(port), "nginx") as server:
         yield server, port

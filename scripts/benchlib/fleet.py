@@ -2,6 +2,10 @@
 revocation covering a key's sessions, in one run of the fleet (enrolling 50,000 agents takes
 minutes: they enroll once and the three sections follow each other on the same sessions).
 
+Source addresses: one opens at most the ephemeral port range's connections to one address and
+port, so the agents, Switch's upstream connections and nginx's spread over 127.0.0.2, 127.0.0.3,
+... (``source_addresses``); a fleet still over the range per address is refused (``check_ports``).
+
 Sizing (``sizing``; docs/performance.md, section (f)): a relayed session holds two
 descriptors in Switch (agent, upstream) and one in the load generator and in the echo upstream,
 and a process may open 20,000; so Switch gets one worker per ``SESSIONS_PER_WORKER`` sessions
@@ -60,6 +64,9 @@ REVOKE_TIMEOUT_S = 60.0
 #: The ephemeral port range, and the ports left for other connections (TIME_WAIT, the bench's).
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 PORT_MARGIN = 1_000
+#: Agents per loopback source address (and upstream connections per source address of Switch and
+#: nginx): well inside the 28,232 ports of the default range.
+AGENTS_PER_SOURCE = 20_000
 #: Why an attempt did not open while the server restarted, which is no refusal.
 _RESTARTING = frozenset({"ECONNREFUSED", "ECONNRESET", "EPIPE"})
 
@@ -82,14 +89,37 @@ def sizing(fleet: int, cores: int) -> Sizing:
                   max(2, math.ceil(fleet / SESSIONS_PER_ECHO)))
 
 
-def fleet_config(deploy: env.Deployment) -> Path:
+def source_addresses(fleet: int) -> tuple[str, ...]:
+    """The loopback addresses the fleet's connections leave from: one per ``AGENTS_PER_SOURCE``
+    agents, at least two (every run spreads), from 127.0.0.2."""
+    count = min(253, max(2, math.ceil(fleet / AGENTS_PER_SOURCE)))
+    return tuple(f"127.0.0.{2 + i}" for i in range(count))
+
+
+def check_ports(fleet: int, sources: int, path: Path = PORT_RANGE) -> None:
+    """Refuse a fleet with more connections per source address than the ephemeral port range
+    holds less ``PORT_MARGIN`` (past it every connect fails with ``EADDRNOTAVAIL``)."""
+    ports = ports_per_destination(path)
+    per_source = math.ceil(fleet / sources)
+    if ports is not None and per_source > ports - PORT_MARGIN:
+        raise RuntimeError(
+            f"--fleet {fleet:,} puts {per_source:,} connections on each of {sources} source "
+            f"addresses, over the {ports:,} this host opens from one address to one address "
+            f"and port (ip_local_port_range), less {PORT_MARGIN:,}")
+
+
+def fleet_config(deploy: env.Deployment, sources: tuple[str, ...] = ()) -> Path:
     """The deployment's config for a fleet: pings every 30 s (the default), the default drain
     deadline (10 s: a stop no longer waits for it, it only bounds the closing handshakes of
     thousands of sessions on a loaded machine; 1 s would cut them and the agents would see 1006),
-    and ``max_connections`` per worker at what one process can hold."""
+    ``max_connections`` per worker at what one process can hold, and the upstream connections
+    spread over ``sources``."""
     text = deploy.config.read_text()
     text = text.replace('ping_interval = "5s"', 'ping_interval = "30s"')
     text = text.replace("max_connections = 5000", "max_connections = 9900", 1)
+    if sources:
+        listed = ", ".join(f'"{a}"' for a in sources)
+        text = text.replace("[gateway]\n", f"[gateway]\nupstream_source_addresses = [{listed}]\n", 1)
     path = deploy.directory / "fleet.toml"
     path.write_text(text)
     return path
@@ -236,7 +266,8 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
             ca_file=deploy.pki / "dev-root-ca.pem", connect_rate=0,
             connect_concurrency=CONNECT_CONCURRENCY, enroll_concurrency=16, hold_s=1.0,
             message_interval_s=0, timeout_s=60, server_pids=pids, reconnect=True,
-            key_groups=groups, phase_timeout_s=1800)
+            key_groups=groups, phase_timeout_s=1800,
+            source_addresses=source_addresses(size.fleet))
         report, _ = run_loadtest(settings, during_hold=during_hold)
     return report, marks
 
@@ -284,15 +315,11 @@ def ports_per_destination(path: Path = PORT_RANGE) -> int | None:
 def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
     """Sections (f), (g), (h) for Switch; (f) and (g) for nginx on the same fleet."""
     n = opts.fleet or (QUICK_FLEET if opts.quick else FLEET)
-    ports = ports_per_destination()
-    if ports is not None and n > ports - PORT_MARGIN:
-        # Every agent dials the one gateway address from 127.0.0.1: past the port range every
-        # connect fails with EADDRNOTAVAIL (docs/performance.md, "the loopback's ceiling").
-        raise RuntimeError(f"--fleet {n:,} is over the {ports:,} connections this host opens to "
-                           f"one address and port (ip_local_port_range), less {PORT_MARGIN:,}; "
-                           "run --fleet 25000 or less")
+    sources = source_addresses(n)
+    # docs/performance.md, "the loopback's ceiling".
+    check_ports(n, len(sources))
     size = sizing(n, os.cpu_count() or 1)
-    config = fleet_config(deploy)
+    config = fleet_config(deploy, sources)
     rows: list[Row] = []
     with env.echo(deploy, opts.work, size.echoes):
         s, sm = _run(deploy, opts, size, deploy.gateway,
@@ -302,7 +329,8 @@ def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
     nginx_port = env.free_port()
     with env.echo(deploy, opts.work, size.echoes), env.switch(deploy, 1, opts.work, tag="-est"):
         ng, nm = _run(deploy, opts, size, nginx_port,
-                      server=lambda: _nginx_only(deploy, size.workers, opts.work, nginx_port),
+                      server=lambda: _nginx_only(deploy, size.workers, opts.work, nginx_port,
+                                                 sources),
                       revoke_key=None, with_switch_metrics=False)
     rows += _fleet_rows(size, s, sm, ng, nm)
     rows += _storm_rows(size, s, sm, ng, nm)
@@ -311,9 +339,9 @@ def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
 
 
 @contextlib.contextmanager
-def _nginx_only(deploy: env.Deployment, workers: int, work: Path, port: int
-                ) -> Iterator[env.Server]:
-    with env.nginx(deploy, workers, work, port=port) as (server, _):
+def _nginx_only(deploy: env.Deployment, workers: int, work: Path, port: int,
+                sources: tuple[str, ...]) -> Iterator[env.Server]:
+    with env.nginx(deploy, workers, work, port=port, source_addresses=sources) as (server, _):
         yield server
 
 

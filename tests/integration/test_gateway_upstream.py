@@ -1,6 +1,8 @@
-"""``wss://`` upstreams: a tenant's ``upstream_ca`` is what the upstream's certificate must chain
-to; a certificate that does not gets the agent a 502 with the reason. Real loopback sockets, a
-TLS WebSocket echo server with a private CA, `websockets` as the agent."""
+"""Upstream connections. ``wss://`` upstreams: a tenant's ``upstream_ca`` is what the upstream's
+certificate must chain to; a certificate that does not gets the agent a 502 with the reason.
+``[gateway] upstream_source_addresses``: the upstream sees each connection from the next of them,
+and a reload changes them. Real loopback sockets, a (TLS) WebSocket echo server, `websockets`
+as the agent."""
 
 from __future__ import annotations
 
@@ -98,3 +100,36 @@ def test_upstream_ca_is_checked_when_the_config_loads(
         load_config(config)
     problems = [p for p in refused.value.problems if p.key == "tenants.demo.upstream_ca"]
     assert problems and message in problems[0].message, refused.value.problems
+
+
+async def test_upstream_connections_leave_from_the_configured_source_addresses(
+        tmp_path: Path) -> None:
+    make_deployment(tmp_path)
+    config = tmp_path / "switch.toml"
+    text = config.read_text()
+    assert "[gateway]\n" in text
+    config.write_text(text.replace(
+        "[gateway]\n", '[gateway]\nupstream_source_addresses = ["127.0.0.2", "127.0.0.3"]\n', 1))
+    demo = Agent(tmp_path / "pki/demo-agent.pem", tmp_path / "pki/demo-agent.key", [])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            gw = await start_gateway(nursery, tmp_path)
+
+            async def peers(sessions: int) -> list[str]:
+                before = len(gw.echo.peers)
+                for _ in range(sessions):
+                    assert await trio.to_thread.run_sync(_upgrade_status, gw, demo, HOST) == "over tls"
+                return gw.echo.peers[before:]
+
+            seen = await peers(4)
+            assert sorted(seen) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
+            assert seen[0] != seen[1]  # in turn
+            text = config.read_text()
+            config.write_text(text.replace('["127.0.0.2", "127.0.0.3"]', '["127.0.0.4"]'))
+            assert (await gw.switch.reload()).ok
+            assert await peers(2) == ["127.0.0.4", "127.0.0.4"]
+            config.write_text(text.replace(
+                'upstream_source_addresses = ["127.0.0.2", "127.0.0.3"]\n', ""))
+            assert (await gw.switch.reload()).ok
+            assert await peers(1) == ["127.0.0.1"]  # the kernel's choice again
+            nursery.cancel_scope.cancel()

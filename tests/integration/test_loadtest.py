@@ -22,6 +22,7 @@ from rich.console import Console
 from config.load import load_config
 from enroll.authority import Authority
 from gateway.client.loadtest import HoldContext, _generator_figures, run_loadtest
+from gateway.client.loadtest_reasons import classify
 from gateway.client.loadtest_report import (
     build_report,
     percentile,
@@ -30,7 +31,7 @@ from gateway.client.loadtest_report import (
     summarise,
 )
 from gateway.client.loadtest_settings import LoadSettings
-from gateway.client.loadtest_worker import SimulatedAgent, WorkerState, classify, run_session
+from gateway.client.loadtest_worker import SimulatedAgent, WorkerState, run_session
 from tests.support.agent import PING_FRAME, MisbehavingServer, oversized_frame
 from tests.support.est import HOST, make_deployment
 from tests.support.gateway import Echo, org_agent, start_gateway
@@ -449,3 +450,47 @@ def test_a_reconnecting_run_reports_sessions_reopened_failed_attempts_and_time_t
     text = console.export_text()
     assert "sessions reopened: 3 (time to reopen p50 1.5s, p99 2.5s, max 2.5s)" in text
     assert "        4  reconnect: ECONNREFUSED" in text
+
+
+def _peers_of(port: int) -> list[str]:
+    """The remote IPv4 addresses of the established connections whose local port is ``port``."""
+    found = []
+    with open("/proc/net/tcp") as lines:
+        next(lines)
+        for line in lines:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                raw = bytes.fromhex(remote.split(":")[0])[::-1]  # little-endian on x86 and arm
+                found.append(".".join(str(b) for b in raw))
+    return found
+
+
+def test_source_addresses_spread_the_agents_over_them(local_switch: LocalSwitch,
+                                                      tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(local_switch.secret + "\n")
+    base = [*CLI, "loadtest", "--agents", "12", "--processes", "2", "--server-name", HOST,
+            "--gateway", f"127.0.0.1:{local_switch.gateway}", "--enroll",
+            f"127.0.0.1:{local_switch.enroll}", "--ca-file", str(local_switch.ca_file),
+            "--key-file", str(key_file), "--connect-rate", "0", "--message-interval", "0s",
+            "--no-server-stats", "--quiet"]
+    refused = subprocess.run([*base, "--source-address", "192.0.2.1"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--source-address: source address 192.0.2.1 is not an address of this host" in refused.stderr
+    run = subprocess.Popen([*base, "--hold", "30s", "--source-address", "127.0.0.2",
+                            "--source-address", "127.0.0.3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        peers = _peers_of(local_switch.gateway)
+        while len(peers) < 12 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+            peers = _peers_of(local_switch.gateway)
+        # The gateway sees the sessions from both addresses, half each (never 127.0.0.1).
+        assert sorted(peers) == ["127.0.0.2"] * 6 + ["127.0.0.3"] * 6, \
+            run.stdout.read().decode() if run.poll() is not None and run.stdout else peers
+    finally:
+        run.terminate()
+        run.wait(timeout=60)

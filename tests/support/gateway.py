@@ -36,12 +36,15 @@ class Echo:
     port: int = 0
     requests: list[tuple[str, dict[str, str]]] = attrs.field(factory=list)
     closes: list[int] = attrs.field(factory=list)
+    #: The address each upgrade came from (the gateway's end of the upstream connection).
+    peers: list[str] = attrs.field(factory=list)
 
     async def handler(self, request: trio_websocket.WebSocketRequest) -> None:
         headers: dict[str, str] = {}
         for k, v in request.headers:
             headers.setdefault(k.decode().lower(), v.decode())
         self.requests.append((request.path, headers))
+        self.peers.append(str(getattr(request.remote, "address", request.remote)))
         ws = await request.accept()
         try:
             while True:
