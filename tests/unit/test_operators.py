@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argon2
 import pytest
 
 from enroll import operators
@@ -57,3 +58,12 @@ def test_passwords_are_argon2id_and_verified() -> None:
     assert not operators.password_needs_rehash(hashed)
     with pytest.raises(InvalidOperator, match="at least 12"):
         operators.hash_password("short")
+
+
+def test_the_dummy_password_hash_costs_what_a_real_one_does() -> None:
+    # The constant verified when an operator has no password: argon2id with the parameters
+    # real hashes get, and a hash of the dummy password (so verifying it is a real verification).
+    dummy = operators._DUMMY_PASSWORD_HASH
+    assert argon2.extract_parameters(dummy) == argon2.profiles.RFC_9106_LOW_MEMORY
+    assert operators._HASHER.verify(dummy, "switch-dummy-password")
+    assert not operators.password_needs_rehash(dummy)
