@@ -188,10 +188,29 @@ def _socket_readable(sock: trio.socket.SocketType) -> Awaitable[None]:
 PING_RETRY_S = 1.0
 
 
+@attrs.define(eq=False)
+class Relaying:
+    """What both directions of one relaying session share: the first side to end, and the
+    scope that ends the other direction then."""
+
+    scope: trio.CancelScope
+    ended: Ended | None = None
+
+    def end(self, inbound: bool, exc: BaseException | None = None) -> None:
+        """One direction is over (``exc``: how, if it raised): stop the other."""
+        if isinstance(exc, Ended):
+            self.ended = self.ended or exc
+        elif exc is not None:  # its stream broke or was closed
+            self.ended = self.ended or Ended(inbound, 1006, None)
+        self.scope.cancel()
+
+
 async def forward(src: Side, dst: Side, inbound: bool, settings: GatewaySettings,
                    counters: Counters, session: Session, bytes_metric: Counter,
-                   messages_metric: Counter) -> None:
-    """Relay ``src`` to ``dst`` until ``src`` ends (raises ``Ended``). On the agent's side
+                   messages_metric: Counter, relaying: Relaying) -> None:
+    """Relay ``src`` to ``dst`` until ``src`` ends, then end the relay (``relaying.end``, with
+    the ``Ended`` or the broken stream that ended it). It is a task's whole body, with no
+    wrapper frame (memory per idle session). On the agent's side
     (``inbound``) it also keeps the session alive: a ping when the agent has been silent for
     ``ping_interval_s``, and eviction when it stays silent (no pong) for another interval, or
     for ``idle_timeout_s``. Every write, to either side, must finish within ``write_timeout_s``
@@ -282,6 +301,8 @@ async def forward(src: Side, dst: Side, inbound: bool, settings: GatewaySettings
                 messages_metric.inc(completed)
                 bytes_metric.inc(unreported)
                 unreported = 0
+    except (Ended, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        relaying.end(inbound, exc)
     finally:
         if unreported:
             bytes_metric.inc(unreported)

@@ -20,7 +20,6 @@ import datetime as dt
 import ssl
 from collections.abc import Mapping
 
-import attrs
 import h11
 import structlog
 import trio
@@ -29,7 +28,7 @@ from config.model import GatewaySettings, SwitchConfig, Tenant
 from gateway.listening import linger
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
-from gateway.relay.pump import Counters, Ended, Side, close_sides, forward, outcome
+from gateway.relay.pump import Counters, Relaying, Side, close_sides, forward, outcome
 from gateway.relay.upgrade import (
     RECV_BYTES,
     Upgrade,
@@ -191,40 +190,8 @@ def metric_reason(reason: str) -> str:
     return reason
 
 
-@attrs.define(eq=False)
-class _Relaying:
-    """What both directions of one relaying session share: the first side to end, and the
-    scope that ends the other direction then."""
-
-    scope: trio.CancelScope
-    ended: Ended | None = None
-
-    def end(self, inbound: bool, exc: BaseException | None = None) -> None:
-        """One direction is over (``exc``: how, if it raised): stop the other."""
-        if isinstance(exc, Ended):
-            self.ended = self.ended or exc
-        elif exc is not None:  # its stream broke or was closed
-            self.ended = self.ended or Ended(inbound, 1006, None)
-        self.scope.cancel()
-
-
 #: The upstream direction's task name (a constant: trio would format one per task).
 UPSTREAM_TASK = "gateway.relay.session.upstream_to_agent"
-
-
-async def _upstream_to_agent(state: _Relaying, upstream: Side, agent: Side,
-                             settings: GatewaySettings, counters: Counters, session: Session,
-                             metrics: Metrics) -> None:
-    """The upstream's direction of a relay, in its own task."""
-    tenant = session.decision.tenant
-    try:
-        await forward(upstream, agent, False, settings, counters, session,
-                      metrics.relay_bytes.labels(tenant, "out"),
-                      metrics.relay_messages.labels(tenant, "out"))
-    except (Ended, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        state.end(False, exc)
-    else:  # forward only returns by raising; stop the relay all the same
-        state.end(False)
 
 
 async def _relay(agent: Side, upstream: Side, session: Session, settings: GatewaySettings,
@@ -235,30 +202,28 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
     eviction cannot cut it but a shutdown's drain deadline can) sends the reason. An
     eviction that came before (the session's scope already cancelled) ends the relay at once.
 
-    The agent's direction runs in this task and the upstream's in one more; neither keeps a
-    closure or a wrapper frame per session (memory per idle session, docs/performance.md)."""
+    The agent's direction runs in this task and the upstream's in one more, ``forward`` being
+    its whole body (it ends the relay itself); neither keeps a closure or a wrapper frame per
+    session (memory per idle session, docs/performance.md)."""
     decision = session.decision
     counters = Counters()
     tenant = decision.tenant
     metrics.sessions.labels(tenant).inc()
-    state: _Relaying | None = None
+    state: Relaying | None = None
     try:
         async with trio.open_nursery() as relay:
-            state = _Relaying(relay.cancel_scope)
+            state = Relaying(relay.cancel_scope)
             evicted = session.cancel_scope.cancel_called
             session.cancel_scope = relay.cancel_scope
             if evicted:
                 relay.cancel_scope.cancel()
-            relay.start_soon(_upstream_to_agent, state, upstream, agent, settings, counters,
-                             session, metrics, name=UPSTREAM_TASK)
-            try:
-                await forward(agent, upstream, True, settings, counters, session,
-                              metrics.relay_bytes.labels(tenant, "in"),
-                              metrics.relay_messages.labels(tenant, "in"))
-            except (Ended, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                state.end(True, exc)
-            else:
-                state.end(True)
+            relay.start_soon(forward, upstream, agent, False, settings, counters, session,
+                             metrics.relay_bytes.labels(tenant, "out"),
+                             metrics.relay_messages.labels(tenant, "out"), state,
+                             name=UPSTREAM_TASK)
+            await forward(agent, upstream, True, settings, counters, session,
+                          metrics.relay_bytes.labels(tenant, "in"),
+                          metrics.relay_messages.labels(tenant, "in"), state)
     finally:
         ended = state.ended if state is not None else None
         reason, agent_close, upstream_close = outcome(session.close_reason, ended)
