@@ -58,8 +58,10 @@ def _bare_issue_loop(seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-#: Requests in flight over all generator processes: the same for every row of (c).
-IN_FLIGHT = 16
+#: Requests in flight over all generator processes: the same for every row of (c). Enough to keep
+#: two workers busy (docs/performance.md, (c)): 16 kept one worker at its most but left two
+#: workers waiting on the generator, a fifth to a quarter of the two cores idle.
+IN_FLIGHT = 64
 GENERATORS = 2
 
 
@@ -85,16 +87,28 @@ def _issue(deploy: env.Deployment, enroll_ports: list[int], requests: list[bytes
     for p in procs:
         p.start()
     time.sleep(3 if quick else 5)  # interpreters up, connections open
-    cpu0, t0 = cpu(), time.monotonic()
+    idle0, cpu0, t0 = _idle(), cpu(), time.monotonic()
     go.set()
     outcomes = [results.get(timeout=600) for _ in procs]
     wall = max(end for _, _, end, _ in outcomes) - t0
-    used = cpu() - cpu0
+    used, idle1 = cpu() - cpu0, _idle()
     for p in procs:
         p.join(timeout=30)
     issued = sum(n - f for n, f, _, _ in outcomes)
     return {"issued": issued, "failures": sum(f for _, f, _, _ in outcomes), "wall": wall,
-            "cpu": used, "generator_cpu": sum(g for _, _, _, g in outcomes)}
+            "cpu": used, "generator_cpu": sum(g for _, _, _, g in outcomes),
+            "idle": (idle1[0] - idle0[0]) / max(idle1[1] - idle0[1], 1)}
+
+
+def _idle() -> tuple[int, int]:
+    """The machine's idle and total CPU time so far (``/proc/stat``, in ticks; idle counts
+    iowait): over a run, the share of the cores nothing used, the bench's processes or any other."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return (0, 0)
+    return (ticks[3] + ticks[4], sum(ticks))
 
 
 def _on_postgres(deploy: env.Deployment, opts: Options, requests: list[bytes],
@@ -206,7 +220,8 @@ def est(deploy: env.Deployment, opts: Options) -> list[Row]:
             f"flight; Switch CPU {ms(two, 'cpu'):.2f} ms per certificate "
             f"({two['cpu'] / max(two['wall'], 1e-9) / cores:.0%} of the {cores} cores), the "
             f"generator's {ms(two, 'generator_cpu'):.2f} ms "
-            f"({two['generator_cpu'] / max(two['wall'], 1e-9) / cores:.0%}), on the same cores; "
+            f"({two['generator_cpu'] / max(two['wall'], 1e-9) / cores:.0%}), on the same cores "
+            f"({two['idle']:.0%} of them idle over the run; one worker's run: {lite['idle']:.0%}); "
             f"with those costs the {cores} cores allow at most {ceiling:.0f}/s "
             f"({ceiling / max(rate, 1e-9):.2f}× one worker's rate)"),
         _postgres_row(pg_one, pg_many, pg_failure, rate, cores),
