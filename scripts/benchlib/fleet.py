@@ -78,6 +78,8 @@ class Sizing:
     workers: int
     generators: int
     echoes: int
+    #: The loopback addresses the fleet's connections leave from (``source_addresses``).
+    sources: tuple[str, ...] = ()
 
 
 def sizing(fleet: int, cores: int) -> Sizing:
@@ -86,7 +88,7 @@ def sizing(fleet: int, cores: int) -> Sizing:
     return Sizing(fleet, min(REVOKED, fleet // 5),
                   max(cores, math.ceil(fleet / SESSIONS_PER_WORKER)),
                   max(cores, math.ceil(fleet / AGENTS_PER_GENERATOR)),
-                  max(2, math.ceil(fleet / SESSIONS_PER_ECHO)))
+                  max(2, math.ceil(fleet / SESSIONS_PER_ECHO)), source_addresses(fleet))
 
 
 def source_addresses(fleet: int) -> tuple[str, ...]:
@@ -118,6 +120,8 @@ def fleet_config(deploy: env.Deployment, sources: tuple[str, ...] = ()) -> Path:
     text = text.replace('ping_interval = "5s"', 'ping_interval = "30s"')
     text = text.replace("max_connections = 5000", "max_connections = 9900", 1)
     if sources:
+        if "[gateway]\n" not in text:  # a fleet without the spread would stall at the port range
+            raise RuntimeError(f"{deploy.config} has no [gateway] table to add the sources to")
         listed = ", ".join(f'"{a}"' for a in sources)
         text = text.replace("[gateway]\n", f"[gateway]\nupstream_source_addresses = [{listed}]\n", 1)
     path = deploy.directory / "fleet.toml"
@@ -267,7 +271,7 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
             connect_concurrency=CONNECT_CONCURRENCY, enroll_concurrency=16, hold_s=1.0,
             message_interval_s=0, timeout_s=60, server_pids=pids, reconnect=True,
             key_groups=groups, phase_timeout_s=1800,
-            source_addresses=source_addresses(size.fleet))
+            source_addresses=size.sources)
         report, _ = run_loadtest(settings, during_hold=during_hold)
     return report, marks
 
@@ -315,11 +319,10 @@ def ports_per_destination(path: Path = PORT_RANGE) -> int | None:
 def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
     """Sections (f), (g), (h) for Switch; (f) and (g) for nginx on the same fleet."""
     n = opts.fleet or (QUICK_FLEET if opts.quick else FLEET)
-    sources = source_addresses(n)
-    # docs/performance.md, "the loopback's ceiling".
-    check_ports(n, len(sources))
     size = sizing(n, os.cpu_count() or 1)
-    config = fleet_config(deploy, sources)
+    # docs/performance.md, "the loopback's ceiling".
+    check_ports(n, len(size.sources))
+    config = fleet_config(deploy, size.sources)
     rows: list[Row] = []
     with env.echo(deploy, opts.work, size.echoes):
         s, sm = _run(deploy, opts, size, deploy.gateway,
@@ -330,7 +333,7 @@ def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:
     with env.echo(deploy, opts.work, size.echoes), env.switch(deploy, 1, opts.work, tag="-est"):
         ng, nm = _run(deploy, opts, size, nginx_port,
                       server=lambda: _nginx_only(deploy, size.workers, opts.work, nginx_port,
-                                                 sources),
+                                                 size.sources),
                       revoke_key=None, with_switch_metrics=False)
     rows += _fleet_rows(size, s, sm, ng, nm)
     rows += _storm_rows(size, s, sm, ng, nm)
