@@ -2,24 +2,15 @@
 revocation covering a key's sessions, in one run of the fleet (enrolling 50,000 agents takes
 minutes: they enroll once and the three sections follow each other on the same sessions).
 
-Source addresses: one opens at most the ephemeral port range's connections to one address and
-port, so the agents, Switch's upstream connections and nginx's spread over 127.0.0.2, 127.0.0.3,
-... (``source_addresses``); a fleet still over the range per address is refused (``check_ports``).
-
-Sizing (``sizing``; docs/performance.md, section (f)): a relayed session holds two
-descriptors in Switch (agent, upstream) and one in the load generator and in the echo upstream,
-and a process may open 20,000; so Switch gets one worker per ``SESSIONS_PER_WORKER`` sessions
-(9,000: under the ~9,900 a process can hold, with room for the kernel's uneven spread over the
-workers sharing the socket), the load generator one process per ``AGENTS_PER_GENERATOR`` and the
-echo upstream one ``switch echo --reuse-port`` per ``SESSIONS_PER_ECHO``.
+Sizing, source addresses and the ports' ceiling: ``fleet_sizing``.
 
 The run, against Switch: every agent enrolls (10,000 of them, the ``revoked`` group, with a key of
 their own), connects at most ``CONNECT_CONCURRENCY`` at a time, and holds with the server's pings
 every 30 s (``fleet.toml``: the deployment's config with ``ping_interval = "30s"``). (f) reads
 the server's memory per session and its CPU over an idle window that spans two ping rounds.
 (g) stops Switch with SIGTERM (every session closed with 1001 at once; ``drain_timeout``, 10 s,
-bounds the stop, what has not finished closing by then is cut) and starts it again; the agents reconnect with the reference agent's back-off
-(``gateway.client.backoff``); the report gives the time from SIGTERM until 99% and 100% of the
+bounds the stop, what has not finished closing by then is cut) and starts it again; the agents
+reconnect with the reference agent's back-off (``gateway.client.backoff``); the report gives the time from SIGTERM until 99% and 100% of the
 sessions are back, the peak rate at which they came back, refusals and agents that gave up.
 (h) revokes the ``revoked`` group's key with ``switch keys revoke`` and counts the sessions the
 server closed in each group. The same fleet is then run against nginx (the agents enroll at a
@@ -45,15 +36,17 @@ import attrs
 from gateway.client import procstat
 from gateway.client.backoff import Reconnects
 from scripts.benchlib import env
+from scripts.benchlib.fleet_sizing import (
+    FLEET,
+    QUICK_FLEET,
+    Sizing,
+    check_ports,
+    fleet_config,
+    sizing,
+)
 from scripts.benchlib.rows import Options, Row
 from scripts.benchlib.rows import ratio as _ratio
 
-FLEET = 50_000
-QUICK_FLEET = 1_500
-REVOKED = 10_000
-SESSIONS_PER_WORKER = 9_000
-AGENTS_PER_GENERATOR = 9_000
-SESSIONS_PER_ECHO = 15_000
 #: Sessions being opened at once (all load generator processes together).
 CONNECT_CONCURRENCY = 64
 #: The idle window of (f): two rounds of the server's pings (every 30 s).
@@ -61,72 +54,8 @@ IDLE_S, QUICK_IDLE_S = 65.0, 10.0
 #: How long the storm and the revocation may take before the section gives up waiting.
 STORM_TIMEOUT_S = 900.0
 REVOKE_TIMEOUT_S = 60.0
-#: The ephemeral port range, and the ports left for other connections (TIME_WAIT, the bench's).
-PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-PORT_MARGIN = 1_000
-#: Agents per loopback source address (and upstream connections per source address of Switch and
-#: nginx): well inside the 28,232 ports of the default range.
-AGENTS_PER_SOURCE = 20_000
 #: Why an attempt did not open while the server restarted, which is no refusal.
 _RESTARTING = frozenset({"ECONNREFUSED", "ECONNRESET", "EPIPE"})
-
-
-@attrs.frozen
-class Sizing:
-    fleet: int
-    revoked: int
-    workers: int
-    generators: int
-    echoes: int
-    #: The loopback addresses the fleet's connections leave from (``source_addresses``).
-    sources: tuple[str, ...] = ()
-
-
-def sizing(fleet: int, cores: int) -> Sizing:
-    """Processes for ``fleet`` sessions (see the module docstring); a fifth of the fleet (at most
-    ``REVOKED``) is the group whose key (h) revokes."""
-    return Sizing(fleet, min(REVOKED, fleet // 5),
-                  max(cores, math.ceil(fleet / SESSIONS_PER_WORKER)),
-                  max(cores, math.ceil(fleet / AGENTS_PER_GENERATOR)),
-                  max(2, math.ceil(fleet / SESSIONS_PER_ECHO)), source_addresses(fleet))
-
-
-def source_addresses(fleet: int) -> tuple[str, ...]:
-    """The loopback addresses the fleet's connections leave from: one per ``AGENTS_PER_SOURCE``
-    agents, at least two (every run spreads), from 127.0.0.2."""
-    count = min(253, max(2, math.ceil(fleet / AGENTS_PER_SOURCE)))
-    return tuple(f"127.0.0.{2 + i}" for i in range(count))
-
-
-def check_ports(fleet: int, sources: int, path: Path = PORT_RANGE) -> None:
-    """Refuse a fleet with more connections per source address than the ephemeral port range
-    holds less ``PORT_MARGIN`` (past it every connect fails with ``EADDRNOTAVAIL``)."""
-    ports = ports_per_destination(path)
-    per_source = math.ceil(fleet / sources)
-    if ports is not None and per_source > ports - PORT_MARGIN:
-        raise RuntimeError(
-            f"--fleet {fleet:,} puts {per_source:,} connections on each of {sources} source "
-            f"addresses, over the {ports:,} this host opens from one address to one address "
-            f"and port (ip_local_port_range), less {PORT_MARGIN:,}")
-
-
-def fleet_config(deploy: env.Deployment, sources: tuple[str, ...] = ()) -> Path:
-    """The deployment's config for a fleet: pings every 30 s (the default), the default drain
-    deadline (10 s: a stop no longer waits for it, it only bounds the closing handshakes of
-    thousands of sessions on a loaded machine; 1 s would cut them and the agents would see 1006),
-    ``max_connections`` per worker at what one process can hold, and the upstream connections
-    spread over ``sources``."""
-    text = deploy.config.read_text()
-    text = text.replace('ping_interval = "5s"', 'ping_interval = "30s"')
-    text = text.replace("max_connections = 5000", "max_connections = 9900", 1)
-    if sources:
-        if "[gateway]\n" not in text:  # a fleet without the spread would stall at the port range
-            raise RuntimeError(f"{deploy.config} has no [gateway] table to add the sources to")
-        listed = ", ".join(f'"{a}"' for a in sources)
-        text = text.replace("[gateway]\n", f"[gateway]\nupstream_source_addresses = [{listed}]\n", 1)
-    path = deploy.directory / "fleet.toml"
-    path.write_text(text)
-    return path
 
 
 def _metric(deploy: env.Deployment, name: str, **labels: str) -> float | None:
@@ -304,16 +233,6 @@ def _spread_figure(agents: int) -> str:
             f"of {agents} agents dropped at once, the busiest 100 ms of their first retries holds "
             f"{busiest} ({busiest / agents:.0%}; a fixed delay: 100%), of their third retries "
             f"{busiest3} ({busiest3 / agents:.1%}), spread over {max(third):.1f} s")
-
-
-def ports_per_destination(path: Path = PORT_RANGE) -> int | None:
-    """How many connections the kernel lets this host open to one address and port (its
-    ephemeral port range), or None where it does not say."""
-    try:
-        low, high = (int(v) for v in path.read_text().split())
-    except (OSError, ValueError):
-        return None
-    return high - low + 1
 
 
 def fleet(deploy: env.Deployment, opts: Options) -> list[Row]:

@@ -1,4 +1,4 @@
-"""The fleet bench's sizing and its loopback ceiling (scripts/benchlib/fleet.py): the processes
+"""The fleet bench's sizing and its loopback ceiling (scripts/benchlib/fleet.py, fleet_sizing.py): the processes
 chosen for a fleet, its source addresses, the nginx configuration spreading its upstream
 connections over them, and a fleet over the host's ports per source address and destination
 refused before anything starts (it would otherwise wait on connects failing with
@@ -11,49 +11,49 @@ from typing import Any, cast
 
 import pytest
 
-from scripts.benchlib import env, fleet
+from scripts.benchlib import env, fleet, fleet_sizing
 from scripts.benchlib.rows import Options
 
 
 def test_the_fleet_gets_a_worker_per_nine_thousand_sessions_and_at_least_one_per_core() -> None:
-    size = fleet.sizing(50_000, 2)
+    size = fleet_sizing.sizing(50_000, 2)
     assert (size.workers, size.generators, size.echoes, size.revoked) == (6, 6, 4, 10_000)
-    small = fleet.sizing(1_500, 2)
+    small = fleet_sizing.sizing(1_500, 2)
     assert (small.workers, small.generators, small.echoes, small.revoked) == (2, 2, 2, 300)
 
 
 def test_ports_per_destination_is_the_ephemeral_range(tmp_path: Path) -> None:
     ranges = tmp_path / "ip_local_port_range"
     ranges.write_text("32768\t60999\n")
-    assert fleet.ports_per_destination(ranges) == 28_232
+    assert fleet_sizing.ports_per_destination(ranges) == 28_232
     ranges.write_text("garbage\n")
-    assert fleet.ports_per_destination(ranges) is None
-    assert fleet.ports_per_destination(tmp_path / "absent") is None
+    assert fleet_sizing.ports_per_destination(ranges) is None
+    assert fleet_sizing.ports_per_destination(tmp_path / "absent") is None
 
 
 def test_the_fleet_spreads_over_a_source_address_per_twenty_thousand_agents() -> None:
-    assert fleet.source_addresses(1_500) == ("127.0.0.2", "127.0.0.3")
-    assert fleet.source_addresses(50_000) == ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-    assert len(fleet.source_addresses(10_000_000)) == 253  # 127.0.0.2 to 127.0.0.254
+    assert fleet_sizing.source_addresses(1_500) == ("127.0.0.2", "127.0.0.3")
+    assert fleet_sizing.source_addresses(50_000) == ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    assert len(fleet_sizing.source_addresses(10_000_000)) == 253  # 127.0.0.2 to 127.0.0.254
 
 
 def test_the_port_check_counts_the_source_addresses(tmp_path: Path) -> None:
     ranges = tmp_path / "ip_local_port_range"
     ranges.write_text("32768 60999\n")
-    fleet.check_ports(50_000, 3, ranges)  # 16,667 per address: within 28,232 - 1,000
-    fleet.check_ports(27_232, 1, ranges)
+    fleet_sizing.check_ports(50_000, 3, ranges)  # 16,667 per address: within 28,232 - 1,000
+    fleet_sizing.check_ports(27_232, 1, ranges)
     with pytest.raises(RuntimeError, match="puts 28,233 connections on each of 1 source"):
-        fleet.check_ports(28_233, 1, ranges)
+        fleet_sizing.check_ports(28_233, 1, ranges)
     with pytest.raises(RuntimeError, match="puts 30,000 connections on each of 2 source"):
-        fleet.check_ports(60_000, 2, ranges)
-    fleet.check_ports(50_000, 1, tmp_path / "absent")  # a host that does not say: no check
+        fleet_sizing.check_ports(60_000, 2, ranges)
+    fleet_sizing.check_ports(50_000, 1, tmp_path / "absent")  # a host that does not say: no check
 
 
 def test_a_fleet_over_the_ceiling_is_refused_before_anything_starts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ranges = tmp_path / "ip_local_port_range"
     ranges.write_text("32768 40000\n")  # 7,233 ports: 3 addresses cannot hold 50,000 agents
-    monkeypatch.setattr(fleet.check_ports, "__defaults__", (ranges,))
+    monkeypatch.setattr(fleet_sizing.check_ports, "__defaults__", (ranges,))
     nothing = cast(Any, None)  # no deployment: the check comes first
     with pytest.raises(RuntimeError, match="--fleet 50,000 puts 16,667 connections on each of 3"):
         fleet.fleet(nothing, Options(quick=False, work=tmp_path, fleet=50_000))
@@ -62,7 +62,7 @@ def test_a_fleet_over_the_ceiling_is_refused_before_anything_starts(
 def test_the_fleet_config_spreads_switch_upstream_connections(tmp_path: Path) -> None:
     (tmp_path / "switch.toml").write_text('[gateway]\nping_interval = "5s"\n')
     deploy = env.Deployment(tmp_path, 1, 2, 3, 4)
-    text = fleet.fleet_config(deploy, ("127.0.0.2", "127.0.0.3")).read_text()
+    text = fleet_sizing.fleet_config(deploy, ("127.0.0.2", "127.0.0.3")).read_text()
     assert text == ('[gateway]\nupstream_source_addresses = ["127.0.0.2", "127.0.0.3"]\n'
                     'ping_interval = "30s"\n')
 
