@@ -45,6 +45,7 @@ import trio
 from prometheus_client import Counter
 
 from config.model import GatewaySettings
+from gateway import fdwait
 from gateway.lightlock import LightLock
 from gateway.relay.upgrade import RECV_BYTES
 from gateway.sessions import Session
@@ -178,7 +179,7 @@ def _socket_readable(sock: trio.socket.SocketType) -> Awaitable[None]:
     # Returned, not awaited here: a coroutine of ours would stay alive for the whole wait.
     if sock.fileno() == -1:
         return trio.lowlevel.checkpoint()  # noqa: ASYNC105 - awaited by the caller
-    return trio.lowlevel.wait_readable(sock)  # noqa: ASYNC105 - awaited by the caller
+    return fdwait.wait_readable(sock)
 
 
 @attrs.define(eq=False)
