@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 import trio
@@ -104,7 +105,21 @@ class GatewayListener:
                     self.capacity.give_back()
                     self.handshakes_ended += 1
                 if tls is not None:
-                    await self._session(tls, state, peer)
+                    # The session runs in this frame (one coroutine fewer per idle session).
+                    session = self._session(tls, state, peer)
+                    if session is None:
+                        await trio.aclose_forcefully(tls)
+                    else:
+                        try:
+                            await session
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
+                        finally:
+                            # Not shielded: close_notify goes out with the socket's close even
+                            # when cancelled (the end of a shutdown's drain), which then closes
+                            # the socket at once.
+                            with trio.move_on_after(settings.close_timeout_s):
+                                await tls.aclose()
             except Exception:  # noqa: BLE001 - one connection's failure must not end the others
                 self.metrics.refused(None, "internal_error")
                 log.exception("connection_failed", peer=peer)
@@ -159,9 +174,10 @@ class GatewayListener:
             await close_lingering(stream)
         return None
 
-    async def _session(self, tls: TLSStream, state: TrustState, peer: str) -> None:
-        """After the handshake: the session, under the decision the verify callback made."""
-        settings = state.config.gateway
+    def _session(self, tls: TLSStream, state: TrustState, peer: str
+                 ) -> Coroutine[Any, Any, str] | None:
+        """After the handshake: the session to run (``relay.run_session``, not started), under
+        the decision the verify callback made; None for a connection to close (counted)."""
         info: HandshakeInfo = tls.connection.get_app_data()
         decision = info.decision
         info.state = None  # the decision holds what a session needs; let old trust states go
@@ -169,24 +185,15 @@ class GatewayListener:
         if decision is None or not decision.allowed or tenant is None:
             # Cannot happen: the verify callback refuses first. Fail closed all the same.
             self._refuse(info.tenant, info.refusal or "not_admitted", peer, info.server_name)
-            await trio.aclose_forcefully(tls)
-            return
+            return None
         self.metrics.handshake(tenant.name, "ok")
         latest = self.current()  # the session is re-checked against the state in force now
-        try:
-            await relay.run_session(
-                tls, decision, tenant, sni=info.server_name,
-                config=state.config, settings=settings,
-                registry=self.registry, metrics=self.metrics, peer=peer,
-                trust=latest.tenants, now=latest.clock(),
-                upstream_ssl=self.upstream_tls.context(state.config, tenant))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            # Not shielded: close_notify goes out with the socket's close even when cancelled
-            # (the end of a shutdown's drain), which then closes the socket at once.
-            with trio.move_on_after(settings.close_timeout_s):
-                await tls.aclose()
+        return relay.run_session(
+            tls, decision, tenant, sni=info.server_name,
+            config=state.config, settings=state.config.gateway,
+            registry=self.registry, metrics=self.metrics, peer=peer,
+            trust=latest.tenants, now=latest.clock(),
+            upstream_ssl=self.upstream_tls.context(state.config, tenant))
 
     def _refuse(self, tenant: str | None, reason: str, peer: str, sni: str | None,
                 detail: str | None = None) -> None:

@@ -55,6 +55,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
+from gateway import fdwait
 from gateway.lightlock import LightLock
 
 T = TypeVar("T")
@@ -285,7 +286,7 @@ class SocketTLSStream(TLSStream):
                 break
             waited = True
             if want_read:
-                await self._wait(self._readable, trio.lowlevel.wait_readable)
+                await self._wait(self._readable, fdwait.wait_readable)
             else:
                 await self._wait(self._writable, trio.lowlevel.wait_writable)
         if waited:
@@ -315,7 +316,7 @@ class SocketTLSStream(TLSStream):
             await trio.lowlevel.checkpoint()
             return
         async with self._readable:
-            await trio.lowlevel.wait_readable(self._socket)
+            await fdwait.wait_readable(self._socket)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(self._writable, trio.lowlevel.wait_writable)

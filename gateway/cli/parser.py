@@ -28,7 +28,7 @@ from gateway.cli.admin_commands import (
 from gateway.cli.operator_commands import add_operator_commands
 from gateway.cli.server import cmd_config_check, cmd_init, cmd_reload, cmd_serve
 from gateway.cli.store_commands import cmd_backup, cmd_restore, cmd_store_copy, cmd_store_migrate
-from gateway.cli.tools import cmd_agent, cmd_echo, cmd_loadtest, host_port
+from gateway.cli.tools import cmd_agent, cmd_echo, cmd_loadtest, duration, host_port
 from gateway.logs import FORMAT_ENV, FORMATS
 
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(or $SWITCH_PROVISIONING_KEY); never pass the key itself as an argument")
     p.add_argument("--name", help="the common name to enroll with")
     p.add_argument("--path", default="/", help="WebSocket path and query (default /)")
-    p.add_argument("--renew-before", help="renew this long before expiry (default: the window "
+    p.add_argument("--renew-before", type=duration, help="renew this long before expiry (default: the window "
                    "the enrollment port names, else a third of the certificate's lifetime)")
     p.add_argument("--once", metavar="MESSAGE", help="send one message, print the reply, exit")
 
@@ -136,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--connect-rate alone paces)")
     p.add_argument("--enroll-concurrency", type=int, default=16,
                    help="EST requests in flight, in all (default 16)")
-    p.add_argument("--hold", default="10s", help="how long to hold the sessions (default 10s)")
-    p.add_argument("--message-interval", default="5s",
+    p.add_argument("--hold", type=duration, default="10s", help="how long to hold the sessions (default 10s)")
+    p.add_argument("--message-interval", type=duration, default="5s",
                    help="each agent sends a message this often (default 5s; 0 sends none)")
     p.add_argument("--message-size", type=int, default=64, help="message bytes (default 64)")
-    p.add_argument("--timeout", default="30s", help="limit on every network wait (default 30s)")
+    p.add_argument("--timeout", type=duration, default="30s", help="limit on every network wait (default 30s)")
     p.add_argument("--reconnect", action="store_true",
                    help="reopen a session the server ends (or that fails to open) with the "
                         "reference agent's jittered back-off, until the hold ends")

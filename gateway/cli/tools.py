@@ -26,6 +26,21 @@ def host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def duration(value: str) -> float:
+    """A duration on the command line: as in the config ("500ms", "10s", "1h30m"), or a bare
+    number of seconds ("0", "2.5"; the config's TOML numbers, which a command line cannot type)."""
+    from config.durations import parse_duration
+
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    try:
+        return parse_duration(value if number is None else number)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _provisioning_secret(args: argparse.Namespace) -> str | None:
     """The provisioning key from ``--key-file`` or ``$SWITCH_PROVISIONING_KEY`` (never argv)."""
     if args.key_file:
@@ -40,7 +55,6 @@ def _provisioning_secret(args: argparse.Namespace) -> str | None:
 def cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
-    from config.durations import parse_duration
     from gateway.client.agent import Agent, AgentError, AgentSettings
     from gateway.client.est_client import EstClientError
 
@@ -51,7 +65,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         directory=Path(args.dir), server_name=args.server_name, gateway=args.gateway,
         enroll=args.enroll, ca_file=Path(args.ca_file) if args.ca_file else None,
         pin_sha256=args.pin, key_secret=secret, common_name=args.name, path=args.path,
-        renew_before=(dt.timedelta(seconds=parse_duration(args.renew_before))
+        renew_before=(dt.timedelta(seconds=args.renew_before)
                       if args.renew_before is not None else None),
     )
     agent = Agent(settings)
@@ -88,7 +102,6 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def _loadtest_settings(args: argparse.Namespace) -> Any:
     """LoadSettings from the options, filling what is missing from the local config (listen
     addresses, the tenant's first hostname, the server certificate's public-key pin, the pid)."""
-    from config.durations import parse_duration
     from gateway.client import procstat
     from gateway.client.est_client import spki_sha256
     from gateway.client.loadtest import LoadSettings
@@ -142,8 +155,8 @@ def _loadtest_settings(args: argparse.Namespace) -> Any:
         ca_file=Path(args.ca_file) if args.ca_file else None, pin_sha256=pin, path=args.path,
         connect_rate=args.connect_rate, connect_concurrency=args.connect_concurrency,
         enroll_concurrency=args.enroll_concurrency,
-        hold_s=parse_duration(args.hold), message_interval_s=parse_duration(args.message_interval),
-        message_size=args.message_size, timeout_s=parse_duration(args.timeout),
+        hold_s=args.hold, message_interval_s=args.message_interval,
+        message_size=args.message_size, timeout_s=args.timeout,
         key_type=args.key_type, tls_version=args.tls, server_pids=server_pids,
         reconnect=args.reconnect, source_addresses=sources,
     )

@@ -1,12 +1,14 @@
-"""The relay of an admitted agent's WebSocket session to its tenant's upstream, in four rooms.
+"""The relay of an admitted agent's WebSocket session to its tenant's upstream, in five rooms.
 
 - ``upgrade``: the pure rules of the agent's upgrade (its checks, the ``Host`` check, the
   headers and URL that go upstream, the replies that accept or refuse it);
 - ``upstream``: the dialler (TCP or TLS to the upstream, its opening handshake and its check);
 - ``session``: the session's life (``run_session``: register, upgrade, dial, relay, close,
   metrics and the log line);
-- ``pump``: the frame pump (one loop per direction, the writes to each side, liveness pings,
-  the closing handshake owed to each side).
+- ``pump``: the frame pump (one loop per direction, the writes to each side, the closing
+  handshake owed to each side);
+- ``keepalive``: the process's one sweep over the relaying sessions (pings to silent agents,
+  ``ping_timeout`` and ``idle_timeout``).
 
 ``gateway.gateway_listener`` calls ``run_session`` once the TLS handshake admitted the agent.
 """

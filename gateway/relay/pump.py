@@ -1,6 +1,7 @@
 """The frame pump of a relaying session: one direction's loop (``forward``), the writes to each
-side under its lock (``Side``), liveness pings, and the closing handshake owed to each side when
-the session ends (``outcome``, ``close_sides``).
+side under its lock (``Side``), what both directions and the keepalive sweep share
+(``Relaying``), and the closing handshake owed to each side when the session ends (``outcome``,
+``close_sides``).
 
 Theory of operation: after the two opening handshakes the relay forwards WebSocket frames as
 they are (``gateway.wsframes``): the agent's masked frames go to the upstream unchanged, the
@@ -15,13 +16,13 @@ again (back-pressure). Writes to one stream come from both tasks (relayed bytes 
 relay's own pings and closes from the other) and are serialised by a lock; a frame of the
 relay's own is written only where the relayed bytes end at a frame boundary.
 
-Timers: the agent's direction waits for data under a cancel scope whose deadline is the next
-ping (every ``ping_interval_s``) or the idle limit (``idle_timeout_s``); the upstream's
-direction, with no timer, waits under none. On sockets both wait for readability first and
-read after (``readable_wait``): an idle session then keeps no read's frames alive. Each write runs under its own ``write_timeout_s``
-scope. The two are never one scope: a Trio scope stays cancelled once its deadline has passed,
-so data that arrives as the ping timer fires would have its write cut off and taken for a
-stall. A write that times out means that side stopped reading: the session ends
+Timers: neither direction waits for data under a timer. On sockets both wait for readability
+first and read after (``readable_wait``): an idle session then keeps no read's frames alive. The
+agent's direction notes when it last heard from the agent; pings and the idle limit are the
+keepalive sweep's (``gateway.relay.keepalive``: one per process, not a timer per session). Each
+write runs under its own ``write_timeout_s`` scope, set per chunk: a Trio scope stays cancelled
+once its deadline has passed, so one scope over several writes would cut off a later write and
+take it for a stall. A write that times out means that side stopped reading: the session ends
 (``agent_write_timeout`` / ``upstream_write_timeout``), and a side whose write was cut off
 mid-way gets no close frame, since its stream is no longer whole.
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -45,11 +45,12 @@ import trio
 from prometheus_client import Counter
 
 from config.model import GatewaySettings
+from gateway import fdwait
 from gateway.lightlock import LightLock
 from gateway.relay.upgrade import RECV_BYTES
 from gateway.sessions import Session
 from gateway.tls import SocketTLSStream
-from gateway.wsframes import Close, FrameReader, Violation, close_frame, ping_frame
+from gateway.wsframes import Close, FrameReader, Violation, close_frame
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -59,9 +60,6 @@ CLOSE_INTERNAL = 1011
 #: 1014 ("bad gateway") would be the precise code, but wsproto-based clients (trio-websocket,
 #: the reference agent) refuse it as reserved; 1011 is understood everywhere.
 CLOSE_UPSTREAM_FAILED = 1011
-
-_INFINITY = float("inf")
-
 
 @attrs.define(eq=False)
 class Counters:
@@ -181,20 +179,28 @@ def _socket_readable(sock: trio.socket.SocketType) -> Awaitable[None]:
     # Returned, not awaited here: a coroutine of ours would stay alive for the whole wait.
     if sock.fileno() == -1:
         return trio.lowlevel.checkpoint()  # noqa: ASYNC105 - awaited by the caller
-    return trio.lowlevel.wait_readable(sock)  # noqa: ASYNC105 - awaited by the caller
-
-
-#: After a ping could not be sent (the agent's stream was inside a relayed frame): try again.
-PING_RETRY_S = 1.0
+    return fdwait.wait_readable(sock)
 
 
 @attrs.define(eq=False)
 class Relaying:
-    """What both directions of one relaying session share: the first side to end, and the
-    scope that ends the other direction then."""
+    """What both directions of one relaying session share, and what its liveness needs
+    (``gateway.relay.keepalive``): the relay's nursery (its scope ends the other direction when
+    one ends), the first side to end, and when the agent was last heard from and pinged."""
 
-    scope: trio.CancelScope
+    nursery: trio.Nursery
+    session: Session
+    settings: GatewaySettings
+    #: The agent's side, for the pings (None once the session is over).
+    agent: Side | None
     ended: Ended | None = None
+    #: When the agent last sent anything, and the ping out since then (``trio.current_time()``).
+    last_heard: float = 0.0
+    pinged_at: float | None = None
+    #: When the keepalive sweep looks at this session next (its heap entry of that time), and
+    #: whether it found the session past its time when it last looked.
+    due: float = 0.0
+    warned: bool = False
 
     def end(self, inbound: bool, exc: BaseException | None = None) -> None:
         """One direction is over (``exc``: how, if it raised): stop the other."""
@@ -202,74 +208,36 @@ class Relaying:
             self.ended = self.ended or exc
         elif exc is not None:  # its stream broke or was closed
             self.ended = self.ended or Ended(inbound, 1006, None)
-        self.scope.cancel()
+        self.nursery.cancel_scope.cancel()
 
 
-async def forward(src: Side, dst: Side, inbound: bool, settings: GatewaySettings,
-                   counters: Counters, session: Session, bytes_metric: Counter,
-                   messages_metric: Counter, relaying: Relaying) -> None:
+async def forward(src: Side, dst: Side, inbound: bool, write_timeout: float,
+                   counters: Counters, bytes_metric: Counter, messages_metric: Counter,
+                   relaying: Relaying) -> None:
     """Relay ``src`` to ``dst`` until ``src`` ends, then end the relay (``relaying.end``, with
     the ``Ended`` or the broken stream that ended it). It is a task's whole body, with no
-    wrapper frame (memory per idle session). On the agent's side
-    (``inbound``) it also keeps the session alive: a ping when the agent has been silent for
-    ``ping_interval_s``, and eviction when it stays silent (no pong) for another interval, or
-    for ``idle_timeout_s``. Every write, to either side, must finish within ``write_timeout_s``
-    (one timer per chunk read: see the module docstring). The relay metrics are added to as
-    each message completes (and for a message cut short, when the direction ends)."""
+    wrapper frame (memory per idle session). It waits for data with no timer: on the agent's
+    side (``inbound``) it notes when it last heard from the agent, and the keepalive sweep
+    (``gateway.relay.keepalive``) pings and evicts. Every write, to either side, must finish
+    within ``write_timeout`` (one timer per chunk read: see the module docstring). The relay
+    metrics are added to as each message completes (and for a message cut short, when the
+    direction ends)."""
     reader = src.reader
     unreported = 0  # payload bytes relayed and not yet added to bytes_metric
-    interval = settings.ping_interval_s if inbound else 0.0
-    idle_limit = settings.idle_timeout_s if inbound else 0.0
-    write_timeout = settings.write_timeout_s
-    last_heard = trio.current_time()
-    next_ping = last_heard + interval if interval > 0 else _INFINITY
-    pinged_at: float | None = None
     try:
         while True:
-            deadline = next_ping if pinged_at is None else pinged_at + interval
-            if idle_limit > 0:
-                deadline = min(deadline, last_heard + idle_limit)
-            data: bytes | bytearray | None = None
+            data: bytes | bytearray
             if src.pending:
                 data, src.pending = src.pending, b""
-            elif deadline == _INFINITY:  # no timer: no cancel scope while this direction idles
+            else:
                 if src.readable is not None:
                     await src.readable()
                 data = await src.stream.receive_some(RECV_BYTES)
-            else:
-                # The timer covers the wait only. A scope stays cancelled once its deadline has
-                # passed, so data that arrives as it passes must be relayed outside it. The read
-                # stays inside: readable may mean part of a TLS record, and a peer that sends
-                # no more of it must still meet the timer.
-                with trio.CancelScope(deadline=deadline):
-                    if src.readable is not None:
-                        await src.readable()
-                    data = await src.stream.receive_some(RECV_BYTES)
-            if data is None:  # the agent was silent until the deadline
-                now = trio.current_time()
-                if idle_limit > 0 and now >= last_heard + idle_limit:
-                    session.evict("idle_timeout")
-                    await trio.lowlevel.checkpoint()
-                if pinged_at is not None:  # and no answer for an interval
-                    session.evict("ping_timeout")
-                    await trio.lowlevel.checkpoint()
-                payload = os.urandom(4)
-                with trio.move_on_after(write_timeout) as ping_timer:
-                    sent = await src.inject(ping_frame(payload, mask=src.mask))
-                if ping_timer.cancelled_caught:
-                    raise Ended(inbound, 1006, None, stalled=True)
-                if sent:
-                    reader.expect_pong = payload
-                    pinged_at = now
-                else:  # the agent's stream is inside a frame the upstream is still sending
-                    next_ping = now + min(interval, PING_RETRY_S)
-                continue
             if not data:
                 raise Ended(inbound, 1006, None)
-            if interval > 0 or idle_limit > 0:
-                last_heard = trio.current_time()
-                pinged_at = None
-                next_ping = last_heard + interval if interval > 0 else _INFINITY
+            if inbound:
+                relaying.last_heard = trio.current_time()
+                relaying.pinged_at = None
             payload_before, messages_before = reader.payload_bytes, reader.messages
             items = reader.feed(data)
             last = len(items) - 1

@@ -28,6 +28,7 @@ from config.model import GatewaySettings, SwitchConfig, Tenant
 from gateway.listening import linger
 from gateway.metrics import Metrics
 from gateway.peer import Decision, TenantTrust
+from gateway.relay.keepalive import Keepalive
 from gateway.relay.pump import Counters, Relaying, Side, close_sides, forward, outcome
 from gateway.relay.upgrade import (
     RECV_BYTES,
@@ -204,28 +205,34 @@ async def _relay(agent: Side, upstream: Side, session: Session, settings: Gatewa
 
     The agent's direction runs in this task and the upstream's in one more, ``forward`` being
     its whole body (it ends the relay itself); neither keeps a closure or a wrapper frame per
-    session (memory per idle session, docs/performance.md)."""
+    session (memory per idle session, docs/performance.md). The process's keepalive sweep
+    (``gateway.relay.keepalive``) watches the session for pings and the idle limit."""
     decision = session.decision
     counters = Counters()
     tenant = decision.tenant
     metrics.sessions.labels(tenant).inc()
     state: Relaying | None = None
+    keepalive = Keepalive.current()
     try:
         async with trio.open_nursery() as relay:
-            state = Relaying(relay.cancel_scope)
+            state = Relaying(relay, session, settings, agent)
             evicted = session.cancel_scope.cancel_called
             session.cancel_scope = relay.cancel_scope
             if evicted:
                 relay.cancel_scope.cancel()
-            relay.start_soon(forward, upstream, agent, False, settings, counters, session,
+            keepalive.watch(state)
+            write_timeout = settings.write_timeout_s
+            relay.start_soon(forward, upstream, agent, False, write_timeout, counters,
                              metrics.relay_bytes.labels(tenant, "out"),
                              metrics.relay_messages.labels(tenant, "out"), state,
                              name=UPSTREAM_TASK)
-            await forward(agent, upstream, True, settings, counters, session,
+            await forward(agent, upstream, True, write_timeout, counters,
                           metrics.relay_bytes.labels(tenant, "in"),
                           metrics.relay_messages.labels(tenant, "in"), state)
     finally:
         ended = state.ended if state is not None else None
+        if state is not None:
+            keepalive.forget(state)
         reason, agent_close, upstream_close = outcome(session.close_reason, ended)
         owed = [(side, close) for side, close in ((agent, agent_close),
                                                   (upstream, upstream_close))

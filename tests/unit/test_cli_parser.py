@@ -27,3 +27,22 @@ def test_python_dash_m_gateway_cli_runs_main() -> None:
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "no-such-command"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_durations_on_the_command_line_take_a_unit_or_a_bare_number_of_seconds() -> None:
+    """``--message-interval 0`` (the help's "0 sends none") once crashed with a traceback: the
+    config's rule (a string needs a unit) applied to a command line, which has no numbers."""
+    import pytest
+
+    from gateway.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["loadtest", "--message-interval", "0", "--hold", "1m30s",
+                              "--timeout", "2.5"])
+    assert (args.message_interval, args.hold, args.timeout) == (0.0, 90.0, 2.5)
+    defaults = parser.parse_args(["loadtest"])
+    assert (defaults.message_interval, defaults.hold, defaults.timeout) == (5.0, 10.0, 30.0)
+    for bad in ("-1", "ten", "nan", "inf", "5 parsecs"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["loadtest", "--hold", bad])
+        assert exit_info.value.code == 2
