@@ -107,6 +107,7 @@ class GatewayListener:
                 if tls is not None:
                     # The session runs in this frame (one coroutine fewer per idle session).
                     session = self._session(tls, state, peer)
+                    del state  # a session must not keep the trust state it opened under alive
                     if session is None:
                         await trio.aclose_forcefully(tls)
                     else:

@@ -112,6 +112,7 @@ async def run_session(
     session registers at once and is re-checked against them (``SessionRegistry.admit``)."""
     session = Session(decision, trio.CancelScope(), peer)
     registry.admit(session, trust, now)
+    del trust  # not kept alive by a session: reloads and store changes replace it
     http = new_request_reader()
     up_stream: trio.abc.Stream | None = None
     refusal: UpgradeRefused | None = None
@@ -154,7 +155,8 @@ async def run_session(
                 _upgrade_refused(metrics, tenant.name, peer, exc)  # counted before it is sent
                 await _refuse_upgrade(stream, exc.status, exc.reason, settings.close_timeout_s)
             else:
-                del http, upgrade, extra, url  # a relaying session keeps only what it needs
+                # A relaying session keeps only what it needs (not the config it opened under).
+                del http, upgrade, extra, url, config
                 relaying = True
         if relaying:
             # Outside the upgrade's scope: the relay's own scope becomes the session's (one
