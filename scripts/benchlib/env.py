@@ -169,12 +169,24 @@ def _port_open(port: int) -> bool:
         return True
 
 
+def _fresh(log: Path) -> Path:
+    """``log``, or ``name-2.log``, ``name-3.log``, ... if it exists: a server started again (the
+    fleet's restart, a later section) keeps the earlier one's log (its stop, kept by
+    ``--keep-logs``) and is told ready by its own lines only."""
+    n = 1
+    path = log
+    while path.exists():
+        n += 1
+        path = log.with_name(f"{log.stem}-{n}{log.suffix}")
+    return path
+
+
 @contextlib.contextmanager
 def switch(deploy: Deployment, workers: int, log_dir: Path, *, config: Path | None = None,
            tag: str = "") -> Iterator[Server]:
     """``switch serve --workers N`` on the deployment (or on another ``config`` of it), until
     every worker serves; stopped with SIGTERM (1001 to every session at once) when the block ends."""
-    log = log_dir / f"switch-w{workers}{tag}.log"
+    log = _fresh(log_dir / f"switch-w{workers}{tag}.log")
     with running([*SWITCH, "-c", str(config or deploy.config), "serve", "--workers", str(workers)],
                  log, lambda: http_ok(f"http://127.0.0.1:{deploy.admin}/readyz")
                  and (workers == 1 or log.read_text().count("listener=gateway") > workers),

@@ -33,3 +33,18 @@ def test_keep_logs_copies_only_log_files_with_their_paths(tmp_path: Path) -> Non
     kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     assert kept == ["nginx-w1/error.log", "switch-w3-fleet.log"]
     assert (target / "switch-w3-fleet.log").read_text() == '{"event": "stopped"}\n'
+
+
+def test_a_server_started_again_writes_a_new_log_and_keeps_the_earlier_one(tmp_path: Path) -> None:
+    """The fleet's restart (section g) used to reopen the same file: the first Switch's stop,
+    the part worth keeping, was overwritten by the second's start."""
+    from scripts.benchlib.env import _fresh
+
+    first = _fresh(tmp_path / "switch-w6-fleet.log")
+    assert first.name == "switch-w6-fleet.log"
+    first.write_text("stopped\n")
+    second = _fresh(tmp_path / "switch-w6-fleet.log")
+    assert second.name == "switch-w6-fleet-2.log"
+    second.touch()
+    assert _fresh(tmp_path / "switch-w6-fleet.log").name == "switch-w6-fleet-3.log"
+    assert first.read_text() == "stopped\n"
