@@ -119,6 +119,10 @@ class Marks:
     revoke_window_s: float = 0.0
     #: When Switch's live sessions (``switch_sessions``, every worker) were down by the key's.
     server_closed: float = 0.0
+    #: When every session of the key was evicted (``switch_evictions_total``, every worker): its
+    #: relay stopped, nothing more reaches the upstream; the close frames and handshakes follow.
+    evicted: float = 0.0
+    all_evicted: bool = False
 
 
 def _refusals(deploy: env.Deployment) -> dict[str, float]:
@@ -173,10 +177,15 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
                 time.sleep(2)  # a quiet moment: every session up, none closing
                 generator_cpu0 = procstat.cpu_seconds(ctx.generator_pids) or 0.0
                 server_cpu0, window0 = current[0].cpu(), time.monotonic()
+                evictions0 = _metric(deploy, "switch_evictions_total", reason="key_revoked") or 0.0
                 marks.revoke = time.time()
                 deploy.cli("keys", "revoke", "demo", revoke_key, "--reason", "bench",
                            "--confirm", revoke_key)
                 marks.revoked = time.time()
+                marks.all_evicted = _wait(
+                    lambda: (_metric(deploy, "switch_evictions_total", reason="key_revoked") or 0.0)
+                    - evictions0 >= size.revoked, REVOKE_TIMEOUT_S)
+                marks.evicted = time.time()
                 marks.closed = _wait_metric(deploy, "switch_sessions",
                                             lambda n: n <= ctx.open_sessions - size.revoked,
                                             REVOKE_TIMEOUT_S)
@@ -347,6 +356,10 @@ def _storm_rows(size: Sizing, s: dict[str, Any], sm: Marks, ng: dict[str, Any], 
     ]
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if math.isfinite(value) else f"not within {REVOKE_TIMEOUT_S:.0f} s"
+
+
 def _revoke_rows(size: Sizing, s: dict[str, Any], sm: Marks) -> list[Row]:
     groups = s.get("groups") or {}
     revoked = groups.get("revoked", {})
@@ -356,10 +369,16 @@ def _revoke_rows(size: Sizing, s: dict[str, Any], sm: Marks) -> list[Row]:
     last = max(closed_revoked) - sm.revoke if closed_revoked else float("inf")
     server = sm.server_closed - sm.revoke if sm.closed else float("inf")
     ok = (len(closed_revoked) == size.revoked and not closed_others and server <= 1.0)
+    evicted = sm.evicted - sm.revoke if sm.all_evicted else float("inf")
     return [Row(
+        f"(h) `switch keys revoke` to every one of the {size.revoked:,} sessions of that key "
+        f"evicted, {size.workers} workers", _seconds(evicted), "—", None, "", None,
+        f"Switch's evictions counter (every worker) up by the key's {size.revoked:,}: each "
+        "session's relay cancelled, nothing more of it reaches the upstream; its close frames go "
+        "out next and the row below waits for its closing handshakes to end"), Row(
         f"(h) `switch keys revoke` to the last of {size.revoked:,} sessions of that key closed, "
         f"{size.workers} workers",
-        f"{server:.2f} s", "—", None, "≤ 1 s, exactly that key's sessions", ok,
+        _seconds(server), "—", None, "≤ 1 s, exactly that key's sessions", ok,
         f"Switch's sessions gauge (every worker) down by the key's {size.revoked:,} (polled "
         f"every 50 ms), from the command's start (the command itself, a new Python process, "
         f"took {sm.revoked - sm.revoke:.2f} s); as the agents saw it, the last close came "

@@ -73,3 +73,24 @@ def test_nginx_binds_its_upstream_connections_over_the_source_addresses() -> Non
     assert split == ('split_clients "$remote_addr$remote_port" $upstream_source '
                      "{ 33.33% 127.0.0.2; 33.33% 127.0.0.3; * 127.0.0.4; }")
     assert bind == "proxy_bind $upstream_source;"
+
+
+def test_the_revocation_rows_report_the_evictions_and_judge_the_closing_handshakes() -> None:
+    size = fleet_sizing.sizing(1_500, 2)  # 300 revoked
+    marks = fleet.Marks(revoke=100.0, revoked=100.4, evicted=100.6, all_evicted=True,
+                        server_closed=101.5, closed=True)
+    report: dict[str, Any] = {"groups": {
+        "revoked": {"enrolled": 300, "closed_by_server_at": [100.5 + i / 1000 for i in range(300)]},
+        "main": {"enrolled": 1_200, "closed_by_server_at": []}}}
+    evicted, closed = fleet._revoke_rows(size, report, marks)
+    assert evicted.switch == "0.60 s" and evicted.met is None and "300 sessions" in evicted.measure
+    assert closed.switch == "1.50 s" and closed.met is False  # the handshakes took 1.5 s
+    marks.server_closed = 100.9
+    [_, closed] = fleet._revoke_rows(size, report, marks)
+    assert closed.met is True
+    report["groups"]["main"]["closed_by_server_at"] = [100.7]  # another key's session: fails
+    [_, closed] = fleet._revoke_rows(size, report, marks)
+    assert closed.met is False
+    marks.all_evicted = False
+    [evicted, _] = fleet._revoke_rows(size, report, marks)
+    assert evicted.switch == "not within 60 s"
