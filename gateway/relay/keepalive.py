@@ -143,11 +143,17 @@ class Keepalive:
 
     async def _ping(self, relaying: Relaying) -> None:
         """Send one ping to the agent, under ``write_timeout_s``; when its stream is inside a
-        relayed frame now, look again in ``PING_RETRY_S``."""
+        relayed frame now, look again in ``PING_RETRY_S``.
+
+        The pong is expected before the ping goes out: this task may run again only after the
+        agent's direction has read the answer (a write can yield after its bytes left), and a
+        pong read before ``expect_pong`` was set would be relayed upstream and the ping taken
+        for unanswered (``ping_timeout`` an interval later)."""
         agent = relaying.agent
         if agent is None:  # the session is over
             return
         payload = os.urandom(4)
+        agent.reader.expect_pong = payload
         try:
             with trio.move_on_after(relaying.settings.write_timeout_s) as timer:
                 sent = await agent.inject(ping_frame(payload, mask=agent.mask))
@@ -157,10 +163,12 @@ class Keepalive:
         if timer.cancelled_caught:  # the agent stopped reading
             relaying.end(True, Ended(True, 1006, None, stalled=True))
         elif sent:
-            agent.reader.expect_pong = payload
-            relaying.pinged_at = trio.current_time()
+            # Answered already (the reader consumed the pong and cleared it): nothing is out.
+            answered = agent.reader.expect_pong is not payload
+            relaying.pinged_at = None if answered else trio.current_time()
             self._schedule(relaying, _next_due(relaying))
         else:  # the upstream is half-way through a frame to the agent
+            agent.reader.expect_pong = None
             relaying.pinged_at = None
             self._schedule(relaying, trio.current_time()
                            + min(relaying.settings.ping_interval_s, PING_RETRY_S))

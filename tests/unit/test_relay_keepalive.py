@@ -122,3 +122,54 @@ async def test_an_ended_session_is_let_go_before_its_entry_comes_up(
         assert side_ref() is None
         await trio.sleep(31)
         assert len(Keepalive.current()) == 0  # dropped when it came up
+
+
+class _YieldsAfterSend(trio.abc.Stream):
+    """A stream whose writes let every other task run once their bytes are out, as a socket's
+    can (``SocketTLSStream`` yields every few calls): the agent's answer to a ping can then be
+    read before the task that sent the ping runs again."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        await trio.testing.wait_all_tasks_blocked()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _yielding_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    gateway_end, agent_end = trio.testing.memory_stream_pair()
+    return _YieldsAfterSend(gateway_end), agent_end
+
+
+async def test_a_pong_read_before_the_ping_task_runs_again_answers_the_ping(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The 50,000-session bench found it: agents that answered at once were closed with
+    ping_timeout, their pong read (and relayed upstream) before the ping was taken as out."""
+    settings = GatewaySettings(ping_interval_s=10, idle_timeout_s=300)
+    async with trio.open_nursery() as nursery:
+        rig = await _start(nursery, settings, agent_pair=_yielding_pair)
+
+        async def agent() -> None:
+            while True:
+                await rig.agent.next_event()  # answers every ping at once
+
+        async def upstream() -> None:
+            while True:
+                event = await rig.upstream.next_event(answer_pings=False)
+                raise AssertionError(f"the upstream got {event!r}")
+
+        nursery.start_soon(agent)
+        nursery.start_soon(upstream)
+        await trio.sleep(120)  # a dozen pings, each answered at once
+        assert not rig.result, rig.result
+        nursery.cancel_scope.cancel()
