@@ -34,16 +34,20 @@ def _count_use(tx: Tx, key_id: str, ts: int, *, issued: bool) -> None:
         raise WrongKeyState(f"key {key_id} is {state or 'gone'}")
 
 
+#: Through the (tenant, subject) index (schema version 6), not a scan of the certificates.
+SUBJECT_HOLDER_SQL = (
+    "SELECT c.serial FROM certificates c LEFT JOIN provisioning_keys k ON k.id = c.key_id"
+    " WHERE c.tenant = ? AND c.subject = ? AND c.state = 'valid' AND c.not_after > ?"
+    " AND COALESCE(c.key_id, '') <> COALESCE(?, '')"
+    " AND (k.state IS NULL OR k.state <> 'revoked') LIMIT 1")
+
+
 def _subject_holder(tx: Tx, record: CertificateRecord) -> str | None:
     """The serial of a live certificate of ``record``'s tenant with its subject, issued through
     another provisioning key (or none), or None. Live: valid, unexpired when ``record`` is
     made, and its key not revoked (such a certificate connects no more)."""
     return tx.scalar(  # type: ignore[no-any-return]
-        "SELECT c.serial FROM certificates c LEFT JOIN provisioning_keys k ON k.id = c.key_id"
-        " WHERE c.tenant = ? AND c.subject = ? AND c.state = 'valid' AND c.not_after > ?"
-        " AND COALESCE(c.key_id, '') <> COALESCE(?, '')"
-        " AND (k.state IS NULL OR k.state <> 'revoked') LIMIT 1",
-        (record.tenant, record.subject, record.created_at, record.key_id))
+        SUBJECT_HOLDER_SQL, (record.tenant, record.subject, record.created_at, record.key_id))
 
 
 def _request(tx: Tx, where: str, args: tuple[object, ...]) -> PendingRequest | None:

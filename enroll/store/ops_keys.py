@@ -49,11 +49,20 @@ def _need_key(tx: Tx, tenant: str, name_or_id: str) -> KeyRecord:
     return record
 
 
+#: Read by every serving process on each change and each minute: through indexes, never a scan
+#: of the certificates (schema version 6; tests/integration/test_store_indexes.py).
+REVOKED_CERTIFICATES_SQL = "SELECT tenant, sha256 FROM certificates WHERE state = 'revoked'"
+ISSUER_EXPIRY_SQL = ("SELECT i.id, (SELECT MAX(c.not_after) FROM certificates c"
+                     " WHERE c.issuer_id = i.id) FROM issuers i WHERE i.tenant = ?")
+
+
 def _listing(tx: Tx, tenant: str) -> IssuerListing:
     rows = tx.all(f"SELECT {ISSUER_COLUMNS} FROM issuers WHERE tenant = ? ORDER BY seq", (tenant,))
-    expiry = tx.all("SELECT issuer_id, MAX(not_after) FROM certificates WHERE tenant = ?"
-                    " GROUP BY issuer_id", (tenant,))
-    return IssuerListing(tuple(issuer_record(r) for r in rows), {i: int(n) for i, n in expiry})
+    # Per issuer, through the (issuer_id, not_after) index: a lookup each, not a scan of the
+    # tenant's certificates (an issuer belongs to one tenant).
+    expiry = tx.all(ISSUER_EXPIRY_SQL, (tenant,))
+    return IssuerListing(tuple(issuer_record(r) for r in rows),
+                         {i: int(n) for i, n in expiry if n is not None})
 
 
 class KeyOps(SqlStore):
@@ -235,8 +244,7 @@ class KeyOps(SqlStore):
                                          " WHERE state = 'revoked'"):
                 revoked_keys.setdefault(tenant, set()).add(key_id)
             revoked_certs: dict[str, set[str]] = {}
-            for tenant, sha in tx.all("SELECT tenant, sha256 FROM certificates"
-                                      " WHERE state = 'revoked'"):
+            for tenant, sha in tx.all(REVOKED_CERTIFICATES_SQL):
                 revoked_certs.setdefault(tenant, set()).add(sha)
             enabled = {t for (t,) in tx.all("SELECT tenant FROM tenant_state"
                                             " WHERE provisioning_enabled != 0")}

@@ -171,6 +171,15 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX console_sessions_operator ON console_sessions (operator);
     CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
     """,
+    # 5 -> 6: what every serving process reads on each change and each minute
+    # (``trust_inputs``) and the unique-subject check of each enrollment no longer scan the
+    # certificates: the revoked ones (a partial index), each issuer's latest expiry, a subject.
+    # With 60,000 certificates the trust read took 1.1 to 2.5 s in each of six workers.
+    """
+    CREATE INDEX certificates_revoked ON certificates (tenant, sha256) WHERE state = 'revoked';
+    CREATE INDEX certificates_issuer_expiry ON certificates (issuer_id, not_after);
+    CREATE INDEX certificates_subject ON certificates (tenant, subject);
+    """,
 )
 
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
@@ -343,6 +352,12 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_operator ON console_sessions (operator);
 CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
+""",
+    # 5 -> 6: the certificates' indexes of the trust read and the subject check (see SQLite's).
+    """
+CREATE INDEX certificates_revoked ON certificates (tenant, sha256) WHERE state = 'revoked';
+CREATE INDEX certificates_issuer_expiry ON certificates (issuer_id, not_after);
+CREATE INDEX certificates_subject ON certificates (tenant, subject);
 """,
 )
 assert POSTGRES_BASELINE_VERSION + len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION
