@@ -354,7 +354,10 @@ CREATE INDEX console_sessions_operator ON console_sessions (operator);
 CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
 """,
     # 5 -> 6: the certificates' indexes of the trust read and the subject check (see SQLite's).
+    # The baseline's partial index on the revoked certificates held the tenant only: the read
+    # still fetched each row for its sha256. Replaced by a covering one of the same name.
     """
+DROP INDEX IF EXISTS certificates_revoked;
 CREATE INDEX certificates_revoked ON certificates (tenant, sha256) WHERE state = 'revoked';
 CREATE INDEX certificates_issuer_expiry ON certificates (issuer_id, not_after);
 CREATE INDEX certificates_subject ON certificates (tenant, subject);
