@@ -129,7 +129,7 @@ class Keepalive:
             # Being sent: the wait for the answer starts once it is out (a ping that waits for
             # the write lock behind a stalled write is that write's timeout, not ping_timeout).
             relaying.pinged_at = _INFINITY
-            relaying.due = _INFINITY  # on no heap entry: the ping's task puts it back
+            self._schedule(relaying, _INFINITY)  # on no heap entry: the ping's task puts it back
             relaying.nursery.start_soon(self._ping, relaying, name="gateway.relay.ping")
             return
         if reason is not None and relaying.warned:

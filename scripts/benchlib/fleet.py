@@ -65,9 +65,9 @@ def _metric(deploy: env.Deployment, name: str, **labels: str) -> float | None:
 
 
 def _wait_metric(deploy: env.Deployment, name: str, done: Callable[[float], bool],
-                 timeout_s: float) -> bool:
+                 timeout_s: float, **labels: str) -> bool:
     def check() -> bool:
-        value = _metric(deploy, name)
+        value = _metric(deploy, name, **labels)
         return value is not None and done(value)
 
     return _wait(check, timeout_s)
@@ -182,9 +182,9 @@ def _run(deploy: env.Deployment, opts: Options, size: Sizing, port: int, *,
                 deploy.cli("keys", "revoke", "demo", revoke_key, "--reason", "bench",
                            "--confirm", revoke_key)
                 marks.revoked = time.time()
-                marks.all_evicted = _wait(
-                    lambda: (_metric(deploy, "switch_evictions_total", reason="key_revoked") or 0.0)
-                    - evictions0 >= size.revoked, REVOKE_TIMEOUT_S)
+                marks.all_evicted = _wait_metric(
+                    deploy, "switch_evictions_total", lambda n: n - evictions0 >= size.revoked,
+                    REVOKE_TIMEOUT_S, reason="key_revoked")
                 marks.evicted = time.time()
                 marks.closed = _wait_metric(deploy, "switch_sessions",
                                             lambda n: n <= ctx.open_sessions - size.revoked,
